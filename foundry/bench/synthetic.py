@@ -1,0 +1,65 @@
+"""An engine with exactly known latencies, so tests can prove the harness measures the truth.
+
+Token k (0-based) of a request is delivered at start + ttft + k·itl, where start is when
+generate() was called. Deadlines are absolute, so sleep overshoot does not accumulate; the last
+`spin_s` before each deadline is a GIL-releasing `sleep(0)` loop, which is tighter than one long
+sleep (Linux oversleeps by ~0.1 ms) without starving the other client threads of the GIL.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from foundry.errors import FoundryError
+from foundry.runtime.base import TokenCallback
+
+
+def wait_until(deadline_s: float, spin_s: float = 2e-4) -> None:
+    remaining_s = deadline_s - time.perf_counter()
+    if remaining_s > spin_s:
+        time.sleep(remaining_s - spin_s)
+    while time.perf_counter() < deadline_s:
+        time.sleep(0)  # yields the GIL and the CPU between checks
+
+
+class SyntheticEngine:
+    """Implements the Engine protocol. Greedy rule: next token = (previous token + 1) mod vocab,
+    and `logits` puts its maximum on exactly that token, so generate() is truly greedy."""
+
+    def __init__(self, ttft_ms: float, itl_ms: float, backend: str = "synthetic", vocab_size: int = 256):
+        if ttft_ms < 0 or itl_ms < 0:
+            raise FoundryError(f"ttft_ms and itl_ms must be >= 0, got {ttft_ms}, {itl_ms}")
+        self.ttft_ms = ttft_ms
+        self.itl_ms = itl_ms
+        self.backend = backend
+        self.vocab_size = vocab_size
+        self.name = f"synthetic-ttft{ttft_ms:g}ms-itl{itl_ms:g}ms"
+        self.device = "cpu"
+        self.special_token_ids: tuple[int, ...] = ()
+
+    def token_schedule_s(self, num_tokens: int) -> list[float]:
+        """Offsets (seconds after the call) at which each token is delivered."""
+        return [(self.ttft_ms + k * self.itl_ms) / 1e3 for k in range(num_tokens)]
+
+    def generate(
+        self, input_ids: Sequence[int], max_new_tokens: int, on_token: TokenCallback | None = None
+    ) -> list[int]:
+        start_s = time.perf_counter()
+        if not input_ids:
+            raise FoundryError("input_ids is empty")
+        token = int(input_ids[-1])
+        generated = []
+        for offset_s in self.token_schedule_s(max_new_tokens):
+            token = (token + 1) % self.vocab_size
+            wait_until(start_s + offset_s)
+            generated.append(token)
+            if on_token is not None:
+                on_token(token)
+        return generated
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        next_ids = (input_ids.long() + 1) % self.vocab_size
+        return torch.nn.functional.one_hot(next_ids, self.vocab_size).float()
