@@ -30,11 +30,11 @@ def sha256_json(obj: object) -> str:
 
 
 def list_files(directory: Path) -> list[str]:
-    """Relative POSIX paths of every regular file, sorted, excluding the manifest itself."""
+    """Relative POSIX paths of every regular file, sorted, excluding the manifest and its views."""
     return sorted(
         p.relative_to(directory).as_posix()
         for p in directory.rglob("*")
-        if p.is_file() and p.name != MANIFEST_NAME
+        if p.is_file() and not p.name.startswith(MANIFEST_NAME)
     )
 
 

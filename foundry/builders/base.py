@@ -1,0 +1,63 @@
+"""The builder interface and the engine loader.
+
+A builder turns a TensorRT-LLM checkpoint directory into an engine directory. `check_environment`
+runs before the pipeline does any expensive work, so a node that cannot build fails in seconds.
+Every engine directory carries `engine.json` saying which backend made it; `load_engine` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+from foundry.config import BuildConfig
+from foundry.errors import FoundryError
+from foundry.runtime.base import Engine
+
+ENGINE_INFO = "engine.json"
+
+
+class EngineBuilder(Protocol):
+    backend: str
+
+    def check_environment(self) -> None:
+        """Raise NotSupportedError naming what is missing on this node, before any work."""
+        ...
+
+    def build(self, checkpoint_dir: Path, output_dir: Path, build: BuildConfig) -> dict:
+        """Write the engine into `output_dir` (incl. engine.json); return engine.json's content."""
+        ...
+
+
+def get_builder(backend: str) -> EngineBuilder:
+    if backend == "reference":
+        from foundry.builders.reference import ReferenceBuilder
+
+        return ReferenceBuilder()
+    if backend == "trtllm":
+        from foundry.builders.trtllm import TrtllmBuilder
+
+        return TrtllmBuilder()
+    raise FoundryError(f"build.backend: unknown builder {backend!r}; choose 'reference' or 'trtllm'")
+
+
+def read_engine_info(engine_dir: Path) -> dict:
+    path = engine_dir / ENGINE_INFO
+    if not path.is_file():
+        raise FoundryError(f"{path}: missing; {engine_dir} is not an engine directory built by foundry")
+    return json.loads(path.read_text())
+
+
+def load_engine(engine_dir: Path, device: str = "cpu") -> Engine:
+    info = read_engine_info(engine_dir)
+    if info["backend"] == "reference":
+        import torch
+
+        from foundry.runtime.reference import ReferenceEngine
+
+        return ReferenceEngine.load(engine_dir, compute_dtype=getattr(torch, info["compute_dtype"]))
+    raise FoundryError(
+        f"{engine_dir}: engines of backend {info['backend']!r} run in their own runtime "
+        "(trtllm-serve / Triton); benchmark them through their OpenAI-compatible endpoint"
+    )

@@ -1,0 +1,67 @@
+"""The reference builder: the TensorRT-LLM checkpoint, proven loadable and numerically sound,
+packaged as an engine the PyTorch reference runtime executes (CPU CI, GPUs without TRT-LLM)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+import foundry
+from foundry.builders.base import ENGINE_INFO
+from foundry.config import BuildConfig
+from foundry.errors import FoundryError
+
+_SMOKE_PROMPT_IDS = [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+class ReferenceBuilder:
+    backend = "reference"
+
+    def check_environment(self) -> None:
+        """Plain PyTorch: runs wherever foundry is installed."""
+
+    def build(self, checkpoint_dir: Path, output_dir: Path, build: BuildConfig) -> dict:
+        started = time.perf_counter()
+        checkpoint_config = json.loads((checkpoint_dir / "config.json").read_text())
+        max_positions = checkpoint_config.get("max_position_embeddings")
+        if max_positions and build.max_seq_len > max_positions:
+            raise FoundryError(
+                f"build.max_seq_len = {build.max_seq_len} exceeds the model's max_position_embeddings "
+                f"= {max_positions}; lower build.max_seq_len"
+            )
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for source in sorted(checkpoint_dir.iterdir()):
+            if source.name == "config.json" or source.suffix == ".safetensors":
+                shutil.copy2(source, output_dir / source.name)
+        info = {
+            "backend": self.backend,
+            "compute_dtype": build.compute_dtype,
+            "max_seq_len": build.max_seq_len,
+            "quant_algo": (checkpoint_config.get("quantization") or {}).get("quant_algo"),
+            "kv_cache_quant_algo": (checkpoint_config.get("quantization") or {}).get("kv_cache_quant_algo"),
+            "architecture": checkpoint_config.get("architecture"),
+            "foundry_version": foundry.__version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "machine": platform.machine(),
+        }
+        (output_dir / ENGINE_INFO).write_text(json.dumps(info, indent=2))
+        self._smoke_test(output_dir)
+        info["build_seconds"] = round(time.perf_counter() - started, 3)
+        (output_dir / ENGINE_INFO).write_text(json.dumps(info, indent=2))
+        return info
+
+    @staticmethod
+    def _smoke_test(engine_dir: Path) -> None:
+        """Load the engine and run one forward: a broken checkpoint fails here, not in the benchmark."""
+        from foundry.builders.base import load_engine
+
+        engine = load_engine(engine_dir)
+        logits = engine.logits(torch.tensor([_SMOKE_PROMPT_IDS]))
+        if not torch.isfinite(logits).all():
+            raise FoundryError(f"{engine_dir}: the built engine produces NaN/Inf logits; the checkpoint is broken")

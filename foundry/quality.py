@@ -1,0 +1,88 @@
+"""Quality of an engine against the unquantized reference on held-out text.
+
+Perplexity ratio, mean KL divergence KL(P_ref || P_engine) and top-1 agreement, per next-token
+position, as llama.cpp's `perplexity --kl-divergence` reports them. Aggregate perplexity hides
+changed answers, so the gates look at all three.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+
+from foundry.errors import FoundryError
+from foundry.runtime.base import Engine
+
+
+class QualityReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    engine_backend: str
+    reference_backend: str
+    num_samples: int
+    seq_len: int
+    num_scored_tokens: int
+    reference_perplexity: float
+    engine_perplexity: float
+    perplexity_ratio: float  # engine / reference; 1.0 = no loss
+    mean_kld: float  # nats per token, KL(P_reference || P_engine)
+    top1_agreement: float  # fraction of positions where both pick the same next token
+    eval_data_hash: str
+
+
+class _Totals:
+    def __init__(self) -> None:
+        self.reference_nll = 0.0
+        self.engine_nll = 0.0
+        self.kld = 0.0
+        self.agree = 0
+        self.tokens = 0
+
+    def add(self, reference_logits: torch.Tensor, engine_logits: torch.Tensor, targets: torch.Tensor) -> None:
+        ref_logp = F.log_softmax(reference_logits.double(), dim=-1)
+        eng_logp = F.log_softmax(engine_logits.double(), dim=-1)
+        index = targets.unsqueeze(-1)
+        self.reference_nll -= ref_logp.gather(-1, index).sum().item()
+        self.engine_nll -= eng_logp.gather(-1, index).sum().item()
+        self.kld += (ref_logp.exp() * (ref_logp - eng_logp)).sum().item()
+        self.agree += (ref_logp.argmax(-1) == eng_logp.argmax(-1)).sum().item()
+        self.tokens += targets.numel()
+
+
+def _check_finite(logits: torch.Tensor, backend: str) -> None:
+    if not torch.isfinite(logits).all():
+        raise FoundryError(f"{backend} produced NaN/Inf logits on the evaluation data; the engine is broken")
+
+
+def evaluate_quality(
+    engine: Engine, reference: Engine, eval_ids: torch.Tensor, eval_data_hash: str, batch_size: int = 4
+) -> QualityReport:
+    """Score `engine` against `reference` on [num_samples, seq_len] token windows."""
+    if eval_ids.dim() != 2 or eval_ids.shape[1] < 2:
+        raise FoundryError(f"evaluation windows must be [num_samples, seq_len >= 2], got {tuple(eval_ids.shape)}")
+    totals = _Totals()
+    for start in range(0, eval_ids.shape[0], batch_size):
+        batch = eval_ids[start : start + batch_size]
+        reference_logits = reference.logits(batch)[:, :-1]
+        engine_logits = engine.logits(batch)[:, :-1]
+        _check_finite(reference_logits, reference.backend)
+        _check_finite(engine_logits, engine.backend)
+        totals.add(reference_logits, engine_logits, batch[:, 1:])
+    reference_ppl = math.exp(totals.reference_nll / totals.tokens)
+    engine_ppl = math.exp(totals.engine_nll / totals.tokens)
+    return QualityReport(
+        engine_backend=engine.backend,
+        reference_backend=reference.backend,
+        num_samples=eval_ids.shape[0],
+        seq_len=eval_ids.shape[1],
+        num_scored_tokens=totals.tokens,
+        reference_perplexity=reference_ppl,
+        engine_perplexity=engine_ppl,
+        perplexity_ratio=engine_ppl / reference_ppl,
+        mean_kld=totals.kld / totals.tokens,
+        top1_agreement=totals.agree / totals.tokens,
+        eval_data_hash=eval_data_hash,
+    )

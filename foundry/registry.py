@@ -1,0 +1,110 @@
+"""MLflow tracking and model registry: the only module in foundry/ that imports mlflow.
+
+A registered model version points at the engine artifact's URI (no multi-GB copy into MLflow) and
+carries lineage tags. Promotion moves the alias `production`; stages are deprecated in MLflow 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException, RestException
+
+from foundry.errors import FoundryError
+
+PRODUCTION_ALIAS = "production"
+
+
+def sqlite_tracking_uri(state_dir: Path) -> str:
+    """Local default: MLflow >= 3.13 refuses a plain ./mlruns file store, so SQLite it is."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(state_dir / 'mlflow.db').resolve()}"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    model_name: str
+    version: str
+    source: str
+    run_id: str | None
+
+
+def log_to_active_run(params: dict, metrics: dict[str, float], json_artifacts: dict[str, object], tags: dict) -> str:
+    """Log into the MLflow run ZenML's experiment tracker opened for this step; returns its id."""
+    run = mlflow.active_run()
+    if run is None:
+        raise FoundryError("no active MLflow run: the register step must run with the stack's experiment tracker")
+    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    for name, payload in json_artifacts.items():
+        mlflow.log_text(json.dumps(payload, indent=2, default=str), f"reports/{name}.json")
+    return run.info.run_id
+
+
+class Registry:
+    """Thin, explicit wrapper over MlflowClient for the operations the pipeline and CLI need."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def ensure_registered_model(self, model_name: str) -> None:
+        try:
+            self.client.get_registered_model(model_name)
+        except MlflowException:
+            self.client.create_registered_model(
+                model_name, description="TensorRT-LLM / reference engines built by LLM Engine Foundry"
+            )
+
+    def register_engine(self, model_name: str, engine_uri: str, run_id: str | None, tags: dict) -> RegisteredVersion:
+        self.ensure_registered_model(model_name)
+        version = self.client.create_model_version(
+            name=model_name,
+            source=engine_uri,
+            run_id=run_id,
+            tags={k: str(v) for k, v in tags.items()},
+            description=f"engine artifact at {engine_uri}",
+        )
+        return RegisteredVersion(model_name, str(version.version), engine_uri, run_id)
+
+    def production_version(self, model_name: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(model_name, PRODUCTION_ALIAS).version)
+        except (MlflowException, RestException):
+            return None
+
+    def version_tags(self, model_name: str, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(model_name, version).tags)
+
+    def set_production(self, model_name: str, version: str) -> None:
+        self.client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, version)
+
+    def restore_production(self, model_name: str, previous_version: str | None) -> None:
+        """Undo a promotion: put the alias back where it was (or remove it if there was none)."""
+        if previous_version is None:
+            self.client.delete_registered_model_alias(model_name, PRODUCTION_ALIAS)
+        else:
+            self.client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, previous_version)
+
+    def tag_version(self, model_name: str, version: str, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(model_name, version, key, str(value))
+
+    def list_versions(self, model_name: str) -> list:
+        return sorted(
+            self.client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version)
+        )
+
+
+def mlflow_version() -> str:
+    return mlflow.__version__
+
+
+def disable_mlflow_telemetry() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -1,0 +1,3 @@
+from materializers.directory import ModelDirectoryMaterializer
+
+__all__ = ["ModelDirectoryMaterializer"]
