@@ -119,13 +119,6 @@ class GateConfig(_Strict):
     min_speedup_vs_baseline: float | None = Field(default=None, gt=0.0)
 
 
-class RegistryConfig(_Strict):
-    tracking_uri: str | None = Field(
-        default=None, description="MLflow tracking URI; default sqlite:///<state_dir>/mlflow.db"
-    )
-    experiment: str = "llm-engine-foundry"
-
-
 class FoundryConfig(_Strict):
     model: ModelConfig = ModelConfig()
     calibration: CalibrationConfig = CalibrationConfig()
@@ -133,7 +126,6 @@ class FoundryConfig(_Strict):
     build: BuildConfig = BuildConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     gates: GateConfig = GateConfig()
-    registry: RegistryConfig = RegistryConfig()
 
     @model_validator(mode="after")
     def _windows_fit(self) -> "FoundryConfig":
@@ -143,6 +135,8 @@ class FoundryConfig(_Strict):
                 f"benchmark.input_len.max + benchmark.output_len.max = {longest_request} exceeds "
                 f"build.max_seq_len = {self.build.max_seq_len}; lower the lengths or raise max_seq_len"
             )
+        if self.gates.min_speedup_vs_baseline is not None and not self.benchmark.baseline:
+            raise ValueError("gates.min_speedup_vs_baseline needs benchmark.baseline: true (nothing to compare with)")
         for section in ("calibration", "evaluation"):
             seq_len = getattr(self, section).seq_len
             if seq_len > self.build.max_seq_len:

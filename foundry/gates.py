@@ -73,3 +73,20 @@ def evaluate_gates(gates: GateConfig, measurements: dict[str, float | None]) -> 
             continue
         results.append(_check(metric, comparison, threshold, measurements.get(metric)))
     return GateDecision(passed=all(r.passed for r in results), results=results, unchecked=unchecked)
+
+
+def render_gates_html(decision: GateDecision, promoted: bool) -> str:
+    rows = "".join(
+        f"<tr style='background:{'#e8f5e9' if r.passed else '#ffebee'}'><td>{r.name}</td><td>{r.comparison} {r.threshold:g}</td>"
+        f"<td>{'—' if r.measured is None else f'{r.measured:.4g}'}</td><td><b>{'pass' if r.passed else 'FAIL'}</b></td></tr>"
+        for r in decision.results
+    )
+    unchecked = ", ".join(decision.unchecked) or "none"
+    verdict = "PROMOTED to production" if promoted else "NOT promoted"
+    return (
+        "<html><body style='font-family:sans-serif'>"
+        f"<h2>Gate decision: {verdict}</h2>"
+        "<table border='1' cellpadding='6' style='border-collapse:collapse'>"
+        f"<tr><th>gate</th><th>threshold</th><th>measured</th><th>result</th></tr>{rows}</table>"
+        f"<p>Gates not configured (null): {unchecked}</p></body></html>"
+    )

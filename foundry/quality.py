@@ -86,3 +86,21 @@ def evaluate_quality(
         top1_agreement=totals.agree / totals.tokens,
         eval_data_hash=eval_data_hash,
     )
+
+
+def render_quality_html(report: QualityReport) -> str:
+    rows = [
+        ("reference perplexity", f"{report.reference_perplexity:.3f}", report.reference_backend),
+        ("engine perplexity", f"{report.engine_perplexity:.3f}", report.engine_backend),
+        ("perplexity ratio (engine / reference)", f"{report.perplexity_ratio:.4f}", ""),
+        ("mean KL divergence (nats/token)", f"{report.mean_kld:.4f}", ""),
+        ("top-1 agreement", f"{report.top1_agreement:.2%}", ""),
+        ("scored tokens", f"{report.num_scored_tokens} ({report.num_samples} × {report.seq_len - 1})", ""),
+        ("evaluation data hash", report.eval_data_hash[:16] + "…", "held out from calibration"),
+    ]
+    body = "".join(f"<tr><td>{a}</td><td><b>{b}</b></td><td>{c}</td></tr>" for a, b, c in rows)
+    return (
+        "<html><body style='font-family:sans-serif'><h2>Quality: engine vs unquantized reference</h2>"
+        "<table border='1' cellpadding='6' style='border-collapse:collapse'>"
+        f"<tr><th>metric</th><th>value</th><th>note</th></tr>{body}</table></body></html>"
+    )

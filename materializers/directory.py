@@ -73,8 +73,8 @@ class ModelDirectoryMaterializer(BaseMaterializer):
     def extract_metadata(self, data: ModelDirectory) -> dict[str, Any]:
         manifest = data.manifest
         total_bytes = sum((data.path / rel).stat().st_size for rel in manifest["files"] if (data.path / rel).exists())
-        scalars = {k: v for k, v in manifest.items() if isinstance(v, (str, int, float, bool))}
-        return {**scalars, "num_files": len(manifest["files"]), "total_size_mb": round(total_bytes / 2**20, 2)}
+        facts = {k: v for k, v in manifest.items() if k != "files"}
+        return {**facts, "num_files": len(manifest["files"]), "total_size_mb": round(total_bytes / 2**20, 2)}
 
     def save_visualizations(self, data: ModelDirectory) -> dict[str, VisualizationType]:
         manifest = data.manifest

@@ -1,0 +1,85 @@
+"""What a user reads at the end of a run: identity, benchmark and quality headlines, each gate,
+and whether the engine was promoted (and if not, why). Plain data in, rich tables out."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from foundry.gates import GateConfig, evaluate_gates
+from foundry.promotion import PromotionResult
+from foundry.quality import QualityReport
+
+
+def _fmt(value: float | None, spec: str = ".2f", unit: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{unit}"
+
+
+def print_run_summary(
+    *,
+    run_name: str,
+    wall_seconds: float,
+    step_statuses: dict[str, str],
+    checkpoint: dict,
+    engine: dict,
+    benchmark_results: dict,
+    quality: QualityReport,
+    gates: GateConfig,
+    promotion: PromotionResult,
+    tracking_uri: str,
+    console: Console | None = None,
+) -> None:
+    console = console or Console()
+    console.rule(f"[bold]LLM Engine Foundry · run {run_name}")
+    cached = [name for name, status in step_statuses.items() if status == "cached"]
+    console.print(f"wall time {wall_seconds:.1f} s · steps cached: {', '.join(cached) if cached else 'none'}")
+
+    identity = Table(title="Identity", show_header=False)
+    identity.add_row("checkpoint", f"{checkpoint.get('architecture')} · {checkpoint.get('parameter_count', 0):,} params · "
+                     f"content {str(checkpoint.get('content_hash'))[:16]}")
+    identity.add_row("engine", f"backend {engine.get('backend')} · quant {engine.get('quant_algo')} · "
+                     f"content {str(engine.get('content_hash'))[:16]}")
+    console.print(identity)
+
+    bench = Table(title=f"Benchmark · {benchmark_results['engine']['backend']} vs "
+                        f"{(benchmark_results.get('baseline') or {}).get('backend', 'no baseline')}")
+    for column in ("concurrency", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms", "output tok/s", "speedup vs baseline"):
+        bench.add_column(column, justify="right")
+    speedups = {row["concurrency"]: row["speedup_output_tok_s"] for row in benchmark_results.get("comparison", [])}
+    for level in benchmark_results["engine"]["levels"]:
+        ttft, tpot = level.get("ttft") or {}, level.get("tpot") or {}
+        bench.add_row(
+            str(level["concurrency"]), _fmt(ttft.get("p50_ms")), _fmt(ttft.get("p99_ms")),
+            _fmt(tpot.get("p50_ms")), _fmt(tpot.get("p99_ms")),
+            _fmt(level["output_token_throughput_tok_s"], ".1f"), _fmt(speedups.get(level["concurrency"]), ".2f", "×"),
+        )
+    console.print(bench)
+
+    qual = Table(title=f"Quality · {quality.engine_backend} vs unquantized {quality.reference_backend}", show_header=False)
+    qual.add_row("perplexity ratio", f"{quality.perplexity_ratio:.4f}  ({quality.engine_perplexity:.3f} / {quality.reference_perplexity:.3f})")
+    qual.add_row("mean KL divergence", f"{quality.mean_kld:.4f} nats/token")
+    qual.add_row("top-1 agreement", f"{quality.top1_agreement:.2%}")
+    console.print(qual)
+
+    measurements = {**benchmark_results["headline"], "perplexity_ratio": quality.perplexity_ratio,
+                    "mean_kld": quality.mean_kld, "top1_agreement": quality.top1_agreement}
+    decision = evaluate_gates(gates, measurements)
+    gate_table = Table(title="Gates")
+    for column in ("gate", "threshold", "measured", "result"):
+        gate_table.add_column(column)
+    for result in decision.results:
+        gate_table.add_row(result.name, f"{result.comparison} {result.threshold:g}", _fmt(result.measured, ".4g"),
+                           "[green]pass" if result.passed else "[red]FAIL")
+    for name in decision.unchecked:
+        gate_table.add_row(name, "not set", "", "[dim]unchecked")
+    console.print(gate_table)
+
+    if promotion.promoted:
+        console.print(f"[bold green]PROMOTED[/] {promotion.model_name} version {promotion.version} → alias 'production' "
+                      f"(was {promotion.previous_production or 'none'}); ZenML model stage 'production' moved with it.")
+    else:
+        console.print(f"[bold red]NOT PROMOTED[/] {promotion.model_name} version {promotion.version} is registered; "
+                      f"production stays {promotion.previous_production or 'unset'}. Why:")
+        for reason in promotion.reasons:
+            console.print(f"  - {reason}")
+    console.print(f"MLflow: {tracking_uri} · model '{promotion.model_name}'")

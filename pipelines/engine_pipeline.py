@@ -1,0 +1,41 @@
+"""The default pipeline: wiring only; each step is a thin adapter over foundry/."""
+
+from zenml import pipeline
+
+from foundry.config import BenchmarkConfig, BuildConfig, CalibrationConfig, CheckpointSource, EvaluationConfig, GateConfig
+from steps import (
+    benchmark_engine,
+    build_engine,
+    calibrate_checkpoint,
+    evaluate_engine_quality,
+    gate_and_promote,
+    ingest_checkpoint,
+    prepare_data,
+    register_engine,
+)
+
+
+@pipeline
+def engine_pipeline(
+    model_name: str,
+    source: CheckpointSource,
+    source_fingerprint: str,
+    calibration: CalibrationConfig,
+    evaluation: EvaluationConfig,
+    build: BuildConfig,
+    benchmark: BenchmarkConfig,
+    gates: GateConfig,
+    run_config: dict,
+    config_hash: str,
+) -> None:
+    checkpoint = ingest_checkpoint(source=source, source_fingerprint=source_fingerprint)
+    calibration_windows, evaluation_windows, data_lineage = prepare_data(checkpoint, calibration, evaluation)
+    trtllm_checkpoint = calibrate_checkpoint(checkpoint, calibration_windows, calibration)
+    engine = build_engine(trtllm_checkpoint, build)
+    benchmark_results, _, _ = benchmark_engine(engine, checkpoint, benchmark, model_name)
+    quality_report, _ = evaluate_engine_quality(engine, checkpoint, evaluation_windows, data_lineage)
+    registered = register_engine(
+        engine, checkpoint, trtllm_checkpoint, data_lineage, benchmark_results, quality_report,
+        run_config, config_hash, model_name,
+    )
+    gate_and_promote(registered, benchmark_results, quality_report, gates)

@@ -1,0 +1,21 @@
+"""ZenML steps: thin adapters from artifacts to foundry/ calls, metadata and visualizations."""
+
+from steps.benchmark import benchmark_engine
+from steps.build import build_engine
+from steps.calibrate import calibrate_checkpoint
+from steps.data import prepare_data
+from steps.evaluate import evaluate_engine_quality
+from steps.ingest import ingest_checkpoint
+from steps.promote import gate_and_promote
+from steps.register import register_engine
+
+__all__ = [
+    "benchmark_engine",
+    "build_engine",
+    "calibrate_checkpoint",
+    "evaluate_engine_quality",
+    "gate_and_promote",
+    "ingest_checkpoint",
+    "prepare_data",
+    "register_engine",
+]

@@ -1,0 +1,57 @@
+from typing import Annotated
+
+import pandas as pd
+from zenml import log_metadata, step
+from zenml.types import HTMLString
+
+from foundry.artifacts import EngineArtifact, HFCheckpoint
+from foundry.bench.metrics import compare_reports, records_dataframe
+from foundry.bench.report import render_html
+from foundry.bench.runner import run_benchmark
+from foundry.bench.workload import workload_from_config
+from foundry.builders import load_engine
+from foundry.config import BenchmarkConfig
+from foundry.runtime.hf import HFEngine
+from foundry.summary import benchmark_headline
+
+
+@step
+def benchmark_engine(
+    engine: EngineArtifact, checkpoint: HFCheckpoint, benchmark: BenchmarkConfig, model_name: str
+) -> tuple[
+    Annotated[dict, "benchmark_results"],
+    Annotated[pd.DataFrame, "benchmark_requests"],
+    Annotated[HTMLString, "benchmark_report"],
+]:
+    """Same seeded workload on the engine and (optionally) the HF transformers baseline."""
+    runtime = load_engine(engine.path)
+    baseline_runtime = HFEngine.load(checkpoint.path) if benchmark.baseline else None
+    vocab_size, special_ids = baseline_vocab(checkpoint)
+    requests, workload = workload_from_config(benchmark, vocab_size, special_ids)
+    report = run_benchmark(runtime, requests, benchmark.concurrency, benchmark.warmup_requests, model=model_name, workload=workload)
+    frames = [records_dataframe(report.records).assign(backend=report.backend)]
+    baseline_report, comparison = None, []
+    if baseline_runtime is not None:
+        del runtime  # one model in memory at a time is enough on small machines
+        baseline_report = run_benchmark(
+            baseline_runtime, requests, benchmark.concurrency, benchmark.warmup_requests, model=model_name, workload=workload
+        )
+        comparison = compare_reports(report, baseline_report)
+        frames.append(records_dataframe(baseline_report.records).assign(backend=baseline_report.backend))
+    headline = benchmark_headline(report, comparison)
+    results = {
+        "engine": report.model_dump(mode="json"),
+        "baseline": baseline_report.model_dump(mode="json") if baseline_report else None,
+        "comparison": [row.model_dump(mode="json") for row in comparison],
+        "headline": headline,
+    }
+    log_metadata(metadata={"benchmark": {k: v for k, v in headline.items() if v is not None}, "backend": report.backend})
+    html = render_html(report, baseline=baseline_report, comparison=comparison)
+    return results, pd.concat(frames, ignore_index=True), HTMLString(html)
+
+
+def baseline_vocab(checkpoint: HFCheckpoint) -> tuple[int, list[int]]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+    return len(tokenizer), list(tokenizer.all_special_ids)

@@ -1,0 +1,44 @@
+from typing import Annotated
+
+from zenml import get_step_context, log_metadata, step
+from zenml.enums import ModelStages
+from zenml.types import HTMLString
+
+from foundry.config import GateConfig
+from foundry.gates import evaluate_gates, render_gates_html
+from foundry.promotion import PromotionResult, promote_if_passed
+from foundry.quality import QualityReport
+from steps.tracking import stack_registry
+
+
+@step
+def gate_and_promote(
+    registered_version: dict, benchmark_results: dict, quality_report: QualityReport, gates: GateConfig
+) -> tuple[Annotated[PromotionResult, "promotion"], Annotated[HTMLString, "gate_report"]]:
+    """Check every gate; on pass move MLflow alias `production` and the ZenML model stage together."""
+    measurements = {
+        **benchmark_results["headline"],
+        "perplexity_ratio": quality_report.perplexity_ratio,
+        "mean_kld": quality_report.mean_kld,
+        "top1_agreement": quality_report.top1_agreement,
+    }
+    decision = evaluate_gates(gates, measurements)
+    zenml_model = get_step_context().model
+    result = promote_if_passed(
+        registry=stack_registry(),
+        model_name=registered_version["model_name"],
+        version=registered_version["version"],
+        decision=decision,
+        promote_second_registry=lambda: zenml_model.set_stage(ModelStages.PRODUCTION, force=True),
+    )
+    log_metadata(
+        metadata={
+            "gate_passed": decision.passed,
+            "promoted": result.promoted,
+            "gate_results": {r.name: {"threshold": r.threshold, "measured": r.measured, "passed": r.passed} for r in decision.results},
+            "reasons": result.reasons,
+        },
+        infer_model=True,
+    )
+    log_metadata(metadata={"gate_passed": decision.passed, "promoted": result.promoted})
+    return result, HTMLString(render_gates_html(decision, result.promoted))
