@@ -1,0 +1,89 @@
+"""Gates and promotion against a real MLflow registry (SQLite in a temp dir)."""
+
+import pytest
+
+from foundry.config import GateConfig
+from foundry.gates import evaluate_gates
+from foundry.promotion import promote_if_passed
+from foundry.registry import Registry, sqlite_tracking_uri
+
+GOOD = {"perplexity_ratio": 1.02, "mean_kld": 0.03, "top1_agreement": 0.9, "ttft_p99_ms": 100.0,
+        "tpot_p99_ms": 20.0, "speedup_output_tok_s": 1.5}
+
+
+def test_all_gates_pass_on_good_measurements():
+    decision = evaluate_gates(GateConfig(max_ttft_p99_ms=200, max_tpot_p99_ms=30, min_speedup_vs_baseline=1.1), GOOD)
+    assert decision.passed
+    assert {r.name for r in decision.results} == set(GOOD)
+    assert decision.unchecked == []
+
+
+@pytest.mark.parametrize(
+    "metric, value, gate_field",
+    [("perplexity_ratio", 1.2, "max_perplexity_ratio"), ("mean_kld", 0.5, "max_mean_kld"),
+     ("top1_agreement", 0.5, "min_top1_agreement")],
+)
+def test_one_failing_gate_fails_the_decision_and_names_it(metric, value, gate_field):
+    decision = evaluate_gates(GateConfig(), {**GOOD, metric: value})
+    assert not decision.passed
+    assert len(decision.failure_reasons) == 1 and metric in decision.failure_reasons[0]
+
+
+def test_unmeasured_metric_fails_its_gate():
+    decision = evaluate_gates(GateConfig(min_speedup_vs_baseline=1.0), {**GOOD, "speedup_output_tok_s": None})
+    assert not decision.passed
+    assert "not measured" in decision.failure_reasons[0]
+
+
+def test_null_gates_are_reported_as_unchecked():
+    decision = evaluate_gates(GateConfig(max_ttft_p99_ms=None, max_tpot_p99_ms=None), GOOD)
+    assert "max_ttft_p99_ms" in decision.unchecked
+
+
+@pytest.fixture
+def registry(tmp_path):
+    return Registry(sqlite_tracking_uri(tmp_path))
+
+
+def _register(registry, name="m"):
+    return registry.register_engine(name, "/artifacts/engine", None, {"checkpoint_content_hash": "abc"}).version
+
+
+def test_promotion_moves_alias_and_calls_second_registry(registry):
+    v1 = _register(registry)
+    calls = []
+    result = promote_if_passed(registry, "m", v1, evaluate_gates(GateConfig(), GOOD), lambda: calls.append("zenml"))
+    assert result.promoted and calls == ["zenml"]
+    assert registry.production_version("m") == v1
+    assert registry.version_tags("m", v1)["checkpoint_content_hash"] == "abc"
+
+
+def test_failed_gate_moves_nothing(registry):
+    v1 = _register(registry)
+    promote_if_passed(registry, "m", v1, evaluate_gates(GateConfig(), GOOD), lambda: None)
+    v2 = _register(registry)
+    bad = evaluate_gates(GateConfig(), {**GOOD, "mean_kld": 9.0})
+    result = promote_if_passed(registry, "m", v2, bad, lambda: pytest.fail("must not promote"))
+    assert not result.promoted and result.production_after == v1
+    assert registry.production_version("m") == v1
+    assert registry.version_tags("m", v2)["gate"] == "failed"
+
+
+def test_second_registry_failure_rolls_the_alias_back(registry):
+    v1 = _register(registry)
+    promote_if_passed(registry, "m", v1, evaluate_gates(GateConfig(), GOOD), lambda: None)
+    v2 = _register(registry)
+
+    def zenml_down():
+        raise RuntimeError("zenml store unavailable")
+
+    with pytest.raises(RuntimeError):
+        promote_if_passed(registry, "m", v2, evaluate_gates(GateConfig(), GOOD), zenml_down)
+    assert registry.production_version("m") == v1
+
+
+def test_rollback_of_first_promotion_removes_the_alias(registry):
+    v1 = _register(registry)
+    with pytest.raises(RuntimeError):
+        promote_if_passed(registry, "m", v1, evaluate_gates(GateConfig(), GOOD), lambda: (_ for _ in ()).throw(RuntimeError()))
+    assert registry.production_version("m") is None
