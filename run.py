@@ -40,13 +40,11 @@ def _prepare_environment() -> Path:
     return state
 
 
-def _ensure_zenml_repository_and_stack(state: Path) -> str:
-    from zenml.client import Client
-
+def _ensure_stack(state: Path) -> str:
+    # No `zenml init`: a .zen/ in the checkout would pin an active stack id that belongs to one
+    # state directory; the source root is the project root (we chdir there) either way.
     from stacks.local import ensure_local_stack
 
-    if Client.find_repository(PROJECT_ROOT) is None:
-        Client.initialize(PROJECT_ROOT)
     return ensure_local_stack(state)
 
 
@@ -76,7 +74,7 @@ def _run_pipeline(config_path: str, no_cache: bool, run_name: str | None) -> int
     except FoundryError as error:
         _fail(str(error), EXIT_INVALID_INPUT)
 
-    _ensure_zenml_repository_and_stack(state)
+    _ensure_stack(state)
     from zenml import Model
 
     from pipelines import engine_pipeline
@@ -174,19 +172,15 @@ def stack() -> None:
 @click.option("--set/--no-set", "activate", default=True, help="activate it after registering")
 def stack_register(name: str, activate: bool) -> None:
     state = _prepare_environment()
-    from zenml.client import Client
-
     from stacks.local import ensure_local_stack
 
-    if Client.find_repository(PROJECT_ROOT) is None:
-        Client.initialize(PROJECT_ROOT)
     click.echo(f"stack {ensure_local_stack(state, activate=activate)} is registered" + (" and active" if activate else ""))
 
 
 @cli.command(help="Show, per model, the production version in MLflow and in ZenML and flag drift.")
 def status() -> None:
     state = _prepare_environment()
-    _ensure_zenml_repository_and_stack(state)
+    _ensure_stack(state)
     from zenml.client import Client
     from zenml.enums import ModelStages
 

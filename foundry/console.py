@@ -29,7 +29,10 @@ def print_run_summary(
     tracking_uri: str,
     console: Console | None = None,
 ) -> None:
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and CI: wide enough that tables don't wrap
+            console = Console(width=120)
     console.rule(f"[bold]LLM Engine Foundry · run {run_name}")
     cached = [name for name, status in step_statuses.items() if status == "cached"]
     console.print(f"wall time {wall_seconds:.1f} s · steps cached: {', '.join(cached) if cached else 'none'}")

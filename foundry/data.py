@@ -2,13 +2,12 @@
 
 The built-in source is Python's own documentation topics (`pydoc_data.topics`, shipped with every
 CPython), so the default path needs no download. Documents are assigned to calibration or
-evaluation by a hash of their topic name, so the two splits never share a document, and the
+evaluation by a hash of their normalized text, so the two splits never share a document, and the
 split is the same on every machine.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -19,7 +18,7 @@ from foundry.errors import FoundryError
 from foundry.hashing import sha256_json, sha256_text
 
 Split = Literal["calibration", "evaluation"]
-_EVAL_BUCKET = 0  # topics whose name hashes to bucket 0 of 4 are held out for evaluation
+_EVAL_BUCKET = 0  # texts whose normalized hash falls in bucket 0 of 4 are held out for evaluation
 _BUCKETS = 4
 
 
@@ -35,12 +34,14 @@ def normalized_hash(text: str) -> str:
 def builtin_documents(split: Split) -> list[str]:
     from pydoc_data.topics import topics
 
-    def bucket(name: str) -> int:
-        return int(hashlib.sha256(name.encode()).hexdigest(), 16) % _BUCKETS
-
+    # Several topic names share one text: bucket by the normalized text's hash, not the name, so
+    # identical texts always land in the same split, and keep each text once.
+    by_hash = {normalized_hash(text): text for _, text in sorted(topics.items()) if text.strip()}
     want_eval = split == "evaluation"
-    names = sorted(name for name in topics if (bucket(name) == _EVAL_BUCKET) == want_eval)
-    return [topics[name] for name in names if topics[name].strip()]
+    return [
+        text for digest, text in sorted(by_hash.items())
+        if (int(digest, 16) % _BUCKETS == _EVAL_BUCKET) == want_eval
+    ]
 
 
 @dataclass(frozen=True)

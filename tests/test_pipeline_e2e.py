@@ -1,0 +1,111 @@
+"""The whole pipeline as a user runs it: `python run.py --config ...` in a subprocess, on CPU,
+with the real model, real ZenML (local stack), real MLflow (SQLite) and real ModelOpt.
+
+One state directory for the module: first run promotes, second run is served from the cache,
+a run whose gates fail registers its version but promotes nothing and exits 3.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from foundry.registry import Registry, sqlite_tracking_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+MODEL = "smollm2-smoke"
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(state_dir: Path, *args: str, timeout_s: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FOUNDRY_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("ZENML_CONFIG_PATH", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("foundry-state")
+
+
+@pytest.fixture(scope="module")
+def registry(state_dir) -> Registry:
+    return Registry(sqlite_tracking_uri(state_dir))
+
+
+@pytest.fixture(scope="module")
+def first_run(state_dir):
+    return run_cli(state_dir, "--config", str(SMOKE), "--run-name", "e2e-first")
+
+
+def test_first_run_promotes_and_prints_the_summary(first_run, registry):
+    out = first_run.stdout
+    assert first_run.returncode == 0, first_run.stdout[-4000:] + first_run.stderr[-4000:]
+    for expected in ("Identity", "Benchmark", "TTFT p99 ms", "Quality", "perplexity ratio", "top-1 agreement",
+                     "Gates", "PROMOTED"):
+        assert expected in out
+    assert registry.production_version(MODEL) == "1"
+    tags = registry.version_tags(MODEL, "1")
+    for key in ("checkpoint_content_hash", "calibration_data_hash", "config_hash", "zenml_run_id", "version.torch"):
+        assert tags[key], key
+    version = registry.client.get_model_version(MODEL, "1")
+    assert Path(version.source).is_dir(), "the model version points at the engine artifact, not a copy"
+    assert (Path(version.source) / "engine.json").is_file()
+
+
+def test_second_run_reuses_ingest_calibrate_and_build(first_run, state_dir, registry):
+    second = run_cli(state_dir, "--config", str(SMOKE), "--run-name", "e2e-cached")
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    cached_line = re.search(r"steps cached: (.*)", second.stdout).group(1)
+    for step in ("ingest_checkpoint", "prepare_data", "calibrate_checkpoint", "build_engine"):
+        assert step in cached_line
+    # Same engine bytes → same source; a new version is registered and promoted again.
+    v1, v2 = (registry.client.get_model_version(MODEL, v) for v in ("1", "2"))
+    assert v1.tags["engine_content_hash"] == v2.tags["engine_content_hash"]
+
+
+def test_failed_gate_registers_but_does_not_promote(first_run, state_dir, registry, tmp_path):
+    strict = yaml.safe_load(SMOKE.read_text())
+    strict["gates"]["min_top1_agreement"] = 0.9999  # int8 SmoothQuant never agrees on every token
+    path = tmp_path / "strict.yaml"
+    path.write_text(yaml.safe_dump(strict))
+    before = registry.production_version(MODEL)
+    result = run_cli(state_dir, "--config", str(path), "--run-name", "e2e-strict")
+    assert result.returncode == 3, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "NOT PROMOTED" in result.stdout and "top1_agreement" in result.stdout
+    assert registry.production_version(MODEL) == before
+    newest = registry.list_versions(MODEL)[-1]
+    assert newest.tags["gate"] == "failed"
+
+
+def test_invalid_config_fails_before_any_work(state_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("calibration: {alpha: 2.0}\n")
+    result = run_cli(state_dir, "--config", str(bad))
+    assert result.returncode == 2
+    assert "calibration.alpha" in result.stderr and str(bad) in result.stderr
+    assert "Pipeline run" not in result.stdout
+
+
+def test_missing_checkpoint_fails_before_any_work(state_dir, tmp_path):
+    config = tmp_path / "missing.yaml"
+    config.write_text(yaml.safe_dump({"model": {"source": {"kind": "gguf", "path": str(tmp_path / "nope.gguf")}}}))
+    result = run_cli(state_dir, "--config", str(config))
+    assert result.returncode == 2
+    assert "nope.gguf" in result.stderr
+
+
+def test_trtllm_backend_refuses_on_a_node_without_tensorrt_llm(state_dir, tmp_path):
+    config = tmp_path / "trt.yaml"
+    config.write_text(yaml.safe_dump({"build": {"backend": "trtllm"}}))
+    result = run_cli(state_dir, "--config", str(config))
+    assert result.returncode == 2
+    assert "tensorrt_llm is not installed" in result.stderr
