@@ -44,7 +44,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def load_reference_engine(engine_dir: Path, device: str):
-    from foundry.runtime.reference import ReferenceEngine  # written separately; imported only when used
+    try:  # written separately; imported only when used
+        from foundry.runtime.reference import ReferenceEngine
+    except ImportError as error:
+        raise FoundryError(f"--engine-dir needs foundry.runtime.reference, which cannot be imported: {error}") from error
 
     if "device" in inspect.signature(ReferenceEngine.load).parameters:
         return ReferenceEngine.load(engine_dir, device=device)
