@@ -203,31 +203,94 @@ def _has_gguf_magic(path: Path) -> bool:
 
 
 def _inspect_gguf(path: Path) -> tuple[str, str]:
-    """(architecture, quantization note) from the GGUF header, before the expensive dequantization."""
+    """(architecture, quantization note) from the GGUF header, before the expensive dequantization.
+
+    Also proves the file is complete: the tensor data the header describes must fit in the file.
+    """
     if not _has_gguf_magic(path):
         raise FoundryError(
             f"{path}: not a GGUF file (the first bytes are not {GGUF_MAGIC!r}); "
             "give a .gguf file, or use kind 'hf_dir' for a Hugging Face directory"
         )
-    import gguf
-
     try:
-        reader = gguf.GGUFReader(str(path))
-        field = reader.fields["general.architecture"]
-        architecture = bytes(field.parts[field.data[0]]).decode("utf-8")
-        tensor_types = Counter(tensor.tensor_type.name for tensor in reader.tensors)
-    except KeyError:
-        raise FoundryError(f"{path}: GGUF header has no general.architecture; the file is incomplete") from None
-    except Exception as error:  # gguf raises ValueError/IndexError/struct errors on damaged files
-        raise FoundryError(f"{path}: GGUF file is truncated or corrupt ({type(error).__name__}: {error}); "
-                           "re-export or re-download it") from None
+        metadata, tensors, data_start = _read_gguf_header(path)
+        data_end = data_start + max((offset + nbytes for _, offset, nbytes in tensors), default=0)
+    except (struct.error, ValueError, UnicodeDecodeError, KeyError) as error:
+        raise FoundryError(
+            f"{path}: GGUF header is truncated or corrupt ({type(error).__name__}: {error}); re-export or re-download it"
+        ) from None
+    if data_end > path.stat().st_size:
+        raise FoundryError(
+            f"{path}: truncated — the header describes {data_end} bytes but the file has "
+            f"{path.stat().st_size}; re-export or re-download it"
+        )
+    architecture = metadata.get("general.architecture")
     if architecture not in SUPPORTED_GGUF_ARCHITECTURES:
         raise NotSupportedError(
             f"{path}: GGUF architecture '{architecture}' is not supported; the reference runtime runs "
             f"the Llama family only (supported GGUF architectures: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)})"
         )
+    tensor_types = Counter(type_name for type_name, _, _ in tensors)
     counts = ", ".join(f"{name} x{count}" for name, count in sorted(tensor_types.items()))
     return architecture, f"GGUF tensors {counts}, dequantized to float32"
+
+
+# GGUF scalar value types → struct format (type 8 = string, 9 = array are handled separately).
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def _read_gguf_header(path: Path) -> tuple[dict, list[tuple[str, int, int]], int]:
+    """Scalar/string metadata, (type name, offset, nbytes) per tensor, and where tensor data starts.
+
+    A streaming parse: gguf.GGUFReader materialises every vocabulary string (seconds for a 49k
+    vocabulary), and all we need here is a handful of fields.
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    with open(path, "rb", buffering=1 << 20) as handle:
+
+        def read(fmt: str):
+            size = struct.calcsize("<" + fmt)
+            return struct.unpack("<" + fmt, handle.read(size))[0]
+
+        def read_string() -> str:
+            return handle.read(read("Q")).decode("utf-8")
+
+        def read_value(value_type: int):
+            if value_type == 8:
+                return read_string()
+            if value_type == 9:  # array: skipped, never needed here
+                element_type, count = read("I"), read("Q")
+                if element_type in _GGUF_SCALARS:
+                    handle.seek(struct.calcsize("<" + _GGUF_SCALARS[element_type]) * count, os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        read_value(element_type)
+                return None
+            if value_type not in _GGUF_SCALARS:
+                raise ValueError(f"unknown GGUF value type {value_type}")
+            return read(_GGUF_SCALARS[value_type])
+
+        handle.read(4)  # magic, checked by the caller
+        version = read("I")
+        if version < 2:
+            raise ValueError(f"GGUF version {version} is too old (need 2 or 3)")
+        tensor_count, kv_count = read("Q"), read("Q")
+        metadata = {}
+        for _ in range(kv_count):
+            key = read_string()
+            metadata[key] = read_value(read("I"))
+        tensors = []
+        for _ in range(tensor_count):
+            read_string()  # name
+            shape = [read("Q") for _ in range(read("I"))]
+            quant_type = GGMLQuantizationType(read("I"))
+            offset = read("Q")
+            block_size, type_size = GGML_QUANT_SIZES[quant_type]
+            tensors.append((quant_type.name, offset, math.prod(shape) // block_size * type_size))
+        alignment = metadata.get("general.alignment") or 32
+        data_start = -(-handle.tell() // alignment) * alignment
+    return metadata, tensors, data_start
 
 
 def _ingest_gguf(gguf_path: Path, out: Path) -> dict:
