@@ -1,0 +1,196 @@
+"""Read and validate a TensorRT-LLM checkpoint (config.json + rank0.safetensors) for the reference runtime.
+
+Everything the runtime would otherwise get silently wrong (a missing tensor, a wrong shape, a
+quantization mode it does not implement, tensor parallelism) is refused here with a message that
+names the file, field or tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from foundry.errors import FoundryError, NotSupportedError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "rank0.safetensors"
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+SMOOTHQUANT_PER_CHANNEL = "W8A8_SQ_PER_CHANNEL"
+SUPPORTED_QUANT_ALGOS = (None, SMOOTHQUANT_PER_CHANNEL)
+DEFAULT_ROTARY_BASE = 10000.0  # TensorRT-LLM's default when config.json has no rotary_base
+LINEAR_NAMES = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+UNSUPPORTED_HINT = "use the trtllm builder"
+
+
+@dataclass(frozen=True)
+class LlamaCheckpointConfig:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    intermediate_size: int
+    vocab_size: int
+    norm_epsilon: float
+    rotary_base: float
+    max_positions: int
+    quant_algo: str | None
+    share_embedding_table: bool
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """[out_features, in_features] of each linear, in TensorRT-LLM's names."""
+        qkv_out = (self.num_heads + 2 * self.num_kv_heads) * self.head_size
+        attention_width = self.num_heads * self.head_size
+        return {
+            "attention.qkv": (qkv_out, self.hidden_size),
+            "attention.dense": (self.hidden_size, attention_width),
+            "mlp.fc": (self.intermediate_size, self.hidden_size),
+            "mlp.gate": (self.intermediate_size, self.hidden_size),
+            "mlp.proj": (self.hidden_size, self.intermediate_size),
+        }
+
+
+def read_config_json(checkpoint_dir: Path) -> dict:
+    path = checkpoint_dir / CONFIG_NAME
+    if not path.is_file():
+        raise FoundryError(f"{path}: missing; a TensorRT-LLM checkpoint needs config.json + {WEIGHTS_NAME}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise FoundryError(f"{path}: not valid JSON ({error}); re-export the checkpoint") from error
+
+
+def _required(config: dict, field: str, path: Path):
+    if config.get(field) is None:
+        raise FoundryError(f"{path}: field {field!r} is missing; re-export the checkpoint")
+    return config[field]
+
+
+def refuse_unsupported_features(config: dict, path: Path) -> None:
+    """Every feature the reference backend does not execute is refused, never ignored."""
+    architecture = config.get("architecture")
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise NotSupportedError(
+            f"{path}: architecture {architecture!r} not supported by the reference backend "
+            f"(supports {SUPPORTED_ARCHITECTURES}); {UNSUPPORTED_HINT}"
+        )
+    quantization = config.get("quantization") or {}
+    quant_algo = quantization.get("quant_algo")
+    if quant_algo not in SUPPORTED_QUANT_ALGOS:
+        raise NotSupportedError(f"{path}: quantization.quant_algo not supported by the reference backend: {quant_algo}; {UNSUPPORTED_HINT}")
+    kv_algo = quantization.get("kv_cache_quant_algo")
+    if kv_algo is not None:
+        raise NotSupportedError(
+            f"{path}: quantization.kv_cache_quant_algo not supported by the reference backend: {kv_algo}; {UNSUPPORTED_HINT}"
+        )
+    mapping = config.get("mapping") or {}
+    if mapping.get("tp_size", 1) != 1 or mapping.get("pp_size", 1) != 1:
+        raise NotSupportedError(
+            f"{path}: mapping tp_size={mapping.get('tp_size', 1)} pp_size={mapping.get('pp_size', 1)} not supported by "
+            f"the reference backend (single rank only); re-export with inference_tensor_parallel=1 or {UNSUPPORTED_HINT}"
+        )
+    checks = {
+        "position_embedding_type": (config.get("position_embedding_type", "rope_gpt_neox"), "rope_gpt_neox"),
+        "hidden_act": (config.get("hidden_act"), "silu"),
+        "bias": (bool(config.get("bias", False)), False),
+        "rotary_pct": (float(config.get("rotary_pct", 1.0)), 1.0),
+        "rotary_scaling": (config.get("rotary_scaling"), None),
+        "residual_mlp": (bool(config.get("residual_mlp", False)), False),
+    }
+    for field, (value, supported) in checks.items():
+        if value != supported:
+            raise NotSupportedError(
+                f"{path}: {field}={value!r} not supported by the reference backend (needs {supported!r}); {UNSUPPORTED_HINT}"
+            )
+
+
+def parse_config(checkpoint_dir: Path) -> LlamaCheckpointConfig:
+    config = read_config_json(checkpoint_dir)
+    path = checkpoint_dir / CONFIG_NAME
+    refuse_unsupported_features(config, path)
+    num_heads = int(_required(config, "num_attention_heads", path))
+    hidden_size = int(_required(config, "hidden_size", path))
+    return LlamaCheckpointConfig(
+        num_layers=int(_required(config, "num_hidden_layers", path)),
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        num_kv_heads=int(config.get("num_key_value_heads") or num_heads),
+        head_size=int(config.get("head_size") or hidden_size // num_heads),
+        intermediate_size=int(_required(config, "intermediate_size", path)),
+        vocab_size=int(_required(config, "vocab_size", path)),
+        norm_epsilon=float(config.get("norm_epsilon", 1e-5)),
+        rotary_base=float(config.get("rotary_base") or DEFAULT_ROTARY_BASE),
+        max_positions=int(config.get("max_position_embeddings") or 2048),
+        quant_algo=(config.get("quantization") or {}).get("quant_algo"),
+        share_embedding_table=bool(config.get("share_embedding_table", False)),
+    )
+
+
+def expected_tensors(config: LlamaCheckpointConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+    """name -> (shape, dtype or None for 'any floating dtype')."""
+    expected: dict[str, tuple[tuple[int, ...], torch.dtype | None]] = {
+        "transformer.vocab_embedding.weight": ((config.vocab_size, config.hidden_size), None),
+        "transformer.ln_f.weight": ((config.hidden_size,), None),
+    }
+    if not config.share_embedding_table:
+        expected["lm_head.weight"] = ((config.vocab_size, config.hidden_size), None)
+    quantized = config.quant_algo == SMOOTHQUANT_PER_CHANNEL
+    for layer in range(config.num_layers):
+        prefix = f"transformer.layers.{layer}"
+        expected[f"{prefix}.input_layernorm.weight"] = ((config.hidden_size,), None)
+        expected[f"{prefix}.post_layernorm.weight"] = ((config.hidden_size,), None)
+        for linear, (out_features, in_features) in config.linear_shapes().items():
+            name = f"{prefix}.{linear}"
+            if quantized:
+                expected[f"{name}.weight"] = ((out_features, in_features), torch.int8)
+                expected[f"{name}.weights_scaling_factor"] = ((out_features,), None)
+                expected[f"{name}.activation_scaling_factor"] = ((1,), None)
+                expected[f"{name}.prequant_scaling_factor"] = ((in_features,), None)
+            else:
+                expected[f"{name}.weight"] = ((out_features, in_features), None)
+    return expected
+
+
+def load_tensors(checkpoint_dir: Path, config: LlamaCheckpointConfig) -> dict[str, torch.Tensor]:
+    """Every expected tensor, checked for presence, shape and dtype; nothing unexpected allowed."""
+    from safetensors import safe_open
+
+    path = checkpoint_dir / WEIGHTS_NAME
+    if not path.is_file():
+        raise FoundryError(f"{path}: missing; a TensorRT-LLM checkpoint needs {CONFIG_NAME} + {WEIGHTS_NAME}")
+    expected = expected_tensors(config)
+    try:
+        with safe_open(str(path), "pt") as handle:
+            present = set(handle.keys())
+            missing = sorted(set(expected) - present)
+            if missing:
+                raise FoundryError(
+                    f"{path}: missing tensor(s) {missing[:5]}{' …' if len(missing) > 5 else ''} "
+                    f"({len(missing)} in all) for quant_algo {config.quant_algo}; re-export the checkpoint"
+                )
+            unexpected = sorted(present - set(expected))
+            if unexpected:
+                raise NotSupportedError(
+                    f"{path}: tensor(s) {unexpected[:5]} are not used by the reference backend, which would "
+                    f"silently ignore them; {UNSUPPORTED_HINT}"
+                )
+            tensors = {name: handle.get_tensor(name) for name in expected}
+    except FoundryError:
+        raise
+    except Exception as error:  # safetensors raises its own error types for truncated/corrupt files
+        raise FoundryError(f"{path}: cannot be read as safetensors ({error}); the file is truncated or corrupt — re-export it") from error
+    for name, (shape, dtype) in expected.items():
+        _check_tensor(path, name, tensors[name], shape, dtype)
+    return tensors
+
+
+def _check_tensor(path: Path, name: str, tensor: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | None) -> None:
+    if tuple(tensor.shape) != shape:
+        raise FoundryError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, config.json implies {shape}")
+    if dtype is not None and tensor.dtype != dtype:
+        raise FoundryError(f"{path}: tensor {name} has dtype {tensor.dtype}, expected {dtype}")
+    if dtype is None and not tensor.is_floating_point():
+        raise FoundryError(f"{path}: tensor {name} has dtype {tensor.dtype}, expected a floating dtype")
