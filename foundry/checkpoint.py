@@ -353,6 +353,7 @@ def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict
     _require_no_custom_code(config, directory, source.trust_remote_code)
     _require_supported_architecture(config.get("architectures"), directory / "config.json")
     _require_not_prequantized(config, directory)
+    hf_config = _llama_config(config, directory)
     tokenizer_files = _tokenizer_files(directory)
 
     safetensors_files = _safetensors_files(directory)
@@ -384,12 +385,22 @@ def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict
         for code_file in sorted(directory.glob("*.py")):
             shutil.copyfile(code_file, out / code_file.name)
 
-    from transformers import AutoConfig
-
-    hf_config = AutoConfig.for_model(**{k: v for k, v in config.items() if k != "auto_map"})
     facts = _model_facts(hf_config, parameter_count, dtype=dtype, source_dtype=source_dtype)
     facts["requires_remote_code"] = bool(config.get("auto_map"))
     return facts
+
+
+def _llama_config(config: dict, directory: Path):
+    """The transformers config object, built before any weights are read (a cheap sanity check)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.for_model(**{k: v for k, v in config.items() if k != "auto_map"})
+    except (KeyError, TypeError, ValueError) as error:
+        raise FoundryError(
+            f"{directory / 'config.json'}: transformers cannot build a config from it ({type(error).__name__}: "
+            f"{error}); check model_type and the Llama fields"
+        ) from None
 
 
 def _read_config(directory: Path) -> dict:
@@ -457,12 +468,13 @@ def _read_safetensors_header(path: Path) -> dict:
             if header_size > file_size - 8:
                 raise ValueError(f"header claims {header_size} bytes but the file has {file_size}")
             header = json.loads(handle.read(header_size))
-    except (struct.error, ValueError, UnicodeDecodeError) as error:
+        header.pop("__metadata__", None)
+        data_end = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+    except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, IndexError) as error:
         raise FoundryError(
-            f"{path}: safetensors header is unreadable ({error}); the file is corrupt — re-download or re-save it"
+            f"{path}: safetensors header is unreadable ({type(error).__name__}: {error}); the file is corrupt "
+            "— re-download or re-save it"
         ) from None
-    header.pop("__metadata__", None)
-    data_end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     data_size = file_size - 8 - header_size
     if data_size < data_end:
         raise FoundryError(
@@ -537,6 +549,7 @@ def _convert_pickle_weights(directory: Path, config: dict, allow_pickle: bool, o
             loaded = loaded["state_dict"]
         if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
             raise FoundryError(f"{path}: is not a state dict of tensors; only weight files can be converted")
+        _require_finite(loaded, path)
         tensors.update(loaded)
     if config.get("tie_word_embeddings", True) and "lm_head.weight" in tensors and "model.embed_tokens.weight" in tensors:
         tensors.pop("lm_head.weight")  # tied: stored once, as HF does
@@ -545,7 +558,6 @@ def _convert_pickle_weights(directory: Path, config: dict, allow_pickle: bool, o
         if str(tensor.dtype).removeprefix("torch.") not in SUPPORTED_WEIGHT_DTYPES.values():
             raise NotSupportedError(f"{directory}: tensor '{name}' has dtype {tensor.dtype}; supported: "
                                     f"{', '.join(SUPPORTED_WEIGHT_DTYPES.values())}")
-    _require_finite(tensors, directory / names)
     _save_safetensors(tensors, out / "model.safetensors")
     return tensors
 

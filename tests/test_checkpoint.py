@@ -277,6 +277,23 @@ def test_pickle_weights_converted_when_allowed(tiny_copy, tiny_llama_hf_dir, tmp
     assert torch.equal(_logits(tmp_path / "out", input_ids), _logits(tiny_llama_hf_dir, input_ids))
 
 
+def test_nan_in_pickle_weights_is_named(tiny_copy, tmp_path):
+    pickle_path = _pickle_only(tiny_copy)
+    weights = torch.load(pickle_path, weights_only=True)
+    weights["model.embed_tokens.weight"][0, 0] = float("nan")
+    torch.save(weights, pickle_path)
+    source = CheckpointSource(kind="hf_dir", path=str(tiny_copy), allow_pickle=True)
+    _fails(source, tmp_path / "out", str(pickle_path), "model.embed_tokens.weight", "NaN")
+
+
+def test_config_without_model_type(tiny_copy, tmp_path):
+    path = tiny_copy / "config.json"
+    config = json.loads(path.read_text())
+    del config["model_type"]
+    path.write_text(json.dumps(config))
+    _fails(_hf_dir(tiny_copy), tmp_path / "out", str(path), "model_type")
+
+
 def test_truncated_safetensors(tiny_copy, tmp_path):
     weights = tiny_copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])
