@@ -66,7 +66,8 @@ class CalibrationConfig(TextDataConfig):
         default="int8_sq", description="int8_sq = SmoothQuant W8A8 (per-channel weights)"
     )
     alpha: float = Field(default=0.8, ge=0.0, le=1.0, description="SmoothQuant migration strength")
-    export_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    # ModelOpt 0.47's TensorRT-LLM export writes float16 or bfloat16 only (float32 silently becomes float16).
+    export_dtype: Literal["float16", "bfloat16"] = "float16"
 
 
 class EvaluationConfig(TextDataConfig):
