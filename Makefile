@@ -26,8 +26,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Not a test: wall times of a cold and a cached default run (numbers go in the issue notes).
 benchmark: $(STAMP)
-	$(PY) -m foundry.bench --help
+	benchmarks/pipeline_timing.sh configs/default.yaml
 
 clean:
 	rm -rf $(VENV) .foundry
