@@ -60,7 +60,7 @@ class SmoothQuantLinear:
         self.compute_dtype = compute_dtype
 
     def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
-        smoothed = x.float()
+        smoothed = x.float() * self.prequant_scale
         scaled = smoothed * self.inverse_activation_scale
         return scaled.round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
 
@@ -177,7 +177,7 @@ class ReferenceEngine:
         self.lm_head = FloatLinear(lm_head, compute_dtype)  # ModelOpt excludes lm_head from quantization
         self.final_norm = tensors["transformer.ln_f.weight"].to(compute_dtype)
         self.layers = [DecoderLayer(tensors, i, config, compute_dtype) for i in range(config.num_layers)]
-        self.rotary = RotaryTable(config.head_size, 10000.0, config.max_positions, compute_dtype)
+        self.rotary = RotaryTable(config.head_size, config.rotary_base, config.max_positions, compute_dtype)
 
     @classmethod
     def load(cls, checkpoint_dir: Path, compute_dtype: torch.dtype = torch.float32) -> "ReferenceEngine":
