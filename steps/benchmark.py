@@ -15,7 +15,8 @@ from foundry.runtime.hf import HFEngine
 from foundry.summary import benchmark_headline
 
 
-@step
+# Never cached: a benchmark measures this machine now; the gates must not pass on yesterday's numbers.
+@step(enable_cache=False)
 def benchmark_engine(
     engine: EngineArtifact, checkpoint: HFCheckpoint, benchmark: BenchmarkConfig, model_name: str
 ) -> tuple[

@@ -11,7 +11,7 @@ from foundry.quality import QualityReport
 from steps.tracking import stack_registry
 
 
-@step
+@step(enable_cache=False)  # side effect: moves the production pointers
 def gate_and_promote(
     registered_version: dict, benchmark_results: dict, quality_report: QualityReport, gates: GateConfig
 ) -> tuple[Annotated[PromotionResult, "promotion"], Annotated[HTMLString, "gate_report"]]:

@@ -21,7 +21,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-@step(experiment_tracker=True)
+@step(experiment_tracker=True, enable_cache=False)  # side effect: a new MLflow version each run
 def register_engine(
     engine: EngineArtifact,
     checkpoint: HFCheckpoint,

@@ -67,6 +67,8 @@ def test_second_run_reuses_ingest_calibrate_and_build(first_run, state_dir, regi
     cached_line = re.search(r"steps cached: (.*)", second.stdout).group(1)
     for step in ("ingest_checkpoint", "prepare_data", "calibrate_checkpoint", "build_engine"):
         assert step in cached_line
+    for step in ("benchmark_engine", "register_engine", "gate_and_promote"):  # measure and act anew
+        assert step not in cached_line
     # Same engine bytes → same source; a new version is registered and promoted again.
     v1, v2 = (registry.client.get_model_version(MODEL, v) for v in ("1", "2"))
     assert v1.tags["engine_content_hash"] == v2.tags["engine_content_hash"]
