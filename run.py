@@ -101,10 +101,28 @@ def _run_pipeline(config_path: str, no_cache: bool, run_name: str | None) -> int
     except FoundryError as error:
         _fail(str(error), EXIT_INVALID_INPUT)
     except Exception as error:  # the step's own log above has the traceback
-        _fail(f"pipeline failed: {type(error).__name__}: {error}", EXIT_ERROR)
+        _fail_with_step_error(error)
 
     promotion = _print_summary(run.id, config, time.perf_counter() - started)
     return EXIT_PROMOTED if promotion.promoted else EXIT_GATE_FAILED
+
+
+def _fail_with_step_error(error: Exception) -> None:
+    """ZenML reports 'failure in step(s): X'; show the step's own error instead. A FoundryError
+    raised inside a step is still bad input (data, checkpoint): exit 2, else 1."""
+    from zenml.client import Client
+
+    failed = []
+    try:
+        run = Client().get_pipeline("engine_pipeline").last_run
+        failed = [(name, step.exception_info) for name, step in run.steps.items() if step.exception_info]
+    except Exception:  # the store itself may be what failed; fall back to ZenML's message
+        pass
+    if not failed:
+        _fail(f"pipeline failed: {type(error).__name__}: {error}", EXIT_ERROR)
+    lines = [f"step {name} failed: {info.traceback.strip().splitlines()[-1]}" for name, info in failed]
+    bad_input = any("foundry.errors" in (info.source or "") or "FoundryError" in info.traceback for _, info in failed)
+    _fail("\n".join(lines), EXIT_INVALID_INPUT if bad_input else EXIT_ERROR)
 
 
 def _print_summary(run_id, config, wall_seconds: float):

@@ -111,3 +111,13 @@ def test_trtllm_backend_refuses_on_a_node_without_tensorrt_llm(state_dir, tmp_pa
     result = run_cli(state_dir, "--config", str(config))
     assert result.returncode == 2
     assert "tensorrt_llm is not installed" in result.stderr
+
+
+def test_bad_data_found_inside_a_step_names_the_step_and_the_fix(first_run, state_dir, tmp_path):
+    config = yaml.safe_load(SMOKE.read_text())
+    config["evaluation"] = {"num_samples": 5000, "seq_len": 256}
+    path = tmp_path / "too-much-eval.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli(state_dir, "--config", str(path))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "step prepare_data failed" in result.stderr and "lower evaluation.num_samples" in result.stderr
