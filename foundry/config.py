@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from foundry.errors import FoundryError
 from foundry.hashing import sha256_json
@@ -61,13 +61,92 @@ class TextDataConfig(_Strict):
     seq_len: int = Field(default=256, ge=8, le=32_768)
 
 
+class AlphaRange(_Strict):
+    """An inclusive grid of SmoothQuant alphas: start, start+step, ..., stop."""
+
+    start: float = Field(ge=0.0, le=1.0)
+    stop: float = Field(ge=0.0, le=1.0)
+    step: float = Field(gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AlphaRange":
+        if self.start > self.stop:
+            raise ValueError(f"start ({self.start}) must be <= stop ({self.stop})")
+        if len(self.values()) > 21:
+            raise ValueError(f"{len(self.values())} alphas is too many for one sweep (at most 21); raise step")
+        return self
+
+    def values(self) -> list[float]:
+        count = int(round((self.stop - self.start) / self.step + 1e-9)) + 1
+        return sorted({round(min(self.start + i * self.step, self.stop), 6) for i in range(count)} | {self.stop})
+
+
 class CalibrationConfig(TextDataConfig):
-    quantization: Literal["int8_sq", "none"] = Field(
-        default="int8_sq", description="int8_sq = SmoothQuant W8A8 (per-channel weights)"
+    """Calibration data, its validation bounds and the quantization recipe.
+
+    `source`: builtin (pydoc topics) | text (a local UTF-8 file, documents separated by blank lines)
+    | jsonl / parquet (a local file, one document per row in `field`) | hf_dataset (`path` = dataset
+    name, `field` = text column; needs the `datasets` package and a reachable hub).
+    `alpha`: one value (fixed) or a search: a list of values or {start, stop, step}; the search picks
+    the alpha with the lowest mean KL divergence on `held_out_fraction` of the calibration windows.
+    """
+
+    source: Literal["builtin", "text", "jsonl", "parquet", "hf_dataset"] = "builtin"
+    path: str | None = Field(default=None, description="file (text/jsonl/parquet) or dataset name (hf_dataset)")
+    field: str = Field(default="text", min_length=1, description="text field of jsonl / parquet / hf_dataset rows")
+    hf_split: str = Field(default="train", min_length=1, description="split of an hf_dataset source")
+    quantization: Literal["int8_sq", "fp8", "int4_awq", "none"] = Field(
+        default="int8_sq",
+        description="int8_sq = SmoothQuant W8A8 (per-channel weights) | fp8 (E4M3 W8A8) | int4_awq (W4A16 AWQ) | none",
     )
-    alpha: float = Field(default=0.8, ge=0.0, le=1.0, description="SmoothQuant migration strength")
+    alpha: float | list[float] | AlphaRange = Field(
+        default=0.8, description="SmoothQuant migration strength: a value in [0, 1] or a search (list / range)"
+    )
+    held_out_fraction: float = Field(
+        default=0.125, gt=0.0, le=0.5, description="share of extra calibration windows scored by the alpha search"
+    )
+    kv_cache: Literal["none", "int8", "fp8"] = Field(default="none", description="KV-cache quantization")
+    tp_size: int = Field(default=1, ge=1, le=64, description="tensor-parallel ranks of the exported checkpoint")
     # ModelOpt 0.47's TensorRT-LLM export writes float16 or bfloat16 only (float32 silently becomes float16).
     export_dtype: Literal["float16", "bfloat16"] = "float16"
+    # Great Expectations bounds on the calibration documents (validated before calibration).
+    max_duplicate_rate: float = Field(default=0.05, ge=0.0, lt=1.0, description="share of duplicate documents allowed")
+    min_text_chars: int = Field(default=1, ge=1, description="shortest document allowed (after stripping)")
+    max_text_chars: int = Field(default=1_000_000, ge=1, description="longest document allowed")
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_fraction(cls, alpha):
+        values = alpha if isinstance(alpha, list) else [alpha] if isinstance(alpha, float | int) else []
+        if isinstance(alpha, list) and not alpha:
+            raise ValueError("an empty list; give one value or at least one candidate")
+        outside = [value for value in values if not 0.0 <= value <= 1.0]
+        if outside:
+            raise ValueError(f"{outside} outside [0, 1]; SmoothQuant alpha is a fraction")
+        return alpha
+
+    @model_validator(mode="after")
+    def _calibration_consistent(self) -> "CalibrationConfig":
+        if self.source == "builtin" and self.path is not None:
+            raise ValueError("path must be empty when source is 'builtin' (pydoc topics ship with Python)")
+        if self.source != "builtin" and not self.path:
+            raise ValueError(f"path is required when source is '{self.source}'")
+        if self.min_text_chars > self.max_text_chars:
+            raise ValueError(f"min_text_chars ({self.min_text_chars}) must be <= max_text_chars ({self.max_text_chars})")
+        if self.is_alpha_search and self.quantization != "int8_sq":
+            raise ValueError(f"alpha: a search needs quantization int8_sq (alpha is SmoothQuant's), got {self.quantization!r}")
+        return self
+
+    def alpha_candidates(self) -> list[float]:
+        if isinstance(self.alpha, AlphaRange):
+            return self.alpha.values()
+        if isinstance(self.alpha, list):
+            return sorted({float(value) for value in self.alpha})
+        return [float(self.alpha)]
+
+    @property
+    def is_alpha_search(self) -> bool:
+        return len(self.alpha_candidates()) > 1
 
 
 class EvaluationConfig(TextDataConfig):

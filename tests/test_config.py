@@ -25,7 +25,7 @@ def _write(tmp_path, text: str) -> Path:
     "yaml_text, expected",
     [
         ("calibration: {quantization: int3}", "calibration.quantization"),
-        ("calibration: {quantization: int3}", "'int8_sq' or 'none'"),
+        ("calibration: {quantization: int3}", "'int8_sq', 'fp8', 'int4_awq' or 'none'"),
         ("calibration: {alpha: 1.5}", "calibration.alpha"),
         ("calibraton: {alpha: 0.5}", "calibraton: unknown key"),
         ("build: {backend: tensorrt}", "build.backend"),
