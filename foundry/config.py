@@ -162,14 +162,38 @@ class BuildConfig(_Strict):
 
 
 class LengthRange(_Strict):
+    """Token lengths of a synthetic workload: `uniform` in [min, max] (default), `fixed` (min must
+    equal max) or `normal` (mean, std) truncated to [min, max] by redrawing out-of-bound samples."""
+
     min: int = Field(ge=1)
     max: int = Field(ge=1)
+    distribution: Literal["uniform", "fixed", "normal"] = "uniform"
+    mean: float | None = Field(default=None, gt=0, description="normal only")
+    std: float | None = Field(default=None, gt=0, description="normal only")
 
     @model_validator(mode="after")
     def _ordered(self) -> "LengthRange":
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        if self.distribution == "fixed" and self.min != self.max:
+            raise ValueError(f"distribution 'fixed' needs min == max (got {self.min}, {self.max})")
+        if self.distribution == "normal":
+            if self.mean is None or self.std is None:
+                raise ValueError("distribution 'normal' needs mean and std")
+            if not self.min <= self.mean <= self.max:
+                raise ValueError(f"mean ({self.mean}) must lie within [min, max] = [{self.min}, {self.max}]")
+        elif self.mean is not None or self.std is not None:
+            raise ValueError(f"mean/std apply only to distribution 'normal', not '{self.distribution}'")
         return self
+
+
+class SLOConfig(_Strict):
+    """Service-level objectives for goodput (vLLM `--goodput`) and the MLPerf p99 rule; unknown
+    keys are refused (extra=forbid), unset keys are not checked."""
+
+    ttft_ms: float | None = Field(default=None, gt=0)
+    tpot_ms: float | None = Field(default=None, gt=0)
+    e2e_ms: float | None = Field(default=None, gt=0)
 
 
 class BenchmarkConfig(_Strict):
@@ -180,11 +204,28 @@ class BenchmarkConfig(_Strict):
     output_len: LengthRange = LengthRange(min=16, max=32)
     concurrency: list[int] = Field(default=[1, 2], min_length=1)
     baseline: bool = Field(default=True, description="run the same workload on HF transformers")
+    mode: Literal["concurrency", "request_rate"] = Field(
+        default="concurrency", description="concurrency: N clients, one request in flight each; "
+        "request_rate: seeded Poisson arrivals at each rate in request_rates"
+    )
+    request_rates: list[float] | None = Field(default=None, description="requests/s, mode request_rate only")
+    max_concurrency: int | None = Field(default=None, ge=1, description="cap on requests in flight (request_rate)")
+    dataset: str | None = Field(default=None, description="trtllm-bench JSONL dataset; replaces input_len/output_len")
+    slo: SLOConfig = SLOConfig()
+    min_completion_rate: float = Field(default=1.0, ge=0.0, le=1.0, description="results validation")
+    telemetry: bool = Field(default=True, description="sample the GPU with NVML (absent without a GPU)")
 
     @model_validator(mode="after")
     def _positive_concurrency(self) -> "BenchmarkConfig":
         if any(level < 1 for level in self.concurrency):
             raise ValueError(f"concurrency levels must be >= 1, got {self.concurrency}")
+        if self.mode == "request_rate":
+            if not self.request_rates:
+                raise ValueError("mode 'request_rate' needs request_rates (requests/s), e.g. [1.0, 2.0]")
+            if any(not rate > 0 for rate in self.request_rates):
+                raise ValueError(f"request_rates must be > 0, got {self.request_rates}")
+        elif self.request_rates is not None or self.max_concurrency is not None:
+            raise ValueError("request_rates and max_concurrency apply only to mode 'request_rate'")
         return self
 
 
