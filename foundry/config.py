@@ -159,6 +159,65 @@ class BuildConfig(_Strict):
         default="float32", description="dtype the reference runtime computes in (CPU: float32)"
     )
     max_seq_len: int = Field(default=2048, ge=16)
+    # trtllm-build 1.2.x knobs (used by build.backend: trtllm; the reference builder ignores them).
+    # `--kv_cache_type paged` is always emitted; multi-block mode is a runtime knob (serving.multi_block_mode).
+    max_batch_size: int = Field(default=8, ge=1, le=4096, description="trtllm-build --max_batch_size")
+    max_input_len: int | None = Field(
+        default=None, ge=1, description="trtllm-build --max_input_len; null = max_seq_len"
+    )
+    max_num_tokens: int = Field(default=8192, ge=1, description="trtllm-build --max_num_tokens (tokens per batch)")
+    max_beam_width: int = Field(default=1, ge=1, le=64)
+    gemm_plugin: Literal["auto", "float16", "bfloat16", "float32", "fp8", "disable"] = Field(
+        default="auto", description="auto = the checkpoint's dtype; fp8 only for FP8 checkpoints"
+    )
+    gpt_attention_plugin: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="required by the paged KV cache, so it cannot be disabled"
+    )
+    use_paged_context_fmha: bool = Field(default=True, description="needed for KV-cache reuse and chunked context")
+    context_fmha: bool = True
+    remove_input_padding: bool = True
+    workers: int = Field(default=1, ge=1, le=64, description="ranks built in parallel (one GPU each)")
+    strip_plan: bool = False
+    monitor_memory: bool = True
+    reuse_timing_cache: bool = Field(
+        default=True, description="reuse the timing cache of earlier builds of the same model on the same GPU"
+    )
+    timing_cache_dir: str | None = Field(default=None, description="null = <state dir>/timing-cache")
+
+    @model_validator(mode="after")
+    def _input_fits(self) -> "BuildConfig":
+        if self.max_input_len is not None and self.max_input_len > self.max_seq_len:
+            raise ValueError(
+                f"max_input_len ({self.max_input_len}) must be <= max_seq_len ({self.max_seq_len})"
+            )
+        return self
+
+    @property
+    def resolved_max_input_len(self) -> int:
+        return self.max_input_len if self.max_input_len is not None else self.max_seq_len
+
+
+class ServingConfig(_Strict):
+    """Runtime knobs of the Triton tensorrtllm_backend model repository (`run.py export-triton`)."""
+
+    triton_max_batch_size: int | None = Field(default=None, ge=1, description="null = build.max_batch_size")
+    decoupled: bool = Field(default=True, description="decoupled transaction policy: needed for streaming")
+    batching_strategy: Literal["inflight_fused_batching"] = "inflight_fused_batching"
+    kv_cache_free_gpu_mem_fraction: float = Field(default=0.9, gt=0.0, le=1.0)
+    enable_kv_cache_reuse: bool = False
+    enable_chunked_context: bool = False
+    batch_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization"] = "guaranteed_no_evict"
+    multi_block_mode: bool = Field(default=True, description="runtime setting since TRT-LLM 0.13 (no build flag)")
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    max_queue_size: int = Field(default=0, ge=0, description="0 = unbounded")
+    exclude_input_in_output: bool = True
+    preprocessing_instance_count: int = Field(default=1, ge=1, le=256)
+    postprocessing_instance_count: int = Field(default=1, ge=1, le=256)
+    tensorrt_llm_bls: bool = Field(default=False, description="also write the tensorrt_llm_bls model")
+    bls_instance_count: int = Field(default=1, ge=1, le=4096)
+    triton_image: str | None = Field(
+        default=None, description="Triton container to record; null = look up the engine's TRT-LLM version"
+    )
 
 
 class LengthRange(_Strict):
@@ -247,6 +306,19 @@ class FoundryConfig(_Strict):
     build: BuildConfig = BuildConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     gates: GateConfig = GateConfig()
+    serving: ServingConfig = ServingConfig()
+
+    @model_validator(mode="after")
+    def _serving_fits_build(self) -> "FoundryConfig":
+        if self.serving.triton_max_batch_size is not None and self.serving.triton_max_batch_size > self.build.max_batch_size:
+            raise ValueError(
+                f"serving.triton_max_batch_size ({self.serving.triton_max_batch_size}) exceeds "
+                f"build.max_batch_size ({self.build.max_batch_size}) baked into the engine"
+            )
+        for knob in ("enable_kv_cache_reuse", "enable_chunked_context"):
+            if getattr(self.serving, knob) and not self.build.use_paged_context_fmha:
+                raise ValueError(f"serving.{knob} needs build.use_paged_context_fmha: true (TensorRT-LLM requirement)")
+        return self
 
     @model_validator(mode="after")
     def _windows_fit(self) -> "FoundryConfig":
