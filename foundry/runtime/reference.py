@@ -110,10 +110,11 @@ class RotaryTable:
 class KVCache:
     """Preallocated per-request keys/values: [layers] × [batch, kv_heads, capacity, head_size]."""
 
-    def __init__(self, config: LlamaCheckpointConfig, batch: int, capacity: int, dtype: torch.dtype):
+    def __init__(self, config: LlamaCheckpointConfig, batch: int, capacity: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
         shape = (batch, config.num_kv_heads, capacity, config.head_size)
-        self.keys = [torch.empty(shape, dtype=dtype) for _ in range(config.num_layers)]
-        self.values = [torch.empty(shape, dtype=dtype) for _ in range(config.num_layers)]
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
 
     def update(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor):
         end = start + keys.shape[2]
@@ -171,23 +172,36 @@ class ReferenceEngine:
 
     backend = "reference"
 
-    def __init__(self, config: LlamaCheckpointConfig, tensors: dict[str, torch.Tensor], compute_dtype: torch.dtype):
+    def __init__(self, config: LlamaCheckpointConfig, tensors: dict[str, torch.Tensor], compute_dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
         self.config = config
         self.compute_dtype = compute_dtype
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            if self.device.type == "cuda" and not torch.cuda.is_available():
+                raise FoundryError(f"device {device!r} requested but torch.cuda.is_available() is False")
+            if config.quant_algo == SMOOTHQUANT_PER_CHANNEL and self.device.type == "cuda":
+                raise FoundryError(
+                    "not supported: the W8A8 SmoothQuant path uses torch._int_mm, which on CUDA needs more than "
+                    "16 rows (decode feeds 1); run SmoothQuant checkpoints on device 'cpu'"
+                )
+            tensors = {name: tensor.to(self.device) for name, tensor in tensors.items()}
         self.embedding = tensors["transformer.vocab_embedding.weight"].to(compute_dtype)
         lm_head = self.embedding if config.share_embedding_table else tensors["lm_head.weight"]
         self.lm_head = FloatLinear(lm_head, compute_dtype)  # ModelOpt excludes lm_head from quantization
         self.final_norm = tensors["transformer.ln_f.weight"].to(compute_dtype)
         self.layers = [DecoderLayer(tensors, i, config, compute_dtype) for i in range(config.num_layers)]
         self.rotary = RotaryTable(config.head_size, config.rotary_base, config.max_positions, compute_dtype)
+        self.rotary.cos, self.rotary.sin = self.rotary.cos.to(self.device), self.rotary.sin.to(self.device)
 
     @classmethod
-    def load(cls, checkpoint_dir: Path, compute_dtype: torch.dtype = torch.float32) -> "ReferenceEngine":
+    def load(cls, checkpoint_dir: Path, compute_dtype: torch.dtype = torch.float32,
+             device: torch.device | str = "cpu") -> "ReferenceEngine":
         checkpoint_dir = Path(checkpoint_dir)
         if compute_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise FoundryError(f"compute_dtype {compute_dtype} is not a floating dtype the reference backend runs")
         config = parse_config(checkpoint_dir)
-        return cls(config, load_tensors(checkpoint_dir, config), compute_dtype)
+        return cls(config, load_tensors(checkpoint_dir, config), compute_dtype, device=device)
 
     @property
     def quant_algo(self) -> str | None:
@@ -211,7 +225,7 @@ class ReferenceEngine:
             raise FoundryError(f"input_ids: need [batch, seq] token ids, got shape {tuple(input_ids.shape)}")
         self._check_length(input_ids.shape[1])
         with torch.inference_mode():
-            hidden = self._hidden_states(input_ids.long(), cache=None, start=0)
+            hidden = self._hidden_states(input_ids.long().to(self.device), cache=None, start=0)
             return self.lm_head(hidden).float()
 
     def generate(
@@ -225,8 +239,8 @@ class ReferenceEngine:
         self._check_length(len(prompt) + max_new_tokens)
         generated: list[int] = []
         with torch.inference_mode():
-            cache = KVCache(self.config, 1, len(prompt) + max_new_tokens, self.compute_dtype)
-            hidden = self._hidden_states(torch.tensor([prompt]), cache, start=0)
+            cache = KVCache(self.config, 1, len(prompt) + max_new_tokens, self.compute_dtype, self.device)
+            hidden = self._hidden_states(torch.tensor([prompt], device=self.device), cache, start=0)
             position = len(prompt)
             while True:
                 # lm_head only on the last position: the vocab GEMM is the costliest one here
@@ -236,5 +250,5 @@ class ReferenceEngine:
                     on_token(token)
                 if len(generated) == max_new_tokens:
                     return generated
-                hidden = self._hidden_states(torch.tensor([[token]]), cache, start=position)
+                hidden = self._hidden_states(torch.tensor([[token]], device=self.device), cache, start=position)
                 position += 1
