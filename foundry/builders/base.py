@@ -57,7 +57,21 @@ def load_engine(engine_dir: Path, device: str = "cpu") -> Engine:
         from foundry.runtime.reference import ReferenceEngine
 
         return ReferenceEngine.load(engine_dir, compute_dtype=getattr(torch, info["compute_dtype"]))
+    if info["backend"] == "trtllm":
+        guard_trtllm_engine(engine_dir, info)
     raise FoundryError(
         f"{engine_dir}: engines of backend {info['backend']!r} run in their own runtime "
         "(trtllm-serve / Triton); benchmark them through their OpenAI-compatible endpoint"
     )
+
+
+def guard_trtllm_engine(engine_dir: Path, info: dict, node=None) -> None:
+    """Before a TensorRT-LLM engine is loaded, benchmarked or exported: its files must match the sealed
+    manifest (when it has one) and this node (or `node`) must have the TRT-LLM version and GPU compute
+    capability that built it (foundry/compat.py)."""
+    from foundry.compat import NodeTarget, TrtllmEnvironment, check_engine_compatible
+    from foundry.hashing import MANIFEST_NAME, verify_manifest
+
+    if (engine_dir / MANIFEST_NAME).is_file():
+        verify_manifest(engine_dir)
+    check_engine_compatible(info, node or NodeTarget.of(TrtllmEnvironment.probe()), engine_dir)
