@@ -31,7 +31,13 @@ def engine_pipeline(
     checkpoint = ingest_checkpoint(source=source, source_fingerprint=source_fingerprint)
     calibration_windows, evaluation_windows, data_lineage = prepare_data(checkpoint, calibration, evaluation)
     trtllm_checkpoint = calibrate_checkpoint(checkpoint, calibration_windows, calibration)
-    engine = build_engine(trtllm_checkpoint, build)
+    if build.backend == "trtllm":  # GPU node in the TensorRT-LLM 1.2.x image (stacks/gpu_build_settings.py)
+        from stacks.gpu_build_settings import active_step_operator, build_step_options
+
+        options = build_step_options(build, world_size=calibration.tp_size, step_operator=active_step_operator())
+        engine = build_engine.with_options(**options)(trtllm_checkpoint, build, checkpoint)
+    else:
+        engine = build_engine(trtllm_checkpoint, build)
     benchmark_results, _, _ = benchmark_engine(engine, checkpoint, benchmark, model_name)
     quality_report, _ = evaluate_engine_quality(engine, checkpoint, evaluation_windows, data_lineage)
     registered = register_engine(

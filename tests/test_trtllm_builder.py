@@ -238,3 +238,16 @@ def test_node_target_parse():
     assert NodeTarget.parse("1.2.1@9.0") == NodeTarget("1.2.1", "9.0")
     with pytest.raises(FoundryError, match="expected TRTLLM_VERSION@COMPUTE_CAPABILITY"):
         NodeTarget.parse("1.2.1")
+
+
+def test_gpu_step_options_for_the_trtllm_build(monkeypatch):
+    from stacks.gpu_build_settings import IMAGE_ENV, build_step_options
+
+    options = build_step_options(BuildConfig(backend="trtllm", workers=1), world_size=2, step_operator="k8s-gpu")
+    assert options["settings"]["resources"].gpu_count == 2
+    assert options["settings"]["docker"].parent_image.startswith("nvcr.io/nvidia/tensorrt-llm/release:1.2.")
+    assert options["step_operator"] == "k8s-gpu"
+    assert build_step_options(BuildConfig(backend="reference"), world_size=2) == {}
+    monkeypatch.setenv(IMAGE_ENV, "nvcr.io/nvidia/tensorrt-llm/release:1.1.0")
+    with pytest.raises(FoundryError, match="use a 1.2.x release image"):
+        build_step_options(BuildConfig(backend="trtllm"), world_size=1)
