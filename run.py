@@ -4,6 +4,7 @@
     python run.py run --config ...        (the same, spelled out)
     python run.py stack register local    (create/activate the local stack; idempotent)
     python run.py status                  (production version per model, MLflow vs ZenML)
+    python run.py export-triton --model NAME [--version N] --out DIR   (Triton model repository)
 
 Exit codes: 0 promoted (or the command succeeded) · 3 gates failed, nothing promoted ·
 2 invalid input (config, checkpoint, flags) · 1 the pipeline failed.
@@ -222,6 +223,58 @@ def status() -> None:
             + ("" if agrees else "  ← DRIFT: the two registries disagree")
         )
     sys.exit(EXIT_ERROR if drift else 0)
+
+
+@cli.command("export-triton", help=(
+    "Export a registered TensorRT-LLM engine (the production version, or --version N) as a Triton "
+    "tensorrtllm_backend model repository in --out. Serving knobs come from the config's serving: section. "
+    "The engine must match the serving node: this node, or the one named by --target-node."
+))
+@click.option("--model", "model_name", required=True, help="registered model name (MLflow)")
+@click.option("--version", "version", default=None, help="MLflow model version (default: the one with alias production)")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="new directory for the repository")
+@CONFIG_OPTION
+@click.option("--target-node", default=None, help="serving node as TRTLLM_VERSION@COMPUTE_CAPABILITY, e.g. 1.2.1@9.0 (default: this node)")
+@click.option("--mount", default="/models", show_default=True, help="where --out is mounted in the Triton container")
+def export_triton(model_name: str, version: str | None, out_dir: str, config_path: str, target_node: str | None, mount: str) -> None:
+    state = _prepare_environment()
+    from foundry.compat import NodeTarget
+    from foundry.config import load_config
+    from foundry.errors import FoundryError
+
+    try:
+        serving = load_config(config_path).serving
+        node = NodeTarget.parse(target_node) if target_node else None
+    except FoundryError as error:
+        _fail(str(error), EXIT_INVALID_INPUT)
+    _ensure_stack(state)
+    from foundry.triton import export_triton_repository
+    from steps.tracking import stack_registry
+
+    registry = stack_registry()
+    try:
+        version = version or registry.production_version(model_name)
+        if version is None:
+            raise FoundryError(f"model {model_name!r} has no production version in MLflow; pass --version N")
+        source = registry.client.get_model_version(model_name, version).source
+        engine_dir = Path(source.removeprefix("file://"))
+        if not engine_dir.is_dir():
+            raise FoundryError(
+                f"{model_name} version {version}: engine source {source} is not a local directory; run the export "
+                "where the artifact store is mounted"
+            )
+        record = export_triton_repository(
+            engine_dir, Path(out_dir), serving, node=node, mount=mount,
+            source={"model": model_name, "version": str(version), "engine_uri": source},
+        )
+    except FoundryError as error:
+        _fail(str(error), EXIT_INVALID_INPUT)
+    except Exception as error:  # MLflow lookups: unknown model / version
+        _fail(f"export failed: {type(error).__name__}: {error}", EXIT_ERROR)
+    click.echo(
+        f"exported {model_name} version {version} ({', '.join(record['models'])}) to {out_dir}; "
+        f"Triton container: {record['triton_container']['image'] or 'unknown (see README.md there)'}"
+    )
 
 
 if __name__ == "__main__":
