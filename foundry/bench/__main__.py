@@ -1,7 +1,10 @@
-"""`python -m foundry.bench`: benchmark an engine (and optionally the HF baseline) on one seeded
-synthetic workload; writes report.json, requests.csv, report.html (and baseline_* / comparison.json).
+"""`python -m foundry.bench`: benchmark an in-process engine, or any OpenAI-compatible streaming
+endpoint (--endpoint), and optionally the HF baseline, on one workload (seeded synthetic, or a
+trtllm-bench JSONL --dataset), under concurrency levels or Poisson request rates; writes report.json,
+requests.csv, report.html (and baseline_* / comparison.json). `--trtllm-report R.json` instead
+normalizes a `trtllm-bench --report_json` file into the same report.json schema.
 
-Only torch, transformers, pydantic, numpy, pandas, matplotlib are needed (runs on the GPU machine).
+Needs only torch, transformers, pydantic, numpy (no pandas, zenml or mlflow): runs on the GPU machine.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from foundry.bench.metrics import (
     BenchmarkReport, ComparisonRow, compare_reports, save_comparison_json, save_records_csv, save_report_json,
 )
 from foundry.bench.report import render_html
-from foundry.bench.runner import run_benchmark
-from foundry.bench.workload import synthetic_workload_with_description
+from foundry.bench.runner import engine_model_bytes, run_benchmark
+from foundry.bench.workload import (
+    dataset_workload, describe_requests, synthetic_workload, synthetic_workload_with_description,
+)
 from foundry.errors import FoundryError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -30,10 +35,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--engine-dir", type=Path, help="built reference engine directory")
     target.add_argument("--hf-dir", type=Path, help="HF model directory, benchmarked with transformers")
+    target.add_argument("--endpoint", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000 (SSE streaming)")
+    target.add_argument("--trtllm-report", type=Path, help="normalize a trtllm-bench --report_json file")
+    parser.add_argument("--endpoint-model", help="`model` field sent to --endpoint")
+    parser.add_argument("--endpoint-vocab-size", type=int, help="vocab size for synthetic prompts sent to --endpoint")
     parser.add_argument("--baseline-hf-dir", type=Path, help="also run the same workload on HF transformers")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--hf-dtype", choices=sorted(_DTYPES), default="float32", help="dtype of HF models")
+    parser.add_argument("--hf-dtype", choices=sorted(_DTYPES), default="float32", help="dtype of HF models and of the reference runtime's compute")
+    parser.add_argument("--mode", choices=["concurrency", "request_rate"], default="concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rate", type=float, nargs="+", help="request rates (requests/s) for --mode request_rate")
+    parser.add_argument("--max-concurrency", type=int, help="cap on requests in flight (request_rate mode)")
+    parser.add_argument("--slo", help="SLOs for goodput, e.g. ttft_ms:500,tpot_ms:50 (keys: ttft_ms tpot_ms e2e_ms)")
+    parser.add_argument("--dataset", type=Path, help="trtllm-bench JSONL (task_id, input_ids|prompt, output_tokens)")
+    parser.add_argument("--tokenizer", type=Path, help="HF tokenizer directory for text prompts in --dataset")
+    parser.add_argument("--input-dist", default="uniform", help="fixed | uniform | normal:MEAN:STD")
+    parser.add_argument("--output-dist", default="uniform", help="fixed | uniform | normal:MEAN:STD")
+    parser.add_argument("--no-telemetry", action="store_true", help="do not sample the GPU with NVML")
     parser.add_argument("--num-requests", type=int, default=8, help="timed requests per concurrency level")
     parser.add_argument("--warmup-requests", type=int, default=1, help="untimed requests before each level")
     parser.add_argument("--seed", type=int, default=0)
@@ -43,17 +61,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_reference_engine(engine_dir: Path, device: str):
-    try:  # written separately; imported only when used
+def load_reference_engine(engine_dir: Path, device: str, dtype_name: str = "float32"):
+    try:  # imported only when used
         from foundry.runtime.reference import ReferenceEngine
     except ImportError as error:
         raise FoundryError(f"--engine-dir needs foundry.runtime.reference, which cannot be imported: {error}") from error
 
-    if "device" in inspect.signature(ReferenceEngine.load).parameters:
-        return ReferenceEngine.load(engine_dir, device=device)
-    if device != "cpu":
-        raise FoundryError(f"ReferenceEngine.load does not accept a device; cannot run it on --device {device}")
-    return ReferenceEngine.load(engine_dir)
+    return ReferenceEngine.load(engine_dir, compute_dtype=_DTYPES[dtype_name], device=device)
 
 
 def load_hf_engine(hf_dir: Path, device: str, dtype_name: str):
@@ -70,23 +84,30 @@ def engine_vocab_size(engine) -> int:
 
 
 def format_summary(report: BenchmarkReport) -> str:
-    header = f"{'backend':<16}{'conc':>5}{'ok/fail':>9}{'out tok/s':>11}{'TTFT p50':>10}{'TTFT p99':>10}{'TPOT p50':>10}{'TPOT p99':>10}"
+    header = (f"{'backend':<16}{'level':>18}{'ok/fail':>9}{'out tok/s':>11}{'TTFT p50':>10}{'TTFT p99':>10}"
+              f"{'TPOT p50':>10}{'TPOT p99':>10}{'goodput':>9}{'MBU':>7}")
     lines = [header]
     for lv in report.levels:
         def ms(stats, field):
             return f"{getattr(stats, field):.2f}" if stats else "–"
+        goodput = f"{lv.goodput_req_s:.2f}" if lv.goodput_req_s is not None else "–"
+        mbu = f"{lv.mbu:.1%}" if lv.mbu is not None else "–"
         lines.append(
-            f"{report.backend:<16}{lv.concurrency:>5}{f'{lv.completed}/{lv.failed}':>9}"
+            f"{report.backend:<16}{lv.label:>18}{f'{lv.completed}/{lv.failed}':>9}"
             f"{lv.output_token_throughput_tok_s:>11.1f}{ms(lv.ttft, 'p50_ms'):>10}{ms(lv.ttft, 'p99_ms'):>10}"
-            f"{ms(lv.tpot, 'p50_ms'):>10}{ms(lv.tpot, 'p99_ms'):>10}"
+            f"{ms(lv.tpot, 'p50_ms'):>10}{ms(lv.tpot, 'p99_ms'):>10}{goodput:>9}{mbu:>7}"
         )
+    if report.slo is not None:
+        best = (f"{report.max_output_tok_s_within_slo:.1f} tok/s at {report.best_level_within_slo}"
+                if report.max_output_tok_s_within_slo is not None else "no level meets it")
+        lines.append(f"max throughput within SLO {report.slo.model_dump(exclude_none=True)}: {best}")
     return "\n".join(lines)
 
 
 def format_comparison(rows: Sequence[ComparisonRow]) -> str:
     lines = ["concurrency  speedup_output_tok_s  ttft_p50_ratio  tpot_p50_ratio   (engine / baseline)"]
     for r in rows:
-        lines.append(f"{r.concurrency:>11}  {r.speedup_output_tok_s or float('nan'):>20.2f}"
+        lines.append(f"{(r.concurrency if r.request_rate is None else f'{r.request_rate:g}/s'):>11}  {r.speedup_output_tok_s or float('nan'):>20.2f}"
                      f"  {r.ttft_p50_ratio or float('nan'):>14.2f}  {r.tpot_p50_ratio or float('nan'):>14.2f}")
     return "\n".join(lines)
 
@@ -104,18 +125,81 @@ def write_outputs(out: Path, report: BenchmarkReport, baseline: BenchmarkReport 
     (out / "report.html").write_text(render_html(report, baseline, comparison))
 
 
+def _dist(spec: str, name: str) -> dict | None:
+    kind, *params = spec.split(":")
+    if kind == "uniform" and not params:
+        return None
+    if kind == "fixed" and not params:
+        return {"distribution": "fixed"}
+    if kind == "normal" and len(params) == 2:
+        try:
+            return {"distribution": "normal", "mean": float(params[0]), "std": float(params[1])}
+        except ValueError:
+            pass
+    raise FoundryError(f"--{name}-dist {spec!r}: use fixed, uniform or normal:MEAN:STD")
+
+
+def build_workload(args: argparse.Namespace, vocab_size: int, special_ids):
+    if args.dataset is not None:
+        tokenizer = None
+        if args.tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        return dataset_workload(args.dataset, args.warmup_requests, None, tokenizer=tokenizer, vocab_size=vocab_size)
+    input_dist, output_dist = _dist(args.input_dist, "input"), _dist(args.output_dist, "output")
+    if input_dist is None and output_dist is None:
+        return synthetic_workload_with_description(
+            args.seed, args.num_requests, args.warmup_requests, *args.input_len, *args.output_len,
+            vocab_size=vocab_size, special_ids=special_ids)
+    requests = synthetic_workload(args.seed, args.num_requests + args.warmup_requests, *args.input_len,
+                                  *args.output_len, vocab_size, special_ids, input_dist, output_dist)
+    description = describe_requests(requests, args.warmup_requests, source="synthetic", seed=args.seed,
+                                    vocab_size=vocab_size)
+    description.input_len_distribution = (input_dist or {"distribution": "uniform"})["distribution"]
+    description.output_len_distribution = (output_dist or {"distribution": "uniform"})["distribution"]
+    return requests, description
+
+
+def _telemetry(args: argparse.Namespace):
+    if args.no_telemetry:
+        return None
+    from foundry.bench.telemetry import GPUTelemetry
+
+    index = torch.cuda.current_device() if args.device == "cuda" and torch.cuda.is_available() else 0
+    return GPUTelemetry(index)
+
+
+def _bench(args, engine, requests, workload, model_name):
+    return run_benchmark(
+        engine, requests, args.concurrency, args.warmup_requests, model=model_name, workload=workload,
+        mode=args.mode, request_rates=args.rate, max_concurrency=args.max_concurrency, arrival_seed=args.seed,
+        slo=args.slo, telemetry=_telemetry(args), model_bytes=engine_model_bytes(engine),
+    )
+
+
 def run(args: argparse.Namespace) -> tuple[BenchmarkReport, BenchmarkReport | None, list[ComparisonRow] | None]:
-    if args.engine_dir is not None:
-        engine, model_name = load_reference_engine(args.engine_dir, args.device), args.engine_dir.name
+    if args.trtllm_report is not None:
+        from foundry.bench.trtllm_report import load_trtllm_bench_report
+
+        return load_trtllm_bench_report(args.trtllm_report), None, None
+    if args.mode == "request_rate" and not args.rate:
+        raise FoundryError("--mode request_rate needs --rate R [R ...] (requests/s)")
+    if args.endpoint is not None:
+        from foundry.bench.http_client import OpenAICompletionsTarget
+
+        engine, model_name = OpenAICompletionsTarget(args.endpoint, model=args.endpoint_model), args.endpoint_model or args.endpoint
+        if args.dataset is None and not args.endpoint_vocab_size:
+            raise FoundryError("--endpoint with synthetic prompts needs --endpoint-vocab-size (or use --dataset)")
+        vocab_size = args.endpoint_vocab_size
+    elif args.engine_dir is not None:
+        engine, model_name = load_reference_engine(args.engine_dir, args.device, args.hf_dtype), args.engine_dir.name
+        vocab_size = engine_vocab_size(engine)
     else:
         engine, model_name = load_hf_engine(args.hf_dir, args.device, args.hf_dtype), args.hf_dir.name
-    vocab_size = engine_vocab_size(engine)
-    requests, workload = synthetic_workload_with_description(
-        args.seed, args.num_requests, args.warmup_requests, *args.input_len, *args.output_len,
-        vocab_size=vocab_size, special_ids=getattr(engine, "special_token_ids", ()),
-    )
-    report = run_benchmark(engine, requests, args.concurrency, args.warmup_requests,
-                           model=model_name, workload=workload)
+        vocab_size = engine_vocab_size(engine)
+    requests, workload = build_workload(args, vocab_size, getattr(engine, "special_token_ids", ()))
+    report = _bench(args, engine, requests, workload, model_name)
     del engine  # free its memory before the baseline loads
     if args.baseline_hf_dir is None:
         return report, None, None
@@ -123,8 +207,7 @@ def run(args: argparse.Namespace) -> tuple[BenchmarkReport, BenchmarkReport | No
     if engine_vocab_size(baseline_engine) != vocab_size:
         raise FoundryError(f"baseline vocab_size {engine_vocab_size(baseline_engine)} != engine vocab_size "
                            f"{vocab_size}: the same token ids would mean different prompts")
-    baseline = run_benchmark(baseline_engine, requests, args.concurrency, args.warmup_requests,
-                             model=model_name, workload=workload)
+    baseline = _bench(args, baseline_engine, requests, workload, model_name)
     return report, baseline, compare_reports(report, baseline)
 
 
@@ -133,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report, baseline, comparison = run(args)
         write_outputs(args.out, report, baseline, comparison)
+        if report.telemetry is not None:
+            t = report.telemetry
+            print(f"gpu telemetry: {t['status']}" + (f" ({t['reason']})" if t.get("reason") else
+                  f" {t['gpu_name']} cc {t['compute_capability']} peak mem {t['memory_used_peak_mib']:.0f} MiB, "
+                  f"util mean {t['gpu_utilization_mean_pct']}%, power max {t['power_max_w']} W, "
+                  f"peak bandwidth {t['peak_bandwidth_gb_s']} GB/s"))
     except FoundryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,13 @@ Definitions (shared/reference/benchmarking.md), all times from `time.perf_counte
 * output_token_throughput_tok_s = Σ output tokens of completed requests / duration, where duration =
   last token arrival − first scheduled send (so it includes TTFT).
 * request_throughput_req_s = completed requests / duration.
+* goodput_req_s = completed requests meeting every configured SLO (TTFT, TPOT, e2e; per request,
+  vLLM `--goodput`) / duration; slo_attainment = that count / timed requests.
+* meets_slo_p99: the MLPerf rule, p99 TTFT and p99 TPOT (and e2e if set) under the limits, no failures.
+* max_output_tok_s_within_slo: the highest output token throughput among the sweep's levels that
+  meet the p99 rule (the NIM "latency budget" view).
+* MBU = (weight bytes + KV bytes read per decode step) / TPOT / peak bandwidth (Databricks), taken at
+  TPOT p50 for one sequence; KV bytes at the mean context (input + output/2) of completed requests.
 Percentiles use numpy's linear interpolation (`np.percentile(method="linear")`).
 """
 
@@ -19,8 +26,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import csv
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from foundry.bench.workload import WorkloadDescription
@@ -44,6 +51,8 @@ class RequestRecord(BaseModel):
     requested_output_tokens: int
     output_tokens: int  # tokens actually streamed
     error: str | None = None
+    load_mode: str = "concurrency"
+    request_rate: float | None = None  # requests/s of the level (request_rate mode)
 
     @property
     def completed(self) -> bool:
@@ -63,13 +72,47 @@ class LatencyStats(BaseModel):
     count: int
 
 
+class SLO(BaseModel):
+    """Latency limits (ms). Unknown keys are refused; unset ones are not checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_ms: float | None = Field(default=None, gt=0)
+    tpot_ms: float | None = Field(default=None, gt=0)
+    e2e_ms: float | None = Field(default=None, gt=0)
+
+    @classmethod
+    def parse(cls, spec: "SLO | dict | str | None") -> "SLO | None":
+        """From a dict, or a CLI string like 'ttft_ms:500,tpot_ms:50' (vLLM's 'ttft:500' also works)."""
+        if spec is None or isinstance(spec, SLO):
+            return spec
+        if isinstance(spec, str):
+            pairs = {}
+            for item in filter(None, (part.strip() for part in spec.replace(" ", ",").split(","))):
+                key, sep, value = item.partition(":")
+                if not sep:
+                    raise FoundryError(f"SLO {item!r}: write key:value_ms, e.g. ttft_ms:500")
+                key = key if key.endswith("_ms") else f"{key}_ms"
+                try:
+                    pairs[key] = float(value)
+                except ValueError:
+                    raise FoundryError(f"SLO {item!r}: {value!r} is not a number of milliseconds") from None
+            spec = pairs
+        try:
+            slo = cls.model_validate(spec)
+        except ValueError as error:
+            raise FoundryError(f"invalid SLO {spec!r}: keys are ttft_ms, tpot_ms, e2e_ms (> 0): {error}") from None
+        return slo if slo.model_dump(exclude_none=True) else None
+
+
 class LevelSummary(BaseModel):
-    """Statistics of one load level (one concurrency value) over its timed requests."""
+    """Statistics of one load level (a concurrency, or a Poisson request rate) over its timed requests."""
 
     model_config = ConfigDict(extra="forbid")
 
     load_mode: str = "concurrency"
-    concurrency: int
+    concurrency: int  # concurrency mode: N; request_rate mode: the cap (0 = uncapped)
+    request_rate: float | None = None  # requests/s (request_rate mode)
     num_requests: int
     completed: int
     failed: int
@@ -85,6 +128,31 @@ class LevelSummary(BaseModel):
     output_token_throughput_tok_s: float
     request_throughput_req_s: float
     errors: list[str] = Field(default_factory=list, description="distinct error messages, max 10")
+    goodput_req_s: float | None = None  # None when no SLO is configured
+    slo_attainment: float | None = None
+    meets_slo_p99: bool | None = None
+    mbu: float | None = None  # None unless model bytes and peak bandwidth are known
+    achieved_bandwidth_gb_s: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.load_mode == "request_rate":
+            cap = f", cap {self.concurrency}" if self.concurrency else ""
+            return f"rate {self.request_rate:g}/s{cap}"
+        return f"concurrency {self.concurrency}"
+
+    @property
+    def key(self) -> tuple:
+        return (self.load_mode, self.concurrency, self.request_rate)
+
+
+class ModelBytes(BaseModel):
+    """What one decode step must read: the weights and, per token of context, the KV cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight_bytes: int
+    kv_bytes_per_token: int
 
 
 class MachineInfo(BaseModel):
@@ -106,11 +174,20 @@ class BenchmarkReport(BaseModel):
     levels: list[LevelSummary]
     machine: MachineInfo
     created_at: str
+    slo: SLO | None = None
+    max_output_tok_s_within_slo: float | None = None  # None: no SLO, or no level met it
+    best_level_within_slo: str | None = None
+    telemetry: dict | None = None  # foundry.bench.telemetry.TelemetrySummary as a dict
+    model_bytes: ModelBytes | None = None
+    target: str | None = None  # "in-process" or the endpoint URL
     # Per-request records go to requests.csv, not report.json (they can be large).
     records: list[RequestRecord] = Field(default_factory=list, exclude=True)
 
     def level(self, concurrency: int) -> LevelSummary | None:
-        return next((lv for lv in self.levels if lv.concurrency == concurrency), None)
+        return next((lv for lv in self.levels if lv.concurrency == concurrency and lv.load_mode == "concurrency"), None)
+
+    def level_by_key(self, key: tuple) -> LevelSummary | None:
+        return next((lv for lv in self.levels if lv.key == key), None)
 
 
 class ComparisonRow(BaseModel):
@@ -120,6 +197,8 @@ class ComparisonRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     concurrency: int
+    load_mode: str = "concurrency"
+    request_rate: float | None = None
     engine_backend: str
     baseline_backend: str
     engine_output_tok_s: float
@@ -188,12 +267,77 @@ def _distinct_errors(records: Sequence[RequestRecord], limit: int = 10) -> list[
     return seen[:limit]
 
 
+def request_meets_slo(record: RequestRecord, slo: SLO) -> bool:
+    """Per request (vLLM goodput): completed and every set limit met; TPOT is not checked for
+    1-token outputs (undefined there)."""
+    if not record.completed:
+        return False
+    first = ttft_ms(record.scheduled_s, record.first_token_s)
+    total = e2e_ms(record.scheduled_s, record.token_arrival_s[-1])
+    per_token = tpot_ms(total, first, record.output_tokens)
+    if slo.ttft_ms is not None and first > slo.ttft_ms:
+        return False
+    if slo.e2e_ms is not None and total > slo.e2e_ms:
+        return False
+    if slo.tpot_ms is not None and per_token is not None and per_token > slo.tpot_ms:
+        return False
+    return True
+
+
+def level_meets_slo_p99(level: LevelSummary, slo: SLO) -> bool:
+    """MLPerf: valid only if p99 TTFT and p99 TPOT (and e2e, if set) are under the limits; a level
+    with failed requests or without the statistic never passes."""
+    if level.failed or level.completed == 0:
+        return False
+    for limit, stats in ((slo.ttft_ms, level.ttft), (slo.tpot_ms, level.tpot), (slo.e2e_ms, level.e2e)):
+        if limit is not None and (stats is None or stats.p99_ms > limit):
+            return False
+    return True
+
+
+def decode_mbu(level: LevelSummary, model_bytes: ModelBytes | None, peak_bandwidth_gb_s: float | None,
+               records: Sequence[RequestRecord]) -> tuple[float | None, float | None]:
+    """(MBU, achieved GB/s) for one sequence at TPOT p50; None where an input is unknown."""
+    if model_bytes is None or level.tpot is None or level.tpot.p50_ms <= 0:
+        return None, None
+    completed = [r for r in records if r.completed]
+    if not completed:
+        return None, None
+    mean_context = float(np.mean([r.input_tokens + r.output_tokens / 2 for r in completed]))
+    bytes_per_step = model_bytes.weight_bytes + model_bytes.kv_bytes_per_token * mean_context
+    achieved_gb_s = bytes_per_step / (level.tpot.p50_ms / 1e3) / 1e9
+    if not peak_bandwidth_gb_s:
+        return None, achieved_gb_s
+    return achieved_gb_s / peak_bandwidth_gb_s, achieved_gb_s
+
+
+def apply_slo(level: LevelSummary, records: Sequence[RequestRecord], slo: SLO | None) -> LevelSummary:
+    if slo is None:
+        return level
+    good = sum(1 for r in records if request_meets_slo(r, slo))
+    return level.model_copy(update={
+        "goodput_req_s": good / level.duration_s if level.duration_s > 0 else 0.0,
+        "slo_attainment": good / len(records) if records else 0.0,
+        "meets_slo_p99": level_meets_slo_p99(level, slo),
+    })
+
+
+def max_throughput_within_slo(levels: Sequence[LevelSummary]) -> tuple[float | None, str | None]:
+    passing = [lv for lv in levels if lv.meets_slo_p99]
+    if not passing:
+        return None, None
+    best = max(passing, key=lambda lv: lv.output_token_throughput_tok_s)
+    return best.output_token_throughput_tok_s, best.label
+
+
 def summarize_level(
     records: Sequence[RequestRecord],
     concurrency: int,
     *,
     load_mode: str = "concurrency",
     warmup_records: Sequence[RequestRecord] = (),
+    request_rate: float | None = None,
+    slo: SLO | None = None,
 ) -> LevelSummary:
     completed = [r for r in records if r.completed]
     ttfts = [ttft_ms(r.scheduled_s, r.first_token_s) for r in completed]
@@ -207,9 +351,10 @@ def summarize_level(
     duration_s = benchmark_duration_s(records)
     total_output_tokens = sum(r.output_tokens for r in completed)
     failed = len(records) - len(completed)
-    return LevelSummary(
+    level = LevelSummary(
         load_mode=load_mode,
         concurrency=concurrency,
+        request_rate=request_rate,
         num_requests=len(records),
         completed=len(completed),
         failed=failed,
@@ -226,6 +371,7 @@ def summarize_level(
         request_throughput_req_s=len(completed) / duration_s if duration_s > 0 else 0.0,
         errors=_distinct_errors(list(warmup_records) + list(records)),
     )
+    return apply_slo(level, records, slo)
 
 
 # ---- comparison ----------------------------------------------------------------------------
@@ -251,12 +397,14 @@ def compare_reports(engine: BenchmarkReport, baseline: BenchmarkReport) -> list[
         )
     rows = []
     for level in engine.levels:
-        base = baseline.level(level.concurrency)
+        base = baseline.level_by_key(level.key)
         if base is None:
             continue
         rows.append(
             ComparisonRow(
                 concurrency=level.concurrency,
+                load_mode=level.load_mode,
+                request_rate=level.request_rate,
                 engine_backend=engine.backend,
                 baseline_backend=baseline.backend,
                 engine_output_tok_s=level.output_token_throughput_tok_s,
@@ -270,8 +418,8 @@ def compare_reports(engine: BenchmarkReport, baseline: BenchmarkReport) -> list[
         )
     if not rows:
         raise FoundryError(
-            f"no common concurrency level: engine {[lv.concurrency for lv in engine.levels]}, "
-            f"baseline {[lv.concurrency for lv in baseline.levels]}"
+            f"no common load level: engine {[lv.label for lv in engine.levels]}, "
+            f"baseline {[lv.label for lv in baseline.levels]}"
         )
     return rows
 
@@ -294,25 +442,48 @@ def save_comparison_json(rows: Sequence[ComparisonRow], path: Path) -> None:
     Path(path).write_text(json.dumps([row.model_dump() for row in rows], indent=2))
 
 
-def records_dataframe(records: Sequence[RequestRecord]) -> pd.DataFrame:
-    rows = []
-    for record in records:
-        row = record.model_dump()
-        row["token_arrival_s"] = json.dumps(record.token_arrival_s)  # one CSV cell
-        rows.append(row)
-    return pd.DataFrame(rows, columns=list(RequestRecord.model_fields))
+def _record_row(record: RequestRecord) -> dict:
+    row = record.model_dump()
+    row["token_arrival_s"] = json.dumps(record.token_arrival_s)  # one CSV cell
+    # derived per-request metrics (ms), empty when undefined
+    first = ttft_ms(record.scheduled_s, record.first_token_s) if record.first_token_s is not None else None
+    total = e2e_ms(record.scheduled_s, record.token_arrival_s[-1]) if record.token_arrival_s else None
+    row["ttft_ms"] = first
+    row["e2e_ms"] = total
+    row["tpot_ms"] = tpot_ms(total, first, record.output_tokens) if first is not None and total is not None else None
+    row["completed"] = record.completed
+    return row
+
+
+RECORD_COLUMNS = list(RequestRecord.model_fields) + ["ttft_ms", "e2e_ms", "tpot_ms", "completed"]
+
+
+def records_dataframe(records: Sequence[RequestRecord]):
+    """Per-request DataFrame (needs pandas; the CSV writer below does not)."""
+    import pandas as pd
+
+    return pd.DataFrame([_record_row(r) for r in records], columns=RECORD_COLUMNS)
 
 
 def save_records_csv(records: Sequence[RequestRecord], path: Path) -> None:
-    records_dataframe(records).to_csv(path, index=False)
+    """Plain csv module, so `python -m foundry.bench` needs no pandas."""
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RECORD_COLUMNS)
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: ("" if v is None else v) for k, v in _record_row(record).items()})
 
 
 def load_records_csv(path: Path) -> list[RequestRecord]:
-    frame = pd.read_csv(path, keep_default_na=False, na_values={"first_token_s": [""], "error": [""]})
     records = []
-    for row in frame.to_dict(orient="records"):
-        row["token_arrival_s"] = json.loads(row["token_arrival_s"])
-        row["first_token_s"] = None if pd.isna(row["first_token_s"]) else float(row["first_token_s"])
-        row["error"] = None if pd.isna(row["error"]) else str(row["error"])
-        records.append(RequestRecord.model_validate(row))
+    with Path(path).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            for derived in ("ttft_ms", "e2e_ms", "tpot_ms", "completed"):
+                row.pop(derived, None)
+            parsed = dict(row)
+            parsed["token_arrival_s"] = json.loads(row["token_arrival_s"])
+            parsed["first_token_s"] = float(row["first_token_s"]) if row["first_token_s"] != "" else None
+            parsed["error"] = row["error"] if row["error"] != "" else None
+            parsed["request_rate"] = float(row["request_rate"]) if row.get("request_rate") else None
+            records.append(RequestRecord.model_validate(parsed))
     return records

@@ -1,33 +1,48 @@
 """The load generator: sends a request list to a target under a load mode and records timings.
 
 Pieces, so new ones slot in without touching the rest:
-* request source — a list of `Request` (foundry.bench.workload);
-* target — anything with the `Engine` protocol's `generate(input_ids, n, on_token)` (an HTTP
-  client target only has to offer the same method);
-* load mode — `ConcurrencyLoad` (N clients, one request in flight each); a Poisson request-rate
-  mode is another class with the same `run(...)` that sets `scheduled_s` from its arrival plan;
+* request source — a list of `Request` (foundry.bench.workload: synthetic or a trtllm-bench JSONL);
+* target — an `AsyncTarget` (`async stream(request, on_token)`): `EngineTarget` wraps any in-process
+  `Engine` (its blocking `generate` runs in a worker thread, or its `agenerate` on the loop), and
+  `foundry.bench.http_client.OpenAICompletionsTarget` talks to any OpenAI-compatible SSE endpoint;
+* load mode — `ConcurrencyLoad` (N clients, one request in flight each) or `RequestRateLoad`
+  (seeded Poisson arrivals, optional concurrency cap); both are asyncio, one event loop per run;
 * metrics — `summarize_level` over the `RequestRecord`s (foundry.bench.metrics).
+
+Timestamps: a token's arrival time is read by `on_token` where the token is seen — in the engine's
+worker thread for in-process engines, right after the socket read for HTTP — never after a hop
+through the event loop's queue.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import os
 import platform
-import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from queue import Empty, SimpleQueue
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
 
-from foundry.bench.metrics import BenchmarkReport, MachineInfo, RequestRecord, summarize_level
+from foundry.bench.metrics import (
+    SLO, BenchmarkReport, MachineInfo, ModelBytes, RequestRecord, decode_mbu, max_throughput_within_slo,
+    summarize_level,
+)
 from foundry.bench.workload import Request, WorkloadDescription, describe_requests
 from foundry.errors import FoundryError
 from foundry.runtime.base import Engine
 
-clock_s = time.perf_counter  # monotonic, sub-microsecond resolution
+clock_s = time.perf_counter  # monotonic, sub-microsecond resolution (CLOCK_MONOTONIC: one clock per host)
+# The scheduled send time (clock_s) of the request being sent, for targets that can forward it
+# (OpenAICompletionsTarget(send_schedule=True), used by the synthetic-endpoint overhead test).
+current_scheduled_s: contextvars.ContextVar[float | None] = contextvars.ContextVar("current_scheduled_s", default=None)
+LOAD_MODES = ("concurrency", "request_rate")
 
 
 def output_error(request: Request, returned: Sequence[int], streamed: Sequence[int]) -> str | None:
@@ -42,8 +57,47 @@ def output_error(request: Request, returned: Sequence[int], streamed: Sequence[i
     return None
 
 
-def send_request(
-    target: Engine, request: Request, scheduled_s: float, epoch_s: float, concurrency: int
+@runtime_checkable
+class AsyncTarget(Protocol):
+    backend: str
+
+    async def stream(self, request: Request, on_token: Callable[[int], None]) -> list[int]:
+        """Generate exactly request.output_tokens tokens, calling on_token(token_id) as each arrives;
+        return them all. Raise on failure (the request is counted as failed, the run goes on)."""
+        ...
+
+
+class EngineTarget:
+    """An in-process `Engine` as an async target. Blocking `generate` calls run in a thread pool
+    sized to the highest concurrency (a thread per request in flight, as before); an engine with an
+    `agenerate(input_ids, n)` async iterator (e.g. AsyncSyntheticEngine) runs on the loop itself."""
+
+    def __init__(self, engine: Engine, max_workers: int = 1):
+        self.engine = engine
+        self.backend = engine.backend
+        self.name = str(getattr(engine, "name", ""))
+        self.device = getattr(engine, "device", "cpu")
+        self._executor = ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="bench-client")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    async def stream(self, request: Request, on_token: Callable[[int], None]) -> list[int]:
+        agenerate = getattr(self.engine, "agenerate", None)
+        if agenerate is not None:
+            tokens = []
+            async for token in agenerate(request.input_ids, request.output_tokens):
+                on_token(int(token))
+                tokens.append(int(token))
+            return tokens
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self.engine.generate, request.input_ids, request.output_tokens, on_token)
+
+
+async def send_request(
+    target: AsyncTarget, request: Request, scheduled_s: float, epoch_s: float, concurrency: int,
+    load_mode: str = "concurrency", request_rate: float | None = None,
 ) -> RequestRecord:
     """Run one request to completion; an exception from the target becomes a failed record."""
     arrivals_s: list[float] = []
@@ -53,8 +107,9 @@ def send_request(
         arrivals_s.append(clock_s())  # timestamp first: the append below is not part of latency
         streamed.append(int(token_id))
 
+    current_scheduled_s.set(scheduled_s)
     try:
-        returned = target.generate(request.input_ids, request.output_tokens, on_token)
+        returned = await target.stream(request, on_token)
         error = output_error(request, returned, streamed)
     except Exception as exc:  # any target failure is data, not a crash of the benchmark
         error = f"{type(exc).__name__}: {exc}"
@@ -70,50 +125,100 @@ def send_request(
         requested_output_tokens=request.output_tokens,
         output_tokens=len(arrivals_s),
         error=error,
+        load_mode=load_mode,
+        request_rate=request_rate,
     )
 
 
-class LoadMode(Protocol):
-    name: str
-
-    def run(self, target: Engine, requests: Sequence[Request], epoch_s: float) -> list[RequestRecord]: ...
+def _check_complete(requests: Sequence[Request], records: Sequence[RequestRecord]) -> list[RequestRecord]:
+    if len(records) != len(requests):
+        raise FoundryError(f"load generator lost requests: sent {len(requests)}, recorded {len(records)}")
+    return sorted(records, key=lambda r: r.request_id)
 
 
 @dataclass(frozen=True)
 class ConcurrencyLoad:
-    """N client threads, each with exactly one request in flight, pulling from a shared queue.
-    A request is scheduled when a client picks it up, so TTFT includes no client-side queueing
-    beyond the target's own."""
+    """N clients, each with exactly one request in flight, pulling from a shared queue. A request
+    is scheduled when a client picks it up, so TTFT includes no client-side queueing beyond the
+    target's own."""
 
     concurrency: int
     name: str = "concurrency"
 
-    def run(self, target: Engine, requests: Sequence[Request], epoch_s: float) -> list[RequestRecord]:
-        pending: SimpleQueue[Request] = SimpleQueue()
-        for request in requests:
-            pending.put(request)
+    @property
+    def request_rate(self) -> float | None:
+        return None
+
+    async def arun(self, target: AsyncTarget, requests: Sequence[Request], epoch_s: float) -> list[RequestRecord]:
+        pending = deque(requests)
         records: list[RequestRecord] = []
-        records_lock = threading.Lock()
 
-        def client() -> None:
-            while True:
-                try:
-                    request = pending.get_nowait()
-                except Empty:
-                    return
-                record = send_request(target, request, clock_s(), epoch_s, self.concurrency)
-                with records_lock:
-                    records.append(record)
+        async def client() -> None:
+            while pending:
+                request = pending.popleft()
+                records.append(await send_request(target, request, clock_s(), epoch_s, self.concurrency))
 
-        clients = [threading.Thread(target=client, name=f"bench-client-{i}", daemon=True)
-                   for i in range(min(self.concurrency, len(requests)))]
-        for thread in clients:
-            thread.start()
-        for thread in clients:
-            thread.join()
-        if len(records) != len(requests):
-            raise FoundryError(f"load generator lost requests: sent {len(requests)}, recorded {len(records)}")
-        return sorted(records, key=lambda r: r.request_id)
+        await asyncio.gather(*(client() for _ in range(min(self.concurrency, len(requests)))))
+        return _check_complete(requests, records)
+
+    def run(self, target, requests: Sequence[Request], epoch_s: float) -> list[RequestRecord]:
+        return asyncio.run(self.arun(_as_target(target, self.concurrency), requests, epoch_s))
+
+
+@dataclass(frozen=True)
+class RequestRateLoad:
+    """Poisson arrivals at `rate` requests/s (exponential inter-arrival times from `seed`), as in
+    MLPerf's server scenario. A request's scheduled time is its planned arrival, so a request that
+    waits for the `max_concurrency` cap (or a late client) has that wait in its TTFT."""
+
+    rate: float
+    seed: int = 0
+    max_concurrency: int | None = None
+    name: str = "request_rate"
+
+    def __post_init__(self):
+        if not self.rate > 0 or not np.isfinite(self.rate):
+            raise FoundryError(f"request rate must be a positive number of requests/s, got {self.rate}")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise FoundryError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+
+    @property
+    def request_rate(self) -> float:
+        return self.rate
+
+    @property
+    def concurrency(self) -> int:
+        return self.max_concurrency or 0
+
+    def arrival_offsets_s(self, count: int) -> np.ndarray:
+        """Seeded: the first request at 0, then cumulative exponential gaps with mean 1/rate."""
+        gaps = np.random.default_rng(self.seed).exponential(1.0 / self.rate, size=count)
+        return np.concatenate([[0.0], np.cumsum(gaps[:-1])]) if count else np.zeros(0)
+
+    async def arun(self, target: AsyncTarget, requests: Sequence[Request], epoch_s: float) -> list[RequestRecord]:
+        cap = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
+        start_s = clock_s()
+
+        async def one(request: Request, offset_s: float) -> RequestRecord:
+            scheduled_s = start_s + offset_s
+            delay_s = scheduled_s - clock_s()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            if cap is None:
+                return await send_request(target, request, scheduled_s, epoch_s, 0, self.name, self.rate)
+            async with cap:
+                return await send_request(target, request, scheduled_s, epoch_s, self.concurrency, self.name, self.rate)
+
+        offsets = self.arrival_offsets_s(len(requests))
+        records = await asyncio.gather(*(one(r, float(o)) for r, o in zip(requests, offsets)))
+        return _check_complete(requests, list(records))
+
+    def run(self, target, requests: Sequence[Request], epoch_s: float) -> list[RequestRecord]:
+        return asyncio.run(self.arun(_as_target(target, self.max_concurrency or len(requests)), requests, epoch_s))
+
+
+def _as_target(target, max_workers: int) -> AsyncTarget:
+    return target if hasattr(target, "stream") else EngineTarget(target, max_workers)
 
 
 def _cpu_model_name() -> str:
@@ -142,11 +247,20 @@ def machine_info(target: Engine | None = None) -> MachineInfo:
     )
 
 
-def _validate_run(requests: Sequence[Request], concurrency_levels: Sequence[int], warmup_requests: int) -> None:
-    if not concurrency_levels:
-        raise FoundryError("concurrency_levels must name at least one level")
-    if any(level < 1 for level in concurrency_levels):
-        raise FoundryError(f"concurrency levels must be >= 1, got {list(concurrency_levels)}")
+def _validate_run(requests: Sequence[Request], concurrency_levels: Sequence[int], warmup_requests: int,
+                  mode: str, request_rates: Sequence[float] | None) -> None:
+    if mode not in LOAD_MODES:
+        raise FoundryError(f"unknown load mode {mode!r}; use one of {LOAD_MODES}")
+    if mode == "concurrency":
+        if not concurrency_levels:
+            raise FoundryError("concurrency_levels must name at least one level")
+        if any(level < 1 for level in concurrency_levels):
+            raise FoundryError(f"concurrency levels must be >= 1, got {list(concurrency_levels)}")
+    else:
+        if not request_rates:
+            raise FoundryError("mode 'request_rate' needs at least one request rate (requests/s)")
+        if any(not (rate > 0 and np.isfinite(rate)) for rate in request_rates):
+            raise FoundryError(f"request rates must be positive numbers of requests/s, got {list(request_rates)}")
     if warmup_requests < 0:
         raise FoundryError(f"warmup_requests must be >= 0, got {warmup_requests}")
     if len(requests) <= warmup_requests:
@@ -156,35 +270,113 @@ def _validate_run(requests: Sequence[Request], concurrency_levels: Sequence[int]
         )
 
 
+def load_levels(mode: str, concurrency_levels: Sequence[int], request_rates: Sequence[float] | None,
+                max_concurrency: int | None, arrival_seed: int) -> list:
+    if mode == "concurrency":
+        return [ConcurrencyLoad(c) for c in concurrency_levels]
+    return [RequestRateLoad(rate, seed=arrival_seed, max_concurrency=max_concurrency) for rate in request_rates]
+
+
 def run_benchmark(
-    engine: Engine,
+    engine,
     requests: Sequence[Request],
-    concurrency_levels: Sequence[int],
-    warmup_requests: int,
+    concurrency_levels: Sequence[int] = (),
+    warmup_requests: int = 0,
     *,
     model: str = "",
     workload: WorkloadDescription | None = None,
+    mode: str = "concurrency",
+    request_rates: Sequence[float] | None = None,
+    max_concurrency: int | None = None,
+    arrival_seed: int = 0,
+    slo: SLO | dict | str | None = None,
+    telemetry=None,
+    model_bytes: ModelBytes | None = None,
+    peak_bandwidth_gb_s: float | None = None,
 ) -> BenchmarkReport:
-    """Run every concurrency level on the same requests. At each level the first
-    `warmup_requests` requests run first at that concurrency and are excluded from statistics;
-    the timed requests follow."""
-    _validate_run(requests, concurrency_levels, warmup_requests)
+    """Run every load level (a sweep: concurrency values or request rates) on the same requests.
+    At each level the first `warmup_requests` requests run first under that level's load and are
+    excluded from statistics; the timed requests follow. `engine` is an in-process Engine or an
+    AsyncTarget (e.g. an HTTP endpoint). `telemetry`: a started-on-enter foundry.bench.telemetry
+    GPUTelemetry (or None)."""
+    _validate_run(requests, concurrency_levels, warmup_requests, mode, request_rates)
+    slo = SLO.parse(slo)
+    loads = load_levels(mode, concurrency_levels, request_rates, max_concurrency, arrival_seed)
     warmup, timed = list(requests[:warmup_requests]), list(requests[warmup_requests:])
     workload = workload or describe_requests(requests, warmup_requests)
-    epoch_s = clock_s()
+    max_in_flight = max((load.concurrency or len(timed)) for load in loads)
+    owns_target = not hasattr(engine, "stream")
+    target = EngineTarget(engine, max_in_flight) if owns_target else engine
+
+    async def run_all():
+        epoch_s = clock_s()
+        results = []
+        for load in loads:
+            warmup_records = await load.arun(target, warmup, epoch_s) if warmup else []
+            records = await load.arun(target, timed, epoch_s)
+            results.append((load, warmup_records, records))
+        return results
+
+    if telemetry is not None:
+        telemetry.start()
+    try:
+        results = asyncio.run(run_all())
+    finally:
+        if telemetry is not None:
+            telemetry.stop()
+        if owns_target:
+            target.close()
+    telemetry_summary = telemetry.summary() if telemetry is not None else None
+    if peak_bandwidth_gb_s is None and telemetry_summary is not None:
+        peak_bandwidth_gb_s = telemetry_summary.peak_bandwidth_gb_s
     levels, all_records = [], []
-    for concurrency in concurrency_levels:
-        load = ConcurrencyLoad(concurrency)
-        warmup_records = load.run(engine, warmup, epoch_s) if warmup else []
-        records = load.run(engine, timed, epoch_s)
-        levels.append(summarize_level(records, concurrency, load_mode=load.name, warmup_records=warmup_records))
+    for load, warmup_records, records in results:
+        level = summarize_level(records, load.concurrency, load_mode=load.name, warmup_records=warmup_records,
+                                request_rate=load.request_rate, slo=slo)
+        mbu, achieved = decode_mbu(level, model_bytes, peak_bandwidth_gb_s, records)
+        levels.append(level.model_copy(update={"mbu": mbu, "achieved_bandwidth_gb_s": achieved}))
         all_records.extend(records)
+    best_tok_s, best_label = max_throughput_within_slo(levels) if slo is not None else (None, None)
     return BenchmarkReport(
-        backend=engine.backend,
+        backend=target.backend,
         model=model or str(getattr(engine, "name", "")),
         workload=workload,
         levels=levels,
         machine=machine_info(engine),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        slo=slo,
+        max_output_tok_s_within_slo=best_tok_s,
+        best_level_within_slo=best_label,
+        telemetry=telemetry_summary.model_dump() if telemetry_summary is not None else None,
+        model_bytes=model_bytes,
+        target=getattr(engine, "url", None) or "in-process",
         records=all_records,
     )
+
+
+def engine_model_bytes(engine) -> ModelBytes | None:
+    """Weight bytes and KV bytes per token of an in-process HF or reference engine (None if unknown)."""
+    model = getattr(engine, "model", None)
+    config = getattr(engine, "config", None) or getattr(model, "config", None)
+    if model is not None and hasattr(model, "parameters"):
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        dtype_bytes = next(model.parameters()).element_size()
+        layers = getattr(config, "num_hidden_layers", None)
+        kv_heads = getattr(config, "num_key_value_heads", None)
+        head = getattr(config, "head_dim", None) or (config.hidden_size // config.num_attention_heads)
+    elif hasattr(engine, "layers") and hasattr(engine, "embedding"):
+        tensors = [engine.embedding, engine.final_norm]
+        if engine.lm_head.weight is not engine.embedding:
+            tensors.append(engine.lm_head.weight)
+        for layer in engine.layers:
+            tensors += [layer.input_norm, layer.post_norm]
+            for linear in (layer.qkv, layer.dense, layer.fc, layer.gate, layer.proj):
+                tensors.append(getattr(linear, "weight", None) if hasattr(linear, "weight") else linear.weight_int8_t)
+        weight_bytes = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        dtype_bytes = torch.empty(0, dtype=engine.compute_dtype).element_size()
+        layers, kv_heads, head = config.num_layers, config.num_kv_heads, config.head_size
+    else:
+        return None
+    if not (layers and kv_heads and head):
+        return None
+    return ModelBytes(weight_bytes=int(weight_bytes), kv_bytes_per_token=int(2 * layers * kv_heads * head * dtype_bytes))

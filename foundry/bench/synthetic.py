@@ -8,8 +8,9 @@ sleep (Linux oversleeps by ~0.1 ms) without starving the other client threads of
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
 import torch
 
@@ -29,10 +30,15 @@ class SyntheticEngine:
     """Implements the Engine protocol. Greedy rule: next token = (previous token + 1) mod vocab,
     and `logits` puts its maximum on exactly that token, so generate() is truly greedy."""
 
-    def __init__(self, ttft_ms: float, itl_ms: float, backend: str = "synthetic", vocab_size: int = 256):
-        if ttft_ms < 0 or itl_ms < 0:
-            raise FoundryError(f"ttft_ms and itl_ms must be >= 0, got {ttft_ms}, {itl_ms}")
+    def __init__(self, ttft_ms: float, itl_ms: float, backend: str = "synthetic", vocab_size: int = 256,
+                 ttft_spread_ms: float = 0.0):
+        if ttft_ms < 0 or itl_ms < 0 or ttft_spread_ms < 0:
+            raise FoundryError(f"ttft_ms, itl_ms, ttft_spread_ms must be >= 0, got {ttft_ms}, {itl_ms}, {ttft_spread_ms}")
         self.ttft_ms = ttft_ms
+        # TTFT of a request = ttft_ms + ttft_spread_ms × frac(first prompt token × golden ratio): known
+        # exactly per request (ttft_for), and at high concurrency it spreads the first tokens (and so
+        # every later token) over time instead of emitting hundreds in the same instant.
+        self.ttft_spread_ms = ttft_spread_ms
         self.itl_ms = itl_ms
         self.backend = backend
         self.vocab_size = vocab_size
@@ -40,9 +46,16 @@ class SyntheticEngine:
         self.device = "cpu"
         self.special_token_ids: tuple[int, ...] = ()
 
-    def token_schedule_s(self, num_tokens: int) -> list[float]:
+    def ttft_for(self, input_ids: Sequence[int]) -> float:
+        """The exact TTFT (ms) of a request with this prompt."""
+        if not self.ttft_spread_ms or not input_ids:
+            return self.ttft_ms
+        return self.ttft_ms + self.ttft_spread_ms * ((int(input_ids[0]) * 0.6180339887498949) % 1.0)
+
+    def token_schedule_s(self, num_tokens: int, input_ids: Sequence[int] = ()) -> list[float]:
         """Offsets (seconds after the call) at which each token is delivered."""
-        return [(self.ttft_ms + k * self.itl_ms) / 1e3 for k in range(num_tokens)]
+        ttft_ms = self.ttft_for(input_ids)
+        return [(ttft_ms + k * self.itl_ms) / 1e3 for k in range(num_tokens)]
 
     def generate(
         self, input_ids: Sequence[int], max_new_tokens: int, on_token: TokenCallback | None = None
@@ -52,7 +65,7 @@ class SyntheticEngine:
             raise FoundryError("input_ids is empty")
         token = int(input_ids[-1])
         generated = []
-        for offset_s in self.token_schedule_s(max_new_tokens):
+        for offset_s in self.token_schedule_s(max_new_tokens, input_ids):
             token = (token + 1) % self.vocab_size
             wait_until(start_s + offset_s)
             generated.append(token)
@@ -63,3 +76,28 @@ class SyntheticEngine:
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         next_ids = (input_ids.long() + 1) % self.vocab_size
         return torch.nn.functional.one_hot(next_ids, self.vocab_size).float()
+
+
+async def async_wait_until(deadline_s: float) -> None:
+    """Sleep on the event loop until an absolute deadline (asyncio timers fire up to ~1 ms late:
+    epoll waits in whole milliseconds), never before it."""
+    while (remaining_s := deadline_s - time.perf_counter()) > 0:
+        await asyncio.sleep(remaining_s)
+
+
+class AsyncSyntheticEngine(SyntheticEngine):
+    """The same exact schedule, also offered as `agenerate`, an async iterator that waits on the
+    event loop: hundreds of concurrent requests then cost no threads (the in-process harness and the
+    HTTP server both use it when present)."""
+
+    async def agenerate(self, input_ids: Sequence[int], max_new_tokens: int,
+                        start_s: float | None = None) -> AsyncIterator[int]:
+        """`start_s` (time.perf_counter) anchors the schedule; default: now."""
+        start_s = time.perf_counter() if start_s is None else start_s
+        if not input_ids:
+            raise FoundryError("input_ids is empty")
+        token = int(input_ids[-1])
+        for offset_s in self.token_schedule_s(max_new_tokens, input_ids):
+            token = (token + 1) % self.vocab_size
+            await async_wait_until(start_s + offset_s)
+            yield token

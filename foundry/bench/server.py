@@ -1,0 +1,269 @@
+"""A small OpenAI-compatible completions server for any in-process `Engine` (Starlette + uvicorn).
+
+    python -m foundry.bench.server --engine-dir ENGINE [--tokenizer HF_DIR] [--device cuda] --port 8000
+    python -m foundry.bench.server --hf-dir HF_DIR --port 8000
+    python -m foundry.bench.server --synthetic 200,20 --port 8000      # TTFT 200 ms, ITL 20 ms
+
+Endpoints: `POST /v1/completions` (`prompt` as text — needs a tokenizer — or a list of token ids;
+`max_tokens`; `stream: true` answers with server-sent events, one chunk per token, then
+`data: [DONE]`; `stream_options.include_usage` adds a usage chunk), `GET /v1/models`, `GET /health`.
+Greedy decoding; the engines here never stop early, so a completion has exactly `max_tokens` tokens
+(`finish_reason: "length"`). Chunks carry `token_ids` next to `text`, as vLLM's `return_token_ids`
+does, so a client can count tokens without a tokenizer. Sampling parameters other than greedy are
+refused rather than ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+from foundry.errors import FoundryError
+
+MAX_TOKENS_LIMIT = 1_000_000
+
+
+class CompletionRequestError(ValueError):
+    """A client error (HTTP 400) with a message naming the field."""
+
+
+def parse_completion_request(body: object, tokenizer) -> tuple[list[int], int, bool, bool]:
+    """(prompt token ids, max_tokens, stream, include_usage) from an OpenAI /v1/completions body."""
+    if not isinstance(body, dict):
+        raise CompletionRequestError("the body must be a JSON object")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise CompletionRequestError("prompt: text prompts need a server started with --tokenizer; send token ids")
+        ids = list(tokenizer.encode(prompt, add_special_tokens=False))
+    elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
+        ids = list(prompt)
+    else:
+        raise CompletionRequestError("prompt: must be a string or a list of token ids >= 0 (one prompt per request)")
+    if not ids:
+        raise CompletionRequestError("prompt: is empty")
+    max_tokens = body.get("max_tokens", 16)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise CompletionRequestError(f"max_tokens: must be an integer in [1, {MAX_TOKENS_LIMIT}], got {max_tokens!r}")
+    if body.get("n", 1) != 1 or body.get("best_of", 1) != 1:
+        raise CompletionRequestError("n/best_of: only 1 is supported")
+    temperature = body.get("temperature")
+    if temperature not in (None, 0, 0.0) or body.get("top_k", -1) not in (-1, 1) or body.get("top_p", 1) not in (1, 1.0):
+        raise CompletionRequestError("sampling: only greedy decoding is served (temperature 0 or unset)")
+    stream = bool(body.get("stream", False))
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+    return ids, max_tokens, stream, include_usage
+
+
+async def stream_engine_tokens(engine, input_ids: Sequence[int], max_tokens: int,
+                               start_s: float | None = None) -> AsyncIterator[int]:
+    """Tokens of `engine` as an async iterator: `agenerate` if the engine has it, else its blocking
+    `generate` in a thread whose on_token hands each token to the loop. `start_s` (synthetic
+    engines only) anchors the exact schedule at the client's scheduled send time."""
+    agenerate = getattr(engine, "agenerate", None)
+    if agenerate is not None:
+        kwargs = {"start_s": start_s} if start_s is not None else {}
+        async for token in agenerate(input_ids, max_tokens, **kwargs):
+            yield int(token)
+        return
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def work() -> None:
+        try:
+            engine.generate(list(input_ids), max_tokens, lambda t: loop.call_soon_threadsafe(queue.put_nowait, int(t)))
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+        except BaseException as error:  # handed to the request coroutine, which ends the stream
+            loop.call_soon_threadsafe(queue.put_nowait, error)
+
+    threading.Thread(target=work, name="serve-generate", daemon=True).start()
+    while True:
+        item = await queue.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+class TextDecoder:
+    """Incremental detokenization: the text a new token adds to the decoded output."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def add(self, token: int) -> str:
+        if self.tokenizer is None:
+            return ""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return ""
+        new, self.text = text[len(self.text):], text
+        return new
+
+
+def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule: bool = False):
+    """A Starlette app serving `engine` under the OpenAI completions API. `anchor_to_client_schedule`
+    (synthetic engines, same host): start a request's exact schedule at the client's scheduled send
+    time from the `X-Foundry-Scheduled-S` header instead of when the handler runs, so server-side
+    request handling is absorbed into the known TTFT rather than added to it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request as HTTPRequest
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+    async def completions(request: HTTPRequest):
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            return error(400, f"body is not valid JSON: {exc}")
+        try:
+            ids, max_tokens, stream, include_usage = parse_completion_request(body, tokenizer)
+        except CompletionRequestError as exc:
+            return error(400, str(exc))
+        requested_model = body.get("model")
+        if requested_model not in (None, model_name):
+            return error(404, f"model {requested_model!r} is not served here; this server serves {model_name!r}",
+                         "model_not_found")
+        start_s = None
+        if anchor_to_client_schedule and request.headers.get("x-foundry-scheduled-s"):
+            start_s = float(request.headers["x-foundry-scheduled-s"])
+        completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+
+        def chunk(text: str, token_ids: list[int], finish_reason: str | None) -> dict:
+            return {"id": completion_id, "object": "text_completion", "created": created, "model": model_name,
+                    "choices": [{"index": 0, "text": text, "token_ids": token_ids, "logprobs": None,
+                                 "finish_reason": finish_reason}]}
+
+        usage = lambda n: {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}  # noqa: E731
+
+        if not stream:
+            decoder, tokens = TextDecoder(tokenizer), []
+            try:
+                async for token in stream_engine_tokens(engine, ids, max_tokens):
+                    tokens.append(token)
+                    decoder.add(token)
+            except Exception as exc:
+                return error(500, f"{type(exc).__name__}: {exc}", "server_error")
+            body = chunk(decoder.text, tokens, "length")
+            body["usage"] = usage(len(tokens))
+            return JSONResponse(body)
+
+        async def events() -> AsyncIterator[bytes]:
+            decoder, count = TextDecoder(tokenizer), 0
+            try:
+                async for token in stream_engine_tokens(engine, ids, max_tokens, start_s):
+                    count += 1
+                    finish = "length" if count == max_tokens else None
+                    yield f"data: {json.dumps(chunk(decoder.add(token), [token], finish))}\n\n".encode()
+            except Exception as exc:  # an error event, then the stream ends without [DONE]
+                yield f"data: {json.dumps({'error': {'message': f'{type(exc).__name__}: {exc}', 'type': 'server_error'}})}\n\n".encode()
+                return
+            if include_usage:
+                yield f"data: {json.dumps({'id': completion_id, 'object': 'text_completion', 'created': created, 'model': model_name, 'choices': [], 'usage': usage(count)})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def models(_request):
+        return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "foundry"}]})
+
+    async def health(_request):
+        return JSONResponse({"status": "ok", "backend": engine.backend, "model": model_name})
+
+    return Starlette(routes=[
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ])
+
+
+def serve(engine, model_name: str, tokenizer=None, host: str = "127.0.0.1", port: int = 8000,
+          log_level: str = "warning", anchor_to_client_schedule: bool = False) -> None:
+    import uvicorn
+
+    uvicorn.run(build_app(engine, model_name, tokenizer, anchor_to_client_schedule), host=host, port=port, log_level=log_level,
+                backlog=4096, timeout_keep_alive=30, access_log=False)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m foundry.bench.server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--engine-dir", type=Path, help="reference engine (TensorRT-LLM checkpoint) directory")
+    source.add_argument("--hf-dir", type=Path, help="HF model directory (transformers)")
+    source.add_argument("--synthetic", metavar="TTFT_MS,ITL_MS[,SPREAD_MS]", help="AsyncSyntheticEngine with exact delays")
+    parser.add_argument("--tokenizer", type=Path, help="HF tokenizer directory for text prompts/outputs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model-name", default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--anchor-to-client-schedule", action="store_true",
+                        help="synthetic only, same host: start each schedule at the client's X-Foundry-Scheduled-S")
+    args = parser.parse_args(argv)
+    if args.anchor_to_client_schedule and not args.synthetic:
+        parser.error("--anchor-to-client-schedule applies only to --synthetic")
+    return args
+
+
+def load_engine_from_args(args: argparse.Namespace):
+    if args.synthetic:
+        from foundry.bench.synthetic import AsyncSyntheticEngine
+
+        try:
+            values = [float(v) for v in args.synthetic.split(",")]
+            if len(values) not in (2, 3):
+                raise ValueError(f"{len(values)} numbers")
+            ttft_ms, itl_ms, spread_ms = (values + [0.0])[:3]
+        except ValueError:
+            raise FoundryError(f"--synthetic: write TTFT_MS,ITL_MS[,TTFT_SPREAD_MS] (e.g. 200,20), got {args.synthetic!r}") from None
+        engine = AsyncSyntheticEngine(ttft_ms=ttft_ms, itl_ms=itl_ms, ttft_spread_ms=spread_ms)
+        return engine, engine.name
+    if args.engine_dir is not None:
+        from foundry.runtime.reference import ReferenceEngine
+
+        return ReferenceEngine.load(args.engine_dir, device=args.device), args.engine_dir.name
+    from foundry.runtime.hf import HFEngine
+
+    return HFEngine.load(args.hf_dir, device=args.device), args.hf_dir.name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        engine, name = load_engine_from_args(args)
+        tokenizer = None
+        tokenizer_dir = args.tokenizer or args.hf_dir
+        if tokenizer_dir is not None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except FoundryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"serving {engine.backend} {args.model_name or name} on http://{args.host}:{args.port}/v1/completions",
+          flush=True)
+    serve(engine, args.model_name or name, tokenizer, args.host, args.port,
+          anchor_to_client_schedule=args.anchor_to_client_schedule)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
