@@ -28,9 +28,22 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja")
 PYTHON_BACKEND_MODELS = ("preprocessing", "postprocessing", "tensorrt_llm_bls")
 
-# TRT-LLM version → Triton container that carries it. Only rows checked against a cited source belong
-# here; for any other version the export records "unknown" and asks for serving.triton_image.
-TRITON_RELEASES: dict[str, dict[str, str]] = {}
+# TRT-LLM version → the (latest) Triton trtllm-python-py3 release that carries it, from Triton's
+# "Release Compatibility Matrix" (TRITON_MATRIX_SOURCE, as stored when this table was written: its
+# newest row is 25.12 = TRT-LLM 1.1.0). No 1.2.x row was published there then, so a 1.2.x engine is
+# recorded as "unknown" until serving.triton_image names the image (or a sourced row is added here).
+TRITON_MATRIX_SOURCE = "https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/introduction/compatibility.html"
+_MATRIX = {  # TRT-LLM: (Triton release, TensorRT in that container)
+    "1.1.0": ("25.12", "10.13.3.9"),
+    "1.0.0": ("25.10", "10.11.0.33"),
+    "0.21.0": ("25.08", "10.11.0.33"),
+    "0.20.0": ("25.07", "10.10.0.31"),
+}
+TRITON_RELEASES: dict[str, dict[str, str]] = {
+    trtllm: {"image": f"nvcr.io/nvidia/tritonserver:{release}-trtllm-python-py3", "triton_release": release,
+             "tensorrt_version": tensorrt, "source": TRITON_MATRIX_SOURCE}
+    for trtllm, (release, tensorrt) in _MATRIX.items()
+}
 
 
 def triton_release_for(trtllm_version: str, serving: ServingConfig) -> dict:
@@ -41,9 +54,9 @@ def triton_release_for(trtllm_version: str, serving: ServingConfig) -> dict:
     return {
         "image": None,
         "source": (
-            f"unknown: foundry has no verified Triton release for TRT-LLM {trtllm_version}; pick the "
-            "tritonserver *-trtllm-python-py3 release whose notes list TensorRT-LLM "
-            f"{trtllm_version} and set serving.triton_image"
+            f"unknown: {TRITON_MATRIX_SOURCE} (as of foundry's table, newest row 25.12 = TRT-LLM 1.1.0) lists "
+            f"no Triton release with TRT-LLM {trtllm_version}; pick the tritonserver *-trtllm-python-py3 release "
+            f"that lists TensorRT-LLM {trtllm_version} and set serving.triton_image"
         ),
     }
 

@@ -137,6 +137,15 @@ def test_export_refuses_too_large_triton_batch(sealed_engine, tmp_path):
         export_triton_repository(sealed_engine, tmp_path / "repo", ServingConfig(triton_max_batch_size=32), node=H100_1_2_1)
 
 
+def test_triton_release_table():
+    from foundry.triton import triton_release_for
+
+    assert triton_release_for("1.1.0", ServingConfig())["image"] == "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+    unknown = triton_release_for("1.2.1", ServingConfig())
+    assert unknown["image"] is None and "no Triton release with TRT-LLM 1.2.1" in unknown["source"]
+    assert triton_release_for("1.2.1", ServingConfig(triton_image="x:1"))["image"] == "x:1"
+
+
 def test_a_leftover_placeholder_would_fail_the_parse():
     """The check the tests rely on can fail: Triton's parser rejects a ${...} in a numeric field."""
     pb2 = model_config_pb2()
