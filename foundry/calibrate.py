@@ -17,7 +17,11 @@ import torch
 
 from foundry.errors import FoundryError, NotSupportedError
 
-SUPPORTED_QUANTIZATIONS = ("int8_sq", "none")
+SUPPORTED_QUANTIZATIONS = ("int8_sq", "fp8", "int4_awq", "none")
+KV_CACHE_QUANTIZATIONS = ("none", "int8", "fp8")
+# What ModelOpt 0.47's TensorRT-LLM export writes as quantization.quant_algo / kv_cache_quant_algo.
+EXPORTED_QUANT_ALGO = {"int8_sq": "W8A8_SQ_PER_CHANNEL", "fp8": "FP8", "int4_awq": "W4A16_AWQ", "none": None}
+EXPORTED_KV_CACHE_QUANT_ALGO = {"int8": "INT8", "fp8": "FP8", "none": None}
 # ModelOpt 0.47 `export_tensorrt_llm_checkpoint` converts any dtype other than float16/bfloat16 to
 # float16 with only a warning; refusing float32 is more honest than writing a float16 checkpoint
 # under a float32 name.
@@ -38,6 +42,77 @@ def smoothquant_config(alpha: float) -> dict:
     config = copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG)
     config["algorithm"] = {"method": "smoothquant", "alpha": float(alpha)}
     return config
+
+
+def kv_cache_quant_cfg(kv_cache: str) -> list[dict]:
+    """ModelOpt quant_cfg entries for the K/V outputs (`*[kv]_bmm_quantizer`); ModelOpt 0.47 ships
+    FP8_KV_CFG, and INT8 is the same entry with 8 integer bits (TRT-LLM's INT8 KV cache)."""
+    if kv_cache == "none":
+        return []
+    num_bits = {"int8": 8, "fp8": (4, 3)}[kv_cache]
+    return [{"quantizer_name": "*[kv]_bmm_quantizer", "cfg": {"num_bits": num_bits, "axis": None}}]
+
+
+def quantization_config(quantization: str, alpha: float, kv_cache: str = "none") -> dict:
+    """The ModelOpt config of a variant: preset (deep copy) + KV-cache entries."""
+    import modelopt.torch.quantization as mtq
+
+    if quantization == "int8_sq":
+        config = smoothquant_config(alpha)
+    elif quantization == "fp8":
+        config = copy.deepcopy(mtq.FP8_DEFAULT_CFG)
+    elif quantization == "int4_awq":
+        config = copy.deepcopy(mtq.INT4_AWQ_CFG)
+    elif quantization == "none":
+        config = {"quant_cfg": [{"quantizer_name": "*", "enable": False}], "algorithm": "max"}
+    else:
+        raise NotSupportedError(f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}")
+    config["quant_cfg"] = list(config["quant_cfg"]) + kv_cache_quant_cfg(kv_cache)
+    return config
+
+
+def check_supported(calibration, build_backend: str, hf_config=None) -> None:
+    """Everything about a calibration request that can be refused before any calibration runs:
+    the quantization / KV-cache variant on the chosen build backend, the architecture, and a
+    tensor-parallel size that must divide the heads. `hf_config` (a transformers config or a
+    config.json dict) enables the model-dependent checks; run.py's preflight may call it without."""
+    from foundry.runtime import _trtllm_checkpoint as reference_format
+
+    quantization, kv_cache, tp_size = calibration.quantization, calibration.kv_cache, calibration.tp_size
+    if quantization not in SUPPORTED_QUANTIZATIONS:
+        raise NotSupportedError(f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}")
+    if kv_cache not in KV_CACHE_QUANTIZATIONS:
+        raise NotSupportedError(f"calibration.kv_cache: {kv_cache!r} is not supported; use one of {KV_CACHE_QUANTIZATIONS}")
+    if build_backend == "reference":
+        if EXPORTED_QUANT_ALGO[quantization] not in reference_format.SUPPORTED_QUANT_ALGOS:
+            raise NotSupportedError(
+                f"calibration.quantization: not supported by the reference backend: {quantization}; use the trtllm builder"
+            )
+        if EXPORTED_KV_CACHE_QUANT_ALGO[kv_cache] not in reference_format.SUPPORTED_KV_CACHE_QUANT_ALGOS:
+            raise NotSupportedError(
+                f"calibration.kv_cache: not supported by the reference backend: {kv_cache} KV cache; use the trtllm builder"
+            )
+        if tp_size > reference_format.MAX_TP_SIZE:
+            raise NotSupportedError(
+                f"calibration.tp_size: not supported by the reference backend: tp_size {tp_size}; use the trtllm builder"
+            )
+    if hf_config is None:
+        return
+    get = hf_config.get if isinstance(hf_config, dict) else (lambda key, default=None: getattr(hf_config, key, default))
+    model_type = get("model_type")
+    if model_type != "llama":
+        raise NotSupportedError(
+            f"model: model_type {model_type!r} is not supported by calibrate for {quantization} (Llama family only for now)"
+        )
+    num_heads = int(get("num_attention_heads"))
+    num_kv_heads = int(get("num_key_value_heads") or num_heads)
+    for name, value in (("num_attention_heads", num_heads), ("num_key_value_heads", num_kv_heads),
+                        ("intermediate_size", int(get("intermediate_size")))):
+        if value % tp_size:
+            raise FoundryError(
+                f"calibration.tp_size: {tp_size} does not divide the model's {name} ({value}); "
+                "pick a tp_size that divides the attention and KV heads"
+            )
 
 
 def load_hf_model_fp32(hf_checkpoint_dir: Path):
@@ -130,7 +205,7 @@ def check_exported_tensors(output_dir: Path, num_layers: int) -> None:
         raise FoundryError(f"{output_dir / 'rank0.safetensors'}: ModelOpt export lacks tensors {missing}")
 
 
-def export_trtllm_checkpoint(model, output_dir: Path, export_dtype: str) -> list[str]:
+def export_trtllm_checkpoint(model, output_dir: Path, export_dtype: str, tp_size: int = 1) -> list[str]:
     """ModelOpt's export, then the config.json fixes; returns the fixes applied."""
     from modelopt.torch.export import export_tensorrt_llm_checkpoint
 
@@ -142,7 +217,7 @@ def export_trtllm_checkpoint(model, output_dir: Path, export_dtype: str) -> list
             decoder_type="llama",
             dtype=EXPORT_DTYPES[export_dtype],
             export_dir=output_dir,
-            inference_tensor_parallel=1,
+            inference_tensor_parallel=tp_size,
         )
     config_path = output_dir / "config.json"
     config = json.loads(config_path.read_text())
@@ -152,21 +227,32 @@ def export_trtllm_checkpoint(model, output_dir: Path, export_dtype: str) -> list
     return fixes
 
 
-def validate_request(calibration_ids: torch.Tensor, quantization: str, export_dtype: str) -> None:
+def validate_request(calibration_ids: torch.Tensor, quantization: str, export_dtype: str, kv_cache: str = "none") -> None:
     if quantization not in SUPPORTED_QUANTIZATIONS:
         raise NotSupportedError(
             f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}"
         )
+    if kv_cache not in KV_CACHE_QUANTIZATIONS:
+        raise NotSupportedError(f"calibration.kv_cache: {kv_cache!r} is not supported; use one of {KV_CACHE_QUANTIZATIONS}")
     if export_dtype not in EXPORT_DTYPES:
         raise NotSupportedError(
             f"calibration.export_dtype: {export_dtype!r} is not supported; ModelOpt 0.47 exports TensorRT-LLM "
             f"checkpoints only as {sorted(EXPORT_DTYPES)} (it silently turns float32 into float16)"
         )
-    if quantization != "none" and (calibration_ids.ndim != 2 or calibration_ids.dtype != torch.int64):
+    needs_data = quantization != "none" or kv_cache != "none"
+    if needs_data and (calibration_ids.ndim != 2 or calibration_ids.dtype != torch.int64 or calibration_ids.shape[0] < 1):
         raise FoundryError(
-            f"calibration_ids: need a [num_samples, seq_len] int64 tensor, got {tuple(calibration_ids.shape)} "
+            f"calibration_ids: need a [num_samples >= 1, seq_len] int64 tensor, got {tuple(calibration_ids.shape)} "
             f"{calibration_ids.dtype}"
         )
+
+
+def _alpha_list(alpha) -> list[float]:
+    values = [float(alpha)] if isinstance(alpha, int | float) else sorted({float(value) for value in alpha})
+    outside = [value for value in values if not 0.0 <= value <= 1.0]
+    if not values or outside:
+        raise FoundryError(f"calibration.alpha: {alpha!r} must be one value or candidates, all in [0, 1]")
+    return values
 
 
 def calibrate_to_trtllm_checkpoint(
@@ -174,38 +260,99 @@ def calibrate_to_trtllm_checkpoint(
     calibration_ids: torch.Tensor,
     output_dir: Path,
     quantization: str,
-    alpha: float,
+    alpha,
     export_dtype: str,
+    *,
+    kv_cache: str = "none",
+    tp_size: int = 1,
+    held_out_ids: torch.Tensor | None = None,
+    diagnostics: bool = False,
 ) -> dict:
-    """Quantize (or not) the HF checkpoint and write a TensorRT-LLM checkpoint; returns a summary."""
+    """Quantize (or not) the HF checkpoint and write a TensorRT-LLM checkpoint; returns a summary.
+
+    `alpha` is one value or several candidates (int8_sq only): several run the alpha search on
+    `held_out_ids` (held-out calibration windows, never evaluation data) with statistics
+    collected once, and the best alpha's model is exported. `diagnostics=True` adds per-linear
+    smoothing / weight / quantization-error rows (int8_sq) under summary["diagnostics"].
+    """
     import modelopt
+    import modelopt.torch.quantization as mtq
+
+    from foundry import alpha_search
+    from foundry.diagnostics import linear_diagnostics
 
     hf_checkpoint_dir, output_dir = Path(hf_checkpoint_dir), Path(output_dir)
-    validate_request(calibration_ids, quantization, export_dtype)
+    validate_request(calibration_ids, quantization, export_dtype, kv_cache)
+    alphas = _alpha_list(alpha)
+    if len(alphas) > 1 and quantization != "int8_sq":
+        raise FoundryError(f"calibration.alpha: a search needs quantization int8_sq, got {quantization!r}")
+    if len(alphas) > 1 and held_out_ids is None:
+        raise FoundryError("calibration.alpha: a search needs held-out calibration windows (held_out_ids)")
     model = load_hf_model_fp32(hf_checkpoint_dir)
+    check_supported(_Request(quantization, kv_cache, tp_size), "any", model.config)
 
     started = time.perf_counter()
-    if quantization == "int8_sq":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_smoothquant(model, calibration_ids, alpha)
+    sweep = None
+    chosen_alpha = alphas[0] if quantization == "int8_sq" else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if len(alphas) > 1:
+            sweep, model = alpha_search.score_alphas(model, calibration_ids, held_out_ids, alphas, kv_cache=kv_cache)
+            chosen_alpha = sweep.best_alpha
+        elif quantization != "none" or kv_cache != "none":
+            mtq.quantize(model, quantization_config(quantization, alphas[0], kv_cache), make_forward_loop(calibration_ids))
     calibration_seconds = time.perf_counter() - started
+    if sweep is not None:
+        sweep.sweep_seconds = round(calibration_seconds, 3)
+
+    diagnostic_rows = None
+    if diagnostics and quantization == "int8_sq":
+        sample = held_out_ids[:1] if held_out_ids is not None and len(held_out_ids) else calibration_ids[:1]
+        diagnostic_rows = linear_diagnostics(model, sample)
 
     started = time.perf_counter()
-    config_fixes = export_trtllm_checkpoint(model, output_dir, export_dtype)
+    config_fixes = export_trtllm_checkpoint(model, output_dir, export_dtype, tp_size)
     export_seconds = time.perf_counter() - started
 
     exported_quantization = json.loads((output_dir / "config.json").read_text()).get("quantization") or {}
-    return {
+    check_exported_quantization(output_dir, exported_quantization, quantization, kv_cache)
+    calibrated = quantization != "none" or kv_cache != "none"
+    summary = {
         "quantization": quantization,
+        "kv_cache": kv_cache,
+        "tp_size": tp_size,
         "quant_algo": exported_quantization.get("quant_algo"),
         "kv_cache_quant_algo": exported_quantization.get("kv_cache_quant_algo"),
-        "alpha": alpha if quantization == "int8_sq" else None,
-        "num_samples": int(calibration_ids.shape[0]) if quantization == "int8_sq" else 0,
-        "seq_len": int(calibration_ids.shape[1]) if quantization == "int8_sq" else 0,
+        "alpha": chosen_alpha,
+        "alpha_candidates": alphas if quantization == "int8_sq" else None,
+        "num_samples": int(calibration_ids.shape[0]) if calibrated else 0,
+        "seq_len": int(calibration_ids.shape[1]) if calibrated else 0,
         "export_dtype": export_dtype,
         "calibration_seconds": round(calibration_seconds, 3),
         "export_seconds": round(export_seconds, 3),
         "modelopt_version": modelopt.__version__,
         "config_fixes": config_fixes,
     }
+    if sweep is not None:
+        summary["alpha_sweep"] = sweep.to_dict()
+    if diagnostic_rows is not None:
+        summary["diagnostics"] = diagnostic_rows
+    return summary
+
+
+class _Request:
+    """The calibration fields `check_supported` reads, for callers without a CalibrationConfig."""
+
+    def __init__(self, quantization: str, kv_cache: str, tp_size: int):
+        self.quantization, self.kv_cache, self.tp_size = quantization, kv_cache, tp_size
+
+
+def check_exported_quantization(output_dir: Path, exported: dict, quantization: str, kv_cache: str) -> None:
+    """ModelOpt must have written the quant_algo TensorRT-LLM 1.2.x expects for the variant."""
+    want = (EXPORTED_QUANT_ALGO[quantization], EXPORTED_KV_CACHE_QUANT_ALGO[kv_cache])
+    got = (exported.get("quant_algo"), exported.get("kv_cache_quant_algo"))
+    if got != want:
+        raise FoundryError(
+            f"{output_dir / 'config.json'}: quantization {{quant_algo, kv_cache_quant_algo}} = {got}, expected {want} "
+            f"for {quantization} with {kv_cache} KV cache; ModelOpt did not quantize as asked"
+        )

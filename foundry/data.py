@@ -8,13 +8,15 @@ split is the same on every machine.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 
-from foundry.errors import FoundryError
+from foundry.errors import FoundryError, NotSupportedError
 from foundry.hashing import sha256_json, sha256_text
 
 Split = Literal["calibration", "evaluation"]
@@ -42,6 +44,89 @@ def builtin_documents(split: Split) -> list[str]:
         text for digest, text in sorted(by_hash.items())
         if (int(digest, 16) % _BUCKETS == _EVAL_BUCKET) == want_eval
     ]
+
+
+def _text_file_documents(path: Path) -> list[str]:
+    """A UTF-8 text file: documents are separated by one or more blank lines."""
+    text = path.read_text(encoding="utf-8")
+    return [block for block in re.split(r"\n\s*\n", text)]
+
+
+def _jsonl_documents(path: Path, field: str) -> list[str | None]:
+    documents: list[str | None] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise FoundryError(f"{path}:{number}: not valid JSON ({error}); one JSON object per line") from None
+        if not isinstance(row, dict) or field not in row:
+            raise FoundryError(f"{path}:{number}: no field {field!r} (calibration.field); keys: {sorted(row) if isinstance(row, dict) else type(row).__name__}")
+        documents.append(row[field])
+    return documents
+
+
+def _parquet_documents(path: Path, field: str) -> list[str | None]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises its own types for a non-parquet file
+        raise FoundryError(f"{path}: cannot be read as Parquet ({error})") from None
+    if field not in frame.columns:
+        raise FoundryError(f"{path}: no column {field!r} (calibration.field); columns: {list(frame.columns)}")
+    return [None if value is None or (isinstance(value, float) and value != value) else value for value in frame[field]]
+
+
+def _hf_dataset_documents(name: str, field: str, split: str) -> list[str | None]:
+    try:
+        import datasets
+    except ImportError:
+        raise NotSupportedError(
+            "calibration.source 'hf_dataset' needs the `datasets` package (not installed here) and a reachable "
+            "hub; use a local text / jsonl / parquet file instead"
+        ) from None
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as error:  # network, missing dataset, bad split
+        raise FoundryError(f"calibration.path: cannot load Hugging Face dataset {name!r} split {split!r}: {error}") from None
+    if field not in dataset.column_names:
+        raise FoundryError(f"{name}: no column {field!r} (calibration.field); columns: {dataset.column_names}")
+    return list(dataset[field])
+
+
+def load_documents(source: str, path: str | None = None, field: str = "text", split: str = "train") -> list:
+    """Raw documents of a calibration source, in file order, unvalidated (None / empty kept so the
+    data validation can report them). `builtin` gives the calibration split of the pydoc topics."""
+    if source == "builtin":
+        return builtin_documents("calibration")
+    if source == "hf_dataset":
+        return _hf_dataset_documents(str(path), field, split)
+    file_path = Path(str(path))
+    if not file_path.is_file():
+        raise FoundryError(f"{file_path}: calibration.path not found (source {source!r})")
+    if source == "text":
+        return _text_file_documents(file_path)
+    if source == "jsonl":
+        return _jsonl_documents(file_path, field)
+    if source == "parquet":
+        return _parquet_documents(file_path, field)
+    raise NotSupportedError(f"calibration.source: {source!r} is not a known source")
+
+
+def clean_documents(documents: list) -> list[str]:
+    """The usable documents: non-empty strings, each normalized text once (first occurrence kept)."""
+    seen: set[str] = set()
+    cleaned: list[str] = []
+    for document in documents:
+        if not isinstance(document, str) or not document.strip():
+            continue
+        digest = normalized_hash(document)
+        if digest not in seen:
+            seen.add(digest)
+            cleaned.append(document)
+    return cleaned
 
 
 @dataclass(frozen=True)

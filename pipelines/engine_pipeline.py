@@ -12,6 +12,7 @@ from steps import (
     ingest_checkpoint,
     prepare_data,
     register_engine,
+    validate_calibration_data,
 )
 
 
@@ -29,8 +30,13 @@ def engine_pipeline(
     config_hash: str,
 ) -> None:
     checkpoint = ingest_checkpoint(source=source, source_fingerprint=source_fingerprint)
-    calibration_windows, evaluation_windows, data_lineage = prepare_data(checkpoint, calibration, evaluation)
-    trtllm_checkpoint = calibrate_checkpoint(checkpoint, calibration_windows, calibration)
+    # Great Expectations on the raw calibration documents; prepare_data refuses a failed suite, so
+    # nothing is calibrated, and the result (with its HTML page) is kept either way.
+    calibration_data_validation, _ = validate_calibration_data(checkpoint, calibration)
+    calibration_windows, evaluation_windows, data_lineage = prepare_data(
+        checkpoint, calibration, evaluation, calibration_data_validation
+    )
+    trtllm_checkpoint, _ = calibrate_checkpoint(checkpoint, calibration_windows, calibration, build)
     if build.backend == "trtllm":  # GPU node in the TensorRT-LLM 1.2.x image (stacks/gpu_build_settings.py)
         from stacks.gpu_build_settings import active_step_operator, build_step_options
 

@@ -8,6 +8,7 @@ from steps.evaluate import evaluate_engine_quality
 from steps.ingest import ingest_checkpoint
 from steps.promote import gate_and_promote
 from steps.register import register_engine
+from steps.validate_data import validate_calibration_data
 
 __all__ = [
     "benchmark_engine",
@@ -18,4 +19,5 @@ __all__ = [
     "ingest_checkpoint",
     "prepare_data",
     "register_engine",
+    "validate_calibration_data",
 ]

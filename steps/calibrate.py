@@ -3,29 +3,72 @@ from typing import Annotated
 import numpy as np
 import torch
 from zenml import log_metadata, step
+from zenml.types import HTMLString
 
+from foundry import alpha_search, diagnostics
 from foundry.artifacts import HFCheckpoint, TrtllmCheckpoint
-from foundry.calibrate import calibrate_to_trtllm_checkpoint
-from foundry.config import CalibrationConfig
+from foundry.calibrate import calibrate_to_trtllm_checkpoint, check_supported
+from foundry.config import BuildConfig, CalibrationConfig
+from foundry.runtime._trtllm_checkpoint import read_config_json
 from foundry.state import scratch_dir
 from materializers import ModelDirectoryMaterializer
 
 
-@step(output_materializers=ModelDirectoryMaterializer)
+def _report_html(summary: dict) -> str:
+    parts = [
+        "<html><body style='font-family:sans-serif'>",
+        f"<h2>Calibration: {summary['quantization']} (KV cache {summary['kv_cache']}, tp {summary['tp_size']})</h2>",
+        f"<p>quant_algo <b>{summary['quant_algo']}</b>, kv_cache_quant_algo <b>{summary['kv_cache_quant_algo']}</b>, "
+        f"alpha <b>{summary['alpha']}</b>, {summary['num_samples']} × {summary['seq_len']} statistics tokens, "
+        f"calibration {summary['calibration_seconds']} s, export {summary['export_seconds']} s, ModelOpt {summary['modelopt_version']}.</p>",
+    ]
+    if "alpha_sweep" in summary:
+        parts.append(alpha_search.render_sweep_html(alpha_search.AlphaSweep(**summary["alpha_sweep"])))
+    if summary.get("diagnostics"):
+        parts.append(diagnostics.render_diagnostics_html(summary["diagnostics"]))
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+@step(output_materializers={"trtllm_checkpoint": ModelDirectoryMaterializer})
 def calibrate_checkpoint(
-    checkpoint: HFCheckpoint, calibration_windows: np.ndarray, calibration: CalibrationConfig
-) -> Annotated[TrtllmCheckpoint, "trtllm_checkpoint"]:
-    """SmoothQuant (ModelOpt) calibration → TensorRT-LLM checkpoint (config.json + rank0.safetensors)."""
+    checkpoint: HFCheckpoint, calibration_windows: np.ndarray, calibration: CalibrationConfig, build: BuildConfig
+) -> tuple[Annotated[TrtllmCheckpoint, "trtllm_checkpoint"], Annotated[HTMLString, "calibration_report"]]:
+    """ModelOpt calibration (SmoothQuant with an optional alpha search, FP8, INT4-AWQ or none, KV-cache
+    quantization, tensor parallelism) → TensorRT-LLM checkpoint, plus the sweep and diagnostics page."""
+    check_supported(calibration, build.backend, read_config_json(checkpoint.path))
+    statistics_ids, held_out_ids = alpha_search.split_calibration_windows(
+        torch.from_numpy(calibration_windows), calibration.num_samples
+    )
     out = scratch_dir("trtllm-checkpoint")
     summary = calibrate_to_trtllm_checkpoint(
         hf_checkpoint_dir=checkpoint.path,
-        calibration_ids=torch.from_numpy(calibration_windows),
+        calibration_ids=statistics_ids,
         output_dir=out,
         quantization=calibration.quantization,
-        alpha=calibration.alpha,
+        alpha=calibration.alpha_candidates(),
         export_dtype=calibration.export_dtype,
+        kv_cache=calibration.kv_cache,
+        tp_size=calibration.tp_size,
+        held_out_ids=held_out_ids if calibration.is_alpha_search else None,
+        diagnostics=calibration.quantization == "int8_sq",
     )
+    rows = summary.pop("diagnostics", None)
+    report = _report_html({**summary, "diagnostics": rows})
     result = TrtllmCheckpoint(path=out, scratch=True)
-    result.seal({"calibration": summary, "source_checkpoint": checkpoint.content_hash})
-    log_metadata(metadata={"calibration": summary})
-    return result
+    sealed = {k: v for k, v in summary.items() if k != "alpha_sweep"}
+    result.seal({"calibration": sealed, "source_checkpoint": checkpoint.content_hash})
+    metadata = {"calibration": sealed}
+    if "alpha_sweep" in summary:
+        sweep = summary["alpha_sweep"]
+        metadata["alpha_sweep"] = {
+            "chosen_alpha": sweep["best_alpha"],
+            "table": {f"alpha={row['alpha']:g}": {k: row[k] for k in ("mean_kld", "top1_agreement", "perplexity")} for row in sweep["rows"]},
+            "statistics_seconds": sweep["statistics_seconds"],
+            "sweep_seconds": sweep["sweep_seconds"],
+            "held_out_windows": sweep["num_held_out_windows"],
+        }
+    if rows:
+        metadata["calibration_diagnostics"] = diagnostics.headline(rows)
+    log_metadata(metadata=metadata)
+    return result, HTMLString(report)

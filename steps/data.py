@@ -5,23 +5,36 @@ from transformers import AutoTokenizer
 from zenml import log_metadata, step
 
 from foundry import data
+from foundry.alpha_search import calibration_windows_needed
 from foundry.artifacts import HFCheckpoint
 from foundry.config import CalibrationConfig, EvaluationConfig
+from foundry.validation import DataValidationResult, raise_on_failure
 
 
 @step
 def prepare_data(
-    checkpoint: HFCheckpoint, calibration: CalibrationConfig, evaluation: EvaluationConfig
+    checkpoint: HFCheckpoint,
+    calibration: CalibrationConfig,
+    evaluation: EvaluationConfig,
+    calibration_data_validation: dict,
 ) -> tuple[
     Annotated[np.ndarray, "calibration_windows"],
     Annotated[np.ndarray, "evaluation_windows"],
     Annotated[dict, "data_lineage"],
 ]:
-    """Tokenize calibration and evaluation text into windows; refuse any shared document."""
+    """Tokenize validated calibration text and held-out evaluation text into windows.
+
+    Refuses to run when the Great Expectations suite failed (so nothing is calibrated) and refuses
+    any document shared between calibration and evaluation. The calibration windows are
+    `num_samples` statistics windows followed by the alpha search's held-out windows, if any.
+    """
+    raise_on_failure(DataValidationResult.from_dict(calibration_data_validation), f"calibration data ({calibration.source})")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
-    calib = data.token_windows(
-        data.builtin_documents("calibration"), tokenizer, calibration.num_samples, calibration.seq_len, "calibration"
+    documents = data.clean_documents(
+        data.load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)
     )
+    num_windows = calibration_windows_needed(calibration)
+    calib = data.token_windows(documents, tokenizer, num_windows, calibration.seq_len, "calibration")
     held_out = data.token_windows(
         data.builtin_documents("evaluation"), tokenizer, evaluation.num_samples, evaluation.seq_len, "evaluation"
     )
@@ -30,10 +43,13 @@ def prepare_data(
         "calibration_data_hash": calib.documents_hash,
         "calibration_windows_hash": calib.windows_hash,
         "calibration_tokens_available": calib.tokens_available,
+        "calibration_statistics_windows": calibration.num_samples,
+        "calibration_held_out_windows": num_windows - calibration.num_samples,
         "evaluation_data_hash": held_out.documents_hash,
         "evaluation_windows_hash": held_out.windows_hash,
         "evaluation_tokens_available": held_out.tokens_available,
         "source": calibration.source,
+        "source_path": calibration.path,
     }
     log_metadata(metadata={"data": lineage})
     return calib.input_ids.numpy(), held_out.input_ids.numpy(), lineage

@@ -39,8 +39,8 @@ def test_smoothquant_config_carries_alpha_without_touching_the_preset():
 
 
 def test_unsupported_quantization_names_the_field(tiny_llama_hf_dir, tmp_path):
-    with pytest.raises(NotSupportedError, match="calibration.quantization.*'fp8'"):
-        calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, torch.zeros(1, 8, dtype=torch.int64), tmp_path, "fp8", 0.8, "float16")
+    with pytest.raises(NotSupportedError, match="calibration.quantization.*'int3'"):
+        calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, torch.zeros(1, 8, dtype=torch.int64), tmp_path, "int3", 0.8, "float16")
 
 
 def test_float32_export_is_refused_instead_of_silently_written_as_float16(tiny_llama_hf_dir, tmp_path):

@@ -20,6 +20,8 @@ WEIGHTS_NAME = "rank0.safetensors"
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 SMOOTHQUANT_PER_CHANNEL = "W8A8_SQ_PER_CHANNEL"
 SUPPORTED_QUANT_ALGOS = (None, SMOOTHQUANT_PER_CHANNEL)
+SUPPORTED_KV_CACHE_QUANT_ALGOS = (None,)
+MAX_TP_SIZE = 1  # tensor-parallel ranks the reference backend loads
 DEFAULT_ROTARY_BASE = 10000.0  # TensorRT-LLM's default when config.json has no rotary_base
 LINEAR_NAMES = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
 UNSUPPORTED_HINT = "use the trtllm builder"
@@ -82,7 +84,7 @@ def refuse_unsupported_features(config: dict, path: Path) -> None:
     if quant_algo not in SUPPORTED_QUANT_ALGOS:
         raise NotSupportedError(f"{path}: quantization.quant_algo not supported by the reference backend: {quant_algo}; {UNSUPPORTED_HINT}")
     kv_algo = quantization.get("kv_cache_quant_algo")
-    if kv_algo is not None:
+    if kv_algo not in SUPPORTED_KV_CACHE_QUANT_ALGOS:
         raise NotSupportedError(
             f"{path}: quantization.kv_cache_quant_algo not supported by the reference backend: {kv_algo}; {UNSUPPORTED_HINT}"
         )

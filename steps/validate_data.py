@@ -1,0 +1,32 @@
+from typing import Annotated
+
+from transformers import AutoTokenizer
+from zenml import log_metadata, step
+from zenml.types import HTMLString
+
+from foundry import data, validation
+from foundry.alpha_search import calibration_windows_needed
+from foundry.artifacts import HFCheckpoint
+from foundry.config import CalibrationConfig
+
+
+@step
+def validate_calibration_data(
+    checkpoint: HFCheckpoint, calibration: CalibrationConfig
+) -> tuple[Annotated[dict, "calibration_data_validation"], Annotated[HTMLString, "calibration_data_validation_html"]]:
+    """Great Expectations suite over the raw calibration documents. The result is always saved (with
+    its HTML); `prepare_data` refuses to continue when it failed, so no calibration runs."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+    documents = data.load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)
+    frame = validation.documents_frame(documents, tokenizer)
+    evaluation_hashes = {data.normalized_hash(text) for text in data.builtin_documents("evaluation")}
+    result = validation.validate_calibration_documents(
+        frame,
+        tokens_needed=calibration_windows_needed(calibration) * calibration.seq_len,
+        evaluation_hashes=evaluation_hashes,
+        max_duplicate_rate=calibration.max_duplicate_rate,
+        min_text_chars=calibration.min_text_chars,
+        max_text_chars=calibration.max_text_chars,
+    )
+    log_metadata(metadata={"calibration_data_validation": result.as_metadata()})
+    return result.to_dict(), HTMLString(validation.render_validation_html(result))

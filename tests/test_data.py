@@ -1,0 +1,73 @@
+"""Calibration data sources: builtin, text, JSONL, Parquet, hf_dataset; cleaning; windows."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from foundry.data import builtin_documents, clean_documents, load_documents, normalized_hash, token_windows
+from foundry.errors import FoundryError, NotSupportedError
+
+
+def test_builtin_source_is_the_calibration_split():
+    documents = load_documents("builtin")
+    assert documents == builtin_documents("calibration")
+    evaluation = {normalized_hash(text) for text in builtin_documents("evaluation")}
+    assert evaluation and not evaluation & {normalized_hash(text) for text in documents}
+
+
+def test_text_file_documents_are_blank_line_separated(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("First document\nstill first.\n\n\nSecond one.\n  \nThird.\n")
+    assert load_documents("text", str(path)) == ["First document\nstill first.", "Second one.", "Third.\n"]
+
+
+def test_jsonl_reads_the_named_field_and_names_a_missing_one(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"body": "alpha text"}) + "\n\n" + json.dumps({"body": None}) + "\n")
+    assert load_documents("jsonl", str(path), field="body") == ["alpha text", None]
+    with pytest.raises(FoundryError, match=r"rows\.jsonl:1: no field 'text' \(calibration\.field\)"):
+        load_documents("jsonl", str(path), field="text")
+    path.write_text("{not json\n")
+    with pytest.raises(FoundryError, match=r"rows\.jsonl:1: not valid JSON"):
+        load_documents("jsonl", str(path), field="body")
+
+
+def test_parquet_reads_the_named_column(tmp_path):
+    path = tmp_path / "rows.parquet"
+    pd.DataFrame({"content": ["one", None, "two"]}).to_parquet(path)
+    assert load_documents("parquet", str(path), field="content") == ["one", None, "two"]
+    with pytest.raises(FoundryError, match=r"rows\.parquet: no column 'text'.*\['content'\]"):
+        load_documents("parquet", str(path), field="text")
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not parquet")
+    with pytest.raises(FoundryError, match=r"broken\.parquet: cannot be read as Parquet"):
+        load_documents("parquet", str(broken), field="text")
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(FoundryError, match=r"nowhere\.txt: calibration\.path not found"):
+        load_documents("text", str(tmp_path / "nowhere.txt"))
+
+
+def test_hf_dataset_without_the_datasets_package_is_an_honest_refusal():
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(NotSupportedError, match="needs the `datasets` package"):
+            load_documents("hf_dataset", "some/dataset", field="text")
+    else:  # pragma: no cover - only where datasets is installed (and then the hub is needed)
+        pytest.skip("datasets is installed here; the refusal path is not reachable")
+
+
+def test_clean_documents_drops_nulls_empties_and_layout_duplicates():
+    assert clean_documents(["A  b", None, "", "   ", "a b", "c", 3]) == ["A  b", "c"]
+
+
+def test_token_windows_refuse_too_little_text(smollm2_tokenizer):
+    with pytest.raises(FoundryError, match=r"calibration: 4 samples × 64 tokens need 256 tokens"):
+        token_windows(["just a few words"], smollm2_tokenizer, 4, 64, "calibration")
+    with pytest.raises(FoundryError, match="calibration: no documents"):
+        token_windows([], smollm2_tokenizer, 1, 8, "calibration")

@@ -1,0 +1,81 @@
+"""Great Expectations suite on calibration documents: passes on good data, names every failure."""
+
+from __future__ import annotations
+
+import pytest
+
+from foundry.data import builtin_documents, normalized_hash
+from foundry.errors import FoundryError
+from foundry.validation import (
+    DataValidationResult,
+    documents_frame,
+    raise_on_failure,
+    render_validation_html,
+    validate_calibration_documents,
+)
+
+BOUNDS = {"max_duplicate_rate": 0.05, "min_text_chars": 5, "max_text_chars": 200_000}
+
+
+@pytest.fixture(scope="module")
+def evaluation_hashes():
+    return {normalized_hash(text) for text in builtin_documents("evaluation")}
+
+
+def run(documents, tokenizer, evaluation_hashes, tokens_needed=64, **bounds):
+    return validate_calibration_documents(
+        documents_frame(documents, tokenizer), tokens_needed=tokens_needed, evaluation_hashes=evaluation_hashes,
+        **{**BOUNDS, **bounds},
+    )
+
+
+def failed_names(result):
+    return {(o.expectation, o.column) for o in result.failed()}
+
+
+def test_builtin_calibration_documents_pass(smollm2_tokenizer, evaluation_hashes):
+    documents = builtin_documents("calibration")[:40]
+    result = run(documents, smollm2_tokenizer, evaluation_hashes, tokens_needed=8 * 64)
+    assert result.success, result.failed()
+    assert result.num_documents == result.num_usable_documents == 40
+    assert result.usable_tokens >= 8 * 64 and result.evaluation_overlap == 0 and result.duplicate_rate == 0.0
+    assert len(result.outcomes) == 6
+    raise_on_failure(result, "calibration data")  # no error
+    assert DataValidationResult.from_dict(result.to_dict()) == result
+
+
+def test_bad_documents_fail_each_expectation_and_the_message_names_them(smollm2_tokenizer, evaluation_hashes):
+    evaluation_text = builtin_documents("evaluation")[0]
+    documents = ["A fine calibration paragraph about lists.", None, "", "tiny", "a FINE calibration   paragraph about lists.",
+                 evaluation_text.upper()]
+    result = run(documents, smollm2_tokenizer, evaluation_hashes, tokens_needed=10**6)
+    assert not result.success
+    assert failed_names(result) == {
+        ("expect_column_values_to_not_be_null", "text"),
+        ("expect_column_values_to_be_between", "stripped_chars"),
+        ("expect_column_proportion_of_unique_values_to_be_between", "normalized_hash"),
+        ("expect_column_values_to_not_be_in_set", "normalized_hash"),
+        ("expect_column_sum_to_be_between", "usable_tokens"),
+    }
+    assert result.evaluation_overlap == 1
+    with pytest.raises(FoundryError) as error:
+        raise_on_failure(result, "calibration data (jsonl)")
+    message = str(error.value)
+    assert "calibration data (jsonl): data validation" in message and "failed 5 of 6" in message
+    assert "no calibration was run" in message and "expect_column_values_to_not_be_in_set(normalized_hash)" in message
+    page = render_validation_html(result)
+    assert page.count("<b>FAIL</b>") == 5 and "1 shared with the evaluation set" in page
+
+
+def test_empty_data_fails(smollm2_tokenizer, evaluation_hashes):
+    result = run([], smollm2_tokenizer, evaluation_hashes)
+    assert ("expect_table_row_count_to_be_between", None) in failed_names(result)
+    assert ("expect_column_sum_to_be_between", "usable_tokens") in failed_names(result)
+
+
+def test_all_duplicate_data_fails_the_duplicate_rate(smollm2_tokenizer, evaluation_hashes):
+    documents = ["The same paragraph, over and over again. " * 20] * 10
+    result = run(documents, smollm2_tokenizer, evaluation_hashes, tokens_needed=16)
+    assert failed_names(result) == {("expect_column_proportion_of_unique_values_to_be_between", "normalized_hash")}
+    assert result.duplicate_rate == pytest.approx(0.9)
+    assert result.num_usable_documents == 1  # duplicates contribute no tokens
