@@ -1,13 +1,30 @@
 """LLM Engine Foundry command line.
 
+
     python run.py --config configs/default.yaml [--no-cache] [--run-name NAME]
-    python run.py run --config ...        (the same, spelled out)
-    python run.py stack register local    (create/activate the local stack; idempotent)
-    python run.py status                  (production version per model, MLflow vs ZenML)
-    python run.py export-triton --model NAME [--version N] --out DIR   (Triton model repository)
+    python run.py run --config ...            the same, spelled out
+    python run.py schedule --cron "0 2 * * *" --config ...
+                                              nightly rebuild on the active stack (needs an
+                                              orchestrator that runs schedules, e.g. kubernetes)
+    python run.py stack register local        create/activate the local stack (idempotent)
+    python run.py stack register kubernetes-gpu --file my-k8s.yaml [--set]
+                                              Kubernetes + S3 + remote MLflow + GPU step operator
+    python run.py status                      production version per model, MLflow vs ZenML
+    python run.py dashboard [--port 8237] [--stop]
+                                              local ZenML dashboard (runs, DAGs, reports)
+    python run.py mlflow-ui [--port 5000] [--stop]
+                                              MLflow UI on the project's tracking database
 
-Exit codes: 0 promoted (or the command succeeded) · 3 gates failed, nothing promoted ·
-2 invalid input (config, checkpoint, flags) · 1 the pipeline failed.
+
+State lives in $FOUNDRY_STATE_DIR (default .foundry/): ZenML store, MLflow database, artifacts.
+
+
+Exit codes:
+    0  promoted (or the command succeeded)
+    3  gates failed: the version is registered, nothing promoted
+    2  invalid input: config, checkpoint, flags, cron, stack definition, credentials, port in use,
+       or a stack that cannot do what was asked (e.g. a schedule on the local orchestrator)
+    1  error: the pipeline failed, or `status` found the two registries disagreeing
 """
 
 from __future__ import annotations
@@ -66,6 +83,21 @@ def _preflight(config_path: str):
     return config, fingerprint
 
 
+def _pipeline_parameters(config, fingerprint: str) -> dict:
+    return dict(
+        model_name=config.model.name,
+        source=config.model.source,
+        source_fingerprint=fingerprint,
+        calibration=config.calibration,
+        evaluation=config.evaluation,
+        build=config.build,
+        benchmark=config.benchmark,
+        gates=config.gates,
+        run_config=config.model_dump(mode="json"),
+        config_hash=config.config_hash(),
+    )
+
+
 def _run_pipeline(config_path: str, no_cache: bool, run_name: str | None) -> int:
     state = _prepare_environment()
     from foundry.errors import FoundryError
@@ -87,18 +119,7 @@ def _run_pipeline(config_path: str, no_cache: bool, run_name: str | None) -> int
     )
     started = time.perf_counter()
     try:
-        run = pipeline(
-            model_name=config.model.name,
-            source=config.model.source,
-            source_fingerprint=fingerprint,
-            calibration=config.calibration,
-            evaluation=config.evaluation,
-            build=config.build,
-            benchmark=config.benchmark,
-            gates=config.gates,
-            run_config=config.model_dump(mode="json"),
-            config_hash=config.config_hash(),
-        )
+        run = pipeline(**_pipeline_parameters(config, fingerprint))
     except FoundryError as error:
         _fail(str(error), EXIT_INVALID_INPUT)
     except Exception as error:  # the step's own log above has the traceback
@@ -186,14 +207,92 @@ def stack() -> None:
     pass
 
 
-@stack.command("register", help="Register a stack from its definition (idempotent). Known: local.")
-@click.argument("name", type=click.Choice(["local"]))
-@click.option("--set/--no-set", "activate", default=True, help="activate it after registering")
-def stack_register(name: str, activate: bool) -> None:
+@stack.command(
+    "register",
+    help="Register a stack from its definition in stacks/ (idempotent: re-running updates it). "
+    "NAME is `local` (embedded default; activated unless --no-set) or `kubernetes-gpu` (Kubernetes "
+    "orchestrator, S3 artifact store, remote MLflow with credentials from ZenML secrets, container "
+    "registry, Kaniko image builder, GPU step operator; activated only with --set). The kubernetes-gpu "
+    "definition comes from --file and/or FOUNDRY_K8S_<FIELD> environment variables and is validated "
+    "before anything is registered; MLflow credentials come from the ZenML secret <stack>-mlflow or "
+    "FOUNDRY_MLFLOW_USERNAME/FOUNDRY_MLFLOW_PASSWORD (stored as that secret).",
+)
+@click.argument("name", type=click.Choice(["local", "kubernetes-gpu"]))
+@click.option("--set/--no-set", "activate", default=None, help="activate it after registering (default: local yes, kubernetes-gpu no)")
+@click.option("--file", "definition_file", type=click.Path(dir_okay=False), default=None,
+              help="kubernetes-gpu: stack definition YAML (see stacks/kubernetes_gpu.example.yaml)")
+def stack_register(name: str, activate: bool | None, definition_file: str | None) -> None:
     state = _prepare_environment()
-    from stacks.local import ensure_local_stack
+    if name == "local":
+        if definition_file:
+            _fail("--file applies to kubernetes-gpu only; the local stack has no definition file", EXIT_INVALID_INPUT)
+        from stacks.local import ensure_local_stack
 
-    click.echo(f"stack {ensure_local_stack(state, activate=activate)} is registered" + (" and active" if activate else ""))
+        activate = True if activate is None else activate
+        click.echo(f"stack {ensure_local_stack(state, activate=activate)} is registered" + (" and active" if activate else ""))
+        return
+    from foundry.errors import FoundryError
+    from stacks.kubernetes_gpu import GPU_STEPS, load_definition, register_kubernetes_gpu_stack
+
+    try:
+        definition = load_definition(definition_file)
+        registered = register_kubernetes_gpu_stack(definition, activate=bool(activate))
+    except FoundryError as error:
+        _fail(str(error), EXIT_INVALID_INPUT)
+    click.echo(f"stack {registered} is registered" + (" and active" if activate else " (activate it with --set)"))
+    click.echo(f"  GPU steps on step operator {definition.component_name('gpu')}: {', '.join(GPU_STEPS)}")
+
+
+@cli.command(
+    help="Register a cron Schedule for the pipeline on the ACTIVE stack (not the local one: its "
+    "orchestrator ignores schedules, so this refuses it and names the orchestrators that run them). "
+    "The checkpoint source is resolved afresh on every scheduled run (a directory, a glob's newest "
+    "match, or an MLflow model version); unchanged bytes are served from the cache. On a stack "
+    "registered as kubernetes-gpu, calibrate/build/benchmark go to its GPU step operator.",
+)
+@click.option("--cron", required=True, help='five-field cron expression in UTC, e.g. "0 2 * * *" (daily at 02:00)')
+@CONFIG_OPTION
+@click.option("--name", "schedule_name", default=None, help="schedule name (default: foundry-<model>-<cron>)")
+def schedule(cron: str, config_path: str, schedule_name: str | None) -> None:
+    _prepare_environment()
+    from foundry.config import load_config
+    from foundry.errors import FoundryError
+    from foundry.schedule import next_fire_times, require_schedule_support, validate_cron
+
+    try:
+        cron = validate_cron(cron)
+        config = load_config(config_path)
+    except FoundryError as error:
+        _fail(str(error), EXIT_INVALID_INPUT)
+    from zenml import Model
+    from zenml.client import Client
+    from zenml.config.schedule import Schedule
+    from zenml.enums import StackComponentType
+
+    stack_model = Client().active_stack_model
+    orchestrator = stack_model.components[StackComponentType.ORCHESTRATOR][0]
+    try:
+        require_schedule_support(orchestrator.flavor_name, stack_model.name)
+    except FoundryError as error:
+        _fail(str(error), EXIT_INVALID_INPUT)
+    from pipelines import engine_pipeline
+    from stacks.kubernetes_gpu import definition_of_stack, gpu_step_configurations
+
+    definition = definition_of_stack(stack_model)
+    name = schedule_name or f"foundry-{config.model.name}-" + cron.replace(" ", "_").replace("*", "x")
+    pipeline = engine_pipeline.with_options(
+        schedule=Schedule(name=name, cron_expression=cron),
+        model=Model(name=config.model.name, description="LLM engines built by LLM Engine Foundry"),
+        steps=gpu_step_configurations(definition) if definition else None,
+    )
+    try:
+        pipeline(**_pipeline_parameters(config, ""))  # "": the source is resolved by each run
+    except FoundryError as error:
+        _fail(str(error), EXIT_INVALID_INPUT)
+    except Exception as error:
+        _fail(f"could not register the schedule on stack '{stack_model.name}': {type(error).__name__}: {error}", EXIT_ERROR)
+    upcoming = ", ".join(t.strftime("%Y-%m-%d %H:%M UTC") for t in next_fire_times(cron))
+    click.echo(f"schedule {name} ({cron}) registered on stack {stack_model.name}; next runs: {upcoming}")
 
 
 @cli.command(help="Show, per model, the production version in MLflow and in ZenML and flag drift.")
@@ -276,6 +375,170 @@ def export_triton(model_name: str, version: str | None, out_dir: str, config_pat
         f"Triton container: {record['triton_container']['image'] or 'unknown (see README.md there)'}"
     )
 
+
+
+def _port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def _wait_for_port(port: int, timeout_s: float, alive=lambda: True) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        if _port_in_use(port):
+            return True
+        time.sleep(0.5)
+    return _port_in_use(port)
+
+
+def _local_dashboard_url() -> str | None:
+    """URL of this state directory's running local ZenML server, or None."""
+    from zenml.zen_server.deploy.deployer import LocalServerDeployer
+    from zenml.zen_server.deploy.exceptions import ServerDeploymentNotFoundError
+
+    try:
+        server = LocalServerDeployer().get_server()
+    except ServerDeploymentNotFoundError:
+        return None
+    return server.status.url if server.is_running and server.status else None
+
+
+def _skip_onboarding_survey() -> None:
+    """The local dashboard opens on a marketing survey for a user who has not answered it; mark the
+    (local, single) user as done with e-mail opt-in off, so a reviewer lands on the runs."""
+    from zenml.client import Client
+
+    client = Client()
+    user = client.active_user
+    metadata = dict(user.user_metadata or {})
+    if metadata.get("finished_onboarding_survey") and user.email_opted_in is not None:
+        return
+    client.update_user(user.id, updated_email_opt_in=bool(user.email_opted_in),
+                       updated_metadata={**metadata, "finished_onboarding_survey": True})
+
+
+PORT_OPTION_HELP = "TCP port on 127.0.0.1"
+
+
+@cli.command(
+    help="Start the local ZenML dashboard (`zenml login --local`: a background server on 127.0.0.1, no "
+    "Docker) for this state directory, print its URL and how to stop it. Runs started while it is up are "
+    "recorded through it: DAGs, cache hits, step logs, metadata and the HTML reports (calibration, data "
+    "validation, benchmark, quality, comparison with production, gate decision). --stop shuts it down "
+    "(`zenml logout --local`).",
+)
+@click.option("--port", default=8237, show_default=True, type=click.IntRange(1024, 65535), help=PORT_OPTION_HELP)
+@click.option("--stop", is_flag=True, help="stop the running dashboard")
+def dashboard(port: int, stop: bool) -> None:
+    import subprocess
+
+    state = _prepare_environment()
+    os.environ.setdefault("ZENML_AUTO_OPEN_DASHBOARD", "false")
+    zenml_cli = str(Path(sys.executable).parent / "zenml")
+    if stop:
+        if _local_dashboard_url() is None:
+            click.echo("no dashboard is running for this state directory")
+            return
+        result = subprocess.run([zenml_cli, "logout", "--local"], capture_output=True, text=True)
+        if result.returncode != 0:
+            _fail(f"`zenml logout --local` failed: {(result.stderr or result.stdout)[-2000:]}", EXIT_ERROR)
+        click.echo("dashboard stopped; runs go to the local store directly again")
+        return
+    running = _local_dashboard_url()
+    if running:
+        click.echo(f"the dashboard is already running: {running}\nstop it with: python run.py dashboard --stop")
+        return
+    if _port_in_use(port):
+        _fail(f"port {port} on 127.0.0.1 is already in use by another program; pick a free port with "
+              f"`python run.py dashboard --port <N>` or stop whatever listens there", EXIT_INVALID_INPUT)
+    _ensure_stack(state)  # the dashboard shows the project's stack from the first run on
+    _skip_onboarding_survey()  # before login: the server's user endpoint drops email_opted_in updates
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"starting the ZenML server on 127.0.0.1:{port} ..."):
+        result = subprocess.run(
+            [zenml_cli, "login", "--local", "--port", str(port), "--ip-address", "127.0.0.1"],
+            capture_output=True, text=True,
+        )
+    if result.returncode != 0:
+        _fail(f"`zenml login --local` failed: {(result.stderr or result.stdout)[-3000:]}", EXIT_ERROR)
+    url = _local_dashboard_url() or f"http://127.0.0.1:{port}"
+    click.echo(f"ZenML dashboard: {url}\n"
+               f"  runs started from now on (python run.py ...) appear there\n"
+               f"  stop it with: python run.py dashboard --stop")
+
+
+def _mlflow_ui_pidfile(state: Path) -> Path:
+    return state / "mlflow-ui.json"
+
+
+def _running_mlflow_ui(state: Path) -> dict | None:
+    import json
+
+    pidfile = _mlflow_ui_pidfile(state)
+    if not pidfile.is_file():
+        return None
+    info = json.loads(pidfile.read_text())
+    try:
+        os.kill(info["pid"], 0)
+    except (ProcessLookupError, PermissionError):
+        pidfile.unlink(missing_ok=True)
+        return None
+    return info
+
+
+@cli.command(
+    "mlflow-ui",
+    help="Start the MLflow UI on the project's tracking database (the local stack's SQLite under the "
+    "state directory) in the background on 127.0.0.1, print its URL and how to stop it (--stop).",
+)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1024, 65535), help=PORT_OPTION_HELP)
+@click.option("--stop", is_flag=True, help="stop the MLflow UI started from this state directory")
+def mlflow_ui(port: int, stop: bool) -> None:
+    import json
+    import signal
+    import subprocess
+
+    state = _prepare_environment()
+    running = _running_mlflow_ui(state)
+    if stop:
+        if running is None:
+            click.echo("no MLflow UI is running for this state directory")
+            return
+        os.killpg(running["pid"], signal.SIGTERM)  # its own session: the server and its workers
+        _mlflow_ui_pidfile(state).unlink(missing_ok=True)
+        click.echo(f"MLflow UI (pid {running['pid']}) stopped")
+        return
+    if running is not None:
+        click.echo(f"the MLflow UI is already running: {running['url']}\nstop it with: python run.py mlflow-ui --stop")
+        return
+    if _port_in_use(port):
+        _fail(f"port {port} on 127.0.0.1 is already in use by another program; pick a free port with "
+              f"`python run.py mlflow-ui --port <N>` or stop whatever listens there", EXIT_INVALID_INPUT)
+    from foundry.registry import sqlite_tracking_uri
+
+    tracking_uri = sqlite_tracking_uri(state)
+    log_path = state / "mlflow-ui.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"starting the MLflow UI on 127.0.0.1:{port} ..."):
+        up = _wait_for_port(port, 90, alive=lambda: process.poll() is None)
+    if not up:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        _fail(f"the MLflow UI did not start; its log ({log_path}) ends with:\n{log_path.read_text()[-2000:]}", EXIT_ERROR)
+    url = f"http://127.0.0.1:{port}"
+    _mlflow_ui_pidfile(state).write_text(json.dumps({"pid": process.pid, "port": port, "url": url}))
+    click.echo(f"MLflow UI: {url}  (tracking database {tracking_uri})\n  stop it with: python run.py mlflow-ui --stop")
 
 if __name__ == "__main__":
     cli()

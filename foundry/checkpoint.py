@@ -12,6 +12,7 @@ Sources:
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import math
@@ -108,8 +109,54 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+GLOB_CHARS = ("*", "?", "[")
+
+
+def _newest_glob_match(pattern: str, kind: str) -> Path:
+    """The newest (mtime, then name) match of a glob; only directories for hf_dir, files for gguf."""
+    expanded = str(Path(pattern).expanduser())
+    matches = [Path(p) for p in glob.glob(expanded)]
+    matches = [p for p in matches if (p.is_dir() if kind == "hf_dir" else p.is_file())]
+    if not matches:
+        want = "directories" if kind == "hf_dir" else "files"
+        raise FoundryError(
+            f"{expanded}: model.source.path is a glob that matches no {want} (kind '{kind}'); "
+            "check the pattern or that the training job has written a checkpoint yet"
+        )
+    return max(matches, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+
+
+def resolve_checkpoint_source(source: CheckpointSource, tracking_uri: str | None = None,
+                              download_dir: Path | None = None) -> CheckpointSource:
+    """A concrete source (embedded, or hf_dir/gguf with one existing path), resolved now.
+
+    * a glob in `path` → the newest match;
+    * `mlflow_model` → the registered model version's source (downloaded into `download_dir` when
+      it is not a local path), typed hf_dir or gguf by what it is. The registry is
+      `source.tracking_uri`, else `tracking_uri`, else the project's local SQLite registry.
+    Everything else is returned unchanged. Call it at run time so scheduled runs see new checkpoints.
+    """
+    if source.kind in ("hf_dir", "gguf") and source.path and any(c in source.path for c in GLOB_CHARS):
+        newest = _newest_glob_match(source.path, source.kind)
+        return source.model_copy(update={"path": str(newest)})
+    if source.kind != "mlflow_model":
+        return source
+    from foundry.registry import Registry, sqlite_tracking_uri  # the only module that imports mlflow
+    from foundry.state import state_dir
+
+    uri = source.tracking_uri or tracking_uri or sqlite_tracking_uri(state_dir())
+    path = Registry(uri).checkpoint_path(
+        source.registered_model, alias=source.alias, version=source.version,
+        download_dir=download_dir or state_dir() / "downloads",
+    )
+    kind = "hf_dir" if path.is_dir() else "gguf"
+    return CheckpointSource(kind=kind, path=str(path), allow_pickle=source.allow_pickle,
+                            trust_remote_code=source.trust_remote_code)
+
+
 def resolve_source_path(source: CheckpointSource) -> Path:
     """The file (gguf, embedded) or directory (hf_dir) a source points at, checked to exist."""
+    source = resolve_checkpoint_source(source)
     if source.kind == "embedded":
         return embedded_gguf_path()
     path = Path(source.path).expanduser()
@@ -147,6 +194,7 @@ def ingest_checkpoint(source: CheckpointSource, output_dir: Path) -> CheckpointM
     """
     output_dir = Path(output_dir)
     _require_empty_output(output_dir)
+    source = resolve_checkpoint_source(source)
     source_path = resolve_source_path(source)
     fingerprint = source_fingerprint(source)
 
@@ -614,6 +662,7 @@ __all__ = [
     "embedded_gguf_path",
     "ingest_checkpoint",
     "read_checkpoint_manifest",
+    "resolve_checkpoint_source",
     "resolve_source_path",
     "source_fingerprint",
 ]

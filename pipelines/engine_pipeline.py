@@ -7,11 +7,13 @@ from steps import (
     benchmark_engine,
     build_engine,
     calibrate_checkpoint,
+    compare_with_production,
     evaluate_engine_quality,
     gate_and_promote,
     ingest_checkpoint,
     prepare_data,
     register_engine,
+    resolve_source,
     validate_calibration_data,
 )
 
@@ -29,7 +31,10 @@ def engine_pipeline(
     run_config: dict,
     config_hash: str,
 ) -> None:
-    checkpoint = ingest_checkpoint(source=source, source_fingerprint=source_fingerprint)
+    # Resolved on every run (a glob's newest match, an MLflow model version): content-hashed outputs,
+    # so unchanged bytes hit the ingest/calibrate/build cache and changed bytes rebuild.
+    resolved_source, resolved_fingerprint = resolve_source(source, source_fingerprint)
+    checkpoint = ingest_checkpoint(source=resolved_source, source_fingerprint=resolved_fingerprint)
     # Great Expectations on the raw calibration documents; prepare_data refuses a failed suite, so
     # nothing is calibrated, and the result (with its HTML page) is kept either way.
     calibration_data_validation, _ = validate_calibration_data(checkpoint, calibration)
@@ -50,4 +55,5 @@ def engine_pipeline(
         engine, checkpoint, trtllm_checkpoint, data_lineage, benchmark_results, quality_report,
         run_config, config_hash, model_name,
     )
-    gate_and_promote(registered, benchmark_results, quality_report, gates)
+    compare_with_production(registered, benchmark_results, quality_report, gates)
+    gate_and_promote(registered, benchmark_results, quality_report, gates, after="compare_with_production")

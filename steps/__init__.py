@@ -3,21 +3,25 @@
 from steps.benchmark import benchmark_engine
 from steps.build import build_engine
 from steps.calibrate import calibrate_checkpoint
+from steps.compare import compare_with_production
 from steps.data import prepare_data
 from steps.evaluate import evaluate_engine_quality
 from steps.ingest import ingest_checkpoint
 from steps.promote import gate_and_promote
 from steps.register import register_engine
 from steps.validate_data import validate_calibration_data
+from steps.resolve_source import resolve_source
 
 __all__ = [
     "benchmark_engine",
     "build_engine",
     "calibrate_checkpoint",
+    "compare_with_production",
     "evaluate_engine_quality",
     "gate_and_promote",
     "ingest_checkpoint",
     "prepare_data",
     "register_engine",
+    "resolve_source",
     "validate_calibration_data",
 ]
