@@ -53,7 +53,26 @@ def kv_cache_quant_cfg(kv_cache: str) -> list[dict]:
     return [{"quantizer_name": "*[kv]_bmm_quantizer", "cfg": {"num_bits": num_bits, "axis": None}}]
 
 
-def quantization_config(quantization: str, alpha: float, kv_cache: str = "none") -> dict:
+AWQ_GROUP_SIZES = (128, 64)  # TensorRT-LLM W4A16_AWQ group sizes; ModelOpt's preset uses 128
+
+
+def awq_group_size(hf_config, tp_size: int = 1) -> int:
+    """The largest TensorRT-LLM AWQ group size dividing every linear's per-rank in_features
+    (SmolLM2's hidden size 576 is not a multiple of ModelOpt's default 128)."""
+    get = hf_config.get if isinstance(hf_config, dict) else (lambda key, default=None: getattr(hf_config, key, default))
+    hidden, heads = int(get("hidden_size")), int(get("num_attention_heads"))
+    head_dim = int(get("head_dim") or hidden // heads)
+    in_features = {hidden, heads * head_dim // tp_size, int(get("intermediate_size")) // tp_size}
+    for group_size in AWQ_GROUP_SIZES:
+        if all(width % group_size == 0 for width in in_features):
+            return group_size
+    raise NotSupportedError(
+        f"calibration.quantization: int4_awq needs every linear's in_features per rank {sorted(in_features)} to be a "
+        f"multiple of a TensorRT-LLM AWQ group size {AWQ_GROUP_SIZES}; not supported for this model and tp_size"
+    )
+
+
+def quantization_config(quantization: str, alpha: float, kv_cache: str = "none", awq_group: int = 128) -> dict:
     """The ModelOpt config of a variant: preset (deep copy) + KV-cache entries."""
     import modelopt.torch.quantization as mtq
 
@@ -63,6 +82,9 @@ def quantization_config(quantization: str, alpha: float, kv_cache: str = "none")
         config = copy.deepcopy(mtq.FP8_DEFAULT_CFG)
     elif quantization == "int4_awq":
         config = copy.deepcopy(mtq.INT4_AWQ_CFG)
+        for entry in config["quant_cfg"]:
+            if entry.get("quantizer_name") == "*weight_quantizer":
+                entry["cfg"] = {**entry["cfg"], "block_sizes": {**entry["cfg"]["block_sizes"], -1: awq_group}}
     elif quantization == "none":
         config = {"quant_cfg": [{"quantizer_name": "*", "enable": False}], "algorithm": "max"}
     else:
@@ -113,6 +135,8 @@ def check_supported(calibration, build_backend: str, hf_config=None) -> None:
                 f"calibration.tp_size: {tp_size} does not divide the model's {name} ({value}); "
                 "pick a tp_size that divides the attention and KV heads"
             )
+    if quantization == "int4_awq":
+        awq_group_size(hf_config, tp_size)
 
 
 def load_hf_model_fp32(hf_checkpoint_dir: Path):
@@ -300,7 +324,8 @@ def calibrate_to_trtllm_checkpoint(
             sweep, model = alpha_search.score_alphas(model, calibration_ids, held_out_ids, alphas, kv_cache=kv_cache)
             chosen_alpha = sweep.best_alpha
         elif quantization != "none" or kv_cache != "none":
-            mtq.quantize(model, quantization_config(quantization, alphas[0], kv_cache), make_forward_loop(calibration_ids))
+            awq_group = awq_group_size(model.config, tp_size) if quantization == "int4_awq" else 128
+            mtq.quantize(model, quantization_config(quantization, alphas[0], kv_cache, awq_group), make_forward_loop(calibration_ids))
     calibration_seconds = time.perf_counter() - started
     if sweep is not None:
         sweep.sweep_seconds = round(calibration_seconds, 3)

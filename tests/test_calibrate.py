@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from foundry.calibrate import calibrate_to_trtllm_checkpoint, smoothquant_config
 from foundry.data import builtin_documents, token_windows
-from foundry.errors import NotSupportedError
+from foundry.errors import FoundryError, NotSupportedError
 
 
 def read_tensor(checkpoint_dir, name: str) -> torch.Tensor:
@@ -86,3 +86,50 @@ def test_exported_config_has_the_hf_rope_theta(smollm2_sq_export, smollm2_hf_dir
     assert exported.get("rotary_scaling") is None
     assert exported["max_position_embeddings"] == hf_config["max_position_embeddings"]
     assert any(fix.startswith("rotary_base") for fix in summary["config_fixes"])
+
+
+# ---------------------------------------------------------------- variants and pre-calibration checks
+
+
+def _calibration(**fields):
+    from foundry.config import CalibrationConfig
+
+    return CalibrationConfig(**fields)
+
+
+def test_reference_backend_refuses_int4_awq_before_calibration(tiny_llama_hf_dir):
+    from foundry.calibrate import check_supported
+
+    with pytest.raises(NotSupportedError, match="not supported by the reference backend: int4_awq; use the trtllm builder"):
+        check_supported(_calibration(quantization="int4_awq"), "reference")
+    for supported in (_calibration(quantization="fp8", kv_cache="fp8"), _calibration(kv_cache="int8", tp_size=2)):
+        check_supported(supported, "reference", json.loads((tiny_llama_hf_dir / "config.json").read_text()))
+    check_supported(_calibration(quantization="int4_awq"), "trtllm")
+
+
+def test_tp_size_must_divide_the_heads_and_the_architecture_must_be_llama(tiny_llama_hf_dir):
+    from foundry.calibrate import check_supported
+
+    hf_config = json.loads((tiny_llama_hf_dir / "config.json").read_text())  # 4 heads, 2 KV heads
+    with pytest.raises(FoundryError, match=r"calibration.tp_size: 4 does not divide the model's num_key_value_heads \(2\)"):
+        check_supported(_calibration(tp_size=4), "trtllm", hf_config)
+    with pytest.raises(NotSupportedError, match="model_type 'gpt2' is not supported"):
+        check_supported(_calibration(), "trtllm", {**hf_config, "model_type": "gpt2"})
+
+
+def test_int4_awq_exports_for_trtllm_with_a_fitting_group_size(tiny_llama_hf_dir, calibration_ids, tmp_path):
+    """hidden 64 is not a multiple of ModelOpt's default group 128: group 64 is chosen and written."""
+    summary = calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, calibration_ids[:2, :32], tmp_path, "int4_awq", 0.8, "float16")
+    quantization = json.loads((tmp_path / "config.json").read_text())["quantization"]
+    assert (summary["quant_algo"], quantization["group_size"], quantization["has_zero_point"]) == ("W4A16_AWQ", 64, False)
+    assert read_tensor(tmp_path, "transformer.layers.0.mlp.fc.weight").dtype == torch.int8  # packed int4 pairs
+
+
+@pytest.mark.parametrize(("kv_cache", "kv_algo"), [("int8", "INT8"), ("fp8", "FP8")])
+def test_kv_cache_quantization_is_exported(tiny_llama_hf_dir, calibration_ids, tmp_path, kv_cache, kv_algo):
+    summary = calibrate_to_trtllm_checkpoint(
+        tiny_llama_hf_dir, calibration_ids[:2, :32], tmp_path, "int8_sq", 0.8, "float16", kv_cache=kv_cache
+    )
+    assert (summary["quant_algo"], summary["kv_cache_quant_algo"]) == ("W8A8_SQ_PER_CHANNEL", kv_algo)
+    scale = read_tensor(tmp_path, "transformer.layers.1.attention.kv_cache_scaling_factor")
+    assert scale.shape == (1,) and scale.item() > 0

@@ -275,9 +275,9 @@ def test_tiny_checkpoint_loads_untied_lm_head(tiny_checkpoint):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("quant_algo", "FP8", "not supported by the reference backend: FP8; use the trtllm builder"),
+        ("quant_algo", "NVFP4", "not supported by the reference backend: NVFP4; use the trtllm builder"),
         ("quant_algo", "W4A16_AWQ", "not supported by the reference backend: W4A16_AWQ"),
-        ("kv_cache_quant_algo", "INT8", "kv_cache_quant_algo not supported by the reference backend: INT8"),
+        ("kv_cache_quant_algo", "NVFP4", "kv_cache_quant_algo not supported by the reference backend: NVFP4"),
     ],
 )
 def test_unsupported_quantization_is_refused(tiny_checkpoint, tmp_path, field, value, message):
@@ -287,10 +287,17 @@ def test_unsupported_quantization_is_refused(tiny_checkpoint, tmp_path, field, v
         ReferenceEngine.load(checkpoint)
 
 
-def test_tensor_parallel_checkpoint_is_refused(tiny_checkpoint, tmp_path):
+def test_pipeline_parallel_checkpoint_is_refused(tiny_checkpoint, tmp_path):
+    checkpoint = copy_checkpoint(tiny_checkpoint, tmp_path)
+    edit_config(checkpoint, lambda config: config["mapping"].update(world_size=2, pp_size=2))
+    with pytest.raises(NotSupportedError, match="pp_size=2"):
+        ReferenceEngine.load(checkpoint)
+
+
+def test_tensor_parallel_config_without_its_rank_files_is_named(tiny_checkpoint, tmp_path):
     checkpoint = copy_checkpoint(tiny_checkpoint, tmp_path)
     edit_config(checkpoint, lambda config: config["mapping"].update(world_size=2, tp_size=2))
-    with pytest.raises(NotSupportedError, match="tp_size=2"):
+    with pytest.raises(FoundryError, match=r"rank1\.safetensors: missing"):
         ReferenceEngine.load(checkpoint)
 
 
@@ -329,3 +336,126 @@ def test_missing_files_are_named(tiny_checkpoint, tmp_path):
     (checkpoint / "config.json").unlink()
     with pytest.raises(FoundryError, match=r"config\.json: missing"):
         ReferenceEngine.load(checkpoint)
+
+
+# ---------------------------------------------------------------- variants (tiny Llama, fast)
+# FP8 (emulated), INT8 / FP8 KV cache and tensor parallelism, each pinned against ModelOpt's
+# fake-quant model after export (the export re-smooths and rescales in place).
+
+
+@pytest.fixture(scope="module")
+def tiny_fp16_exact_dir(tiny_llama_hf_dir, tmp_path_factory):
+    model = load_hf_model_fp32(tiny_llama_hf_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(parameter.half().float())
+    out = tmp_path_factory.mktemp("tiny_fp16_exact")
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_windows() -> torch.Tensor:
+    return torch.randint(0, 49152, (6, 32), generator=torch.Generator().manual_seed(5))
+
+
+def fake_quant_and_engine(hf_dir, calibration_ids, out, quantization, kv_cache, tp_size=1):
+    """(ModelOpt fake-quant model after export with the checkpoint's stored scales, ReferenceEngine)."""
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    from foundry.calibrate import make_forward_loop, quantization_config
+
+    model = load_hf_model_fp32(hf_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mtq.quantize(model, quantization_config(quantization, 0.8, kv_cache), make_forward_loop(calibration_ids))
+    export_trtllm_checkpoint(model, out, "float16", tp_size)
+    tensors = load_file(out / "rank0.safetensors")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, TensorQuantizer) and module.pre_quant_scale is not None:
+                module.pre_quant_scale = module.pre_quant_scale.half().float()
+        # TensorRT-LLM quantizes K and V with the one kv_cache_scaling_factor ModelOpt exports
+        # (max of K and V; FP8 clamped to >= 1): give the fake-quant model the same scales.
+        for index, layer in enumerate(model.model.layers):
+            name = f"transformer.layers.{index}.attention.kv_cache_scaling_factor"
+            if name in tensors:
+                for quantizer in (layer.self_attn.k_bmm_quantizer, layer.self_attn.v_bmm_quantizer):
+                    quantizer.amax = (tensors[name].float() * quantizer.maxbound).reshape(quantizer.amax.shape)
+    return model, ReferenceEngine.load(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tiny_fp16_exact_dir):
+    return load_hf_model_fp32(tiny_fp16_exact_dir)
+
+
+@pytest.mark.parametrize(
+    ("quantization", "kv_cache", "quant_algo", "kv_algo"),
+    [
+        ("fp8", "none", "FP8", None),
+        ("int8_sq", "int8", "W8A8_SQ_PER_CHANNEL", "INT8"),
+        ("fp8", "fp8", "FP8", "FP8"),
+        ("none", "int8", None, "INT8"),
+    ],
+)
+def test_variant_logits_track_modelopt_fake_quant(
+    tiny_fp16_exact_dir, tiny_fp32, tiny_windows, tmp_path, quantization, kv_cache, quant_algo, kv_algo
+):
+    """Tolerance as for SmoothQuant above: a few codes flip at rounding boundaries (x / scale vs
+    ModelOpt's x · (maxbound / amax)), so logits are compared as distributions, and the runtime's
+    deviation from ModelOpt must be well below ModelOpt's own quantization error (or tiny outright)."""
+    model, engine = fake_quant_and_engine(tiny_fp16_exact_dir, tiny_windows[:4], tmp_path, quantization, kv_cache)
+    assert (engine.quant_algo, engine.config.kv_cache_quant_algo) == (quant_algo, kv_algo)
+    eval_ids = tiny_windows[4:]
+    with torch.no_grad():
+        fake_quant = model(eval_ids).logits
+        fp32 = tiny_fp32(eval_ids).logits
+    got = engine.logits(eval_ids)
+    runtime_kl, quantization_kl = kl_divergence(fake_quant, got), kl_divergence(fp32, fake_quant)
+    assert top1_agreement(got, fake_quant) >= 0.95
+    assert runtime_kl <= max(0.1 * quantization_kl, 1e-6), (runtime_kl, quantization_kl)
+    # the KV-cache path reads back exactly what full recompute quantizes
+    prompt = eval_ids[0, :8].tolist()
+    generated = engine.generate(prompt, 4)
+    recomputed, ids = [], torch.tensor([prompt])
+    for _ in range(4):
+        token = engine.logits(ids)[0, -1].argmax()
+        recomputed.append(int(token))
+        ids = torch.cat([ids, token.view(1, 1)], dim=1)
+    assert generated == recomputed
+
+
+def test_fp8_linears_match_modelopt_fake_quant(tiny_fp16_exact_dir, tiny_windows, tmp_path):
+    """Each FP8 linear, fed the fake-quant model's own input, reproduces ModelOpt's output
+    (relative mean error <= 1%: E4M3 has a 3-bit mantissa, so one flipped code moves a value ~6%)."""
+    model, engine = fake_quant_and_engine(tiny_fp16_exact_dir, tiny_windows[:4], tmp_path, "fp8", "none")
+    hf_layer, layer = model.model.layers[1], engine.layers[1]
+    pairs = {"o_proj": (hf_layer.self_attn.o_proj, layer.dense), "down_proj": (hf_layer.mlp.down_proj, layer.proj),
+             "gate_proj": (hf_layer.mlp.gate_proj, layer.fc)}
+    captured = {}
+    hooks = [m.register_forward_hook(lambda m, a, o, key=key: captured.__setitem__(key, (a[0], o))) for key, (m, _) in pairs.items()]
+    with torch.no_grad():
+        model(tiny_windows[4:])
+    for hook in hooks:
+        hook.remove()
+    for key, (_, linear) in pairs.items():
+        x, expected = captured[key]
+        with torch.inference_mode():
+            got = linear(x)
+        assert ((got - expected).abs().mean() / expected.abs().mean()).item() <= 1e-2, key
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8_sq"])
+def test_tensor_parallel_checkpoint_gives_the_tp1_logits(tiny_fp16_exact_dir, tiny_windows, tmp_path, quantization):
+    """tp_size 2 writes rank0/rank1; the runtime merges them back and must produce the tp=1 logits."""
+    engines = {}
+    for tp_size in (1, 2):
+        out = tmp_path / f"tp{tp_size}"
+        calibrate_to_trtllm_checkpoint(tiny_fp16_exact_dir, tiny_windows[:4], out, quantization, 0.8, "float16", tp_size=tp_size)
+        engines[tp_size] = ReferenceEngine.load(out)
+    assert sorted(p.name for p in (tmp_path / "tp2").glob("rank*.safetensors")) == ["rank0.safetensors", "rank1.safetensors"]
+    assert engines[2].config.tp_size == 2
+    ids = tiny_windows[4:]
+    assert torch.equal(engines[1].logits(ids), engines[2].logits(ids))

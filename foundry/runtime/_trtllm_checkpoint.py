@@ -19,9 +19,12 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "rank0.safetensors"
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 SMOOTHQUANT_PER_CHANNEL = "W8A8_SQ_PER_CHANNEL"
-SUPPORTED_QUANT_ALGOS = (None, SMOOTHQUANT_PER_CHANNEL)
-SUPPORTED_KV_CACHE_QUANT_ALGOS = (None,)
-MAX_TP_SIZE = 1  # tensor-parallel ranks the reference backend loads
+FP8 = "FP8"  # per-tensor E4M3 weights and activations (emulated on CPU)
+SUPPORTED_QUANT_ALGOS = (None, SMOOTHQUANT_PER_CHANNEL, FP8)
+SUPPORTED_KV_CACHE_QUANT_ALGOS = (None, "INT8", "FP8")
+MAX_TP_SIZE = 64  # tensor-parallel ranks are merged back into one model at load time
+COLUMN_PARALLEL = ("attention.qkv", "mlp.fc", "mlp.gate")  # split along out_features
+ROW_PARALLEL = ("attention.dense", "mlp.proj")  # split along in_features
 DEFAULT_ROTARY_BASE = 10000.0  # TensorRT-LLM's default when config.json has no rotary_base
 LINEAR_NAMES = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
 UNSUPPORTED_HINT = "use the trtllm builder"
@@ -41,6 +44,8 @@ class LlamaCheckpointConfig:
     max_positions: int
     quant_algo: str | None
     share_embedding_table: bool
+    kv_cache_quant_algo: str | None = None
+    tp_size: int = 1
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """[out_features, in_features] of each linear, in TensorRT-LLM's names."""
@@ -89,10 +94,11 @@ def refuse_unsupported_features(config: dict, path: Path) -> None:
             f"{path}: quantization.kv_cache_quant_algo not supported by the reference backend: {kv_algo}; {UNSUPPORTED_HINT}"
         )
     mapping = config.get("mapping") or {}
-    if mapping.get("tp_size", 1) != 1 or mapping.get("pp_size", 1) != 1:
+    tp_size, pp_size = int(mapping.get("tp_size", 1)), int(mapping.get("pp_size", 1))
+    if pp_size != 1 or not 1 <= tp_size <= MAX_TP_SIZE or int(mapping.get("world_size", tp_size)) != tp_size:
         raise NotSupportedError(
-            f"{path}: mapping tp_size={mapping.get('tp_size', 1)} pp_size={mapping.get('pp_size', 1)} not supported by "
-            f"the reference backend (single rank only); re-export with inference_tensor_parallel=1 or {UNSUPPORTED_HINT}"
+            f"{path}: mapping tp_size={tp_size} pp_size={pp_size} world_size={mapping.get('world_size')} not supported by "
+            f"the reference backend (tensor parallelism only, pp_size 1); {UNSUPPORTED_HINT}"
         )
     checks = {
         "position_embedding_type": (config.get("position_embedding_type", "rope_gpt_neox"), "rope_gpt_neox"),
@@ -128,6 +134,8 @@ def parse_config(checkpoint_dir: Path) -> LlamaCheckpointConfig:
         max_positions=int(config.get("max_position_embeddings") or 2048),
         quant_algo=(config.get("quantization") or {}).get("quant_algo"),
         share_embedding_table=bool(config.get("share_embedding_table", False)),
+        kv_cache_quant_algo=(config.get("quantization") or {}).get("kv_cache_quant_algo"),
+        tp_size=int((config.get("mapping") or {}).get("tp_size", 1)),
     )
 
 
@@ -144,9 +152,17 @@ def expected_tensors(config: LlamaCheckpointConfig) -> dict[str, tuple[tuple[int
         prefix = f"transformer.layers.{layer}"
         expected[f"{prefix}.input_layernorm.weight"] = ((config.hidden_size,), None)
         expected[f"{prefix}.post_layernorm.weight"] = ((config.hidden_size,), None)
+        if config.kv_cache_quant_algo is not None:
+            # TensorRT-LLM reads kv_cache_scaling_factor; ModelOpt also writes the K and V ones.
+            for scale in ("kv_cache_scaling_factor", "k_cache_scaling_factor", "v_cache_scaling_factor"):
+                expected[f"{prefix}.attention.{scale}"] = ((1,), None)
         for linear, (out_features, in_features) in config.linear_shapes().items():
             name = f"{prefix}.{linear}"
-            if quantized:
+            if config.quant_algo == FP8:
+                expected[f"{name}.weight"] = ((out_features, in_features), torch.float8_e4m3fn)
+                expected[f"{name}.weights_scaling_factor"] = ((1,), None)
+                expected[f"{name}.activation_scaling_factor"] = ((1,), None)
+            elif quantized:
                 expected[f"{name}.weight"] = ((out_features, in_features), torch.int8)
                 expected[f"{name}.weights_scaling_factor"] = ((out_features,), None)
                 expected[f"{name}.activation_scaling_factor"] = ((1,), None)
@@ -156,11 +172,47 @@ def expected_tensors(config: LlamaCheckpointConfig) -> dict[str, tuple[tuple[int
     return expected
 
 
+def _merge_tensor(name: str, parts: list[torch.Tensor], full_shape: tuple[int, ...], config: LlamaCheckpointConfig, path: Path):
+    """One tensor of a tp>1 checkpoint rebuilt from its per-rank parts (the tp=1 layout)."""
+    if tuple(parts[0].shape) == full_shape and all(tuple(p.shape) == full_shape for p in parts):
+        if not all(torch.equal(parts[0], p) for p in parts[1:]):
+            raise FoundryError(f"{path}: replicated tensor {name} differs between ranks; re-export the checkpoint")
+        return parts[0]
+    linear = next((l for l in COLUMN_PARALLEL + ROW_PARALLEL if f".{l}." in name), None)
+    if name.endswith(".attention.qkv.weight") or name.endswith(".attention.qkv.weights_scaling_factor"):
+        # each rank holds [q_r; k_r; v_r] for its share of the heads
+        q_rows = config.num_heads * config.head_size // config.tp_size
+        kv_rows = config.num_kv_heads * config.head_size // config.tp_size
+        pieces = [p.split((q_rows, kv_rows, kv_rows), dim=0) for p in parts]
+        return torch.cat([torch.cat([piece[i] for piece in pieces], dim=0) for i in range(3)], dim=0)
+    dim = 1 if linear in ROW_PARALLEL and name.endswith(".weight") else 0
+    merged = torch.cat(parts, dim=dim)
+    if tuple(merged.shape) != full_shape:
+        raise FoundryError(
+            f"{path}: tensor {name} split over {config.tp_size} ranks as {tuple(parts[0].shape)} does not rebuild "
+            f"{full_shape}; re-export the checkpoint"
+        )
+    return merged
+
+
 def load_tensors(checkpoint_dir: Path, config: LlamaCheckpointConfig) -> dict[str, torch.Tensor]:
-    """Every expected tensor, checked for presence, shape and dtype; nothing unexpected allowed."""
+    """Every expected tensor, checked for presence, shape and dtype; nothing unexpected allowed.
+    A tensor-parallel checkpoint's rank files are merged back into the tp=1 layout."""
+    if config.tp_size > 1:
+        expected = expected_tensors(config)
+        ranks = [_read_rank(checkpoint_dir, config, rank, expected) for rank in range(config.tp_size)]
+        path = checkpoint_dir / "rank*.safetensors"
+        tensors = {name: _merge_tensor(name, [r[name] for r in ranks], shape, config, path) for name, (shape, _) in expected.items()}
+        for name, (shape, dtype) in expected.items():
+            _check_tensor(path, name, tensors[name], shape, dtype)
+        return tensors
+    return _read_rank(checkpoint_dir, config, 0, expected_tensors(config), check_shapes=True)
+
+
+def _read_rank(checkpoint_dir: Path, config: LlamaCheckpointConfig, rank: int, expected: dict, check_shapes: bool = False):
     from safetensors import safe_open
 
-    path = checkpoint_dir / WEIGHTS_NAME
+    path = checkpoint_dir / f"rank{rank}.safetensors"
     if not path.is_file():
         raise FoundryError(f"{path}: missing; a TensorRT-LLM checkpoint needs {CONFIG_NAME} + {WEIGHTS_NAME}")
     expected = expected_tensors(config)
@@ -184,8 +236,9 @@ def load_tensors(checkpoint_dir: Path, config: LlamaCheckpointConfig) -> dict[st
         raise
     except Exception as error:  # safetensors raises its own error types for truncated/corrupt files
         raise FoundryError(f"{path}: cannot be read as safetensors ({error}); the file is truncated or corrupt — re-export it") from error
-    for name, (shape, dtype) in expected.items():
-        _check_tensor(path, name, tensors[name], shape, dtype)
+    if check_shapes:
+        for name, (shape, dtype) in expected.items():
+            _check_tensor(path, name, tensors[name], shape, dtype)
     return tensors
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from foundry.errors import FoundryError
 from foundry.runtime._trtllm_checkpoint import (
+    FP8,
     SMOOTHQUANT_PER_CHANNEL,
     LlamaCheckpointConfig,
     load_tensors,
@@ -72,6 +73,52 @@ class SmoothQuantLinear:
         accumulator = torch._int_mm(x_int8, self.weight_int8_t)
         y = accumulator.float() * self.output_scale
         return y.reshape(*leading_shape, -1).to(self.compute_dtype)
+
+
+FP8_E4M3_MAX = 448.0
+
+
+def fake_quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """E4M3 round trip with a static per-tensor scale (saturating at ±448), in float32."""
+    return (x.float() / scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).float() * scale
+
+
+def fake_quantize_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 round trip (round half to even, narrow range ±127) with a static scale, in float32."""
+    return (x.float() / scale).round_().clamp_(-INT8_MAX, INT8_MAX) * scale
+
+
+class Fp8Linear:
+    """TensorRT-LLM FP8 (ModelOpt FP8_DEFAULT_CFG): E4M3 weight with one per-tensor scale, activations
+    cast to E4M3 with a static per-tensor scale. Emulated: the E4M3 values are exact in float32, so
+    y = (fp8(x / s_a) · fp8(W)^T) · s_a · s_w computed in float32 matches an FP8 GEMM with float32
+    accumulation up to summation order. No speed claim: CPUs have no FP8 GEMM."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], name: str, compute_dtype: torch.dtype):
+        self.weight = tensors[f"{name}.weight"].float()  # E4M3 codes, exactly representable
+        self.activation_scale = tensors[f"{name}.activation_scaling_factor"].float().reshape(())
+        self.output_scale = self.activation_scale * tensors[f"{name}.weights_scaling_factor"].float().reshape(())
+        self.compute_dtype = compute_dtype
+
+    def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """E4M3 codes of x (as float32)."""
+        return (x.float() / self.activation_scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (F.linear(self.quantize_activation(x), self.weight) * self.output_scale).to(self.compute_dtype)
+
+
+class KVQuantizer:
+    """TensorRT-LLM's quantized KV cache: K (after RoPE) and V stored as INT8 or FP8 with the layer's
+    one `kv_cache_scaling_factor`. Emulated: values are round-tripped at write time and kept
+    dequantized, so attention reads exactly what a quantized cache holds (no memory saving)."""
+
+    def __init__(self, algo: str, scale: torch.Tensor):
+        self.scale = scale.float().reshape(())
+        self.function = {"INT8": fake_quantize_int8, "FP8": fake_quantize_fp8}[algo]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x, self.scale).to(x.dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -138,6 +185,9 @@ class DecoderLayer:
         self.proj = make_linear(f"{prefix}.mlp.proj")  # HF down_proj
         self.q_width = config.num_heads * config.head_size
         self.kv_width = config.num_kv_heads * config.head_size
+        self.kv_quantizer = None
+        if config.kv_cache_quant_algo is not None:
+            self.kv_quantizer = KVQuantizer(config.kv_cache_quant_algo, tensors[f"{prefix}.attention.kv_cache_scaling_factor"])
 
     def attention(self, x: torch.Tensor, rotary: RotaryTable, cache: KVCache | None, start: int) -> torch.Tensor:
         batch, seq_len, _ = x.shape
@@ -147,6 +197,8 @@ class DecoderLayer:
         k = k.view(batch, seq_len, config.num_kv_heads, config.head_size).transpose(1, 2)
         v = v.view(batch, seq_len, config.num_kv_heads, config.head_size).transpose(1, 2)
         q, k = rotary.apply(q, start), rotary.apply(k, start)
+        if self.kv_quantizer is not None:  # what the cache holds, also for the prompt's own attention
+            k, v = self.kv_quantizer(k), self.kv_quantizer(v)
         if cache is not None:
             k, v = cache.update(self.index, start, k, v)
         # Prefill always starts at position 0 and decode feeds one token, so "causal" (top-left
@@ -164,6 +216,8 @@ class DecoderLayer:
 def _linear_factory(config: LlamaCheckpointConfig, tensors: dict[str, torch.Tensor], compute_dtype):
     if config.quant_algo == SMOOTHQUANT_PER_CHANNEL:
         return lambda name: SmoothQuantLinear(tensors, name, compute_dtype)
+    if config.quant_algo == FP8:
+        return lambda name: Fp8Linear(tensors, name, compute_dtype)
     return lambda name: FloatLinear(tensors[f"{name}.weight"], compute_dtype)
 
 
