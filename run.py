@@ -78,6 +78,9 @@ def _preflight(config_path: str):
     from foundry.config import load_config
 
     config = load_config(config_path)
+    from foundry.calibrate import check_supported  # variant × backend, before any calibration
+
+    check_supported(config.calibration, config.build.backend)
     get_builder(config.build.backend).check_environment()
     fingerprint = source_fingerprint(config.model.source)
     return config, fingerprint
