@@ -26,5 +26,9 @@ def benchmark_headline(report: BenchmarkReport, comparison: list[ComparisonRow])
         "c1_output_tok_s": first.output_token_throughput_tok_s,
         "max_output_tok_s": max(lv.output_token_throughput_tok_s for lv in levels),
         "failed_requests": float(sum(lv.failed for lv in levels)),
+        "failure_rate_max": max(lv.failure_rate for lv in levels),
+        "max_output_tok_s_within_slo": report.max_output_tok_s_within_slo,
+        "goodput_req_s_max": _worst([lv.goodput_req_s for lv in levels], max),
+        "mbu_c1": first.mbu,
     }
     return headline
