@@ -193,11 +193,27 @@ def component_specs(definition: KubernetesGpuStackDefinition, with_s3_secret: bo
     ]
 
 
-def validate_component_configs(specs) -> None:
-    """Each configuration through its ZenML flavor's config class (what `zenml ... register` does)."""
+def validate_component_configs(specs, secret_values: dict[str, dict[str, str]] | None = None) -> None:
+    """Each configuration through its ZenML flavor's config class (what `zenml ... register` does).
+
+    `{{secret.key}}` references are checked against `secret_values` (ZenML would otherwise look the
+    secret up, and nothing is written before validation passes)."""
+    import re
+
     from zenml.client import Client
 
     client = Client()
+    secret_values = secret_values or {}
+
+    def substitute(value):
+        match = re.fullmatch(r"\{\{([^.}]+)\.([^}]+)\}\}", value) if isinstance(value, str) else None
+        if match is None:
+            return value
+        secret, key = match.groups()
+        if key not in secret_values.get(secret, {}):
+            raise FoundryError(f"missing credentials: ZenML secret '{secret}' has no key '{key}'")
+        return secret_values[secret][key]
+
     for spec in specs:
         try:
             flavor = client.get_flavor_by_name_and_type(spec.flavor, spec.component_type)
@@ -210,7 +226,7 @@ def validate_component_configs(specs) -> None:
 
         config_class = Flavor.from_model(flavor).config_class
         try:
-            config_class(**spec.configuration)
+            config_class(**{k: substitute(v) for k, v in spec.configuration.items()})
         except ValidationError as error:
             raise FoundryError(f"component {spec.name} ({spec.flavor} {spec.component_type.value}): {error}") from None
 
@@ -256,7 +272,7 @@ def gpu_step_configurations(definition: KubernetesGpuStackDefinition) -> dict[st
             "settings": {
                 "resources": ResourceSettings(gpu_count=r.gpu_count, cpu_count=r.cpu_count, memory=r.memory),
                 "docker": DockerSettings(parent_image=images[step], environment={"FOUNDRY_GPU_STEP": step}),
-                "step_operator": KubernetesStepOperatorSettings(pod_settings=pod),
+                "step_operator.kubernetes": KubernetesStepOperatorSettings(pod_settings=pod),
             },
         }
     return configurations
@@ -301,13 +317,18 @@ def register_kubernetes_gpu_stack(definition: KubernetesGpuStackDefinition, acti
     s3_values = None
     if os.environ.get(AWS_KEY_ENV) and os.environ.get(AWS_SECRET_ENV):
         s3_values = {"aws_access_key_id": os.environ[AWS_KEY_ENV], "aws_secret_access_key": os.environ[AWS_SECRET_ENV]}
-    # Validate everything before writing anything: flavor configs, step settings, credentials.
+    # Validate everything before writing anything: credentials, flavor configs, step settings.
+    if mlflow_values is None:
+        if not _secret_exists(client, d.mlflow_secret):
+            raise FoundryError(missing_mlflow)
+        mlflow_values = dict(client.get_secret(d.mlflow_secret).secret_values)
+        store_mlflow = False
+    else:
+        store_mlflow = True
     specs = component_specs(d, with_s3_secret=s3_values is not None or _secret_exists(client, d.s3_secret))
-    validate_component_configs(specs)
+    validate_component_configs(specs, {d.mlflow_secret: mlflow_values})
     gpu_step_configurations(d)  # ResourceSettings / DockerSettings / pod settings validate on construction
-    if mlflow_values is None and not _secret_exists(client, d.mlflow_secret):
-        raise FoundryError(missing_mlflow)
-    if mlflow_values is not None:
+    if store_mlflow:
         _put_secret(client, d.mlflow_secret, mlflow_values)
     if s3_values is not None:
         _put_secret(client, d.s3_secret, s3_values)
