@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup clean benchmark
+.PHONY: run test setup clean benchmark test-browser
 
 setup: $(STAMP)
 
@@ -25,6 +25,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# On demand (deselected from `make test` by pyproject's addopts): the dashboard in headless Chromium.
+# Installs Debian's chromium + chromium-driver (needs root) and selenium; keeps a screenshot in
+# $(BROWSER_ARTIFACTS).
+BROWSER_ARTIFACTS ?= .foundry/browser-test
+test-browser: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,browser]"
+	FOUNDRY_BROWSER_ARTIFACTS=$(BROWSER_ARTIFACTS) $(PY) -m pytest -q -m browser tests/test_dashboard_browser.py
 
 # Not a test: wall times of a cold and a cached default run (numbers go in the issue notes).
 benchmark: $(STAMP)
