@@ -14,6 +14,8 @@
                                               local ZenML dashboard (runs, DAGs, reports)
     python run.py mlflow-ui [--port 5000] [--stop]
                                               MLflow UI on the project's tracking database
+    python run.py export-triton --model NAME [--version N] --out DIR
+                                              Triton model repository from a registered engine
 
 
 State lives in $FOUNDRY_STATE_DIR (default .foundry/): ZenML store, MLflow database, artifacts.
