@@ -35,7 +35,8 @@ def print_run_summary(
             console = Console(width=120)
     console.rule(f"[bold]LLM Engine Foundry · run {run_name}")
     cached = [name for name, status in step_statuses.items() if status == "cached"]
-    console.print(f"wall time {wall_seconds:.1f} s · steps cached: {', '.join(cached) if cached else 'none'}")
+    # soft_wrap: one line however long, so logs and scripts can grep it
+    console.print(f"wall time {wall_seconds:.1f} s · steps cached: {', '.join(cached) if cached else 'none'}", soft_wrap=True)
 
     identity = Table(title="Identity", show_header=False)
     identity.add_row("checkpoint", f"{checkpoint.get('architecture')} · {checkpoint.get('parameter_count', 0):,} params · "
