@@ -61,11 +61,28 @@ def _prepare_environment() -> Path:
 
 
 def _ensure_stack(state: Path) -> str:
-    # No `zenml init`: a .zen/ in the checkout would pin an active stack id that belongs to one
-    # state directory; the source root is the project root (we chdir there) either way.
-    from stacks.local import ensure_local_stack
+    """The stack the user activated (`run.py stack register <name> --set`) if any, else the local
+    stack, registered idempotently. No `zenml init`: a .zen/ in the checkout would pin an active
+    stack id that belongs to one state directory; the source root is the project root either way."""
+    from zenml.client import Client
 
+    from stacks.local import STACK_NAME, ensure_local_stack
+
+    active = Client().active_stack_model.name
+    if active not in ("default", STACK_NAME):
+        return active
     return ensure_local_stack(state)
+
+
+def _check_builder_where_it_runs(config) -> None:
+    """With a step operator the build runs on its GPU node and checks the environment there;
+    without one it runs here, so check here, before any work."""
+    from zenml.client import Client
+
+    from foundry.builders import get_builder
+
+    if Client().active_stack.step_operator is None:
+        get_builder(config.build.backend).check_environment()
 
 
 def _fail(message: str, code: int) -> None:
@@ -75,7 +92,6 @@ def _fail(message: str, code: int) -> None:
 
 def _preflight(config_path: str):
     """Everything that can be checked in seconds, before any expensive work."""
-    from foundry.builders import get_builder
     from foundry.checkpoint import source_fingerprint
     from foundry.config import load_config
 
@@ -83,7 +99,6 @@ def _preflight(config_path: str):
     from foundry.calibrate import check_supported  # variant × backend, before any calibration
 
     check_supported(config.calibration, config.build.backend)
-    get_builder(config.build.backend).check_environment()
     fingerprint = source_fingerprint(config.model.source)
     return config, fingerprint
 
@@ -113,6 +128,10 @@ def _run_pipeline(config_path: str, no_cache: bool, run_name: str | None) -> int
         _fail(str(error), EXIT_INVALID_INPUT)
 
     _ensure_stack(state)
+    try:
+        _check_builder_where_it_runs(config)
+    except FoundryError as error:
+        _fail(str(error), EXIT_INVALID_INPUT)
     from zenml import Model
 
     from pipelines import engine_pipeline
