@@ -103,8 +103,9 @@ def _preflight(config_path: str):
     return config, fingerprint
 
 
-def _pipeline_parameters(config, fingerprint: str) -> dict:
+def _pipeline_parameters(config, fingerprint: str, compare_with_run: str | None = None) -> dict:
     return dict(
+        compare_with_run=compare_with_run,
         model_name=config.model.name,
         source=config.model.source,
         source_fingerprint=fingerprint,
@@ -118,7 +119,7 @@ def _pipeline_parameters(config, fingerprint: str) -> dict:
     )
 
 
-def _run_pipeline(config_path: str, no_cache: bool, run_name: str | None) -> int:
+def _run_pipeline(config_path: str, no_cache: bool, run_name: str | None, compare_with: str | None = None) -> int:
     state = _prepare_environment()
     from foundry.errors import FoundryError
 
@@ -130,6 +131,10 @@ def _run_pipeline(config_path: str, no_cache: bool, run_name: str | None) -> int
     _ensure_stack(state)
     try:
         _check_builder_where_it_runs(config)
+        if compare_with:  # an unknown name fails now, not after registration
+            from steps.tracking import stack_registry
+
+            stack_registry().run_metrics_by_name(compare_with)
     except FoundryError as error:
         _fail(str(error), EXIT_INVALID_INPUT)
     from zenml import Model
@@ -143,7 +148,7 @@ def _run_pipeline(config_path: str, no_cache: bool, run_name: str | None) -> int
     )
     started = time.perf_counter()
     try:
-        run = pipeline(**_pipeline_parameters(config, fingerprint))
+        run = pipeline(**_pipeline_parameters(config, fingerprint, compare_with))
     except FoundryError as error:
         _fail(str(error), EXIT_INVALID_INPUT)
     except Exception as error:  # the step's own log above has the traceback
@@ -206,24 +211,30 @@ CONFIG_OPTION = click.option(
 )
 NO_CACHE_OPTION = click.option("--no-cache", is_flag=True, help="re-run every step instead of reusing cached results")
 RUN_NAME_OPTION = click.option("--run-name", default=None, help="name of the ZenML run (default: generated)")
+COMPARE_OPTION = click.option(
+    "--compare-with", "compare_with", default=None, metavar="RUN_NAME",
+    help="also compare this run's gate metrics with an earlier run (its name) in the comparison report",
+)
 
 
 @click.group(invoke_without_command=True, help=__doc__)
 @CONFIG_OPTION
 @NO_CACHE_OPTION
 @RUN_NAME_OPTION
+@COMPARE_OPTION
 @click.pass_context
-def cli(ctx: click.Context, config_path: str, no_cache: bool, run_name: str | None) -> None:
+def cli(ctx: click.Context, config_path: str, no_cache: bool, run_name: str | None, compare_with: str | None) -> None:
     if ctx.invoked_subcommand is None:
-        sys.exit(_run_pipeline(config_path, no_cache, run_name))
+        sys.exit(_run_pipeline(config_path, no_cache, run_name, compare_with))
 
 
 @cli.command("run", help="Run the pipeline: ingest → calibrate → build → benchmark → evaluate → register → gate → promote.")
 @CONFIG_OPTION
 @NO_CACHE_OPTION
 @RUN_NAME_OPTION
-def run_command(config_path: str, no_cache: bool, run_name: str | None) -> None:
-    sys.exit(_run_pipeline(config_path, no_cache, run_name))
+@COMPARE_OPTION
+def run_command(config_path: str, no_cache: bool, run_name: str | None, compare_with: str | None) -> None:
+    sys.exit(_run_pipeline(config_path, no_cache, run_name, compare_with))
 
 
 @cli.group(help="Register and activate stacks from stacks/.")

@@ -142,7 +142,7 @@ def render_comparison_html(report: ComparisonReport) -> str:
     if report.baseline_label is None:
         head += "<p>Nothing is in production yet, so there is nothing to compare against: this run's numbers only.</p>"
     elif report.regressions:
-        head += f"<p><b>Worse than production on:</b> {html.escape(', '.join(report.regressions))}</p>"
+        head += f"<p><b>Worse than {html.escape(report.baseline_label)} on:</b> {html.escape(', '.join(report.regressions))}</p>"
     else:
         head += "<p>No gate metric is worse than production.</p>"
     rows = "".join(

@@ -147,6 +147,17 @@ class Registry:
             shutil.rmtree(partial, ignore_errors=True)
         return target
 
+    def run_metrics_by_name(self, run_name: str) -> dict[str, float]:
+        """Metrics of the newest MLflow run with this name (ZenML names the MLflow run after the
+        pipeline run). Refuses an unknown name rather than comparing against nothing."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        runs = self.client.search_runs(
+            experiments, filter_string=f"attributes.run_name = '{run_name}'", order_by=["attributes.start_time DESC"], max_results=1
+        )
+        if not runs:
+            raise FoundryError(f"--compare-with: no run named {run_name!r} in MLflow at {self.tracking_uri}")
+        return dict(runs[0].data.metrics)
+
     def version_run_metrics(self, model_name: str, version: str) -> dict[str, float]:
         """The metrics of the MLflow run a model version was registered from ({} when it has none)."""
         run_id = self.client.get_model_version(model_name, version).run_id

@@ -30,6 +30,7 @@ def engine_pipeline(
     gates: GateConfig,
     run_config: dict,
     config_hash: str,
+    compare_with_run: str | None = None,
 ) -> None:
     # Resolved on every run (a glob's newest match, an MLflow model version): content-hashed outputs,
     # so unchanged bytes hit the ingest/calibrate/build cache and changed bytes rebuild.
@@ -55,5 +56,5 @@ def engine_pipeline(
         engine, checkpoint, trtllm_checkpoint, data_lineage, benchmark_results, quality_report,
         run_config, config_hash, model_name,
     )
-    compare_with_production(registered, benchmark_results, quality_report, gates)
+    compare_with_production(registered, benchmark_results, quality_report, gates, compare_with_run)
     gate_and_promote(registered, benchmark_results, quality_report, gates, after="compare_with_production")

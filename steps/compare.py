@@ -21,21 +21,39 @@ def gate_measurements(benchmark_results: dict, quality_report: QualityReport) ->
 
 @step(enable_cache=False)  # production moves between runs: compare against it now
 def compare_with_production(
-    registered_version: dict, benchmark_results: dict, quality_report: QualityReport, gates: GateConfig
+    registered_version: dict,
+    benchmark_results: dict,
+    quality_report: QualityReport,
+    gates: GateConfig,
+    compare_with_run: str | None = None,
 ) -> Annotated[HTMLString, "comparison_report"]:
-    """This run's gate metrics against the current production engine's (its MLflow run metrics)."""
+    """This run's gate metrics against the current production engine's (its MLflow run metrics)
+    and, when asked, against a named earlier run."""
     registry = stack_registry()
     model_name = registered_version["model_name"]
     production = registry.production_version(model_name)
     baseline = registry.version_run_metrics(model_name, production) if production else None
+    candidate = gate_measurements(benchmark_results, quality_report)
+    candidate_label = f"this run (MLflow version {registered_version['version']})"
     report = compare_metrics(
         model_name=model_name,
-        candidate=gate_measurements(benchmark_results, quality_report),
+        candidate=candidate,
         baseline=baseline,
         gates=gates,
-        candidate_label=f"this run (MLflow version {registered_version['version']})",
+        candidate_label=candidate_label,
         baseline_label=f"production (MLflow version {production})" if production else None,
     )
+    html = render_comparison_html(report)
+    if compare_with_run:
+        named = compare_metrics(
+            model_name=model_name,
+            candidate=candidate,
+            baseline=registry.run_metrics_by_name(compare_with_run),
+            gates=gates,
+            candidate_label=candidate_label,
+            baseline_label=f"run {compare_with_run}",
+        )
+        html += render_comparison_html(named)
     log_metadata(
         metadata={
             "comparison": {
@@ -45,4 +63,4 @@ def compare_with_production(
             }
         }
     )
-    return HTMLString(render_comparison_html(report))
+    return HTMLString(html)

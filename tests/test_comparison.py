@@ -36,7 +36,7 @@ def test_html_shows_the_table_deltas_and_a_plot():
     report = compare_metrics("m", CANDIDATE, PRODUCTION, GateConfig(), "this run (v4)", "production (v3)")
     page = render_comparison_html(report)
     assert "this run (v4)" in page and "production (v3)" in page
-    assert "+20.0%" in page and "Worse than production on:" in page and "<svg" in page
+    assert "+20.0%" in page and "Worse than production (v3) on:" in page and "<svg" in page
     assert page.count("<tr") == len(report.rows) + 1
 
 

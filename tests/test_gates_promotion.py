@@ -87,3 +87,14 @@ def test_rollback_of_first_promotion_removes_the_alias(registry):
     with pytest.raises(RuntimeError):
         promote_if_passed(registry, "m", v1, evaluate_gates(GateConfig(), GOOD), lambda: (_ for _ in ()).throw(RuntimeError()))
     assert registry.production_version("m") is None
+
+
+def test_run_metrics_by_name_finds_the_run_and_refuses_unknown_names(registry):
+    from foundry.errors import FoundryError
+
+    experiment = registry.client.create_experiment("e")
+    run = registry.client.create_run(experiment, run_name="nightly-1")
+    registry.client.log_metric(run.info.run_id, "mean_kld", 0.04)
+    assert registry.run_metrics_by_name("nightly-1") == {"mean_kld": 0.04}
+    with pytest.raises(FoundryError, match="no run named 'nightly-0'"):
+        registry.run_metrics_by_name("nightly-0")
