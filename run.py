@@ -194,6 +194,7 @@ def _print_summary(run_id, config, wall_seconds: float):
         wall_seconds=wall_seconds,
         step_statuses={name: step.status.value for name, step in run.steps.items()},
         checkpoint=dict(output("ingest_checkpoint", "checkpoint").run_metadata),
+        calibration=dict(output("calibrate_checkpoint", "trtllm_checkpoint").run_metadata.get("calibration") or {}),
         engine={**output("build_engine", "engine").run_metadata.get("engine", {}),
                 "content_hash": output("build_engine", "engine").run_metadata.get("content_hash")},
         benchmark_results=output("benchmark_engine", "benchmark_results").load(),

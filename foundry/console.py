@@ -27,6 +27,7 @@ def print_run_summary(
     gates: GateConfig,
     promotion: PromotionResult,
     tracking_uri: str,
+    calibration: dict | None = None,
     console: Console | None = None,
 ) -> None:
     if console is None:
@@ -41,6 +42,12 @@ def print_run_summary(
     identity = Table(title="Identity", show_header=False)
     identity.add_row("checkpoint", f"{checkpoint.get('architecture')} · {checkpoint.get('parameter_count', 0):,} params · "
                      f"content {str(checkpoint.get('content_hash'))[:16]}")
+    if calibration:
+        candidates = calibration.get("alpha_candidates") or []
+        searched = f" (best of {', '.join(f'{a:g}' for a in candidates)})" if len(candidates) > 1 else ""
+        alpha = calibration.get("alpha")
+        identity.add_row("calibration", f"{calibration.get('quantization')} · alpha {alpha if alpha is None else f'{alpha:g}'}{searched} · "
+                         f"KV cache {calibration.get('kv_cache', 'none')} · {calibration.get('num_samples')}×{calibration.get('seq_len')} tokens")
     identity.add_row("engine", f"backend {engine.get('backend')} · quant {engine.get('quant_algo')} · "
                      f"content {str(engine.get('content_hash'))[:16]}")
     console.print(identity)
