@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from foundry.gates import GateConfig, evaluate_gates
+from foundry.gates import GateConfig, evaluate_gates, gate_measurements
 from foundry.promotion import PromotionResult
 from foundry.quality import QualityReport
 
@@ -72,9 +72,7 @@ def print_run_summary(
     qual.add_row("top-1 agreement", f"{quality.top1_agreement:.2%}")
     console.print(qual)
 
-    measurements = {**benchmark_results["headline"], "perplexity_ratio": quality.perplexity_ratio,
-                    "mean_kld": quality.mean_kld, "top1_agreement": quality.top1_agreement}
-    decision = evaluate_gates(gates, measurements)
+    decision = evaluate_gates(gates, gate_measurements(benchmark_results["headline"], quality))
     gate_table = Table(title="Gates")
     for column in ("gate", "threshold", "measured", "result"):
         gate_table.add_column(column)

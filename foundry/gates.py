@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from foundry.config import GateConfig
+from foundry.quality import QualityReport
 
 
 class GateResult(BaseModel):
@@ -61,6 +62,16 @@ def _check(name: str, comparison: Literal["<=", ">="], threshold: float, measure
     else:
         passed = measured >= threshold
     return GateResult(name=name, comparison=comparison, threshold=threshold, measured=measured, passed=passed)
+
+
+def gate_measurements(benchmark_headline: dict, quality: QualityReport) -> dict[str, float | None]:
+    """The numbers the gates judge: the benchmark headline plus the quality headline."""
+    return {
+        **benchmark_headline,
+        "perplexity_ratio": quality.perplexity_ratio,
+        "mean_kld": quality.mean_kld,
+        "top1_agreement": quality.top1_agreement,
+    }
 
 
 def evaluate_gates(gates: GateConfig, measurements: dict[str, float | None]) -> GateDecision:

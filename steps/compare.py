@@ -5,18 +5,9 @@ from zenml.types import HTMLString
 
 from foundry.comparison import compare_metrics, render_comparison_html
 from foundry.config import GateConfig
+from foundry.gates import gate_measurements
 from foundry.quality import QualityReport
 from steps.tracking import stack_registry
-
-
-def gate_measurements(benchmark_results: dict, quality_report: QualityReport) -> dict[str, float | None]:
-    """The numbers the gates judge (the same composition gate_and_promote uses)."""
-    return {
-        **benchmark_results["headline"],
-        "perplexity_ratio": quality_report.perplexity_ratio,
-        "mean_kld": quality_report.mean_kld,
-        "top1_agreement": quality_report.top1_agreement,
-    }
 
 
 @step(enable_cache=False)  # production moves between runs: compare against it now
@@ -33,7 +24,7 @@ def compare_with_production(
     model_name = registered_version["model_name"]
     production = registry.production_version(model_name)
     baseline = registry.version_run_metrics(model_name, production) if production else None
-    candidate = gate_measurements(benchmark_results, quality_report)
+    candidate = gate_measurements(benchmark_results["headline"], quality_report)
     candidate_label = f"this run (MLflow version {registered_version['version']})"
     report = compare_metrics(
         model_name=model_name,

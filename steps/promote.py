@@ -5,7 +5,7 @@ from zenml.enums import ModelStages
 from zenml.types import HTMLString
 
 from foundry.config import GateConfig
-from foundry.gates import evaluate_gates, render_gates_html
+from foundry.gates import evaluate_gates, gate_measurements, render_gates_html
 from foundry.promotion import PromotionResult, promote_if_passed
 from foundry.quality import QualityReport
 from steps.tracking import stack_registry
@@ -16,13 +16,7 @@ def gate_and_promote(
     registered_version: dict, benchmark_results: dict, quality_report: QualityReport, gates: GateConfig
 ) -> tuple[Annotated[PromotionResult, "promotion"], Annotated[HTMLString, "gate_report"]]:
     """Check every gate; on pass move MLflow alias `production` and the ZenML model stage together."""
-    measurements = {
-        **benchmark_results["headline"],
-        "perplexity_ratio": quality_report.perplexity_ratio,
-        "mean_kld": quality_report.mean_kld,
-        "top1_agreement": quality_report.top1_agreement,
-    }
-    decision = evaluate_gates(gates, measurements)
+    decision = evaluate_gates(gates, gate_measurements(benchmark_results["headline"], quality_report))
     zenml_model = get_step_context().model
     result = promote_if_passed(
         registry=stack_registry(),
