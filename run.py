@@ -148,7 +148,10 @@ def _run_pipeline(config_path: str, no_cache: bool, run_name: str | None, compar
     )
     started = time.perf_counter()
     try:
-        run = pipeline(**_pipeline_parameters(config, fingerprint, compare_with))
+        from foundry.console import pipeline_progress
+
+        with pipeline_progress():
+            run = pipeline(**_pipeline_parameters(config, fingerprint, compare_with))
     except FoundryError as error:
         _fail(str(error), EXIT_INVALID_INPUT)
     except Exception as error:  # the step's own log above has the traceback

@@ -3,7 +3,14 @@ and whether the engine was promoted (and if not, why). Plain data in, rich table
 
 from __future__ import annotations
 
+import logging
+import re
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from foundry.gates import GateConfig, evaluate_gates, gate_measurements
@@ -92,3 +99,54 @@ def print_run_summary(
         for reason in promotion.reasons:
             console.print(f"  - {reason}")
     console.print(f"MLflow: {tracking_uri} · model '{promotion.model_name}'")
+
+
+class StepProgress(logging.Handler):
+    """A rich progress line for the pipeline as a whole, fed by the orchestrator's own log records
+    ("Step `x` has started.", "... has finished in ...", "Using cached version of step `x`."),
+    so long runs show which step is running, how many are done and the elapsed time."""
+
+    _EVENT = re.compile(
+        r"Step `(?P<started>[^`]+)` has started|Step `(?P<finished>[^`]+)` has finished"
+        r"|Using cached version of step `(?P<cached>[^`]+)`"
+    )
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(level=logging.INFO)
+        self.progress = progress
+        self.task = progress.add_task("starting the pipeline", total=None)
+        self.done: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self._EVENT.search(record.getMessage())
+        if match is None:
+            return
+        if match["started"]:
+            self.progress.update(self.task, description=f"running {match['started']}")
+            return
+        name = match["finished"] or match["cached"]
+        self.done.append(name)
+        suffix = " (cached)" if match["cached"] else ""
+        self.progress.update(self.task, completed=len(self.done), description=f"{name} done{suffix}")
+
+
+@contextmanager
+def pipeline_progress(logger_name: str = "zenml", enabled: bool | None = None) -> Iterator[StepProgress | None]:
+    """Show StepProgress on an interactive terminal; in logs and CI the step lines already say it all."""
+    if enabled is None:
+        enabled = sys.stdout.isatty()
+    if not enabled:
+        yield None
+        return
+    progress = Progress(
+        SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("· {task.completed} steps done"),
+        TimeElapsedColumn(), transient=True,
+    )
+    handler = StepProgress(progress)
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        with progress:
+            yield handler
+    finally:
+        logger.removeHandler(handler)
