@@ -27,6 +27,15 @@ def sqlite_tracking_uri(state_dir: Path) -> str:
     return f"sqlite:///{(state_dir / 'mlflow.db').resolve()}"
 
 
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: Path) -> None:
+    """Create the experiment with its artifacts under `artifact_location`. Left to MLflow, a SQLite
+    backend puts run artifacts in ./mlruns of whatever directory the process started in."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        artifact_location.mkdir(parents=True, exist_ok=True)
+        client.create_experiment(name, artifact_location=artifact_location.resolve().as_uri())
+
+
 @dataclass(frozen=True)
 class RegisteredVersion:
     model_name: str

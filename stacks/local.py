@@ -13,9 +13,10 @@ from pathlib import Path
 from zenml.client import Client
 from zenml.enums import StackComponentType
 
-from foundry.registry import sqlite_tracking_uri
+from foundry.registry import ensure_experiment, sqlite_tracking_uri
 
 STACK_NAME = "foundry-local"
+PIPELINE_EXPERIMENT = "engine_pipeline"  # the pipeline's name: ZenML's MLflow tracker uses it as the experiment
 
 
 @dataclass(frozen=True)
@@ -63,4 +64,6 @@ def ensure_local_stack(state_dir: Path, activate: bool = True) -> str:
         client.update_stack(STACK_NAME, component_updates={k: [v] for k, v in components.items()})
     if activate and client.active_stack_model.name != STACK_NAME:
         client.activate_stack(STACK_NAME)
+    # ZenML's MLflow tracker names the experiment after the pipeline; keep its artifacts in the state dir.
+    ensure_experiment(sqlite_tracking_uri(state_dir), PIPELINE_EXPERIMENT, state_dir / "mlflow-artifacts")
     return STACK_NAME

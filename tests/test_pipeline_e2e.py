@@ -61,6 +61,12 @@ def test_first_run_promotes_and_prints_the_summary(first_run, registry):
     assert (Path(version.source) / "engine.json").is_file()
 
 
+
+def test_mlflow_run_artifacts_stay_in_the_state_dir(first_run, state_dir):
+    reports = list((state_dir / "mlflow-artifacts").rglob("reports/quality.json"))
+    assert reports, "MLflow artifacts must live under the state dir, not ./mlruns of the working directory"
+
+
 def test_second_run_reuses_ingest_calibrate_and_build(first_run, state_dir, registry):
     second = run_cli(state_dir, "--config", str(SMOKE), "--run-name", "e2e-cached")
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
