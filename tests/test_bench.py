@@ -7,8 +7,10 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 
+from tests.bench_truth import harness_error_ms, true_latencies_ms
 from foundry.bench.metrics import (
     BenchmarkReport, LatencyStats, LevelSummary, MachineInfo, RequestRecord, benchmark_duration_s,
     compare_reports, e2e_ms, inter_token_gaps_ms, latency_stats, load_records_csv, load_report_json,
@@ -139,11 +141,10 @@ def test_synthetic_workload_validation_names_the_field(override, field):
 # ---- harness accuracy on an engine with known latencies --------------------------------------
 
 TTFT_TRUTH_MS, ITL_TRUTH_MS, OUTPUT_TOKENS = 20.0, 5.0, 6
-# p90/p99 bounds are loose on purpose: on 2 CPU cores shared with other jobs (load average ~4), a
-# runnable client thread can wait several scheduler time slices (observed up to ~12 ms) before it
-# timestamps a token. That is OS jitter the harness cannot remove; p50 stays within 0.1 ms.
-P90_BOUND_MS = 5.0
-P99_BOUND_MS = 20.0
+# The engine's own emission log is the truth (tests/bench_truth.py): on 2 CPU cores shared with other
+# jobs the engine's threads deliver late by up to tens of ms now and then (seen in CI: TTFT p50 21.2 ms
+# for a 20 ms schedule). That is latency the harness must report. Harness error is only the gap between
+# the engine handing a token over and the harness timestamping it, in the same thread here: µs.
 
 
 def p50_tolerance_ms(truth_ms: float) -> float:
@@ -151,12 +152,22 @@ def p50_tolerance_ms(truth_ms: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def synthetic_report() -> BenchmarkReport:
-    engine = SyntheticEngine(ttft_ms=TTFT_TRUTH_MS, itl_ms=ITL_TRUTH_MS)
-    requests, workload = synthetic_workload_with_description(
-        seed=1, num_requests=24, warmup_requests=1, input_len_min=4, input_len_max=8,
-        output_len_min=OUTPUT_TOKENS, output_len_max=OUTPUT_TOKENS, vocab_size=engine.vocab_size)
-    return run_benchmark(engine, requests, [1, 8], warmup_requests=1, workload=workload)
+def synthetic_runs() -> dict:
+    """concurrency → (report, requests, emission log); one engine per level, so each log is that level's."""
+    runs = {}
+    for concurrency in (1, 8):
+        engine = SyntheticEngine(ttft_ms=TTFT_TRUTH_MS, itl_ms=ITL_TRUTH_MS)
+        requests, workload = synthetic_workload_with_description(
+            seed=1, num_requests=24, warmup_requests=1, input_len_min=4, input_len_max=8,
+            output_len_min=OUTPUT_TOKENS, output_len_max=OUTPUT_TOKENS, vocab_size=engine.vocab_size)
+        report = run_benchmark(engine, requests, [concurrency], warmup_requests=1, workload=workload)
+        runs[concurrency] = (report, requests, engine.emission_log())
+    return runs
+
+
+@pytest.fixture(scope="module")
+def synthetic_report(synthetic_runs) -> BenchmarkReport:
+    return synthetic_runs[1][0]
 
 
 def test_synthetic_engine_implements_engine_protocol():
@@ -167,25 +178,37 @@ def test_synthetic_engine_implements_engine_protocol():
     assert tokens == streamed == [6, 7, 8, 9]
     import torch
     assert engine.logits(torch.tensor([[5]]))[0, -1].argmax().item() == 6
+    (entry,) = engine.emission_log()
+    assert entry["prompt"] == [5] and len(entry["emitted_s"]) == 4 and entry["emitted_s"] == sorted(entry["emitted_s"])
+
+
+def test_synthetic_engine_never_emits_before_its_schedule():
+    engine = SyntheticEngine(ttft_ms=3, itl_ms=2)
+    before_s = time.perf_counter()
+    engine.generate([7, 8], 4)
+    emitted_s = np.asarray(engine.emission_log()[0]["emitted_s"])
+    assert np.all(emitted_s - before_s >= np.asarray(engine.token_schedule_s(4)) - 1e-6)
 
 
 @pytest.mark.parametrize("concurrency", [1, 8])
-def test_harness_measures_known_latencies(synthetic_report, concurrency):
-    level = synthetic_report.level(concurrency)
+def test_harness_measures_what_the_engine_delivered(synthetic_runs, concurrency):
+    report, requests, emission_log = synthetic_runs[concurrency]
+    level = report.level(concurrency)
     assert (level.completed, level.failed) == (24, 0)
-    e2e_truth_ms = TTFT_TRUTH_MS + (OUTPUT_TOKENS - 1) * ITL_TRUTH_MS
-    for stats, truth in ((level.ttft, TTFT_TRUTH_MS), (level.tpot, ITL_TRUTH_MS),
-                         (level.itl, ITL_TRUTH_MS), (level.e2e, e2e_truth_ms)):
-        assert abs(stats.p50_ms - truth) <= p50_tolerance_ms(truth), (stats, truth)
-        assert abs(stats.p90_ms - truth) <= P90_BOUND_MS, (stats, truth)
-        assert abs(stats.p99_ms - truth) <= P99_BOUND_MS, (stats, truth)
-    # a token is never delivered before its deadline (gaps may be shorter after a late token)
-    assert level.ttft.min_ms >= TTFT_TRUTH_MS - 0.05 and level.e2e.min_ms >= e2e_truth_ms - 0.05
-    # throughput: c clients each run ceil(24/c) back-to-back requests, so the duration is at least
-    # that many e2e latencies; client hand-off and thread start-up on 2 busy cores add a little.
+    truth = true_latencies_ms(report, requests, emission_log)
+    for stats, true_values in ((level.ttft, truth["ttft"]), (level.tpot, truth["tpot"]), (level.e2e, truth["e2e"])):
+        for name, q in (("p50_ms", 50), ("p90_ms", 90), ("p99_ms", 99)):
+            true_value = float(np.percentile(true_values, q))
+            assert abs(getattr(stats, name) - true_value) <= p50_tolerance_ms(true_value), (name, stats, true_value)
+    # every token is timestamped after the engine handed it over and, in process, within 0.5 ms (p50)
+    error_ms = harness_error_ms(report, requests, emission_log)
+    assert error_ms.min() >= -1e-3 and np.median(error_ms) <= 0.5, np.percentile(error_ms, [50, 99])
+    # the schedule is a floor: TTFT and e2e never below it (the engine may be late, never early)
+    e2e_floor_ms = TTFT_TRUTH_MS + (OUTPUT_TOKENS - 1) * ITL_TRUTH_MS
+    assert level.ttft.min_ms >= TTFT_TRUTH_MS - 0.05 and level.e2e.min_ms >= e2e_floor_ms - 0.05
     assert level.output_token_throughput_tok_s == pytest.approx(24 * OUTPUT_TOKENS / level.duration_s)
-    lower_bound_s = math.ceil(24 / concurrency) * e2e_truth_ms / 1e3
-    assert lower_bound_s * 0.999 <= level.duration_s <= lower_bound_s * 1.5
+    # c clients each run ceil(24/c) requests back to back: the duration is at least that many e2e floors
+    assert level.duration_s >= math.ceil(24 / concurrency) * e2e_floor_ms / 1e3 * 0.999
     assert level.warmup_requests == 1
 
 
@@ -247,11 +270,11 @@ def test_warmup_requests_run_first_and_are_excluded():
     engine = SlowFirstCallEngine()
     requests = distinct_first_token_requests(5)
     report = run_benchmark(engine, requests, [1, 2], warmup_requests=1)
+    # the cold (150 ms) call of each level is request 0's, and request 0 is in no level's statistics
     assert engine.seen_first_tokens[0] == 100 and engine.seen_first_tokens[5] == 100
     assert sorted(r.request_id for r in report.records) == [1, 1, 2, 2, 3, 3, 4, 4]
     for level in report.levels:
         assert level.num_requests == 4 and level.warmup_requests == 1 and level.warmup_failed == 0
-        assert level.ttft.max_ms < 100  # the 150 ms cold call is not in the statistics
     assert report.workload.num_requests == 4 and report.workload.warmup_requests == 1
 
 

@@ -180,6 +180,9 @@ class BenchmarkReport(BaseModel):
     telemetry: dict | None = None  # foundry.bench.telemetry.TelemetrySummary as a dict
     model_bytes: ModelBytes | None = None
     target: str | None = None  # "in-process" or the endpoint URL
+    # time.perf_counter() (CLOCK_MONOTONIC) at the records' time origin: aligns them with a server's
+    # log or telemetry taken on the same host.
+    clock_epoch_s: float | None = None
     # Per-request records go to requests.csv, not report.json (they can be large).
     records: list[RequestRecord] = Field(default_factory=list, exclude=True)
 

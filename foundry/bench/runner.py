@@ -17,7 +17,9 @@ through the event loop's queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import gc
 import os
 import platform
 import time
@@ -270,6 +272,21 @@ def _validate_run(requests: Sequence[Request], concurrency_levels: Sequence[int]
         )
 
 
+@contextlib.contextmanager
+def garbage_collection_paused():
+    """No cyclic-GC pauses while timing: a gen-2 collection in a process holding torch and a model
+    stops every client for milliseconds, which would be charged to the engine as latency (timeit
+    disables GC for the same reason). Collected once before, re-enabled after."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_levels(mode: str, concurrency_levels: Sequence[int], request_rates: Sequence[float] | None,
                 max_concurrency: int | None, arrival_seed: int) -> list:
     if mode == "concurrency":
@@ -308,8 +325,9 @@ def run_benchmark(
     owns_target = not hasattr(engine, "stream")
     target = EngineTarget(engine, max_in_flight) if owns_target else engine
 
+    epoch_s = clock_s()
+
     async def run_all():
-        epoch_s = clock_s()
         results = []
         for load in loads:
             warmup_records = await load.arun(target, warmup, epoch_s) if warmup else []
@@ -320,7 +338,8 @@ def run_benchmark(
     if telemetry is not None:
         telemetry.start()
     try:
-        results = asyncio.run(run_all())
+        with garbage_collection_paused():
+            results = asyncio.run(run_all())
     finally:
         if telemetry is not None:
             telemetry.stop()
@@ -350,6 +369,7 @@ def run_benchmark(
         telemetry=telemetry_summary.model_dump() if telemetry_summary is not None else None,
         model_bytes=model_bytes,
         target=getattr(engine, "url", None) or "in-process",
+        clock_epoch_s=epoch_s,
         records=all_records,
     )
 

@@ -6,7 +6,9 @@
 
 Endpoints: `POST /v1/completions` (`prompt` as text — needs a tokenizer — or a list of token ids;
 `max_tokens`; `stream: true` answers with server-sent events, one chunk per token, then
-`data: [DONE]`; `stream_options.include_usage` adds a usage chunk), `GET /v1/models`, `GET /health`.
+`data: [DONE]`; `stream_options.include_usage` adds a usage chunk), `GET /v1/models`, `GET /health`,
+and for synthetic engines `GET /foundry/emissions` (when each token was actually written, per prompt,
+in the host's CLOCK_MONOTONIC: the truth a same-host client's measurements are checked against).
 Greedy decoding; the engines here never stop early, so a completion has exactly `max_tokens` tokens
 (`finish_reason: "length"`). Chunks carry `token_ids` next to `text`, as vLLM's `return_token_ids`
 does, so a client can count tokens without a tokenizer. Sampling parameters other than greedy are
@@ -115,6 +117,20 @@ class TextDecoder:
         return new
 
 
+class WriteLog:
+    """When the server finished sending each streamed token's chunk, per prompt (time.perf_counter)."""
+
+    def __init__(self):
+        self._written_s: dict[tuple[int, ...], list[float]] = {}
+
+    def start(self, prompt: Sequence[int]) -> list[float]:
+        self._written_s[tuple(prompt)] = written = []
+        return written
+
+    def by_prompt(self) -> dict[tuple[int, ...], list[float]]:
+        return dict(self._written_s)
+
+
 def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule: bool = False):
     """A Starlette app serving `engine` under the OpenAI completions API. `anchor_to_client_schedule`
     (synthetic engines, same host): start a request's exact schedule at the client's scheduled send
@@ -124,6 +140,8 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
     from starlette.requests import Request as HTTPRequest
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
+
+    written_log = WriteLog()
 
     def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
@@ -168,11 +186,13 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
 
         async def events() -> AsyncIterator[bytes]:
             decoder, count = TextDecoder(tokenizer), 0
+            written_s = written_log.start(ids)
             try:
                 async for token in stream_engine_tokens(engine, ids, max_tokens, start_s):
                     count += 1
                     finish = "length" if count == max_tokens else None
                     yield f"data: {json.dumps(chunk(decoder.add(token), [token], finish))}\n\n".encode()
+                    written_s.append(time.perf_counter())  # resumed: the server has sent that chunk
             except Exception as exc:  # an error event, then the stream ends without [DONE]
                 yield f"data: {json.dumps({'error': {'message': f'{type(exc).__name__}: {exc}', 'type': 'server_error'}})}\n\n".encode()
                 return
@@ -188,11 +208,19 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
     async def health(_request):
         return JSONResponse({"status": "ok", "backend": engine.backend, "model": model_name})
 
-    return Starlette(routes=[
+    async def emissions(_request):
+        written = written_log.by_prompt()
+        return JSONResponse({"emissions": [entry | {"written_s": written.get(tuple(entry["prompt"]), [])}
+                                           for entry in engine.emission_log()]})
+
+    routes = [
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
-    ])
+    ]
+    if hasattr(engine, "emission_log"):
+        routes.append(Route("/foundry/emissions", emissions, methods=["GET"]))
+    return Starlette(routes=routes)
 
 
 def serve(engine, model_name: str, tokenizer=None, host: str = "127.0.0.1", port: int = 8000,

@@ -1,7 +1,9 @@
 """An engine with exactly known latencies, so tests can prove the harness measures the truth.
 
 Token k (0-based) of a request is delivered at start + ttft + k·itl, where start is when
-generate() was called. Deadlines are absolute, so sleep overshoot does not accumulate; the last
+generate() was called. The schedule is a floor, not a promise: a loaded host delivers later, so the
+engine also logs when it actually handed each token over (`emission_log`), which is the truth a
+harness's measurement is checked against. Deadlines are absolute, so sleep overshoot does not accumulate; the last
 `spin_s` before each deadline is a GIL-releasing `sleep(0)` loop, which is tighter than one long
 sleep (Linux oversleeps by ~0.1 ms) without starving the other client threads of the GIL.
 """
@@ -9,6 +11,7 @@ sleep (Linux oversleeps by ~0.1 ms) without starving the other client threads of
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import AsyncIterator, Sequence
 
@@ -45,6 +48,23 @@ class SyntheticEngine:
         self.name = f"synthetic-ttft{ttft_ms:g}ms-itl{itl_ms:g}ms"
         self.device = "cpu"
         self.special_token_ids: tuple[int, ...] = ()
+        self._emitted_s: dict[tuple[int, ...], list[float]] = {}
+        self._log_lock = threading.Lock()
+
+    def _emission_list(self, input_ids: Sequence[int]) -> list[float]:
+        """A fresh list for this prompt's emission times (time.perf_counter; a repeated prompt
+        replaces the older entry)."""
+        emitted: list[float] = []
+        with self._log_lock:
+            self._emitted_s[tuple(int(t) for t in input_ids)] = emitted
+        return emitted
+
+    def emission_log(self) -> list[dict]:
+        """When each token was actually handed to the caller, per prompt:
+        [{"prompt": [...], "emitted_s": [time.perf_counter(), ...]}]. perf_counter is
+        CLOCK_MONOTONIC, one clock per host, so a client on the same host can compare."""
+        with self._log_lock:
+            return [{"prompt": list(prompt), "emitted_s": list(times)} for prompt, times in self._emitted_s.items()]
 
     def ttft_for(self, input_ids: Sequence[int]) -> float:
         """The exact TTFT (ms) of a request with this prompt."""
@@ -64,11 +84,12 @@ class SyntheticEngine:
         if not input_ids:
             raise FoundryError("input_ids is empty")
         token = int(input_ids[-1])
-        generated = []
+        generated, emitted = [], self._emission_list(input_ids)
         for offset_s in self.token_schedule_s(max_new_tokens, input_ids):
             token = (token + 1) % self.vocab_size
             wait_until(start_s + offset_s)
             generated.append(token)
+            emitted.append(time.perf_counter())
             if on_token is not None:
                 on_token(token)
         return generated
@@ -97,7 +118,9 @@ class AsyncSyntheticEngine(SyntheticEngine):
         if not input_ids:
             raise FoundryError("input_ids is empty")
         token = int(input_ids[-1])
+        emitted = self._emission_list(input_ids)
         for offset_s in self.token_schedule_s(max_new_tokens, input_ids):
             token = (token + 1) % self.vocab_size
             await async_wait_until(start_s + offset_s)
+            emitted.append(time.perf_counter())
             yield token
