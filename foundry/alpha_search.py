@@ -14,6 +14,7 @@ for tensor.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -25,6 +26,7 @@ import torch
 from foundry.errors import FoundryError
 from foundry.hashing import sha256_json
 from foundry.quality import evaluate_quality
+from foundry.smoothquant_per_token import PerTokenActivations, resmooth_gate_and_up
 
 SCORING_BATCH_SIZE = 4
 
@@ -160,10 +162,13 @@ class AlphaSweep:
 
 
 def score_alphas(
-    model, statistics_ids: torch.Tensor, held_out_ids: torch.Tensor, alphas: list[float], kv_cache: str = "none"
+    model, statistics_ids: torch.Tensor, held_out_ids: torch.Tensor, alphas: list[float], kv_cache: str = "none",
+    per_token: bool = False,
 ) -> tuple[AlphaSweep, object]:
     """Collect statistics once (in place on `model`), score every alpha; returns the sweep and the
-    smoothed fake-quant model of the best alpha (ready for ModelOpt's export)."""
+    smoothed fake-quant model of the best alpha (ready for ModelOpt's export). `per_token`: each
+    candidate gets the shared gate/up smoothing and is scored with per-token activation scales,
+    the numerics of TensorRT-LLM's per-token SmoothQuant checkpoint."""
     if held_out_ids.ndim != 2 or held_out_ids.shape[0] < 1 or held_out_ids.shape[1] < 2:
         raise FoundryError(
             f"alpha search: need held-out calibration windows [n >= 1, seq_len >= 2], got {tuple(held_out_ids.shape)}; "
@@ -189,11 +194,14 @@ def score_alphas(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             smooth_in_place(candidate, alpha)
+            if per_token:
+                resmooth_gate_and_up(candidate)
         smoothing_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        report = evaluate_quality(
-            ModelLogits(candidate, "modelopt-fake-quant"), reference, held_out_ids, held_out_hash, SCORING_BATCH_SIZE
-        )
+        with PerTokenActivations(candidate) if per_token else contextlib.nullcontext():
+            report = evaluate_quality(
+                ModelLogits(candidate, "modelopt-fake-quant"), reference, held_out_ids, held_out_hash, SCORING_BATCH_SIZE
+            )
         reference_perplexity = report.reference_perplexity
         rows.append(
             {

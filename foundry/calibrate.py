@@ -7,6 +7,7 @@ written by ModelOpt's `export_tensorrt_llm_checkpoint`, plus the fixes to config
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -16,12 +17,14 @@ from pathlib import Path
 import torch
 
 from foundry.errors import FoundryError, NotSupportedError
+from foundry.smoothquant_per_token import PerTokenActivations, convert_checkpoint_to_per_token, resmooth_gate_and_up
 
 SUPPORTED_QUANTIZATIONS = ("int8_sq", "fp8", "int4_awq", "none")
 KV_CACHE_QUANTIZATIONS = ("none", "int8", "fp8")
 # What ModelOpt 0.47's TensorRT-LLM export writes as quantization.quant_algo / kv_cache_quant_algo.
 EXPORTED_QUANT_ALGO = {"int8_sq": "W8A8_SQ_PER_CHANNEL", "fp8": "FP8", "int4_awq": "W4A16_AWQ", "none": None}
 EXPORTED_KV_CACHE_QUANT_ALGO = {"int8": "INT8", "fp8": "FP8", "none": None}
+ACTIVATION_SCALINGS = ("per_tensor", "per_token")  # int8_sq: static per-tensor or dynamic per-token scales
 # ModelOpt 0.47 `export_tensorrt_llm_checkpoint` converts any dtype other than float16/bfloat16 to
 # float16 with only a warning; refusing float32 is more honest than writing a float16 checkpoint
 # under a float32 name.
@@ -251,7 +254,15 @@ def export_trtllm_checkpoint(model, output_dir: Path, export_dtype: str, tp_size
     return fixes
 
 
-def validate_request(calibration_ids: torch.Tensor, quantization: str, export_dtype: str, kv_cache: str = "none") -> None:
+def validate_request(calibration_ids: torch.Tensor, quantization: str, export_dtype: str, kv_cache: str = "none",
+                     activation_scaling: str = "per_tensor") -> None:
+    if activation_scaling not in ACTIVATION_SCALINGS:
+        raise FoundryError(f"calibration.activation_scaling: {activation_scaling!r}; use one of {ACTIVATION_SCALINGS}")
+    if activation_scaling == "per_token" and quantization != "int8_sq":
+        raise FoundryError(
+            f"calibration.activation_scaling: per_token applies to int8_sq (SmoothQuant), not {quantization!r}; "
+            "leave it per_tensor"
+        )
     if quantization not in SUPPORTED_QUANTIZATIONS:
         raise NotSupportedError(
             f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}"
@@ -291,6 +302,7 @@ def calibrate_to_trtllm_checkpoint(
     tp_size: int = 1,
     held_out_ids: torch.Tensor | None = None,
     diagnostics: bool = False,
+    activation_scaling: str = "per_tensor",
 ) -> dict:
     """Quantize (or not) the HF checkpoint and write a TensorRT-LLM checkpoint; returns a summary.
 
@@ -298,6 +310,8 @@ def calibrate_to_trtllm_checkpoint(
     `held_out_ids` (held-out calibration windows, never evaluation data) with statistics
     collected once, and the best alpha's model is exported. `diagnostics=True` adds per-linear
     smoothing / weight / quantization-error rows (int8_sq) under summary["diagnostics"].
+    `activation_scaling="per_token"` (int8_sq): alphas are scored with per-token activation scales
+    and the checkpoint is rewritten into TensorRT-LLM's per-token layout (smoothquant_per_token).
     """
     import modelopt
     import modelopt.torch.quantization as mtq
@@ -306,7 +320,8 @@ def calibrate_to_trtllm_checkpoint(
     from foundry.diagnostics import linear_diagnostics
 
     hf_checkpoint_dir, output_dir = Path(hf_checkpoint_dir), Path(output_dir)
-    validate_request(calibration_ids, quantization, export_dtype, kv_cache)
+    validate_request(calibration_ids, quantization, export_dtype, kv_cache, activation_scaling)
+    per_token = activation_scaling == "per_token"
     alphas = _alpha_list(alpha)
     if len(alphas) > 1 and quantization != "int8_sq":
         raise FoundryError(f"calibration.alpha: a search needs quantization int8_sq, got {quantization!r}")
@@ -321,11 +336,14 @@ def calibrate_to_trtllm_checkpoint(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if len(alphas) > 1:
-            sweep, model = alpha_search.score_alphas(model, calibration_ids, held_out_ids, alphas, kv_cache=kv_cache)
+            sweep, model = alpha_search.score_alphas(model, calibration_ids, held_out_ids, alphas, kv_cache=kv_cache,
+                                                     per_token=per_token)
             chosen_alpha = sweep.best_alpha
         elif quantization != "none" or kv_cache != "none":
             awq_group = awq_group_size(model.config, tp_size) if quantization == "int4_awq" else 128
             mtq.quantize(model, quantization_config(quantization, alphas[0], kv_cache, awq_group), make_forward_loop(calibration_ids))
+            if per_token:
+                resmooth_gate_and_up(model)
     calibration_seconds = time.perf_counter() - started
     if sweep is not None:
         sweep.sweep_seconds = round(calibration_seconds, 3)
@@ -333,7 +351,8 @@ def calibrate_to_trtllm_checkpoint(
     diagnostic_rows = None
     if diagnostics and quantization == "int8_sq":
         sample = held_out_ids[:1] if held_out_ids is not None and len(held_out_ids) else calibration_ids[:1]
-        diagnostic_rows = linear_diagnostics(model, sample)
+        with PerTokenActivations(model) if per_token else contextlib.nullcontext():
+            diagnostic_rows = linear_diagnostics(model, sample)
 
     started = time.perf_counter()
     config_fixes = export_trtllm_checkpoint(model, output_dir, export_dtype, tp_size)
@@ -341,6 +360,9 @@ def calibrate_to_trtllm_checkpoint(
 
     exported_quantization = json.loads((output_dir / "config.json").read_text()).get("quantization") or {}
     check_exported_quantization(output_dir, exported_quantization, quantization, kv_cache)
+    if per_token:
+        convert_checkpoint_to_per_token(output_dir)
+        exported_quantization = json.loads((output_dir / "config.json").read_text())["quantization"]
     calibrated = quantization != "none" or kv_cache != "none"
     summary = {
         "quantization": quantization,
@@ -348,6 +370,7 @@ def calibrate_to_trtllm_checkpoint(
         "tp_size": tp_size,
         "quant_algo": exported_quantization.get("quant_algo"),
         "kv_cache_quant_algo": exported_quantization.get("kv_cache_quant_algo"),
+        "activation_scaling": activation_scaling if quantization == "int8_sq" else None,
         "alpha": chosen_alpha,
         "alpha_candidates": alphas if quantization == "int8_sq" else None,
         "num_samples": int(calibration_ids.shape[0]) if calibrated else 0,

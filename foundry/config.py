@@ -129,6 +129,12 @@ class CalibrationConfig(TextDataConfig):
         default="int8_sq",
         description="int8_sq = SmoothQuant W8A8 (per-channel weights) | fp8 (E4M3 W8A8) | int4_awq (W4A16 AWQ) | none",
     )
+    activation_scaling: Literal["per_tensor", "per_token"] = Field(
+        default="per_tensor",
+        description="int8_sq activations: per_tensor = one static scale from calibration (TensorRT-LLM "
+        "W8A8_SQ_PER_CHANNEL) | per_token = a scale per token at run time (W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN: "
+        "TensorRT-LLM's SmoothQuant plugins, not on compute capability >= 10.0)",
+    )
     alpha: float | list[float] | AlphaRange = Field(
         default=0.8, description="SmoothQuant migration strength: a value in [0, 1] or a search (list / range)"
     )
@@ -157,6 +163,11 @@ class CalibrationConfig(TextDataConfig):
 
     @model_validator(mode="after")
     def _calibration_consistent(self) -> "CalibrationConfig":
+        if self.activation_scaling == "per_token" and self.quantization != "int8_sq":
+            raise ValueError(
+                f"activation_scaling per_token applies to quantization int8_sq, not {self.quantization!r}; "
+                "leave it per_tensor"
+            )
         if self.source == "builtin" and self.path is not None:
             raise ValueError("path must be empty when source is 'builtin' (pydoc topics ship with Python)")
         if self.source != "builtin" and not self.path:

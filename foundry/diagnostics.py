@@ -24,11 +24,13 @@ def _outlier_ratio(per_channel: torch.Tensor) -> float:
 def linear_diagnostics(model, sample_ids: torch.Tensor) -> list[dict]:
     """One row per smoothed linear. The output error is measured on `sample_ids` (a held-out
     calibration window): relative MSE of the fake-quant output against the same linear in float."""
-    from foundry.alpha_search import quantized_linears
+    from modelopt.torch.quantization.utils import is_quantized_linear
 
+    # not alpha_search.quantized_linears: under PerTokenActivations the static amax is gone
     linears = [
-        (name, module) for name, module in quantized_linears(model)
-        if getattr(module.input_quantizer, "_amax_for_smoothing", None) is not None
+        (name, module) for name, module in model.named_modules()
+        if is_quantized_linear(module) and module.input_quantizer.is_enabled
+        and getattr(module.input_quantizer, "_amax_for_smoothing", None) is not None
     ]
     errors: dict[str, float] = {}
 

@@ -52,6 +52,7 @@ def calibrate_checkpoint(
         tp_size=calibration.tp_size,
         held_out_ids=held_out_ids if calibration.is_alpha_search else None,
         diagnostics=calibration.quantization == "int8_sq",
+        activation_scaling=calibration.activation_scaling,
     )
     rows = summary.pop("diagnostics", None)
     report = _report_html({**summary, "diagnostics": rows})

@@ -141,6 +141,8 @@ def test_trtllm_build_of_another_installation_is_refused(tmp_path, fake_trtllm, 
         ({}, {"gpt_attention_plugin": "bfloat16"}, {}, "build.gpt_attention_plugin = bfloat16 but the checkpoint's dtype is float16"),
         ({}, {"gemm_plugin": "fp8"}, {}, "build.gemm_plugin = fp8 needs an FP8 checkpoint"),
         ({"quant_algo": "FP8"}, {}, {"capability": "8.0"}, "FP8 quantization needs compute capability >= 8.9"),
+        ({"quant_algo": "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"}, {}, {"capability": "10.0"},
+         "SmoothQuant plugins, which do not support compute capability >= 10.0"),
         ({}, {"use_paged_context_fmha": False, "max_num_tokens": 256}, {}, "build.max_num_tokens = 256 < build.max_input_len = 512"),
     ],
 )

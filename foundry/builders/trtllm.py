@@ -41,6 +41,7 @@ SUPPORTED_QUANT_ALGOS = {
 }
 SUPPORTED_KV_CACHE_QUANT_ALGOS = {None, "INT8", "FP8"}
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada / Hopper and newer
+SMOOTHQUANT_PLUGIN_MAX_COMPUTE_CAPABILITY = (10, 0)  # the SmoothQuant plugins stop before Blackwell
 _GPU_OOM = re.compile(
     r"out of memory|CUDA_ERROR_OUT_OF_MEMORY|cudaErrorMemoryAllocation|OutOfMemoryError|"
     r"Requested amount of GPU memory .* could not be allocated", re.IGNORECASE
@@ -148,6 +149,14 @@ def validate_build_request(checkpoint_dir: Path, config: dict, build: BuildConfi
         raise NotSupportedError(
             f"{path}: FP8 quantization needs compute capability >= 8.9; this node's GPU "
             f"({environment.gpus[0].name}) is compute {capability}: build on Ada/Hopper or re-calibrate with int8_sq"
+        )
+    if "_SQ_" in (quant_algo or "") and quant_algo.endswith("_PLUGIN") and capability \
+            and _capability_tuple(capability) >= SMOOTHQUANT_PLUGIN_MAX_COMPUTE_CAPABILITY:
+        # tensorrt_llm/builder.py: set_smooth_quant_plugins raises "SmoothQuant is not supported on SM>=100"
+        raise NotSupportedError(
+            f"{path}: quant_algo {quant_algo} runs on TensorRT-LLM's SmoothQuant plugins, which do not support "
+            f"compute capability >= 10.0; this node's GPU ({environment.gpus[0].name}) is compute {capability}: "
+            "build on Ampere/Ada/Hopper or re-calibrate with calibration.activation_scaling: per_tensor or fp8"
         )
     needed = max(world, build.workers)
     if len(environment.gpus) < needed:

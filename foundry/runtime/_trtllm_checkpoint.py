@@ -19,8 +19,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "rank0.safetensors"
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 SMOOTHQUANT_PER_CHANNEL = "W8A8_SQ_PER_CHANNEL"
+# per-token activation scales (foundry/smoothquant_per_token.py writes this layout)
+SMOOTHQUANT_PER_TOKEN = "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
 FP8 = "FP8"  # per-tensor E4M3 weights and activations (emulated on CPU)
-SUPPORTED_QUANT_ALGOS = (None, SMOOTHQUANT_PER_CHANNEL, FP8)
+SUPPORTED_QUANT_ALGOS = (None, SMOOTHQUANT_PER_CHANNEL, SMOOTHQUANT_PER_TOKEN, FP8)
 SUPPORTED_KV_CACHE_QUANT_ALGOS = (None, "INT8", "FP8")
 MAX_TP_SIZE = 64  # tensor-parallel ranks are merged back into one model at load time
 COLUMN_PARALLEL = ("attention.qkv", "mlp.fc", "mlp.gate")  # split along out_features
@@ -152,6 +154,9 @@ def expected_tensors(config: LlamaCheckpointConfig) -> dict[str, tuple[tuple[int
         prefix = f"transformer.layers.{layer}"
         expected[f"{prefix}.input_layernorm.weight"] = ((config.hidden_size,), None)
         expected[f"{prefix}.post_layernorm.weight"] = ((config.hidden_size,), None)
+        if config.quant_algo == SMOOTHQUANT_PER_TOKEN:
+            expected[f"{prefix}.input_layernorm.scale_to_int"] = ((1,), None)
+            expected[f"{prefix}.post_layernorm.scale_to_int"] = ((1,), None)
         if config.kv_cache_quant_algo is not None:
             # TensorRT-LLM reads kv_cache_scaling_factor; ModelOpt also writes the K and V ones.
             for scale in ("kv_cache_scaling_factor", "k_cache_scaling_factor", "v_cache_scaling_factor"):
@@ -162,6 +167,11 @@ def expected_tensors(config: LlamaCheckpointConfig) -> dict[str, tuple[tuple[int
                 expected[f"{name}.weight"] = ((out_features, in_features), torch.float8_e4m3fn)
                 expected[f"{name}.weights_scaling_factor"] = ((1,), None)
                 expected[f"{name}.activation_scaling_factor"] = ((1,), None)
+            elif config.quant_algo == SMOOTHQUANT_PER_TOKEN:
+                expected[f"{name}.weight"] = ((out_features, in_features), torch.int8)
+                expected[f"{name}.per_channel_scale"] = ((1, out_features), torch.float32)
+                if linear in ROW_PARALLEL:  # qkv/fc/gate have their smoothing folded into the norm
+                    expected[f"{name}.smoother"] = ((1, in_features), torch.float32)
             elif quantized:
                 expected[f"{name}.weight"] = ((out_features, in_features), torch.int8)
                 expected[f"{name}.weights_scaling_factor"] = ((out_features,), None)
@@ -174,12 +184,16 @@ def expected_tensors(config: LlamaCheckpointConfig) -> dict[str, tuple[tuple[int
 
 def _merge_tensor(name: str, parts: list[torch.Tensor], full_shape: tuple[int, ...], config: LlamaCheckpointConfig, path: Path):
     """One tensor of a tp>1 checkpoint rebuilt from its per-rank parts (the tp=1 layout)."""
+    if name.endswith((".per_channel_scale", ".smoother")) and len(full_shape) == 2:
+        # (1, N) rows of the per-token layout: merged as the vectors they are
+        vectors = [p.reshape(-1) for p in parts]
+        return _merge_tensor(name, vectors, (full_shape[1],), config, path).reshape(full_shape)
     if tuple(parts[0].shape) == full_shape and all(tuple(p.shape) == full_shape for p in parts):
         if not all(torch.equal(parts[0], p) for p in parts[1:]):
             raise FoundryError(f"{path}: replicated tensor {name} differs between ranks; re-export the checkpoint")
         return parts[0]
     linear = next((l for l in COLUMN_PARALLEL + ROW_PARALLEL if f".{l}." in name), None)
-    if name.endswith(".attention.qkv.weight") or name.endswith(".attention.qkv.weights_scaling_factor"):
+    if name.endswith((".attention.qkv.weight", ".attention.qkv.weights_scaling_factor", ".attention.qkv.per_channel_scale")):
         # each rank holds [q_r; k_r; v_r] for its share of the heads
         q_rows = config.num_heads * config.head_size // config.tp_size
         kv_rows = config.num_kv_heads * config.head_size // config.tp_size

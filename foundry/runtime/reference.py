@@ -1,7 +1,7 @@
 """The reference backend: executes a TensorRT-LLM Llama checkpoint in plain PyTorch.
 
 It reproduces the checkpoint's quantization semantics (TensorRT-LLM `W8A8_SQ_PER_CHANNEL`, as
-exported by ModelOpt 0.47) so a checkpoint can be proven numerically sound, and benchmarked, where
+exported by ModelOpt 0.47, its per-token form `W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN`, FP8, INT8/FP8 KV) so a checkpoint can be proven numerically sound, and benchmarked, where
 TensorRT-LLM is absent. Weights are read-only after load; every request owns its KV cache, so
 several threads can generate on one engine at once.
 """
@@ -14,10 +14,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from foundry.errors import FoundryError
+from foundry.errors import FoundryError, NotSupportedError
 from foundry.runtime._trtllm_checkpoint import (
     FP8,
     SMOOTHQUANT_PER_CHANNEL,
+    SMOOTHQUANT_PER_TOKEN,
     LlamaCheckpointConfig,
     load_tensors,
     parse_config,
@@ -72,6 +73,40 @@ class SmoothQuantLinear:
         x_int8 = self.quantize_activation(x).reshape(-1, self.in_features)
         accumulator = torch._int_mm(x_int8, self.weight_int8_t)
         y = accumulator.float() * self.output_scale
+        return y.reshape(*leading_shape, -1).to(self.compute_dtype)
+
+
+class SmoothQuantPerTokenLinear:
+    """TensorRT-LLM W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN (tensorrt_llm/quantization/layers.py):
+    int8 weights with `per_channel_scale`; the input, divided by `smoother` where the layer has one
+    (dense, proj; qkv/fc/gate have theirs folded into the preceding norm), is quantized per token
+    at run time: s_t = amax(|x_t|) / 127 (amax floored at 1e-6 like the kernel), round to nearest
+    even, saturate to ±127. y = (q ∘ W_int8^T) · s_t · s_w, on the same torch._int_mm as above."""
+
+    AMAX_FLOOR = 1e-6
+
+    def __init__(self, tensors: dict[str, torch.Tensor], name: str, compute_dtype: torch.dtype):
+        weight = tensors[f"{name}.weight"]
+        self.weight_int8_t = weight.t()
+        self.in_features = weight.shape[1]
+        smoother = tensors.get(f"{name}.smoother")
+        self.inverse_smoother = None if smoother is None else (1.0 / smoother.float()).reshape(-1)
+        self.weight_scale = tensors[f"{name}.per_channel_scale"].float().reshape(-1)
+        self.compute_dtype = compute_dtype
+
+    def quantize_activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(int8 codes, per-token scale [..., 1])."""
+        x = x.float()
+        if self.inverse_smoother is not None:
+            x = x * self.inverse_smoother
+        token_scale = x.abs().amax(dim=-1, keepdim=True).clamp_(min=self.AMAX_FLOOR) / INT8_MAX
+        return (x / token_scale).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8), token_scale
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        leading_shape = x.shape[:-1]
+        x_int8, token_scale = self.quantize_activation(x)
+        accumulator = torch._int_mm(x_int8.reshape(-1, self.in_features), self.weight_int8_t)
+        y = accumulator.float() * token_scale.reshape(-1, 1) * self.weight_scale
         return y.reshape(*leading_shape, -1).to(self.compute_dtype)
 
 
@@ -176,6 +211,8 @@ class DecoderLayer:
         make_linear = _linear_factory(config, tensors, compute_dtype)
         self.index = layer
         self.config = config
+        if config.quant_algo == SMOOTHQUANT_PER_TOKEN:
+            _require_unit_scale_to_int(tensors, prefix)
         self.input_norm = tensors[f"{prefix}.input_layernorm.weight"].to(compute_dtype)
         self.post_norm = tensors[f"{prefix}.post_layernorm.weight"].to(compute_dtype)
         self.qkv = make_linear(f"{prefix}.attention.qkv")
@@ -213,9 +250,23 @@ class DecoderLayer:
         return x + self.proj(F.silu(self.fc(h)) * self.gate(h))
 
 
+def _require_unit_scale_to_int(tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    """Per-token SmoothQuant's norms carry scale_to_int = [1.0] (convert_checkpoint writes exactly
+    that; the scale is dynamic); any other value is a layout this runtime does not implement."""
+    for norm in ("input_layernorm", "post_layernorm"):
+        value = tensors[f"{prefix}.{norm}.scale_to_int"]
+        if not torch.all(value.float() == 1.0):
+            raise NotSupportedError(
+                f"tensor {prefix}.{norm}.scale_to_int = {value.tolist()} not supported by the reference backend "
+                "(per-token SmoothQuant needs [1.0]); use the trtllm builder"
+            )
+
+
 def _linear_factory(config: LlamaCheckpointConfig, tensors: dict[str, torch.Tensor], compute_dtype):
     if config.quant_algo == SMOOTHQUANT_PER_CHANNEL:
         return lambda name: SmoothQuantLinear(tensors, name, compute_dtype)
+    if config.quant_algo == SMOOTHQUANT_PER_TOKEN:
+        return lambda name: SmoothQuantPerTokenLinear(tensors, name, compute_dtype)
     if config.quant_algo == FP8:
         return lambda name: Fp8Linear(tensors, name, compute_dtype)
     return lambda name: FloatLinear(tensors[f"{name}.weight"], compute_dtype)
@@ -234,7 +285,7 @@ class ReferenceEngine:
         if self.device.type != "cpu":
             if self.device.type == "cuda" and not torch.cuda.is_available():
                 raise FoundryError(f"device {device!r} requested but torch.cuda.is_available() is False")
-            if config.quant_algo == SMOOTHQUANT_PER_CHANNEL and self.device.type == "cuda":
+            if config.quant_algo in (SMOOTHQUANT_PER_CHANNEL, SMOOTHQUANT_PER_TOKEN) and self.device.type == "cuda":
                 raise FoundryError(
                     "not supported: the W8A8 SmoothQuant path uses torch._int_mm, which on CUDA needs more than "
                     "16 rows (decode feeds 1); run SmoothQuant checkpoints on device 'cpu'"
