@@ -116,13 +116,13 @@ class CalibrationConfig(TextDataConfig):
 
     `source`: builtin (pydoc topics) | text (a local UTF-8 file, documents separated by blank lines)
     | jsonl / parquet (a local file, one document per row in `field`) | hf_dataset (`path` = dataset
-    name, `field` = text column; needs the `datasets` package and a reachable hub).
+    name on a reachable hub, or a local dataset folder; `field` = text column, `hf_split` = split).
     `alpha`: one value (fixed) or a search: a list of values or {start, stop, step}; the search picks
     the alpha with the lowest mean KL divergence on `held_out_fraction` of the calibration windows.
     """
 
     source: Literal["builtin", "text", "jsonl", "parquet", "hf_dataset"] = "builtin"
-    path: str | None = Field(default=None, description="file (text/jsonl/parquet) or dataset name (hf_dataset)")
+    path: str | None = Field(default=None, description="file (text/jsonl/parquet), or dataset name / local dataset folder (hf_dataset)")
     field: str = Field(default="text", min_length=1, description="text field of jsonl / parquet / hf_dataset rows")
     hf_split: str = Field(default="train", min_length=1, description="split of an hf_dataset source")
     quantization: Literal["int8_sq", "fp8", "int4_awq", "none"] = Field(

@@ -80,17 +80,25 @@ def _parquet_documents(path: Path, field: str) -> list[str | None]:
 
 
 def _hf_dataset_documents(name: str, field: str, split: str) -> list[str | None]:
+    """Rows of `field` from a Hugging Face dataset: a folder written by `Dataset.save_to_disk`, a
+    local folder of data files (the hub's repository layout), or a name on a reachable hub."""
+    import datasets
+
+    local = Path(name)
     try:
-        import datasets
-    except ImportError:
-        raise NotSupportedError(
-            "calibration.source 'hf_dataset' needs the `datasets` package (not installed here) and a reachable "
-            "hub; use a local text / jsonl / parquet file instead"
+        if any((local / marker).is_file() for marker in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            dataset = datasets.load_from_disk(str(local))
+            if isinstance(dataset, datasets.DatasetDict):
+                dataset = dataset[split]
+        else:
+            dataset = datasets.load_dataset(name, split=split)
+    except KeyError:
+        raise FoundryError(f"calibration.hf_split: {name!r} has no split {split!r}") from None
+    except Exception as error:  # an unreachable hub, a missing dataset, a bad split
+        where = "local folder" if local.exists() else "Hugging Face dataset (needs a reachable hub; no download here)"
+        raise FoundryError(
+            f"calibration.path: cannot load {where} {name!r} split {split!r}: {type(error).__name__}: {error}"
         ) from None
-    try:
-        dataset = datasets.load_dataset(name, split=split)
-    except Exception as error:  # network, missing dataset, bad split
-        raise FoundryError(f"calibration.path: cannot load Hugging Face dataset {name!r} split {split!r}: {error}") from None
     if field not in dataset.column_names:
         raise FoundryError(f"{name}: no column {field!r} (calibration.field); columns: {dataset.column_names}")
     return list(dataset[field])

@@ -52,14 +52,40 @@ def test_missing_file_names_the_path(tmp_path):
         load_documents("text", str(tmp_path / "nowhere.txt"))
 
 
-def test_hf_dataset_without_the_datasets_package_is_an_honest_refusal():
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(NotSupportedError, match="needs the `datasets` package"):
-            load_documents("hf_dataset", "some/dataset", field="text")
-    else:  # pragma: no cover - only where datasets is installed (and then the hub is needed)
-        pytest.skip("datasets is installed here; the refusal path is not reachable")
+HF_ROWS = {"text": ["first document", None, "third document"], "label": [0, 1, 2]}
+
+
+def test_hf_dataset_from_a_local_folder_in_the_hub_layout(tmp_path):
+    """The real `datasets.load_dataset` path (what a hub name also takes), on a folder of data files
+    laid out like a hub repository: no hub is reachable here, so the test ships its own data."""
+    import pandas as pd
+
+    (tmp_path / "data").mkdir()
+    pd.DataFrame(HF_ROWS).to_parquet(tmp_path / "data" / "train-00000-of-00001.parquet")
+    assert load_documents("hf_dataset", str(tmp_path), field="text", split="train") == HF_ROWS["text"]
+    with pytest.raises(FoundryError, match=r"no column 'body' \(calibration.field\); columns: \['text', 'label'\]"):
+        load_documents("hf_dataset", str(tmp_path), field="body", split="train")
+    with pytest.raises(FoundryError, match=r"calibration.path: cannot load local folder .* split 'validation'"):
+        load_documents("hf_dataset", str(tmp_path), field="text", split="validation")
+
+
+def test_hf_dataset_from_save_to_disk(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(HF_ROWS)}).save_to_disk(str(tmp_path / "dict"))
+    datasets.Dataset.from_dict(HF_ROWS).save_to_disk(str(tmp_path / "single"))
+    assert load_documents("hf_dataset", str(tmp_path / "dict"), field="text", split="train") == HF_ROWS["text"]
+    assert load_documents("hf_dataset", str(tmp_path / "single"), field="text") == HF_ROWS["text"]
+    with pytest.raises(FoundryError, match="calibration.hf_split: .* has no split 'test'"):
+        load_documents("hf_dataset", str(tmp_path / "dict"), field="text", split="test")
+
+
+def test_hf_dataset_name_without_a_reachable_hub_is_a_clear_error(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # never wait on a network CI lacks
+    with pytest.raises(FoundryError, match=r"cannot load Hugging Face dataset \(needs a reachable hub"):
+        load_documents("hf_dataset", "no-such-org/no-such-dataset", field="text")
 
 
 def test_clean_documents_drops_nulls_empties_and_layout_duplicates():
