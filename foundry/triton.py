@@ -77,6 +77,18 @@ def triton_release_for(trtllm_version: str, serving: ServingConfig) -> dict:
     }
 
 
+def check_tensorrt_matches_container(engine_dir: Path, environment: dict, triton: dict) -> None:
+    """A TensorRT plan deserializes only on the TensorRT version that built it: an engine whose
+    recorded TensorRT differs from the one in the chosen Triton container would fail at model load."""
+    built, shipped = environment.get("tensorrt_version"), triton.get("tensorrt_version")
+    if built and shipped and built != shipped:
+        raise FoundryError(
+            f"{engine_dir}: engine built with TensorRT {built} (TRT-LLM {environment.get('trtllm_version')}), but "
+            f"{triton['image']} ships TensorRT {shipped}; a TensorRT plan loads only on the version that built it: "
+            f"rebuild in that container, or set serving.triton_image to a tritonserver image with TensorRT {built}"
+        )
+
+
 # ---- tensor tables ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -491,6 +503,8 @@ def export_triton_repository(
             "executes TensorRT-LLM engines only; build with build.backend: trtllm on a GPU node first"
         )
     guard_trtllm_engine(engine_dir, info, node)
+    triton = triton_release_for(info["environment"]["trtllm_version"], serving)
+    check_tensorrt_matches_container(engine_dir, info["environment"], triton)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FoundryError(f"{out_dir}: exists and is not empty; export into a new directory")
     tokenizer_source = Path(tokenizer_dir) if tokenizer_dir else engine_dir / "tokenizer"
@@ -525,7 +539,6 @@ def export_triton_repository(
         (out_dir / model / "config.pbtxt").write_text(text)
 
     environment = info["environment"]
-    triton = triton_release_for(environment["trtllm_version"], serving)
     needs_model_py = [m for m in configs if m in PYTHON_BACKEND_MODELS]
     record = {
         "models": sorted(configs),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,24 @@ def test_export_refuses_another_node(sealed_engine, tmp_path):
     with pytest.raises(FoundryError, match="engine built with TRT-LLM 1.2.1 on compute 9.0; this node has 1.1.0 on compute 8.9"):
         export_triton_repository(sealed_engine, tmp_path / "repo", ServingConfig(), node=NodeTarget("1.1.0", "8.9"))
     assert not (tmp_path / "repo").exists()
+
+
+def test_export_refuses_an_engine_whose_tensorrt_differs_from_the_container(sealed_engine, tmp_path):
+    """A plan built with TensorRT 10.13 would not deserialize in 26.07's TensorRT 10.14; a user-chosen
+    image (serving.triton_image) is the user's call and is not second-guessed."""
+    engine = tmp_path / "engine"
+    shutil.copytree(sealed_engine, engine)
+    (engine / "foundry-manifest.json").unlink()
+    info = json.loads((engine / "engine.json").read_text())
+    info["environment"]["tensorrt_version"] = "10.13.3.9"
+    (engine / "engine.json").write_text(json.dumps(info))
+    write_manifest(engine, {"kind": "engine"})  # as if built in a TensorRT 10.13 container
+    with pytest.raises(FoundryError, match=r"engine built with TensorRT 10.13.3.9 .* ships TensorRT 10.14.1.48"):
+        export_triton_repository(engine, tmp_path / "repo", ServingConfig(), node=H100_1_2_1)
+    assert not (tmp_path / "repo").exists()
+    image = "registry.example/tritonserver:custom-trt-10.13"
+    record = export_triton_repository(engine, tmp_path / "repo2", ServingConfig(triton_image=image), node=H100_1_2_1)
+    assert record["triton_container"]["image"] == image
 
 
 def test_export_refuses_a_reference_engine(tmp_path):

@@ -90,7 +90,7 @@ def h100_node(gpu_count: int = 1, trtllm_version: str = "1.2.1", capability: str
     """A TensorRT-LLM 1.2.x release-container node with H100s, described instead of probed."""
     return TrtllmEnvironment(
         trtllm_version=trtllm_version,
-        tensorrt_version="10.13.3.9",
+        tensorrt_version="10.14.1.48",  # what TRT-LLM 1.2.1 ships with (Triton 26.07 row)
         cuda_version="13.0",
         driver_version="580.95.05",
         gpus=tuple(GpuInfo("NVIDIA H100 80GB HBM3", capability, 80 * 1024**3) for _ in range(gpu_count)),
