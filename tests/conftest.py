@@ -65,3 +65,22 @@ def tiny_llama_hf_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     smollm2_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16_exact_dir(tiny_llama_hf_dir, tmp_path_factory) -> Path:
+    """The tiny Llama with float16-exact weights: ModelOpt's float16 export stores them losslessly,
+    so parity tests compare runtime semantics rather than storage rounding."""
+    return save_fp16_exact_copy(tiny_llama_hf_dir, tmp_path_factory.mktemp("tiny_fp16_exact"))
+
+
+def save_fp16_exact_copy(hf_dir: Path, out: Path) -> Path:
+    """`hf_dir`'s model with every weight rounded to float16 (kept float32), saved to `out`."""
+    from foundry.calibrate import load_hf_model_fp32
+
+    model = load_hf_model_fp32(hf_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(parameter.half().float())
+    model.save_pretrained(out)
+    return out

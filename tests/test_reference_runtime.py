@@ -27,6 +27,7 @@ from foundry.data import builtin_documents, token_windows
 from foundry.errors import FoundryError, NotSupportedError
 from foundry.runtime.base import Engine
 from foundry.runtime.reference import ReferenceEngine
+from tests.conftest import save_fp16_exact_copy
 
 GREEDY_STEPS = 16
 
@@ -43,12 +44,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def fp16_exact_hf_dir(smollm2_hf_dir, tmp_path_factory):
-    model = load_hf_model_fp32(smollm2_hf_dir)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(parameter.half().float())
-    out = tmp_path_factory.mktemp("smollm2_fp16_exact")
-    model.save_pretrained(out)
+    out = save_fp16_exact_copy(smollm2_hf_dir, tmp_path_factory.mktemp("smollm2_fp16_exact"))
     for tokenizer_file in smollm2_hf_dir.glob("tokenizer*"):
         shutil.copy(tokenizer_file, out / tokenizer_file.name)
     return out
@@ -341,17 +337,6 @@ def test_missing_files_are_named(tiny_checkpoint, tmp_path):
 # ---------------------------------------------------------------- variants (tiny Llama, fast)
 # FP8 (emulated), INT8 / FP8 KV cache and tensor parallelism, each pinned against ModelOpt's
 # fake-quant model after export (the export re-smooths and rescales in place).
-
-
-@pytest.fixture(scope="module")
-def tiny_fp16_exact_dir(tiny_llama_hf_dir, tmp_path_factory):
-    model = load_hf_model_fp32(tiny_llama_hf_dir)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(parameter.half().float())
-    out = tmp_path_factory.mktemp("tiny_fp16_exact")
-    model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

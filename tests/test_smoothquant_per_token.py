@@ -26,26 +26,14 @@ from tests.test_reference_runtime import kl_divergence, top1_agreement
 
 
 @pytest.fixture(scope="module")
-def tiny_fp16_dir(tiny_llama_hf_dir, tmp_path_factory):
-    """The tiny Llama with float16-exact weights, so the float16 export stores them losslessly."""
-    model = load_hf_model_fp32(tiny_llama_hf_dir)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(parameter.half().float())
-    out = tmp_path_factory.mktemp("tiny_fp16_per_token")
-    model.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def windows() -> torch.Tensor:
     return torch.randint(0, 49152, (6, 32), generator=torch.Generator().manual_seed(7))
 
 
 @pytest.fixture(scope="module")
-def calibrated(tiny_fp16_dir, windows, tmp_path_factory):
+def calibrated(tiny_fp16_exact_dir, windows, tmp_path_factory):
     """(ModelOpt fake-quant model, static export dir, per-token export dir) for alpha 0.8."""
-    model = load_hf_model_fp32(tiny_fp16_dir)
+    model = load_hf_model_fp32(tiny_fp16_exact_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import modelopt.torch.quantization as mtq
@@ -122,19 +110,19 @@ def test_per_token_context_restores_the_static_model(calibrated, windows):
     assert torch.equal(before, after) and not torch.equal(before, per_token)
 
 
-def test_tensor_parallel_per_token_checkpoint_gives_the_tp1_logits(tiny_fp16_dir, windows, tmp_path):
+def test_tensor_parallel_per_token_checkpoint_gives_the_tp1_logits(tiny_fp16_exact_dir, windows, tmp_path):
     engines = {}
     for tp_size in (1, 2):
         out = tmp_path / f"tp{tp_size}"
-        summary = calibrate_to_trtllm_checkpoint(tiny_fp16_dir, windows[:4], out, "int8_sq", 0.8, "float16",
+        summary = calibrate_to_trtllm_checkpoint(tiny_fp16_exact_dir, windows[:4], out, "int8_sq", 0.8, "float16",
                                                  tp_size=tp_size, activation_scaling="per_token")
         assert (summary["quant_algo"], summary["activation_scaling"]) == (PER_TOKEN_QUANT_ALGO, "per_token")
         engines[tp_size] = ReferenceEngine.load(out)
     assert torch.equal(engines[1].logits(windows[4:]), engines[2].logits(windows[4:]))
 
 
-def test_alpha_search_scores_with_per_token_scales(tiny_fp16_dir, windows, tmp_path):
-    summary = calibrate_to_trtllm_checkpoint(tiny_fp16_dir, windows[:3], tmp_path / "out", "int8_sq", [0.5, 0.9],
+def test_alpha_search_scores_with_per_token_scales(tiny_fp16_exact_dir, windows, tmp_path):
+    summary = calibrate_to_trtllm_checkpoint(tiny_fp16_exact_dir, windows[:3], tmp_path / "out", "int8_sq", [0.5, 0.9],
                                              "float16", held_out_ids=windows[3:5], activation_scaling="per_token",
                                              diagnostics=True)
     assert summary["quant_algo"] == PER_TOKEN_QUANT_ALGO and summary["alpha"] in (0.5, 0.9)
