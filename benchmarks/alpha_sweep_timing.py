@@ -3,6 +3,7 @@ calibration, same data, SmolLM2-135M-Instruct, wall seconds of calibrate_to_trtl
 (calibration + export). The issue's target: a sweep of 5 alphas costs at most 2x one calibration.
 
     python benchmarks/alpha_sweep_timing.py [--num-samples 64] [--seq-len 256] [--held-out-fraction 0.125]
+        [--alphas 0.4,0.5,0.6,0.7,0.8] [--activation-scaling per_token]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--held-out-fraction", type=float, default=0.125)
     parser.add_argument("--alphas", default="0.5,0.6,0.7,0.8,0.9,1.0")
+    parser.add_argument("--activation-scaling", choices=("per_tensor", "per_token"), default="per_tensor")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -42,15 +44,17 @@ def main() -> None:
     alphas = [float(a) for a in args.alphas.split(",")]
 
     started = time.perf_counter()
-    single = calibrate_to_trtllm_checkpoint(hf_dir, statistics_ids, work / "single", "int8_sq", 0.8, "float16")
+    single = calibrate_to_trtllm_checkpoint(hf_dir, statistics_ids, work / "single", "int8_sq", 0.8, "float16",
+                                            activation_scaling=args.activation_scaling)
     single_seconds = time.perf_counter() - started
     started = time.perf_counter()
     sweep = calibrate_to_trtllm_checkpoint(
-        hf_dir, statistics_ids, work / "sweep", "int8_sq", alphas, "float16", held_out_ids=held_out_ids
+        hf_dir, statistics_ids, work / "sweep", "int8_sq", alphas, "float16", held_out_ids=held_out_ids,
+        activation_scaling=args.activation_scaling,
     )
     sweep_seconds = time.perf_counter() - started
     print(json.dumps({
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "activation_scaling": args.activation_scaling,
         "statistics_windows": args.num_samples, "held_out_windows": held_out, "seq_len": args.seq_len,
         "alphas": alphas,
         "single_calibration_total_seconds": round(single_seconds, 2),
