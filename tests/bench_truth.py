@@ -14,18 +14,25 @@ from foundry.bench.metrics import BenchmarkReport
 from foundry.bench.workload import Request
 
 
-def true_latencies_ms(report: BenchmarkReport, requests: Sequence[Request], emission_log: list[dict],
-                      times_key: str = "emitted_s") -> dict[str, np.ndarray]:
-    """Per timed request of the report, TTFT from the harness's scheduled send time to the engine's
-    first emission, TPOT over the engine's emissions, and e2e. `times_key`: "emitted_s" (the engine
-    handed the token over) or, from the HTTP server's log, "written_s" (the server sent its chunk)."""
+def emitted_per_record(report: BenchmarkReport, requests: Sequence[Request], emission_log: list[dict],
+                       times_key: str = "emitted_s") -> list[np.ndarray]:
+    """For each of the report's records, its tokens' emission times in the records' time base.
+    `times_key`: "emitted_s" (the engine handed the token over) or, from the HTTP server's log,
+    "written_s" (the server sent its chunk). Emissions are matched by prompt."""
     prompts = [tuple(r.input_ids) for r in requests]
     assert len(set(prompts)) == len(prompts), "emissions are matched by prompt: prompts must be unique"
     emitted_by_prompt = {tuple(entry["prompt"]): entry[times_key] for entry in emission_log}
-    by_id = {r.request_id: r for r in requests}
+    prompt_by_id = {r.request_id: tuple(r.input_ids) for r in requests}
+    return [np.asarray(emitted_by_prompt[prompt_by_id[record.request_id]]) - report.clock_epoch_s
+            for record in report.records]
+
+
+def true_latencies_ms(report: BenchmarkReport, requests: Sequence[Request], emission_log: list[dict],
+                      times_key: str = "emitted_s") -> dict[str, np.ndarray]:
+    """Per timed request: TTFT from the harness's scheduled send time to the first emission, TPOT
+    over the emissions, and e2e."""
     ttft, tpot, e2e = [], [], []
-    for record in report.records:
-        emitted = np.asarray(emitted_by_prompt[tuple(by_id[record.request_id].input_ids)]) - report.clock_epoch_s
+    for record, emitted in zip(report.records, emitted_per_record(report, requests, emission_log, times_key)):
         assert len(emitted) == record.output_tokens
         ttft.append((emitted[0] - record.scheduled_s) * 1e3)
         e2e.append((emitted[-1] - record.scheduled_s) * 1e3)
@@ -36,9 +43,5 @@ def true_latencies_ms(report: BenchmarkReport, requests: Sequence[Request], emis
 
 def harness_error_ms(report: BenchmarkReport, requests: Sequence[Request], emission_log: list[dict]) -> np.ndarray:
     """Per token: the harness's arrival timestamp minus the engine's emission (≥ 0 up to clock reads)."""
-    emitted_by_prompt = {tuple(entry["prompt"]): entry["emitted_s"] for entry in emission_log}
-    by_id = {r.request_id: r for r in requests}
-    gaps = [np.asarray(record.token_arrival_s) + report.clock_epoch_s
-            - np.asarray(emitted_by_prompt[tuple(by_id[record.request_id].input_ids)])
-            for record in report.records]
-    return np.concatenate(gaps) * 1e3
+    emitted = emitted_per_record(report, requests, emission_log)
+    return np.concatenate([np.asarray(r.token_arrival_s) - e for r, e in zip(report.records, emitted)]) * 1e3
