@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 from foundry.errors import FoundryError
+from foundry.runtime._trtllm_checkpoint import LINEAR_NAMES, ROW_PARALLEL
+from foundry.runtime._trtllm_checkpoint import SMOOTHQUANT_PER_CHANNEL as STATIC_QUANT_ALGO
+from foundry.runtime._trtllm_checkpoint import SMOOTHQUANT_PER_TOKEN as PER_TOKEN_QUANT_ALGO
 
-STATIC_QUANT_ALGO = "W8A8_SQ_PER_CHANNEL"
-PER_TOKEN_QUANT_ALGO = "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
 NORM_FED_LINEARS = {"input_layernorm": ("attention.qkv",), "post_layernorm": ("mlp.fc", "mlp.gate")}
-SMOOTHER_FED_LINEARS = ("attention.dense", "mlp.proj")
-LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+SMOOTHER_FED_LINEARS = ROW_PARALLEL  # dense and proj: no norm before them to fold a smoothing into
 
 
 def _pop(tensors: dict[str, torch.Tensor], name: str, path: Path) -> torch.Tensor:
@@ -64,7 +64,7 @@ def per_token_tensors(tensors: dict[str, torch.Tensor], num_layers: int, path: P
         for linear in SMOOTHER_FED_LINEARS:
             smoothing = _pop(out, f"{prefix}.{linear}.prequant_scaling_factor", path)
             out[f"{prefix}.{linear}.smoother"] = (1.0 / smoothing.float()).reshape(1, -1).contiguous()
-        for linear in LINEARS:
+        for linear in LINEAR_NAMES:
             weight_scale = _pop(out, f"{prefix}.{linear}.weights_scaling_factor", path)
             out[f"{prefix}.{linear}.per_channel_scale"] = weight_scale.float().reshape(1, -1).contiguous()
             _pop(out, f"{prefix}.{linear}.activation_scaling_factor", path)
