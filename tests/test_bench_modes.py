@@ -108,7 +108,7 @@ def test_request_rate_sweep_schedules_at_arrival_times_and_cap_queueing_counts_i
     engine = AsyncSyntheticEngine(ttft_ms=50, itl_ms=5)
     requests = [Request(i, [i + 1], 3) for i in range(13)]
     report = run_benchmark(engine, requests, mode="request_rate", request_rates=[5.0, 400.0], warmup_requests=1,
-                           max_concurrency=2, arrival_seed=7, slo="ttft_ms:150")
+                           max_concurrency=2, arrival_seed=7, slo="ttft_ms:200")
     assert [lv.label for lv in report.levels] == ["rate 5/s, cap 2", "rate 400/s, cap 2"]
     offsets = RequestRateLoad(5.0, seed=7).arrival_offsets_s(12)
     first_level = [r for r in report.records if r.request_rate == 5.0]
@@ -116,6 +116,8 @@ def test_request_rate_sweep_schedules_at_arrival_times_and_cap_queueing_counts_i
     assert np.allclose(scheduled - scheduled[0], offsets, atol=1e-9)  # planned arrivals, not send times
     slow, fast = report.levels
     # at 400/s with 2 slots, 12 requests of ~60 ms queue: TTFT from the scheduled time grows well past 50 ms
+    # (the last waits ~5 rounds: p99 ~350 ms). The SLO of 200 ms sits ~150 ms from both levels, since
+    # this VM stalls a process for up to ~100 ms now and then (a 150 ms SLO once failed the slow level).
     assert fast.ttft.max_ms > 150 and slow.ttft.p50_ms < 100
     assert (fast.completed, fast.failed) == (12, 0) and fast.request_rate == 400.0
     assert report.max_output_tok_s_within_slo is not None and report.best_level_within_slo == "rate 5/s, cap 2"
