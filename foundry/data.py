@@ -17,11 +17,15 @@ from typing import Literal
 import torch
 
 from foundry.errors import FoundryError, NotSupportedError
-from foundry.hashing import sha256_json, sha256_text
+from foundry.hashing import content_hash, file_hashes, sha256_file, sha256_json, sha256_text
 
 Split = Literal["calibration", "evaluation"]
 _EVAL_BUCKET = 0  # texts whose normalized hash falls in bucket 0 of 4 are held out for evaluation
 _BUCKETS = 4
+# Overlap between calibration and evaluation is checked per paragraph (the unit the text source
+# splits documents into): a paragraph this long or longer, normalized, shared by both is contamination.
+# Shorter ones ("Example:", "See also:") recur in unrelated texts and say nothing.
+MIN_OVERLAP_CHARS = 40
 
 
 def normalize_text(text: str) -> str:
@@ -33,28 +37,62 @@ def normalized_hash(text: str) -> str:
     return sha256_text(normalize_text(text))
 
 
+def paragraphs(text: str) -> list[str]:
+    """Blank-line separated blocks, as the `text` source splits a file into documents."""
+    return re.split(r"\n\s*\n", text)
+
+
+def paragraph_hashes(text: str) -> set[str]:
+    """Normalized hashes of the paragraphs of `text` long enough to count as overlap."""
+    normalized = (normalize_text(paragraph) for paragraph in paragraphs(text))
+    return {sha256_text(n) for n in normalized if len(n) >= MIN_OVERLAP_CHARS}
+
+
+def evaluation_paragraph_hashes(evaluation_documents: list[str]) -> frozenset[str]:
+    return frozenset().union(*(paragraph_hashes(text) for text in evaluation_documents))
+
+
 def builtin_documents(split: Split) -> list[str]:
+    """The pydoc topics of one split. Topics share paragraphs (`def` and `function` repeat whole
+    sections), so a calibration topic keeps only the paragraphs no evaluation topic holds."""
     from pydoc_data.topics import topics
 
     # Several topic names share one text: bucket by the normalized text's hash, not the name, so
     # identical texts always land in the same split, and keep each text once.
     by_hash = {normalized_hash(text): text for _, text in sorted(topics.items()) if text.strip()}
-    want_eval = split == "evaluation"
-    return [
-        text for digest, text in sorted(by_hash.items())
-        if (int(digest, 16) % _BUCKETS == _EVAL_BUCKET) == want_eval
-    ]
+    evaluation = [text for digest, text in sorted(by_hash.items()) if int(digest, 16) % _BUCKETS == _EVAL_BUCKET]
+    if split == "evaluation":
+        return evaluation
+    held_out = evaluation_paragraph_hashes(evaluation)
+    calibration = []
+    for digest, text in sorted(by_hash.items()):
+        if int(digest, 16) % _BUCKETS == _EVAL_BUCKET:
+            continue
+        kept = "\n\n".join(p for p in paragraphs(text) if not paragraph_hashes(p) & held_out)
+        if kept.strip():
+            calibration.append(kept)
+    return calibration
+
+
+def read_utf8(path: Path, what: str) -> str:
+    """A file's text; a byte that is not UTF-8 is named by its offset, with the fix."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise FoundryError(
+            f"{path}: {what} is not UTF-8: byte 0x{error.object[error.start]:02x} at offset {error.start} "
+            f"({error.reason}); re-encode the file as UTF-8 (e.g. iconv -t UTF-8)"
+        ) from None
 
 
 def _text_file_documents(path: Path) -> list[str]:
     """A UTF-8 text file: documents are separated by one or more blank lines."""
-    text = path.read_text(encoding="utf-8")
-    return [block for block in re.split(r"\n\s*\n", text)]
+    return paragraphs(read_utf8(path, "calibration data"))
 
 
 def _jsonl_documents(path: Path, field: str) -> list[str | None]:
     documents: list[str | None] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path, "calibration data").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -123,6 +161,24 @@ def load_documents(source: str, path: str | None = None, field: str = "text", sp
     raise NotSupportedError(f"calibration.source: {source!r} is not a known source")
 
 
+def data_fingerprint(source: str, path: str | None) -> str:
+    """SHA-256 identity of a data source's bytes, taken before the run so that it enters the cache
+    key of every step that reads the data: a rewritten file recalibrates, an unchanged one hits the
+    cache. `builtin` is Python's pydoc topics, which change with the Python patch release."""
+    import platform
+
+    if source == "builtin":
+        return sha256_text(f"builtin:pydoc_data:{platform.python_version()}")
+    local = Path(str(path)).expanduser()
+    if local.is_file():
+        return sha256_file(local)
+    if local.is_dir():
+        return content_hash(file_hashes(local))
+    if source == "hf_dataset":  # a hub name: its bytes are not here to hash (and offline it fails to load)
+        return sha256_text(f"hf_dataset:{path}")
+    raise FoundryError(f"{local}: data file not found (source {source!r}); check the path")
+
+
 def clean_documents(documents: list) -> list[str]:
     """The usable documents: non-empty strings, each normalized text once (first occurrence kept)."""
     seen: set[str] = set()
@@ -143,7 +199,7 @@ class TokenWindows:
 
     input_ids: torch.Tensor  # [num_samples, seq_len] int64
     documents_hash: str  # hash over normalized document hashes: the data's identity
-    document_hashes: frozenset[str]
+    paragraph_hashes: frozenset[str]  # what the overlap check compares
     tokens_available: int
 
     @property
@@ -170,15 +226,15 @@ def token_windows(documents: list[str], tokenizer, num_samples: int, seq_len: in
     return TokenWindows(
         input_ids=ids,
         documents_hash=sha256_json(hashes),
-        document_hashes=frozenset(hashes),
+        paragraph_hashes=evaluation_paragraph_hashes(documents),
         tokens_available=len(stream),
     )
 
 
 def assert_disjoint(calibration: TokenWindows, evaluation: TokenWindows) -> None:
-    shared = calibration.document_hashes & evaluation.document_hashes
+    shared = calibration.paragraph_hashes & evaluation.paragraph_hashes
     if shared:
         raise FoundryError(
-            f"{len(shared)} document(s) appear in both the calibration and the evaluation data; "
+            f"{len(shared)} paragraph(s) appear in both the calibration and the evaluation data; "
             "evaluation must be held out — remove the overlap"
         )

@@ -2,8 +2,8 @@
 
 One row per raw document (nulls, empties and duplicates kept, so the suite can see them). The
 suite checks: at least one document, no null texts, stripped length within bounds (so no empty
-texts), duplicate rate under the bound, no overlap with the evaluation set (by hash of normalized
-text), and enough usable tokens for `num_samples` windows of `seq_len` tokens (plus the alpha
+texts), duplicate rate under the bound, no paragraph shared with the evaluation set (by hash of
+normalized text), and enough usable tokens for `num_samples` windows of `seq_len` tokens (plus the alpha
 search's held-out windows). A failed suite raises `FoundryError` naming each failed expectation.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from foundry.data import normalized_hash
+from foundry.data import MIN_OVERLAP_CHARS, normalized_hash, paragraph_hashes
 from foundry.errors import FoundryError
 
 SUITE_NAME = "calibration_data"
@@ -70,9 +70,10 @@ class DataValidationResult:
         }
 
 
-def documents_frame(documents: list, tokenizer=None) -> pd.DataFrame:
+def documents_frame(documents: list, tokenizer=None, evaluation_paragraphs: frozenset[str] = frozenset()) -> pd.DataFrame:
     """text, stripped_chars, normalized_hash, usable_tokens (0 for null/empty/repeated documents;
-    +1 per document for the EOS separator, as `token_windows` counts them)."""
+    +1 per document for the EOS separator, as `token_windows` counts them), evaluation_paragraphs
+    (how many of the document's paragraphs the evaluation set also holds)."""
     rows = []
     seen: set[str] = set()
     for document in documents:
@@ -84,27 +85,30 @@ def documents_frame(documents: list, tokenizer=None) -> pd.DataFrame:
             seen.add(digest)
             if tokenizer is not None:
                 tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
-        rows.append({"text": text, "stripped_chars": stripped, "normalized_hash": digest, "usable_tokens": tokens})
-    return pd.DataFrame(rows, columns=["text", "stripped_chars", "normalized_hash", "usable_tokens"]).astype(
-        {"stripped_chars": "int64", "usable_tokens": "int64"}
+        shared = len(paragraph_hashes(text) & evaluation_paragraphs) if text else 0
+        rows.append({"text": text, "stripped_chars": stripped, "normalized_hash": digest, "usable_tokens": tokens,
+                     "evaluation_paragraphs": shared})
+    columns = ["text", "stripped_chars", "normalized_hash", "usable_tokens", "evaluation_paragraphs"]
+    return pd.DataFrame(rows, columns=columns).astype(
+        {"stripped_chars": "int64", "usable_tokens": "int64", "evaluation_paragraphs": "int64"}
     )
 
 
-def _suite_expectations(gx, *, tokens_needed, max_duplicate_rate, min_text_chars, max_text_chars, evaluation_hashes):
+def _suite_expectations(gx, *, tokens_needed, max_duplicate_rate, min_text_chars, max_text_chars):
     e = gx.expectations
     return [
         e.ExpectTableRowCountToBeBetween(min_value=1),
         e.ExpectColumnValuesToNotBeNull(column="text"),
         e.ExpectColumnValuesToBeBetween(column="stripped_chars", min_value=min_text_chars, max_value=max_text_chars),
         e.ExpectColumnProportionOfUniqueValuesToBeBetween(column="normalized_hash", min_value=1.0 - max_duplicate_rate),
-        e.ExpectColumnValuesToNotBeInSet(column="normalized_hash", value_set=sorted(evaluation_hashes)),
+        e.ExpectColumnValuesToBeBetween(column="evaluation_paragraphs", max_value=0),
         e.ExpectColumnSumToBeBetween(column="usable_tokens", min_value=tokens_needed),
     ]
 
 
 def _bounds(kwargs: dict) -> str:
-    if "value_set" in kwargs:
-        return f"none of the {len(kwargs['value_set'])} evaluation-document hashes"
+    if kwargs.get("column") == "evaluation_paragraphs":
+        return f"no paragraph of the evaluation set (normalized, >= {MIN_OVERLAP_CHARS} chars)"
     parts = [f"{key} {kwargs[key]}" for key in ("min_value", "max_value") if kwargs.get(key) is not None]
     return ", ".join(parts) or "no nulls"
 
@@ -122,7 +126,6 @@ def validate_calibration_documents(
     frame: pd.DataFrame,
     *,
     tokens_needed: int,
-    evaluation_hashes: set[str] | frozenset[str],
     max_duplicate_rate: float,
     min_text_chars: int,
     max_text_chars: int,
@@ -145,7 +148,6 @@ def validate_calibration_documents(
         max_duplicate_rate=max_duplicate_rate,
         min_text_chars=min_text_chars,
         max_text_chars=max_text_chars,
-        evaluation_hashes=evaluation_hashes,
     ):
         suite.add_expectation(expectation)
     definition = context.validation_definitions.add(gx.ValidationDefinition(name="calibration", data=batch, suite=suite))
@@ -172,7 +174,7 @@ def validate_calibration_documents(
         usable_tokens=int(frame["usable_tokens"].sum()),
         tokens_needed=tokens_needed,
         duplicate_rate=float(1.0 - hashes.nunique() / len(hashes)) if len(hashes) else 0.0,
-        evaluation_overlap=int(hashes.isin(set(evaluation_hashes)).sum()),
+        evaluation_overlap=int((frame["evaluation_paragraphs"] > 0).sum()),
         outcomes=tuple(outcomes),
         great_expectations_version=gx.__version__,
     )

@@ -9,6 +9,7 @@ from steps import (
     calibrate_checkpoint,
     compare_with_production,
     evaluate_engine_quality,
+    fingerprint_data,
     gate_and_promote,
     ingest_checkpoint,
     prepare_data,
@@ -38,9 +39,11 @@ def engine_pipeline(
     checkpoint = ingest_checkpoint(source=resolved_source, source_fingerprint=resolved_fingerprint)
     # Great Expectations on the raw calibration documents; prepare_data refuses a failed suite, so
     # nothing is calibrated, and the result (with its HTML page) is kept either way.
-    calibration_data_validation, _ = validate_calibration_data(checkpoint, calibration)
+    # The data files' bytes, hashed now: a rewritten file at the same path must not hit the cache.
+    calibration_fingerprint, dataset_fingerprint = fingerprint_data(calibration, benchmark)
+    calibration_data_validation, _ = validate_calibration_data(checkpoint, calibration, calibration_fingerprint)
     calibration_windows, evaluation_windows, data_lineage = prepare_data(
-        checkpoint, calibration, evaluation, calibration_data_validation
+        checkpoint, calibration, evaluation, calibration_data_validation, calibration_fingerprint
     )
     trtllm_checkpoint, _ = calibrate_checkpoint(checkpoint, calibration_windows, calibration, build)
     if build.backend == "trtllm":  # GPU node in the TensorRT-LLM 1.2.x image (stacks/gpu_build_settings.py)
@@ -50,7 +53,7 @@ def engine_pipeline(
         engine = build_engine.with_options(**options)(trtllm_checkpoint, build, checkpoint)
     else:
         engine = build_engine(trtllm_checkpoint, build)
-    benchmark_results, _, _ = benchmark_engine(engine, checkpoint, benchmark, model_name)
+    benchmark_results, _, _ = benchmark_engine(engine, checkpoint, benchmark, model_name, dataset_fingerprint)
     quality_report, _ = evaluate_engine_quality(engine, checkpoint, evaluation_windows, data_lineage)
     registered = register_engine(
         engine, checkpoint, trtllm_checkpoint, data_lineage, benchmark_results, quality_report,

@@ -6,6 +6,7 @@ from steps.calibrate import calibrate_checkpoint
 from steps.compare import compare_with_production
 from steps.data import prepare_data
 from steps.evaluate import evaluate_engine_quality
+from steps.fingerprint_data import fingerprint_data
 from steps.ingest import ingest_checkpoint
 from steps.promote import gate_and_promote
 from steps.register import register_engine
@@ -18,6 +19,7 @@ __all__ = [
     "calibrate_checkpoint",
     "compare_with_production",
     "evaluate_engine_quality",
+    "fingerprint_data",
     "gate_and_promote",
     "ingest_checkpoint",
     "prepare_data",

@@ -29,7 +29,8 @@ def _run(runtime, requests, workload, benchmark: BenchmarkConfig, model_name: st
 # Never cached: a benchmark measures this machine now; the gates must not pass on yesterday's numbers.
 @step(enable_cache=False)
 def benchmark_engine(
-    engine: EngineArtifact, checkpoint: HFCheckpoint, benchmark: BenchmarkConfig, model_name: str
+    engine: EngineArtifact, checkpoint: HFCheckpoint, benchmark: BenchmarkConfig, model_name: str,
+    benchmark_dataset_fingerprint: str = "synthetic",
 ) -> tuple[
     Annotated[dict, "benchmark_results"],
     Annotated[pd.DataFrame, "benchmark_requests"],
@@ -58,6 +59,7 @@ def benchmark_engine(
         "comparison": [row.model_dump(mode="json") for row in comparison],
         "headline": headline,
         "validation": validation.as_dict(),
+        "dataset_fingerprint": benchmark_dataset_fingerprint,
     }
     log_metadata(metadata={"benchmark": {k: v for k, v in headline.items() if v is not None}, "backend": report.backend,
                            "benchmark_validation": {"success": validation.success, "rows": validation.checked_rows}})

@@ -17,6 +17,7 @@ def prepare_data(
     calibration: CalibrationConfig,
     evaluation: EvaluationConfig,
     calibration_data_validation: dict,
+    calibration_data_fingerprint: str,
 ) -> tuple[
     Annotated[np.ndarray, "calibration_windows"],
     Annotated[np.ndarray, "evaluation_windows"],
@@ -25,7 +26,8 @@ def prepare_data(
     """Tokenize validated calibration text and held-out evaluation text into windows.
 
     Refuses to run when the Great Expectations suite failed (so nothing is calibrated) and refuses
-    any document shared between calibration and evaluation. The calibration windows are
+    any document shared between calibration and evaluation. `calibration_data_fingerprint` (the
+    data's SHA-256) is an input so that a rewritten file is re-read instead of served from the cache. The calibration windows are
     `num_samples` statistics windows followed by the alpha search's held-out windows, if any.
     """
     raise_on_failure(DataValidationResult.from_dict(calibration_data_validation), f"calibration data ({calibration.source})")
@@ -41,6 +43,7 @@ def prepare_data(
     data.assert_disjoint(calib, held_out)
     lineage = {
         "calibration_data_hash": calib.documents_hash,
+        "calibration_data_fingerprint": calibration_data_fingerprint,
         "calibration_windows_hash": calib.windows_hash,
         "calibration_tokens_available": calib.tokens_available,
         "calibration_statistics_windows": calibration.num_samples,

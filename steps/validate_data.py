@@ -12,18 +12,18 @@ from foundry.config import CalibrationConfig
 
 @step
 def validate_calibration_data(
-    checkpoint: HFCheckpoint, calibration: CalibrationConfig
+    checkpoint: HFCheckpoint, calibration: CalibrationConfig, calibration_data_fingerprint: str
 ) -> tuple[Annotated[dict, "calibration_data_validation"], Annotated[HTMLString, "calibration_data_validation_html"]]:
     """Great Expectations suite over the raw calibration documents. The result is always saved (with
-    its HTML); `prepare_data` refuses to continue when it failed, so no calibration runs."""
+    its HTML); `prepare_data` refuses to continue when it failed, so no calibration runs.
+    `calibration_data_fingerprint` (the data's SHA-256) is an input so that it enters the cache key."""
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
     documents = data.load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)
-    frame = validation.documents_frame(documents, tokenizer)
-    evaluation_hashes = {data.normalized_hash(text) for text in data.builtin_documents("evaluation")}
+    evaluation_paragraphs = data.evaluation_paragraph_hashes(data.builtin_documents("evaluation"))
+    frame = validation.documents_frame(documents, tokenizer, evaluation_paragraphs)
     result = validation.validate_calibration_documents(
         frame,
         tokens_needed=calibration_windows_needed(calibration) * calibration.seq_len,
-        evaluation_hashes=evaluation_hashes,
         max_duplicate_rate=calibration.max_duplicate_rate,
         min_text_chars=calibration.min_text_chars,
         max_text_chars=calibration.max_text_chars,

@@ -25,6 +25,7 @@ from foundry.registry import Registry, sqlite_tracking_uri
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-rebuild"
 EXPENSIVE = ("ingest_checkpoint", "calibrate_checkpoint", "build_engine")
+DATA_DEPENDENT = ("validate_calibration_data", "prepare_data", "calibrate_checkpoint", "build_engine")
 
 
 def run_cli(state_dir: Path, *args: str, timeout_s: int = 900) -> subprocess.CompletedProcess:
@@ -34,10 +35,11 @@ def run_cli(state_dir: Path, *args: str, timeout_s: int = 900) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout_s)
 
 
-def tiny_config(source: dict) -> dict:
+def tiny_config(source: dict, calibration_text: Path | None = None) -> dict:
+    data = {"source": "text", "path": str(calibration_text)} if calibration_text else {}
     return {
         "model": {"name": MODEL, "source": source},
-        "calibration": {"num_samples": 4, "seq_len": 32},
+        "calibration": {"num_samples": 4, "seq_len": 32, **data},
         "evaluation": {"num_samples": 2, "seq_len": 32},
         "build": {"backend": "reference", "max_seq_len": 128},
         "benchmark": {"num_requests": 2, "warmup_requests": 0, "input_len": {"min": 8, "max": 12},
@@ -55,6 +57,10 @@ def perturbed_copy(src: Path, dst: Path) -> None:
     save_file(tensors, weights, metadata={"format": "pt"})
 
 
+def write_calibration_text(path: Path, topic: str) -> None:
+    path.write_text("\n\n".join(f"Note {i} on {topic}: a calibration paragraph about {topic}, number {i}." for i in range(40)))
+
+
 def cached_steps(result: subprocess.CompletedProcess) -> str:
     assert result.returncode in (0, 3), result.stdout[-4000:] + result.stderr[-4000:]
     # the summary wraps at 120 columns: read up to the next table
@@ -67,8 +73,10 @@ def workspace(tmp_path_factory, tiny_llama_hf_dir):
     checkpoints = root / "checkpoints"
     checkpoints.mkdir()
     shutil.copytree(tiny_llama_hf_dir, checkpoints / "run-001")
+    write_calibration_text(root / "calibration.txt", "rivers")
     config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config({"kind": "hf_dir", "path": str(checkpoints / "run-*")})))
+    config.write_text(yaml.safe_dump(tiny_config({"kind": "hf_dir", "path": str(checkpoints / "run-*")},
+                                                 calibration_text=root / "calibration.txt")))
     return root, checkpoints, config
 
 
@@ -116,14 +124,25 @@ def test_unchanged_content_is_cached_and_changed_content_rebuilds(workspace, tmp
     for step in EXPENSIVE:
         assert step in unchanged, unchanged
 
+    # The calibration file rewritten at the same path: its bytes are in the cache key, so everything
+    # that reads it runs again (the checkpoint is unchanged: ingest stays cached).
+    write_calibration_text(root / "calibration.txt", "mountains")
+    new_data = cached_steps(run_cli(state, "--config", str(config), "--run-name", "rebuild-3"))
+    assert "ingest_checkpoint" in new_data, new_data
+    for step in DATA_DEPENDENT:
+        assert step not in new_data, new_data
+
     perturbed_copy(checkpoints / "run-001", checkpoints / "run-002")
     os.utime(checkpoints / "run-001", (time.time() - 100, time.time() - 100))  # run-002 is the newest match
-    changed = cached_steps(run_cli(state, "--config", str(config), "--run-name", "rebuild-3"))
+    changed = cached_steps(run_cli(state, "--config", str(config), "--run-name", "rebuild-4"))
     for step in EXPENSIVE:
         assert step not in changed, changed
 
     registry = Registry(sqlite_tracking_uri(state))
-    v1, v2, v3 = (registry.version_tags(MODEL, v) for v in ("1", "2", "3"))
+    v1, v2, v3, v4 = (registry.version_tags(MODEL, v) for v in ("1", "2", "3", "4"))
     assert v1["checkpoint_source_fingerprint"] == v2["checkpoint_source_fingerprint"]
-    assert v3["checkpoint_source_fingerprint"] != v2["checkpoint_source_fingerprint"]
-    assert v3["engine_content_hash"] != v2["engine_content_hash"]
+    assert v1["calibration_data_hash"] == v2["calibration_data_hash"]
+    assert v3["calibration_data_hash"] != v2["calibration_data_hash"], "the tag must name the data actually used"
+    assert v3["checkpoint_source_fingerprint"] == v2["checkpoint_source_fingerprint"]
+    assert v4["checkpoint_source_fingerprint"] != v3["checkpoint_source_fingerprint"]
+    assert v4["engine_content_hash"] != v3["engine_content_hash"]
