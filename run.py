@@ -39,6 +39,7 @@ from pathlib import Path
 import click
 
 PROJECT_ROOT = Path(__file__).resolve().parent
+CALLER_CWD = Path.cwd()  # relative paths on the command line and in configs mean the caller's directory
 EXIT_PROMOTED, EXIT_ERROR, EXIT_INVALID_INPUT, EXIT_GATE_FAILED = 0, 1, 2, 3
 
 
@@ -91,16 +92,11 @@ def _fail(message: str, code: int) -> None:
 
 
 def _preflight(config_path: str):
-    """Everything that can be checked in seconds, before any expensive work."""
-    from foundry.checkpoint import source_fingerprint
-    from foundry.config import load_config
+    """Everything that can be checked in seconds, before any expensive work (foundry/preflight.py)."""
+    from foundry.preflight import run_preflight
 
-    config = load_config(config_path)
-    from foundry.calibrate import check_supported  # variant × backend, before any calibration
-
-    check_supported(config.calibration, config.build.backend)
-    fingerprint = source_fingerprint(config.model.source)
-    return config, fingerprint
+    checked = run_preflight(config_path, base_dir=CALLER_CWD)
+    return checked.config, checked.source_fingerprint
 
 
 def _pipeline_parameters(config, fingerprint: str, compare_with_run: str | None = None) -> dict:
@@ -300,7 +296,7 @@ def schedule(cron: str, config_path: str, schedule_name: str | None) -> None:
 
     try:
         cron = validate_cron(cron)
-        config = load_config(config_path)
+        config = load_config(CALLER_CWD / config_path).with_paths_resolved(CALLER_CWD)
     except FoundryError as error:
         _fail(str(error), EXIT_INVALID_INPUT)
     from zenml import Model
@@ -381,7 +377,7 @@ def export_triton(model_name: str, version: str | None, out_dir: str, config_pat
     from foundry.errors import FoundryError
 
     try:
-        serving = load_config(config_path).serving
+        serving = load_config(CALLER_CWD / config_path).serving
         node = NodeTarget.parse(target_node) if target_node else None
     except FoundryError as error:
         _fail(str(error), EXIT_INVALID_INPUT)

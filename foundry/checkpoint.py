@@ -181,6 +181,37 @@ def source_fingerprint(source: CheckpointSource) -> str:
     return content_hash(file_hashes(path))
 
 
+# GGUF metadata key (after "<architecture>.") → the HF config field it corresponds to.
+_GGUF_CONFIG_FIELDS = {
+    "context_length": "max_position_embeddings",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "feed_forward_length": "intermediate_size",
+    "embedding_length": "hidden_size",
+    "block_count": "num_hidden_layers",
+}
+
+
+def read_source_config(source: CheckpointSource) -> tuple[dict, Path]:
+    """The model's config (HF config.json fields) and the file it came from, from metadata alone:
+    config.json of an hf_dir (with its cheap checks), or a GGUF header. No weights are read."""
+    path = resolve_source_path(source)
+    if source.kind == "hf_dir" or path.is_dir():
+        config = _read_config(path)
+        _require_no_custom_code(config, path, source.trust_remote_code)
+        _require_supported_architecture(config.get("architectures"), path / "config.json")
+        _require_not_prequantized(config, path)
+        _llama_config(config, path)
+        return config, path / "config.json"
+    architecture, _ = _inspect_gguf(path)
+    metadata, _, _ = _read_gguf_header(path)
+    config = {"model_type": architecture}
+    for key, field in _GGUF_CONFIG_FIELDS.items():
+        if f"{architecture}.{key}" in metadata:
+            config[field] = metadata[f"{architecture}.{key}"]
+    return config, path
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
@@ -347,18 +378,24 @@ def _ingest_gguf(gguf_path: Path, out: Path) -> dict:
 
     _, quantization_note = _inspect_gguf(gguf_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        model, loading_info = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, output_loading_info=True
         )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except Exception as error:
         raise FoundryError(f"{gguf_path}: transformers could not load this GGUF ({type(error).__name__}: {error})") from None
+    # transformers initialises a tensor the file lacks at random and only logs it: refuse instead.
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing = sorted(set(loading_info.get("missing_keys") or ()) - tied)
+    if missing:
+        raise FoundryError(_missing_tensors_message(gguf_path, missing, model.config))
     # GGUF configs carry no `architectures`; the class transformers picked is the truth (and
     # save_pretrained would record exactly that).
     model.config.architectures = [type(model).__name__]
     _require_supported_architecture(model.config.architectures, gguf_path)
 
     state_dict = _untied_state_dict(model)
+    _require_tokenizer_fits(len(tokenizer), model.config.vocab_size, gguf_path)
     _require_finite(state_dict, gguf_path)
     _save_safetensors(state_dict, out / "model.safetensors")
     _save_plain_config(model.config, out)
@@ -409,6 +446,8 @@ def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict
         headers = {path: _read_safetensors_header(path) for path in safetensors_files}
         _check_weight_dtypes(headers)
         _check_index(directory, headers)
+        found = {name: (tuple(entry["shape"]), path) for path, header in headers.items() for name, entry in header.items()}
+        _check_tensor_set(hf_config, found, directory)
         for path in safetensors_files:  # one shard in memory at a time
             _require_finite(_load_safetensors(path), path)
         for path in safetensors_files:
@@ -421,10 +460,12 @@ def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict
         source_dtype = dtype
     else:
         tensors = _convert_pickle_weights(directory, config, source.allow_pickle, out)
+        _check_tensor_set(hf_config, {name: (tuple(t.shape), out / "model.safetensors") for name, t in tensors.items()}, directory)
         dtype = _dtype_summary(tensors)
         parameter_count = sum(t.numel() for t in tensors.values())
         source_dtype = f"{dtype} (converted from pickle)"
 
+    _require_tokenizer_fits(_tokenizer_length(directory), hf_config.vocab_size, directory)
     shutil.copyfile(directory / "config.json", out / "config.json")
     for name in tokenizer_files + ["generation_config.json"]:
         if (directory / name).is_file():
@@ -451,6 +492,81 @@ def _llama_config(config: dict, directory: Path):
         ) from None
 
 
+def _expected_tensors(hf_config) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """The tensors (name → shape) the architecture builds from this config, and those that may be
+    absent because they are tied to another. Built on the meta device: no memory, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    return expected, set(getattr(model, "all_tied_weights_keys", None) or {})
+
+
+# Buffers older exports saved that no current architecture loads (transformers drops them too).
+_IGNORED_UNEXPECTED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def _missing_tensors_message(where: Path, missing: list[str], hf_config) -> str:
+    more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}{', ...' if len(missing) > 4 else ''})" if len(missing) > 1 else ""
+    return (
+        f"{where}: tensor '{missing[0]}' is missing{more}; {hf_config.architectures[0] if hf_config.architectures else hf_config.model_type} "
+        f"with this config ({hf_config.num_hidden_layers} layers) needs it, and loading would initialise it at random "
+        "— re-export the complete checkpoint (or fix num_hidden_layers / tie_word_embeddings in config.json)"
+    )
+
+
+def _check_tensor_set(hf_config, found: dict[str, tuple[tuple[int, ...], Path]], directory: Path) -> None:
+    """Every tensor the config implies is present with its shape, and nothing else is there."""
+    expected, tied = _expected_tensors(hf_config)
+    missing = sorted(set(expected) - set(found) - tied)
+    if missing:
+        raise FoundryError(_missing_tensors_message(directory, missing, hf_config))
+    unexpected = sorted(n for n in set(found) - set(expected) if not n.endswith(_IGNORED_UNEXPECTED_SUFFIXES))
+    if unexpected:
+        raise FoundryError(
+            f"{found[unexpected[0]][1]}: tensor '{unexpected[0]}' is not part of {hf_config.model_type} with this "
+            f"config.json ({len(unexpected)} unexpected in all); the config and the weights disagree — check "
+            "num_hidden_layers and the architecture, or remove the extra tensors"
+        )
+    for name, shape in expected.items():
+        if name in found and found[name][0] != shape:
+            raise FoundryError(
+                f"{found[name][1]}: tensor '{name}' has shape {list(found[name][0])} but config.json implies "
+                f"{list(shape)}; the config (hidden_size, heads, vocab_size, intermediate_size) and the weights disagree"
+            )
+
+
+def _tokenizer_length(directory: Path) -> int:
+    from transformers import AutoTokenizer
+
+    try:
+        return len(AutoTokenizer.from_pretrained(str(directory)))
+    except Exception as error:
+        raise FoundryError(f"{directory}: the tokenizer cannot be loaded ({type(error).__name__}: {error}); "
+                           "re-save it with tokenizer.save_pretrained(<dir>)") from None
+
+
+def _require_tokenizer_fits(tokenizer_length: int, vocab_size: int, where: Path) -> None:
+    """Every token id the tokenizer can emit must have an embedding row."""
+    if tokenizer_length > vocab_size:
+        raise FoundryError(
+            f"{where}: the tokenizer has {tokenizer_length} tokens but the model's embedding has "
+            f"vocab_size {vocab_size} rows; ids >= {vocab_size} would index past it — pair the checkpoint "
+            "with its own tokenizer"
+        )
+
+
+def require_context_fits(max_position_embeddings: int | None, max_seq_len: int, where: Path | str) -> None:
+    """build.max_seq_len may not exceed the positions the model was trained for."""
+    if max_position_embeddings is not None and max_seq_len > max_position_embeddings:
+        raise FoundryError(
+            f"build.max_seq_len: {max_seq_len} exceeds max_position_embeddings {max_position_embeddings} "
+            f"of {where}; lower build.max_seq_len to at most {max_position_embeddings}"
+        )
+
+
 def _read_config(directory: Path) -> dict:
     path = directory / "config.json"
     if not path.is_file():
@@ -465,11 +581,15 @@ def _read_config(directory: Path) -> dict:
 
 
 def _require_no_custom_code(config: dict, directory: Path, trust_remote_code: bool) -> None:
-    if config.get("auto_map") and not trust_remote_code:
-        raise FoundryError(
-            f"{directory / 'config.json'}: declares auto_map (custom Python code in the checkpoint); "
-            "refused because running it executes arbitrary code — set model.source.trust_remote_code: "
-            "true only if you trust its author"
+    """Custom modelling code is never run: calibration, the reference runtime and TensorRT-LLM execute
+    their own implementation of the architecture, so the checkpoint's code would be silently ignored."""
+    if config.get("auto_map"):
+        classes = ", ".join(f"{k} -> {v}" for k, v in sorted(config["auto_map"].items()))
+        raise NotSupportedError(
+            f"{directory / 'config.json'}: declares auto_map (custom Python code: {classes}); not supported: "
+            "ModelOpt calibration, the reference runtime and TensorRT-LLM run their own implementation of the "
+            "architecture, so that code would be ignored, and running it would execute arbitrary code — "
+            "convert the checkpoint to a built-in transformers architecture (remove auto_map)"
         )
 
 
@@ -662,6 +782,8 @@ __all__ = [
     "embedded_gguf_path",
     "ingest_checkpoint",
     "read_checkpoint_manifest",
+    "read_source_config",
+    "require_context_fits",
     "resolve_checkpoint_source",
     "resolve_source_path",
     "source_fingerprint",

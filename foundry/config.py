@@ -8,7 +8,7 @@ field, the bad value and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,8 +17,22 @@ from foundry.errors import FoundryError
 from foundry.hashing import sha256_json
 
 
+def _admits_bool(annotation) -> bool:
+    if annotation is bool:
+        return True
+    return any(_admits_bool(arg) for arg in get_args(annotation))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value, info):
+        """pydantic reads `alpha: true` as 1.0; a YAML boolean where a number belongs is a mistake."""
+        if isinstance(value, bool) and not _admits_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"{str(value).lower()} is a boolean; this field takes a number or text (see configs/default.yaml)")
+        return value
 
 
 class CheckpointSource(_Strict):
@@ -38,13 +52,24 @@ class CheckpointSource(_Strict):
     kind: Literal["embedded", "hf_dir", "gguf", "mlflow_model"] = "embedded"
     path: str | None = Field(default=None, description="file or directory (or a glob: newest match) for hf_dir / gguf")
     allow_pickle: bool = Field(default=False, description="accept *.bin / *.pt pickle weights")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(default=False, description="must stay false: custom modelling code is never run")
     registered_model: str | None = Field(default=None, description="mlflow_model: registered model name")
     alias: str | None = Field(default=None, description="mlflow_model: version alias, e.g. 'latest-trained'")
     version: int | None = Field(default=None, ge=1, description="mlflow_model: version number")
     tracking_uri: str | None = Field(
         default=None, description="mlflow_model: registry URI (default: the active stack's MLflow / the local one)"
     )
+
+    @field_validator("trust_remote_code")
+    @classmethod
+    def _no_remote_code(cls, trust: bool) -> bool:
+        if trust:
+            raise ValueError(
+                "not supported: ModelOpt calibration, the reference runtime and TensorRT-LLM run their own "
+                "implementation of the architecture, so a checkpoint's custom code would be ignored, not run; "
+                "set it to false and use a checkpoint of a built-in transformers architecture"
+            )
+        return trust
 
     @model_validator(mode="after")
     def _registry_fields_match_kind(self) -> "CheckpointSource":
@@ -330,8 +355,17 @@ class BenchmarkConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    """Promotion thresholds. A gate set to null is not checked (and the summary says so)."""
+    """Promotion thresholds. A gate set to null is not checked (and the summary says so).
 
+    The quality gates compare the engine with its own unquantized model, so a broken base model
+    (random weights, a wrong tokenizer) quantizes faithfully and passes them all. The absolute
+    `max_reference_perplexity` on the held-out text catches that: random weights score about the
+    vocabulary size (~49,000 for SmolLM2), the real SmolLM2-135M 17.8 on the default evaluation text.
+    """
+
+    max_reference_perplexity: float | None = Field(
+        default=None, gt=1.0, description="sanity gate on the unquantized model itself (held-out perplexity)"
+    )
     max_perplexity_ratio: float | None = Field(default=1.10, gt=1.0)
     max_mean_kld: float | None = Field(default=0.10, gt=0.0)
     min_top1_agreement: float | None = Field(default=0.85, gt=0.0, le=1.0)
@@ -380,6 +414,32 @@ class FoundryConfig(_Strict):
     def config_hash(self) -> str:
         return sha256_json(self.model_dump(mode="json"))
 
+    def with_paths_resolved(self, base_dir: Path) -> "FoundryConfig":
+        """The config with every relative file path made absolute against `base_dir` (the caller's
+        working directory: the CLI changes into the project root before the run). A relative
+        hf_dataset path stays a hub name unless it exists locally."""
+
+        def absolute(path: str | None, only_if_exists: bool = False) -> str | None:
+            if path is None or Path(path).expanduser().is_absolute():
+                return path if path is None else str(Path(path).expanduser())
+            candidate = base_dir / path
+            return path if only_if_exists and not candidate.exists() else str(candidate)
+
+        source = self.model.source
+        if source.kind in ("hf_dir", "gguf"):
+            source = source.model_copy(update={"path": absolute(source.path)})
+        calibration = self.calibration
+        if calibration.source != "builtin":
+            calibration = calibration.model_copy(
+                update={"path": absolute(calibration.path, only_if_exists=calibration.source == "hf_dataset")}
+            )
+        return self.model_copy(update={
+            "model": self.model.model_copy(update={"source": source}),
+            "calibration": calibration,
+            "benchmark": self.benchmark.model_copy(update={"dataset": absolute(self.benchmark.dataset)}),
+            "build": self.build.model_copy(update={"timing_cache_dir": absolute(self.build.timing_cache_dir)}),
+        })
+
 
 def _format_validation_error(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid config ({error.error_count()} problem(s)):"]
@@ -394,6 +454,23 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_config(data: dict, source: Path | str = "<config>") -> FoundryConfig:
     try:
         return FoundryConfig.model_validate(data)
@@ -406,9 +483,14 @@ def load_config(path: Path | str) -> FoundryConfig:
     if not path.is_file():
         raise FoundryError(f"{path}: config file not found (try configs/default.yaml)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as error:
+        raise FoundryError(f"{path}: not UTF-8 (byte offset {error.start}); save the config as UTF-8") from None
     except yaml.YAMLError as error:
         raise FoundryError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        raise FoundryError(f"{path}: the config is empty; copy configs/default.yaml and edit it (an empty file "
+                           "would silently run every default)")
     if not isinstance(data, dict):
         raise FoundryError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     return parse_config(data, path)

@@ -45,6 +45,7 @@ class GateDecision(BaseModel):
 
 # gate field in GateConfig → (metric name in the measurements, comparison)
 _GATES: dict[str, tuple[str, Literal["<=", ">="]]] = {
+    "max_reference_perplexity": ("reference_perplexity", "<="),
     "max_perplexity_ratio": ("perplexity_ratio", "<="),
     "max_mean_kld": ("mean_kld", "<="),
     "min_top1_agreement": ("top1_agreement", ">="),
@@ -68,6 +69,7 @@ def gate_measurements(benchmark_headline: dict, quality: QualityReport) -> dict[
     """The numbers the gates judge: the benchmark headline plus the quality headline."""
     return {
         **benchmark_headline,
+        "reference_perplexity": quality.reference_perplexity,
         "perplexity_ratio": quality.perplexity_ratio,
         "mean_kld": quality.mean_kld,
         "top1_agreement": quality.top1_agreement,

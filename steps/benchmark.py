@@ -12,6 +12,7 @@ from foundry.bench.telemetry import GPUTelemetry
 from foundry.bench.validation import require_valid_results
 from foundry.bench.workload import workload_from_config
 from foundry.builders import load_engine
+from foundry.builders.base import read_engine_info
 from foundry.config import BenchmarkConfig
 from foundry.runtime.hf import HFEngine
 from foundry.summary import benchmark_headline
@@ -41,7 +42,8 @@ def benchmark_engine(
     runtime = load_engine(engine.path)
     baseline_runtime = HFEngine.load(checkpoint.path) if benchmark.baseline else None
     vocab_size, special_ids, tokenizer = baseline_vocab(checkpoint)
-    requests, workload = workload_from_config(benchmark, vocab_size, special_ids, tokenizer=tokenizer)
+    requests, workload = workload_from_config(benchmark, vocab_size, special_ids, tokenizer=tokenizer,
+                                              max_seq_len=read_engine_info(engine.path).get("max_seq_len"))
     report = _run(runtime, requests, workload, benchmark, model_name)
     frames = [records_dataframe(report.records).assign(backend=report.backend)]
     baseline_report, comparison = None, []

@@ -244,14 +244,11 @@ def test_prequantized_checkpoint_is_not_supported(tiny_copy, tmp_path):
     _fails(_hf_dir(tiny_copy), tmp_path / "out", "config.json", "awq", error=NotSupportedError)
 
 
-def test_custom_code_needs_trust_remote_code(tiny_copy, tmp_path):
+def test_custom_code_is_refused_with_the_reason(tiny_copy, tmp_path):
     _edit_config(tiny_copy, auto_map={"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
     (tiny_copy / "modeling_custom.py").write_text("# custom code\n")
-    _fails(_hf_dir(tiny_copy), tmp_path / "out", "config.json", "auto_map", "trust_remote_code")
-
-    trusted = CheckpointSource(kind="hf_dir", path=str(tiny_copy), trust_remote_code=True)
-    manifest = ingest_checkpoint(trusted, tmp_path / "trusted")
-    assert manifest.requires_remote_code and "modeling_custom.py" in manifest.files
+    _fails(_hf_dir(tiny_copy), tmp_path / "out", "config.json", "auto_map", "modeling_custom.CustomForCausalLM",
+           "would be ignored", error=NotSupportedError)
 
 
 def _pickle_only(directory: Path) -> Path:
@@ -343,3 +340,48 @@ def test_non_empty_output_dir_is_refused(tiny_llama_hf_dir, tmp_path):
         ingest_checkpoint(_hf_dir(tiny_llama_hf_dir), out)
     assert (out / "stale.txt").read_text() == "old"
     assert MANIFEST_NAME not in {p.name for p in out.iterdir()}
+
+
+# --- tensor set against the architecture -------------------------------------------------------
+
+
+def _rewrite_weights(directory: Path, edit) -> None:
+    weights = directory / "model.safetensors"
+    tensors = load_file(weights)
+    edit(tensors)
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+
+def test_real_smollm2_missing_one_tensor_is_refused_by_name(smollm2_hf_dir, tmp_path):
+    """The defect that reached production: transformers re-initialised the tensor at random."""
+    damaged = Path(shutil.copytree(smollm2_hf_dir, tmp_path / "smollm2-missing-k"))
+    _rewrite_weights(damaged, lambda t: t.pop("model.layers.10.self_attn.k_proj.weight"))
+    _fails(_hf_dir(damaged), tmp_path / "out", "tensor 'model.layers.10.self_attn.k_proj.weight' is missing",
+           "initialise it at random", "30 layers")
+
+
+def test_unexpected_tensor_is_refused_by_name(tiny_copy, tmp_path):
+    _rewrite_weights(tiny_copy, lambda t: t.update({"model.layers.7.mlp.up_proj.weight": torch.zeros(2, 2)}))
+    _fails(_hf_dir(tiny_copy), tmp_path / "out", "tensor 'model.layers.7.mlp.up_proj.weight' is not part of llama")
+
+
+def test_wrong_shape_is_refused_by_name(tiny_copy, tmp_path):
+    _rewrite_weights(tiny_copy, lambda t: t.update({"model.norm.weight": torch.ones(32)}))
+    _fails(_hf_dir(tiny_copy), tmp_path / "out", "tensor 'model.norm.weight' has shape [32]", "implies [64]")
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(tiny_copy, tmp_path):
+    config = json.loads((tiny_copy / "config.json").read_text())
+    rows = config["vocab_size"] - 100
+    config["vocab_size"] = rows
+    (tiny_copy / "config.json").write_text(json.dumps(config))
+    _rewrite_weights(tiny_copy, lambda t: t.update({name: t[name][:rows].clone() for name in ("model.embed_tokens.weight", "lm_head.weight")}))
+    _fails(_hf_dir(tiny_copy), tmp_path / "out", f"vocab_size {rows} rows", "pair the checkpoint with its own tokenizer")
+
+
+def test_context_longer_than_the_model_is_refused():
+    from foundry.checkpoint import require_context_fits
+
+    require_context_fits(2048, 2048, "config.json")
+    with pytest.raises(FoundryError, match="build.max_seq_len: 4096 exceeds max_position_embeddings 2048"):
+        require_context_fits(2048, 4096, "config.json")

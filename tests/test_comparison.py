@@ -6,7 +6,8 @@ from foundry.comparison import GATE_METRICS, compare_metrics, render_comparison_
 from foundry.config import GateConfig
 
 CANDIDATE = {"perplexity_ratio": 1.02, "mean_kld": 0.01, "top1_agreement": 0.95, "ttft_p99_ms": 120.0,
-             "tpot_p99_ms": 20.0, "speedup_output_tok_s": 1.5, "c1_output_tok_s": 50.0, "failed_requests": 0.0}
+             "tpot_p99_ms": 20.0, "speedup_output_tok_s": 1.5, "c1_output_tok_s": 50.0, "failed_requests": 0.0,
+             "reference_perplexity": 9.0}
 PRODUCTION = {"perplexity_ratio": 1.04, "mean_kld": 0.01, "top1_agreement": 0.97, "ttft_p99_ms": 100.0,
               "tpot_p99_ms": 25.0, "speedup_output_tok_s": 1.4, "c1_output_tok_s": 40.0, "failed_requests": 0.0,
               "reference_perplexity": 9.0}
@@ -28,7 +29,7 @@ def test_every_gate_metric_has_a_row_with_delta_and_verdict():
     assert by_metric["tpot_p99_ms"].threshold is None  # gate off
     assert by_metric["mean_kld"].verdict == "same"
     assert by_metric["c1_output_tok_s"].verdict == "better" and not by_metric["c1_output_tok_s"].is_gate_metric
-    assert "reference_perplexity" not in by_metric  # only gate and context metrics
+    assert by_metric["reference_perplexity"].verdict == "same"  # the base model's sanity gate
     assert report.regressions == ["top1_agreement", "ttft_p99_ms"]
 
 

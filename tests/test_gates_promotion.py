@@ -7,12 +7,13 @@ from foundry.gates import evaluate_gates
 from foundry.promotion import promote_if_passed
 from foundry.registry import Registry, sqlite_tracking_uri
 
-GOOD = {"perplexity_ratio": 1.02, "mean_kld": 0.03, "top1_agreement": 0.9, "ttft_p99_ms": 100.0,
+GOOD = {"reference_perplexity": 17.8, "perplexity_ratio": 1.02, "mean_kld": 0.03, "top1_agreement": 0.9, "ttft_p99_ms": 100.0,
         "tpot_p99_ms": 20.0, "speedup_output_tok_s": 1.5}
 
 
 def test_all_gates_pass_on_good_measurements():
-    decision = evaluate_gates(GateConfig(max_ttft_p99_ms=200, max_tpot_p99_ms=30, min_speedup_vs_baseline=1.1), GOOD)
+    decision = evaluate_gates(GateConfig(max_reference_perplexity=50, max_ttft_p99_ms=200, max_tpot_p99_ms=30,
+                                         min_speedup_vs_baseline=1.1), GOOD)
     assert decision.passed
     assert {r.name for r in decision.results} == set(GOOD)
     assert decision.unchecked == []
@@ -27,6 +28,28 @@ def test_one_failing_gate_fails_the_decision_and_names_it(metric, value, gate_fi
     decision = evaluate_gates(GateConfig(), {**GOOD, metric: value})
     assert not decision.passed
     assert len(decision.failure_reasons) == 1 and metric in decision.failure_reasons[0]
+
+
+def test_a_random_weight_model_passes_the_relative_gates_but_not_the_sanity_gate(tiny_llama_hf_dir, smollm2_tokenizer):
+    """Quantization faithful to a broken base model is still a broken engine: the relative gates
+    cannot see it, the absolute reference-perplexity gate does."""
+    import torch
+
+    from foundry import data
+    from foundry.gates import gate_measurements
+    from foundry.quality import evaluate_quality
+    from foundry.runtime.hf import HFEngine
+
+    random_model = HFEngine.load(tiny_llama_hf_dir)
+    windows = data.token_windows(data.builtin_documents("evaluation"), smollm2_tokenizer, 2, 32, "evaluation")
+    quality = evaluate_quality(random_model, random_model, windows.input_ids, windows.documents_hash)
+    measurements = gate_measurements({}, quality)
+    relative_only = GateConfig()
+    assert evaluate_gates(relative_only, measurements).passed
+    decision = evaluate_gates(GateConfig(max_reference_perplexity=50), measurements)
+    assert not decision.passed and quality.reference_perplexity > 10_000
+    assert decision.failure_reasons[0].startswith("reference_perplexity:")
+    assert torch.isfinite(torch.tensor(quality.reference_perplexity))
 
 
 def test_unmeasured_metric_fails_its_gate():

@@ -130,7 +130,7 @@ def test_trtllm_build_of_another_installation_is_refused(tmp_path, fake_trtllm, 
 @pytest.mark.parametrize(
     ("checkpoint_fields", "build_fields", "node_fields", "message"),
     [
-        ({"max_position_embeddings": 512}, {}, {}, "build.max_seq_len = 1024 exceeds the model's max_position_embeddings = 512"),
+        ({"max_position_embeddings": 512}, {}, {}, "build.max_seq_len: 1024 exceeds max_position_embeddings 512"),
         ({"rank_files": 1, "tp_size": 2}, {}, {"gpu_count": 2}, r"rank files missing .*\['rank1.safetensors'\]"),
         ({"rank_files": 3, "tp_size": 2}, {}, {"gpu_count": 2}, r"extra \['rank2.safetensors'\]"),
         ({"tp_size": 2}, {}, {}, "1 GPU\\(s\\) visible but the build needs 2"),

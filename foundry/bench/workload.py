@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import io
 import json
 from pathlib import Path
 
@@ -210,7 +211,9 @@ def load_trtllm_dataset(path: Path | str, tokenizer=None) -> list[Request]:
         raise FoundryError(f"{path}: dataset file not found")
     requests: list[Request] = []
     seen_ids: set = set()
-    with path.open() as handle:
+    from foundry.data import read_utf8
+
+    with io.StringIO(read_utf8(path, "benchmark dataset")) as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -256,10 +259,26 @@ def write_trtllm_dataset(requests: Sequence[Request], path: Path | str) -> None:
             handle.write(json.dumps({"task_id": r.request_id, "input_ids": r.input_ids, "output_tokens": r.output_tokens}) + "\n")
 
 
+def require_requests_fit(requests: Sequence[Request], max_seq_len: int, path: Path | str) -> None:
+    """Every request's prompt plus its output must fit the engine's max_seq_len: a longer one would be
+    truncated or refused by a real server, so its numbers would measure something else."""
+    too_long = [r for r in requests if len(r.input_ids) + r.output_tokens > max_seq_len]
+    if too_long:
+        first = too_long[0]
+        raise FoundryError(
+            f"{path}: request {first.request_id} (line {first.request_id + 1}) needs {len(first.input_ids)} prompt + "
+            f"{first.output_tokens} output = {len(first.input_ids) + first.output_tokens} tokens, over the engine's "
+            f"build.max_seq_len {max_seq_len} ({len(too_long)} request(s) too long); shorten them or raise build.max_seq_len"
+        )
+
+
 def dataset_workload(path: Path | str, warmup_requests: int, num_requests: int | None = None,
-                     tokenizer=None, vocab_size: int | None = None) -> tuple[list[Request], WorkloadDescription]:
+                     tokenizer=None, vocab_size: int | None = None,
+                     max_seq_len: int | None = None) -> tuple[list[Request], WorkloadDescription]:
     """The first `warmup_requests` lines warm up, the next `num_requests` (default: all) are timed."""
     requests = load_trtllm_dataset(path, tokenizer)
+    if max_seq_len is not None:
+        require_requests_fit(requests, max_seq_len, path)
     wanted = warmup_requests + (num_requests if num_requests is not None else len(requests) - warmup_requests)
     if len(requests) < wanted or wanted <= warmup_requests:
         raise FoundryError(f"{path}: has {len(requests)} requests, need {warmup_requests} warmup + at least 1 timed"
@@ -284,11 +303,12 @@ def _distribution(length_range) -> dict | None:
     return spec
 
 
-def workload_from_config(config, vocab_size: int, special_ids: Sequence[int] = (), tokenizer=None):
+def workload_from_config(config, vocab_size: int, special_ids: Sequence[int] = (), tokenizer=None,
+                         max_seq_len: int | None = None):
     """Build the workload of a `foundry.config.BenchmarkConfig`; returns (requests, description)."""
     if getattr(config, "dataset", None):
         return dataset_workload(config.dataset, config.warmup_requests, config.num_requests,
-                                tokenizer=tokenizer, vocab_size=vocab_size)
+                                tokenizer=tokenizer, vocab_size=vocab_size, max_seq_len=max_seq_len)
     input_dist, output_dist = _distribution(config.input_len), _distribution(config.output_len)
     if input_dist is None and output_dist is None:
         return synthetic_workload_with_description(

@@ -13,6 +13,7 @@ import torch
 
 import foundry
 from foundry.builders.base import ENGINE_INFO
+from foundry.checkpoint import require_context_fits
 from foundry.config import BuildConfig
 from foundry.errors import FoundryError
 
@@ -28,12 +29,7 @@ class ReferenceBuilder:
     def build(self, checkpoint_dir: Path, output_dir: Path, build: BuildConfig) -> dict:
         started = time.perf_counter()
         checkpoint_config = json.loads((checkpoint_dir / "config.json").read_text())
-        max_positions = checkpoint_config.get("max_position_embeddings")
-        if max_positions and build.max_seq_len > max_positions:
-            raise FoundryError(
-                f"build.max_seq_len = {build.max_seq_len} exceeds the model's max_position_embeddings "
-                f"= {max_positions}; lower build.max_seq_len"
-            )
+        require_context_fits(checkpoint_config.get("max_position_embeddings"), build.max_seq_len, checkpoint_dir / "config.json")
         output_dir.mkdir(parents=True, exist_ok=True)
         for source in sorted(checkpoint_dir.iterdir()):
             if source.name == "config.json" or source.suffix == ".safetensors":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import foundry
 from foundry.builders.base import ENGINE_INFO
+from foundry.checkpoint import require_context_fits
 from foundry.compat import TrtllmEnvironment
 from foundry.config import BuildConfig
 from foundry.errors import FoundryError, NotSupportedError
@@ -101,12 +102,7 @@ def validate_build_request(checkpoint_dir: Path, config: dict, build: BuildConfi
     """Everything checkable before trtllm-build starts; returns the world size (number of engines)."""
     path = checkpoint_dir / "config.json"
     world = checkpoint_world_size(checkpoint_dir, config)
-    max_positions = config.get("max_position_embeddings")
-    if max_positions and build.max_seq_len > max_positions:
-        raise FoundryError(
-            f"build.max_seq_len = {build.max_seq_len} exceeds the model's max_position_embeddings = "
-            f"{max_positions} ({path}); lower build.max_seq_len"
-        )
+    require_context_fits(config.get("max_position_embeddings"), build.max_seq_len, path)
     max_input = build.resolved_max_input_len
     if max_input > build.max_seq_len:
         raise FoundryError(f"build.max_input_len = {max_input} exceeds build.max_seq_len = {build.max_seq_len}")

@@ -1,0 +1,68 @@
+"""Every check that needs only metadata, before ZenML starts: a bad input is refused in seconds
+(exit 2) instead of inside the pipeline after ingest and calibration.
+
+What is checked here: the config (strict, foundry/config.py); the variant on the chosen backend;
+the checkpoint's config.json or GGUF header (architecture, custom code, tp_size against the heads,
+build.max_seq_len against max_position_embeddings); the calibration data (exists, UTF-8, parses)
+and the benchmark dataset (parses, every request fits build.max_seq_len). Weights, tokens and
+Great Expectations stay in the pipeline, where they are checked on the bytes actually used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from foundry.calibrate import check_supported
+from foundry.checkpoint import read_source_config, require_context_fits, source_fingerprint
+from foundry.config import FoundryConfig, load_config
+from foundry.data import load_documents
+
+
+@dataclass(frozen=True)
+class Preflight:
+    config: FoundryConfig
+    source_fingerprint: str
+
+
+def _tokenizer_for(config: FoundryConfig, config_file: Path):
+    """The checkpoint's tokenizer, for text prompts in a benchmark dataset (loaded only when needed)."""
+    from transformers import AutoTokenizer
+
+    if config_file.name == "config.json":
+        return AutoTokenizer.from_pretrained(str(config_file.parent))
+    return AutoTokenizer.from_pretrained(str(config_file.parent), gguf_file=config_file.name)
+
+
+def check_benchmark_dataset(config: FoundryConfig, config_file: Path) -> None:
+    from foundry.bench.workload import load_trtllm_dataset, require_requests_fit
+
+    path = Path(config.benchmark.dataset)
+    has_prompts = b'"prompt"' in path.read_bytes() if path.is_file() else False
+    tokenizer = _tokenizer_for(config, config_file) if has_prompts else None
+    requests = load_trtllm_dataset(path, tokenizer)
+    require_requests_fit(requests, config.build.max_seq_len, path)
+
+
+def check_calibration_data(config: FoundryConfig) -> None:
+    calibration = config.calibration
+    if calibration.source == "hf_dataset" and not Path(str(calibration.path)).exists():
+        return  # a hub name: loaded (or refused offline) by the pipeline's validation step
+    load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)
+
+
+def run_preflight(config_path: str | Path, base_dir: Path | None = None) -> Preflight:
+    """Load and check everything cheap. Relative paths (the config file's own and those inside it)
+    resolve against `base_dir`, the caller's working directory."""
+    base_dir = base_dir or Path.cwd()
+    config_path = Path(config_path).expanduser()
+    config = load_config(config_path if config_path.is_absolute() else base_dir / config_path)
+    config = config.with_paths_resolved(base_dir)
+    check_supported(config.calibration, config.build.backend)
+    model_config, config_file = read_source_config(config.model.source)
+    check_supported(config.calibration, config.build.backend, model_config)
+    require_context_fits(model_config.get("max_position_embeddings"), config.build.max_seq_len, config_file)
+    check_calibration_data(config)
+    if config.benchmark.dataset:
+        check_benchmark_dataset(config, config_file)
+    return Preflight(config=config, source_fingerprint=source_fingerprint(config.model.source))
