@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from foundry.errors import FoundryError
+from foundry.errors import ArtifactTamperedError, FoundryError
 
 MANIFEST_NAME = "foundry-manifest.json"
 _CHUNK_BYTES = 8 * 1024 * 1024
@@ -69,15 +69,16 @@ def verify_manifest(directory: Path) -> dict:
     actual_files = set(list_files(directory))
     missing = sorted(set(expected) - actual_files)
     extra = sorted(actual_files - set(expected))
+    rebuild = "rebuild it: run again with --no-cache (a cached run would reuse the damaged artifact)"
     if missing:
-        raise FoundryError(f"{directory}: files listed in the manifest are missing: {missing}")
+        raise ArtifactTamperedError(f"{directory}: files listed in the manifest are missing: {missing}; {rebuild}")
     if extra:
-        raise FoundryError(f"{directory}: files not in the manifest (tampered?): {extra}")
+        raise ArtifactTamperedError(f"{directory}: files not in the manifest (tampered?): {extra}; {rebuild}")
     for rel, want in expected.items():
         got = sha256_file(directory / rel)
         if got != want:
-            raise FoundryError(
+            raise ArtifactTamperedError(
                 f"{directory / rel}: SHA-256 {got[:12]}… does not match the manifest's {want[:12]}…; "
-                "the file was modified after it was written — rebuild it instead of editing it"
+                f"the file was modified after it was written — {rebuild}"
             )
     return manifest

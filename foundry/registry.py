@@ -111,6 +111,31 @@ class Registry:
             self.client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version)
         )
 
+    def model_names(self) -> list[str]:
+        return sorted(model.name for model in self.client.search_registered_models())
+
+    def engine_dir(self, model_name: str, version: str | None) -> tuple[str, Path, str]:
+        """(version, local engine directory, source URI) of a registered engine: `version`, or the
+        production one. Unknown models and versions are refused naming what there is."""
+        names = self.model_names()
+        if model_name not in names:
+            raise FoundryError(f"--model: no registered model {model_name!r} in MLflow at {self.tracking_uri}; "
+                               f"registered: {', '.join(names) or 'none yet (run the pipeline first)'}")
+        version = version or self.production_version(model_name)
+        if version is None:
+            raise FoundryError(f"model {model_name!r} has no production version in MLflow; pass --version N")
+        try:
+            source = self.client.get_model_version(model_name, str(version)).source
+        except (MlflowException, RestException):
+            known = ", ".join(str(v.version) for v in self.list_versions(model_name))
+            raise FoundryError(f"--version: model {model_name!r} has no version {version}; versions: {known}") from None
+        engine_dir = Path(source.removeprefix("file://"))
+        if not engine_dir.is_dir():
+            raise FoundryError(
+                f"{model_name} version {version}: engine source {source} is not a local directory; run this "
+                "where the artifact store is mounted"
+            )
+        return str(version), engine_dir, source
 
     def resolve_version(self, model_name: str, alias: str | None = None, version: int | str | None = None):
         """A model version by alias or number, with an error that names the fix."""

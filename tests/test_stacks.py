@@ -33,7 +33,7 @@ from zenml.client import Client
 from zenml.stack import Stack
 from zenml.stack.stack_component import StackComponent
 from stacks.kubernetes_gpu import definition_of_stack, gpu_step_configurations
-import run as cli
+from cli.run_pipeline import pipeline_parameters
 client = Client()
 model = client.get_stack(sys.argv[1], allow_name_prefix_match=False)
 out = {"stacks": [s.name for s in client.list_stacks(size=100).items], "components": {}, "steps": {}}
@@ -47,7 +47,7 @@ Stack.from_model(model).validate()  # raises if the stack is not runnable as com
 from foundry.config import FoundryConfig
 from pipelines import engine_pipeline
 pipeline = engine_pipeline.with_options(steps=gpu_step_configurations(definition_of_stack(model)))
-pipeline.prepare(**cli._pipeline_parameters(FoundryConfig(), "x"))
+pipeline.prepare(**pipeline_parameters(FoundryConfig(), "x"))
 snapshot, _, _ = pipeline._compile(steps=pipeline._run_args["step_configurations"])  # validates settings keys
 for name, step in snapshot.step_configurations.items():
     out["steps"][name] = {"step_operator": step.config.step_operator,
