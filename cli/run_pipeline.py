@@ -84,6 +84,7 @@ def pipeline_parameters(config, fingerprint: str, compare_with_run: str | None =
         build=config.build,
         benchmark=config.benchmark,
         gates=config.gates,
+        runtime=config.runtime,
         run_config=config.model_dump(mode="json"),
         config_hash=config.config_hash(),
     )
@@ -192,7 +193,7 @@ def print_summary(run_id, config, wall_seconds: float):
                 "content_hash": output("build_engine", "engine").run_metadata.get("content_hash")},
         benchmark_results=output("benchmark_engine", "benchmark_results").load(),
         quality=output("evaluate_engine_quality", "quality_report").load(),
-        gates=config.gates,
+        decision=output("gate_and_promote", "gate_decision").load(),
         promotion=promotion,
         tracking_uri=stack_tracking_uri(),
     )

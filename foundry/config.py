@@ -216,7 +216,26 @@ class CalibrationConfig(TextDataConfig):
 
 
 class EvaluationConfig(TextDataConfig):
+    """Held-out text. `num_samples` windows score teacher-forced quality where the engine gives logits
+    (the reference backend in process). The first `generation_prompts` windows also give prompts of
+    `generation_prompt_len` tokens whose greedy continuation of `generation_tokens` tokens, by the
+    engine as it serves (any backend), is compared with the unquantized model's: the numbers that a
+    champion and a challenger of different backends share."""
+
     num_samples: int = Field(default=32, ge=1, le=100_000)
+    generation_prompts: int = Field(default=4, ge=0, le=10_000, description="0 = no generation-based metrics")
+    generation_prompt_len: int = Field(default=32, ge=1)
+    generation_tokens: int = Field(default=16, ge=1)
+    stop_at_eos: bool = Field(default=False, description="stop continuations at EOS and report the length ratio")
+    top_logprobs: int = Field(default=5, ge=0, le=20, description="per-token logprobs asked from the server for the KLD (0 = none)")
+
+    @model_validator(mode="after")
+    def _prompts_fit(self) -> "EvaluationConfig":
+        if self.generation_prompts > self.num_samples:
+            raise ValueError(f"generation_prompts ({self.generation_prompts}) must be <= num_samples ({self.num_samples})")
+        if self.generation_prompts and self.generation_prompt_len >= self.seq_len:
+            raise ValueError(f"generation_prompt_len ({self.generation_prompt_len}) must be < seq_len ({self.seq_len})")
+        return self
 
 
 class BuildConfig(_Strict):
@@ -261,6 +280,48 @@ class BuildConfig(_Strict):
     @property
     def resolved_max_input_len(self) -> int:
         return self.max_input_len if self.max_input_len is not None else self.max_seq_len
+
+
+class RuntimeConfig(_Strict):
+    """How the engine runs while it is benchmarked and evaluated: the way it will serve.
+
+    `served_by`: auto (reference: in_process; trtllm: trtllm_serve) | in_process (the reference
+    engine in the step's process) | foundry_server (`python -m foundry.bench.server` on the engine) |
+    trtllm_serve (TensorRT-LLM 1.2.x `trtllm-serve ENGINE --backend tensorrt`) | command (any
+    OpenAI-compatible server, `command` a template with {engine_dir} {tokenizer_dir} {host} {port}
+    {model_name} {python}). Servers get a free port (or `port`), must answer GET /health within
+    `startup_timeout_s`, and are stopped with SIGTERM, then SIGKILL after `shutdown_grace_s`.
+    """
+
+    served_by: Literal["auto", "in_process", "foundry_server", "trtllm_serve", "command"] = "auto"
+    command: str | None = Field(default=None, description="served_by command: the server's command line template")
+    port: int | None = Field(default=None, ge=1024, le=65535, description="null = a free port")
+    startup_timeout_s: float = Field(default=900.0, gt=0.0)
+    shutdown_grace_s: float = Field(default=15.0, gt=0.0)
+    request_timeout_s: float = Field(default=600.0, gt=0.0)
+    trtllm_serve_args: list[str] = Field(default=[], description="extra trtllm-serve 1.2.x flags, checked against its CLI")
+
+    @model_validator(mode="after")
+    def _command_matches(self) -> "RuntimeConfig":
+        if (self.served_by == "command") != (self.command is not None):
+            raise ValueError("command is required with served_by: command, and applies only to it")
+        if self.trtllm_serve_args and self.served_by not in ("auto", "trtllm_serve"):
+            raise ValueError("trtllm_serve_args apply only to served_by trtllm_serve (or auto with build.backend trtllm)")
+        return self
+
+    def resolved_for(self, backend: str) -> str:
+        """What serves an engine of `backend`; refuses what cannot run it."""
+        served_by = self.served_by
+        if served_by == "auto":
+            served_by = "trtllm_serve" if backend == "trtllm" else "in_process"
+        if backend == "trtllm" and served_by in ("in_process", "foundry_server"):
+            raise ValueError(
+                f"runtime.served_by {served_by!r} cannot run a TensorRT-LLM engine (the reference runtime executes "
+                "checkpoints, not TensorRT plans); use trtllm_serve or command"
+            )
+        if backend == "reference" and served_by == "trtllm_serve":
+            raise ValueError("runtime.served_by trtllm_serve needs build.backend trtllm (a reference engine is no TensorRT plan)")
+        return served_by
 
 
 class ServingConfig(_Strict):
@@ -369,6 +430,9 @@ class GateConfig(_Strict):
     max_perplexity_ratio: float | None = Field(default=1.10, gt=1.0)
     max_mean_kld: float | None = Field(default=0.10, gt=0.0)
     min_top1_agreement: float | None = Field(default=0.85, gt=0.0, le=1.0)
+    # Generation-based, measured on the engine as it serves (every backend; foundry/generation_quality.py).
+    min_token_agreement: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_continuation_perplexity_ratio: float | None = Field(default=None, gt=0.0)
     max_ttft_p99_ms: float | None = Field(default=None, gt=0.0)
     max_tpot_p99_ms: float | None = Field(default=None, gt=0.0)
     min_speedup_vs_baseline: float | None = Field(default=None, gt=0.0)
@@ -381,7 +445,13 @@ class FoundryConfig(_Strict):
     build: BuildConfig = BuildConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     gates: GateConfig = GateConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     serving: ServingConfig = ServingConfig()
+
+    @model_validator(mode="after")
+    def _runtime_runs_the_backend(self) -> "FoundryConfig":
+        self.runtime.resolved_for(self.build.backend)
+        return self
 
     @model_validator(mode="after")
     def _serving_fits_build(self) -> "FoundryConfig":

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from foundry.gates import GateConfig, evaluate_gates, gate_measurements
+from foundry.bench.session import BenchmarkResults
+from foundry.gates import GateDecision
 from foundry.promotion import PromotionResult
 from foundry.quality import QualityReport
 
@@ -29,9 +30,9 @@ def print_run_summary(
     step_statuses: dict[str, str],
     checkpoint: dict,
     engine: dict,
-    benchmark_results: dict,
+    benchmark_results: BenchmarkResults,
     quality: QualityReport,
-    gates: GateConfig,
+    decision: GateDecision,
     promotion: PromotionResult,
     tracking_uri: str,
     calibration: dict | None = None,
@@ -59,32 +60,41 @@ def print_run_summary(
                      f"content {str(engine.get('content_hash'))[:16]}")
     console.print(identity)
 
-    bench = Table(title=f"Benchmark · {benchmark_results['engine']['backend']} vs "
-                        f"{(benchmark_results.get('baseline') or {}).get('backend', 'no baseline')}")
+    baseline = benchmark_results.baseline
+    bench = Table(title=f"Benchmark · {benchmark_results.engine.backend} served by {benchmark_results.served_by} vs "
+                        f"{baseline.backend if baseline else 'no baseline'}")
     for column in ("concurrency", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms", "output tok/s", "speedup vs baseline"):
         bench.add_column(column, justify="right")
-    speedups = {row["concurrency"]: row["speedup_output_tok_s"] for row in benchmark_results.get("comparison", [])}
-    for level in benchmark_results["engine"]["levels"]:
-        ttft, tpot = level.get("ttft") or {}, level.get("tpot") or {}
+    speedups = {row.concurrency: row.speedup_output_tok_s for row in benchmark_results.comparison}
+    for level in benchmark_results.engine.levels:
+        ttft, tpot = level.ttft, level.tpot
         bench.add_row(
-            str(level["concurrency"]), _fmt(ttft.get("p50_ms")), _fmt(ttft.get("p99_ms")),
-            _fmt(tpot.get("p50_ms")), _fmt(tpot.get("p99_ms")),
-            _fmt(level["output_token_throughput_tok_s"], ".1f"), _fmt(speedups.get(level["concurrency"]), ".2f", "×"),
+            str(level.concurrency), _fmt(ttft.p50_ms if ttft else None), _fmt(ttft.p99_ms if ttft else None),
+            _fmt(tpot.p50_ms if tpot else None), _fmt(tpot.p99_ms if tpot else None),
+            _fmt(level.output_token_throughput_tok_s, ".1f"), _fmt(speedups.get(level.concurrency), ".2f", "×"),
         )
     console.print(bench)
 
-    qual = Table(title=f"Quality · {quality.engine_backend} vs unquantized {quality.reference_backend}", show_header=False)
-    qual.add_row("perplexity ratio", f"{quality.perplexity_ratio:.4f}  ({quality.engine_perplexity:.3f} / {quality.reference_perplexity:.3f})")
-    qual.add_row("mean KL divergence", f"{quality.mean_kld:.4f} nats/token")
-    qual.add_row("top-1 agreement", f"{quality.top1_agreement:.2%}")
+    qual = Table(title=f"Quality · {quality.engine_backend} served by {quality.served_by} vs unquantized "
+                       f"{quality.reference_backend}", show_header=False)
+    qual.add_row("reference perplexity", f"{quality.reference_perplexity:.3f} (the unquantized model on held-out text)")
+    if quality.perplexity_ratio is not None:
+        qual.add_row("perplexity ratio", f"{quality.perplexity_ratio:.4f}  ({quality.engine_perplexity:.3f} / {quality.reference_perplexity:.3f})")
+        qual.add_row("mean KL divergence", f"{quality.mean_kld:.4f} nats/token")
+        qual.add_row("top-1 agreement", f"{quality.top1_agreement:.2%}")
+    generation = quality.generation
+    if generation is not None:
+        qual.add_row("token agreement", f"{generation.token_agreement:.2%} · exact match {generation.exact_match_rate:.0%} · "
+                     f"first divergence {generation.first_divergence_mean:.1f} of {generation.max_new_tokens} "
+                     f"({generation.num_prompts} greedy continuations)")
+        qual.add_row("continuation ppl ratio", f"{generation.continuation_perplexity_ratio:.4f} (engine's text scored by the reference)")
     console.print(qual)
 
-    decision = evaluate_gates(gates, gate_measurements(benchmark_results["headline"], quality))
     gate_table = Table(title="Gates")
     for column in ("gate", "threshold", "measured", "result"):
         gate_table.add_column(column)
     for result in decision.results:
-        gate_table.add_row(result.name, f"{result.comparison} {result.threshold:g}", _fmt(result.measured, ".4g"),
+        gate_table.add_row(result.name, result.condition, result.detail or _fmt(result.measured, ".4g"),
                            "[green]pass" if result.passed else "[red]FAIL")
     for name in decision.unchecked:
         gate_table.add_row(name, "not set", "", "[dim]unchecked")

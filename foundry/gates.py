@@ -18,13 +18,20 @@ class GateResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    comparison: Literal["<=", ">="]
+    comparison: Literal["<=", ">=", "=="]
     threshold: float
     measured: float | None  # None: the run did not measure it, which fails the gate
     passed: bool
+    detail: str | None = None  # a gate that is no threshold (engine identity) says why here
+
+    @property
+    def condition(self) -> str:
+        return "benchmarked = evaluated = registered" if self.comparison == "==" else f"{self.comparison} {self.threshold:g}"
 
     @property
     def reason(self) -> str:
+        if self.detail:
+            return f"{self.name}: {self.detail} → {'ok' if self.passed else 'FAILED'}"
         if self.measured is None:
             return f"{self.name}: not measured in this run (threshold {self.comparison} {self.threshold:g})"
         verdict = "ok" if self.passed else "FAILED"
@@ -49,6 +56,8 @@ _GATES: dict[str, tuple[str, Literal["<=", ">="]]] = {
     "max_perplexity_ratio": ("perplexity_ratio", "<="),
     "max_mean_kld": ("mean_kld", "<="),
     "min_top1_agreement": ("top1_agreement", ">="),
+    "min_token_agreement": ("token_agreement", ">="),
+    "max_continuation_perplexity_ratio": ("continuation_perplexity_ratio", "<="),
     "max_ttft_p99_ms": ("ttft_p99_ms", "<="),
     "max_tpot_p99_ms": ("tpot_p99_ms", "<="),
     "min_speedup_vs_baseline": ("speedup_output_tok_s", ">="),
@@ -67,18 +76,36 @@ def _check(name: str, comparison: Literal["<=", ">="], threshold: float, measure
 
 def gate_measurements(benchmark_headline: dict, quality: QualityReport) -> dict[str, float | None]:
     """The numbers the gates judge: the benchmark headline plus the quality headline."""
+    generation = quality.generation
     return {
         **benchmark_headline,
         "reference_perplexity": quality.reference_perplexity,
         "perplexity_ratio": quality.perplexity_ratio,
         "mean_kld": quality.mean_kld,
         "top1_agreement": quality.top1_agreement,
+        "token_agreement": generation.token_agreement if generation else None,
+        "continuation_perplexity_ratio": generation.continuation_perplexity_ratio if generation else None,
+        "exact_match_rate": generation.exact_match_rate if generation else None,
+        "output_length_ratio": generation.output_length_ratio if generation else None,
     }
 
 
-def evaluate_gates(gates: GateConfig, measurements: dict[str, float | None]) -> GateDecision:
-    """`measurements` maps metric names (perplexity_ratio, ttft_p99_ms, ...) to measured values."""
-    results, unchecked = [], []
+def engine_identity_result(registered_hash: str, benchmarked_hash: str | None, evaluated_hash: str | None) -> GateResult | None:
+    """The engine promoted must be the one benchmarked and evaluated: a failing result naming the
+    mismatch, or None when all three agree."""
+    problems = [f"{what} ran on engine {(found or 'unknown')[:16]}" for what, found in
+                (("the benchmark", benchmarked_hash), ("the evaluation", evaluated_hash)) if found != registered_hash]
+    if not problems:
+        return None
+    return GateResult(name="engine_identity", comparison="==", threshold=0.0, measured=None, passed=False,
+                      detail=f"registered engine {registered_hash[:16]} but " + " and ".join(problems))
+
+
+def evaluate_gates(gates: GateConfig, measurements: dict[str, float | None],
+                   extra_results: list[GateResult] = ()) -> GateDecision:
+    """`measurements` maps metric names (perplexity_ratio, ttft_p99_ms, ...) to measured values;
+    `extra_results` are checks that are no threshold (the engine identity)."""
+    results, unchecked = list(extra_results), []
     for field, (metric, comparison) in _GATES.items():
         threshold = getattr(gates, field)
         if threshold is None:
@@ -90,7 +117,7 @@ def evaluate_gates(gates: GateConfig, measurements: dict[str, float | None]) -> 
 
 def render_gates_html(decision: GateDecision, promoted: bool) -> str:
     rows = "".join(
-        f"<tr style='background:{'#e8f5e9' if r.passed else '#ffebee'}'><td>{r.name}</td><td>{r.comparison} {r.threshold:g}</td>"
+        f"<tr style='background:{'#e8f5e9' if r.passed else '#ffebee'}'><td>{r.name}</td><td>{r.condition}</td>"
         f"<td>{'—' if r.measured is None else f'{r.measured:.4g}'}</td><td><b>{'pass' if r.passed else 'FAIL'}</b></td></tr>"
         for r in decision.results
     )

@@ -1,8 +1,10 @@
 """Quality of an engine against the unquantized reference on held-out text.
 
-Perplexity ratio, mean KL divergence KL(P_ref || P_engine) and top-1 agreement, per next-token
-position, as llama.cpp's `perplexity --kl-divergence` reports them. Aggregate perplexity hides
-changed answers, so the gates look at all three.
+Teacher-forced, where the engine gives logits (in process): perplexity ratio, mean KL divergence
+KL(P_ref || P_engine) and top-1 agreement, per next-token position, as llama.cpp's
+`perplexity --kl-divergence` reports them. Aggregate perplexity hides changed answers, so the gates
+look at all three. For every engine, also through its server: the generation-based set of
+foundry/generation_quality.py. The reference's own perplexity is always measured (the sanity gate).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 from foundry.errors import FoundryError
+from foundry.generation_quality import GenerationQuality, render_generation_html
 from foundry.runtime.base import Engine
 
 
@@ -26,11 +29,15 @@ class QualityReport(BaseModel):
     seq_len: int
     num_scored_tokens: int
     reference_perplexity: float
-    engine_perplexity: float
-    perplexity_ratio: float  # engine / reference; 1.0 = no loss
-    mean_kld: float  # nats per token, KL(P_reference || P_engine)
-    top1_agreement: float  # fraction of positions where both pick the same next token
+    # Teacher-forced: None when the engine runs behind a server (no logits to compare).
+    engine_perplexity: float | None
+    perplexity_ratio: float | None  # engine / reference; 1.0 = no loss
+    mean_kld: float | None  # nats per token, KL(P_reference || P_engine)
+    top1_agreement: float | None  # fraction of positions where both pick the same next token
     eval_data_hash: str
+    served_by: str = "in-process"
+    engine_content_hash: str | None = None  # the engine these numbers were measured on
+    generation: GenerationQuality | None = None
 
 
 class _Totals:
@@ -58,43 +65,53 @@ def _check_finite(logits: torch.Tensor, backend: str) -> None:
 
 
 def evaluate_quality(
-    engine: Engine, reference: Engine, eval_ids: torch.Tensor, eval_data_hash: str, batch_size: int = 4
+    engine: Engine | None, reference: Engine, eval_ids: torch.Tensor, eval_data_hash: str, batch_size: int = 4,
+    engine_backend: str | None = None,
 ) -> QualityReport:
-    """Score `engine` against `reference` on [num_samples, seq_len] token windows."""
+    """Score `engine` against `reference` on [num_samples, seq_len] token windows. With no in-process
+    engine (it runs behind a server) only the reference's perplexity is measured here."""
     if eval_ids.dim() != 2 or eval_ids.shape[1] < 2:
         raise FoundryError(f"evaluation windows must be [num_samples, seq_len >= 2], got {tuple(eval_ids.shape)}")
     totals = _Totals()
     for start in range(0, eval_ids.shape[0], batch_size):
         batch = eval_ids[start : start + batch_size]
         reference_logits = reference.logits(batch)[:, :-1]
-        engine_logits = engine.logits(batch)[:, :-1]
         _check_finite(reference_logits, reference.backend)
-        _check_finite(engine_logits, engine.backend)
+        engine_logits = reference_logits
+        if engine is not None:
+            engine_logits = engine.logits(batch)[:, :-1]
+            _check_finite(engine_logits, engine.backend)
         totals.add(reference_logits, engine_logits, batch[:, 1:])
     reference_ppl = math.exp(totals.reference_nll / totals.tokens)
     engine_ppl = math.exp(totals.engine_nll / totals.tokens)
+    teacher_forced = engine is not None
     return QualityReport(
-        engine_backend=engine.backend,
+        engine_backend=engine.backend if engine is not None else (engine_backend or "served"),
         reference_backend=reference.backend,
         num_samples=eval_ids.shape[0],
         seq_len=eval_ids.shape[1],
         num_scored_tokens=totals.tokens,
         reference_perplexity=reference_ppl,
-        engine_perplexity=engine_ppl,
-        perplexity_ratio=engine_ppl / reference_ppl,
-        mean_kld=totals.kld / totals.tokens,
-        top1_agreement=totals.agree / totals.tokens,
+        engine_perplexity=engine_ppl if teacher_forced else None,
+        perplexity_ratio=engine_ppl / reference_ppl if teacher_forced else None,
+        mean_kld=totals.kld / totals.tokens if teacher_forced else None,
+        top1_agreement=totals.agree / totals.tokens if teacher_forced else None,
         eval_data_hash=eval_data_hash,
     )
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "— (served: no logits)" if value is None else format(value, spec)
+
+
 def render_quality_html(report: QualityReport) -> str:
     rows = [
+        ("engine", f"{report.engine_backend}", f"served by {report.served_by}; engine {(report.engine_content_hash or '?')[:16]}"),
         ("reference perplexity", f"{report.reference_perplexity:.3f}", report.reference_backend),
-        ("engine perplexity", f"{report.engine_perplexity:.3f}", report.engine_backend),
-        ("perplexity ratio (engine / reference)", f"{report.perplexity_ratio:.4f}", ""),
-        ("mean KL divergence (nats/token)", f"{report.mean_kld:.4f}", ""),
-        ("top-1 agreement", f"{report.top1_agreement:.2%}", ""),
+        ("engine perplexity", _fmt(report.engine_perplexity, ".3f"), "teacher-forced"),
+        ("perplexity ratio (engine / reference)", _fmt(report.perplexity_ratio, ".4f"), ""),
+        ("mean KL divergence (nats/token)", _fmt(report.mean_kld, ".4f"), ""),
+        ("top-1 agreement", _fmt(report.top1_agreement, ".2%"), ""),
         ("scored tokens", f"{report.num_scored_tokens} ({report.num_samples} × {report.seq_len - 1})", ""),
         ("evaluation data hash", report.eval_data_hash[:16] + "…", "held out from calibration"),
     ]
@@ -102,5 +119,6 @@ def render_quality_html(report: QualityReport) -> str:
     return (
         "<html><body style='font-family:sans-serif'><h2>Quality: engine vs unquantized reference</h2>"
         "<table border='1' cellpadding='6' style='border-collapse:collapse'>"
-        f"<tr><th>metric</th><th>value</th><th>note</th></tr>{body}</table></body></html>"
+        f"<tr><th>metric</th><th>value</th><th>note</th></tr>{body}</table>"
+        + (render_generation_html(report.generation) if report.generation else "") + "</body></html>"
     )

@@ -2,7 +2,9 @@
 
 from zenml import pipeline
 
-from foundry.config import BenchmarkConfig, BuildConfig, CalibrationConfig, CheckpointSource, EvaluationConfig, GateConfig
+from foundry.config import (
+    BenchmarkConfig, BuildConfig, CalibrationConfig, CheckpointSource, EvaluationConfig, GateConfig, RuntimeConfig,
+)
 from steps import (
     benchmark_engine,
     build_engine,
@@ -29,6 +31,7 @@ def engine_pipeline(
     build: BuildConfig,
     benchmark: BenchmarkConfig,
     gates: GateConfig,
+    runtime: RuntimeConfig,
     run_config: dict,
     config_hash: str,
     compare_with_run: str | None = None,
@@ -53,8 +56,11 @@ def engine_pipeline(
         engine = build_engine.with_options(**options)(trtllm_checkpoint, build, checkpoint)
     else:
         engine = build_engine(trtllm_checkpoint, build)
-    benchmark_results, _, _ = benchmark_engine(engine, checkpoint, benchmark, model_name, dataset_fingerprint)
-    quality_report, _ = evaluate_engine_quality(engine, checkpoint, evaluation_windows, data_lineage)
+    # The engine runs as it will serve (runtime.served_by): in process, or trtllm-serve / a server process.
+    benchmark_results, _, _, _ = benchmark_engine(engine, checkpoint, benchmark, runtime, model_name, dataset_fingerprint)
+    quality_report, _, _ = evaluate_engine_quality(
+        engine, checkpoint, evaluation_windows, data_lineage, evaluation, runtime, model_name
+    )
     registered = register_engine(
         engine, checkpoint, trtllm_checkpoint, data_lineage, benchmark_results, quality_report,
         run_config, config_hash, model_name,

@@ -1,3 +1,4 @@
+import shutil
 from typing import Annotated
 
 from zenml import log_metadata, step
@@ -26,6 +27,8 @@ def build_engine(
         from foundry.triton import copy_tokenizer
 
         copy_tokenizer(checkpoint.path, out / "tokenizer")
+        # trtllm-serve 1.2.x reads the model type from its --tokenizer directory's config.json
+        shutil.copy2(checkpoint.path / "config.json", out / "tokenizer" / "config.json")
     engine = EngineArtifact(path=out, scratch=True)
     engine.seal({"engine": info, "checkpoint_content_hash": trtllm_checkpoint.content_hash})
     log_metadata(metadata={"engine": {**info, "content_hash": engine.content_hash}})

@@ -3,6 +3,7 @@ from typing import Annotated
 from zenml import log_metadata, step
 from zenml.types import HTMLString
 
+from foundry.bench.session import BenchmarkResults
 from foundry.comparison import compare_metrics, render_comparison_html
 from foundry.config import GateConfig
 from foundry.gates import gate_measurements
@@ -13,7 +14,7 @@ from steps.tracking import stack_registry
 @step(enable_cache=False)  # production moves between runs: compare against it now
 def compare_with_production(
     registered_version: dict,
-    benchmark_results: dict,
+    benchmark_results: BenchmarkResults,
     quality_report: QualityReport,
     gates: GateConfig,
     compare_with_run: str | None = None,
@@ -24,7 +25,7 @@ def compare_with_production(
     model_name = registered_version["model_name"]
     production = registry.production_version(model_name)
     baseline = registry.version_run_metrics(model_name, production) if production else None
-    candidate = gate_measurements(benchmark_results["headline"], quality_report)
+    candidate = gate_measurements(benchmark_results.headline, quality_report)
     candidate_label = f"this run (MLflow version {registered_version['version']})"
     report = compare_metrics(
         model_name=model_name,

@@ -1,36 +1,53 @@
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer
 from zenml import log_metadata, step
 from zenml.types import HTMLString
 
 from foundry.artifacts import EngineArtifact, HFCheckpoint
-from foundry.builders import load_engine
+from foundry.builders.base import read_engine_info
+from foundry.config import EvaluationConfig, RuntimeConfig
+from foundry.generation_quality import evaluate_generation
 from foundry.quality import QualityReport, evaluate_quality, render_quality_html
 from foundry.runtime.hf import HFEngine
+from foundry.serving import open_engine, server_log_text, tokenizer_dir_of
+from foundry.state import scratch_dir
 
 
 @step
 def evaluate_engine_quality(
-    engine: EngineArtifact, checkpoint: HFCheckpoint, evaluation_windows: np.ndarray, data_lineage: dict
-) -> tuple[Annotated[QualityReport, "quality_report"], Annotated[HTMLString, "quality_report_html"]]:
-    """The engine against the unquantized HF model on held-out windows (never calibration data)."""
-    report = evaluate_quality(
-        engine=load_engine(engine.path),
-        reference=HFEngine.load(checkpoint.path),
-        eval_ids=torch.from_numpy(evaluation_windows),
-        eval_data_hash=data_lineage["evaluation_data_hash"],
-    )
-    log_metadata(
-        metadata={
-            "quality": {
-                "perplexity_ratio": report.perplexity_ratio,
-                "mean_kld": report.mean_kld,
-                "top1_agreement": report.top1_agreement,
-                "reference_perplexity": report.reference_perplexity,
-                "engine_perplexity": report.engine_perplexity,
-            }
-        }
-    )
-    return report, HTMLString(render_quality_html(report))
+    engine: EngineArtifact, checkpoint: HFCheckpoint, evaluation_windows: np.ndarray, data_lineage: dict,
+    evaluation: EvaluationConfig, runtime: RuntimeConfig, model_name: str,
+) -> tuple[
+    Annotated[QualityReport, "quality_report"],
+    Annotated[HTMLString, "quality_report_html"],
+    Annotated[str, "evaluation_server_log"],
+]:
+    """The engine that will be promoted, run the way it serves, against the unquantized HF model on
+    held-out windows (never calibration data): teacher-forced where it gives logits (in process),
+    greedy continuations compared for every engine."""
+    info = read_engine_info(engine.path)
+    reference = HFEngine.load(checkpoint.path)
+    eos_id = AutoTokenizer.from_pretrained(checkpoint.path).eos_token_id
+    windows = torch.from_numpy(evaluation_windows)
+    prompts = windows[: evaluation.generation_prompts, : evaluation.generation_prompt_len].tolist()
+    log_path = scratch_dir("server-log") / "evaluation-server.log"
+    with open_engine(engine.path, info, engine.content_hash, runtime, tokenizer_dir_of(engine.path, info, checkpoint.path),
+                     log_path, model_name, eos_ids=[eos_id]) as served:
+        report = evaluate_quality(served.engine, reference, windows, data_lineage["evaluation_data_hash"],
+                                  engine_backend=info["backend"])
+        generation = None
+        if prompts:
+            generation = evaluate_generation(served.continuations, reference, prompts, evaluation.generation_tokens,
+                                             evaluation.stop_at_eos, evaluation.top_logprobs, eos_ids=[eos_id])
+        served.require_alive("the evaluation")
+    report = report.model_copy(update={"served_by": served.served_by, "engine_content_hash": engine.content_hash,
+                                       "generation": generation})
+    headline = {k: v for k, v in report.model_dump(exclude={"generation"}).items() if isinstance(v, float)}
+    if generation is not None:
+        headline |= {f"generation_{k}": v for k, v in generation.model_dump().items() if isinstance(v, float)}
+    log_metadata(metadata={"quality": headline, "served_by": served.served_by})
+    return report, HTMLString(render_quality_html(report)), server_log_text(Path(log_path))

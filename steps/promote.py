@@ -4,8 +4,9 @@ from zenml import get_step_context, log_metadata, step
 from zenml.enums import ModelStages
 from zenml.types import HTMLString
 
+from foundry.bench.session import BenchmarkResults
 from foundry.config import GateConfig
-from foundry.gates import evaluate_gates, gate_measurements, render_gates_html
+from foundry.gates import GateDecision, engine_identity_result, evaluate_gates, gate_measurements, render_gates_html
 from foundry.promotion import PromotionResult, promote_if_passed
 from foundry.quality import QualityReport
 from steps.tracking import stack_registry
@@ -13,10 +14,18 @@ from steps.tracking import stack_registry
 
 @step(enable_cache=False)  # side effect: moves the production pointers
 def gate_and_promote(
-    registered_version: dict, benchmark_results: dict, quality_report: QualityReport, gates: GateConfig
-) -> tuple[Annotated[PromotionResult, "promotion"], Annotated[HTMLString, "gate_report"]]:
-    """Check every gate; on pass move MLflow alias `production` and the ZenML model stage together."""
-    decision = evaluate_gates(gates, gate_measurements(benchmark_results["headline"], quality_report))
+    registered_version: dict, benchmark_results: BenchmarkResults, quality_report: QualityReport, gates: GateConfig
+) -> tuple[
+    Annotated[PromotionResult, "promotion"],
+    Annotated[GateDecision, "gate_decision"],
+    Annotated[HTMLString, "gate_report"],
+]:
+    """Check every gate, and that the benchmark and the evaluation ran on the registered engine; on
+    pass move MLflow alias `production` and the ZenML model stage together."""
+    identity = engine_identity_result(registered_version["engine_content_hash"],
+                                      benchmark_results.engine_content_hash, quality_report.engine_content_hash)
+    decision = evaluate_gates(gates, gate_measurements(benchmark_results.headline, quality_report),
+                              extra_results=[identity] if identity else [])
     zenml_model = get_step_context().model
     result = promote_if_passed(
         registry=stack_registry(),
@@ -29,10 +38,10 @@ def gate_and_promote(
         metadata={
             "gate_passed": decision.passed,
             "promoted": result.promoted,
-            "gate_results": {r.name: {"threshold": r.threshold, "measured": r.measured, "passed": r.passed} for r in decision.results},
+            "gate_results": {r.name: {"threshold": r.condition, "measured": r.measured, "passed": r.passed} for r in decision.results},
             "reasons": result.reasons,
         },
         infer_model=True,
     )
     log_metadata(metadata={"gate_passed": decision.passed, "promoted": result.promoted})
-    return result, HTMLString(render_gates_html(decision, result.promoted))
+    return result, decision, HTMLString(render_gates_html(decision, result.promoted))

@@ -4,6 +4,8 @@ from typing import Annotated
 from zenml import get_step_context, log_metadata, step
 
 from foundry.artifacts import EngineArtifact, HFCheckpoint, TrtllmCheckpoint
+from foundry.bench.session import BenchmarkResults
+from foundry.gates import gate_measurements
 from foundry.quality import QualityReport
 from foundry.registry import log_to_active_run
 from steps.tracking import stack_registry
@@ -27,7 +29,7 @@ def register_engine(
     checkpoint: HFCheckpoint,
     trtllm_checkpoint: TrtllmCheckpoint,
     data_lineage: dict,
-    benchmark_results: dict,
+    benchmark_results: BenchmarkResults,
     quality_report: QualityReport,
     run_config: dict,
     config_hash: str,
@@ -48,22 +50,21 @@ def register_engine(
         "zenml_run_name": context.pipeline_run.name,
         "zenml_model_version": f"{context.model.name}:{context.model.version}",
         "backend": engine_info.get("backend", ""),
+        "served_by": benchmark_results.served_by,
+        "evaluated_served_by": quality_report.served_by,
         "quant_algo": str(engine_info.get("quant_algo")),
         **{f"version.{name}": version for name, version in package_versions().items()},
     }
     metrics = {
-        **{k: v for k, v in benchmark_results["headline"].items() if v is not None},
-        "perplexity_ratio": quality_report.perplexity_ratio,
-        "mean_kld": quality_report.mean_kld,
-        "top1_agreement": quality_report.top1_agreement,
-        "reference_perplexity": quality_report.reference_perplexity,
-        "engine_perplexity": quality_report.engine_perplexity,
+        **{k: v for k, v in benchmark_results.headline.items() if v is not None},
+        **{k: v for k, v in gate_measurements({}, quality_report).items() if v is not None},
+        **({"engine_perplexity": quality_report.engine_perplexity} if quality_report.engine_perplexity else {}),
     }
     run_id = log_to_active_run(
         params=_flatten(run_config),
         metrics=metrics,
         json_artifacts={
-            "benchmark": benchmark_results,
+            "benchmark": benchmark_results.model_dump(mode="json"),
             "quality": quality_report.model_dump(mode="json"),
             "engine_manifest": engine.manifest,
             "data_lineage": data_lineage,
@@ -71,7 +72,8 @@ def register_engine(
         tags=lineage,
     )
     registered = stack_registry().register_engine(model_name, engine.artifact_uri or str(engine.path), run_id, lineage)
-    result = {"model_name": model_name, "version": registered.version, "source": registered.source, "mlflow_run_id": run_id}
+    result = {"model_name": model_name, "version": registered.version, "source": registered.source, "mlflow_run_id": run_id,
+              "engine_content_hash": engine.content_hash}
     log_metadata(metadata={"mlflow": result}, infer_model=True)
     return result
 

@@ -208,3 +208,71 @@ async def _read_some(reader, limit: int = 4096) -> bytes:
         return await asyncio.wait_for(reader.read(limit), 5.0)
     except (asyncio.TimeoutError, OSError):
         return b""
+
+
+def _token_id_key(key: str) -> int | None:
+    """`token_id:123` (vLLM's return_tokens_as_token_ids, foundry.bench.server) → 123; text keys → None."""
+    if isinstance(key, str) and key.startswith("token_id:") and key[9:].isdigit():
+        return int(key[9:])
+    return None
+
+
+class OpenAICompletionsClient:
+    """Greedy continuations from an OpenAI-compatible `/v1/completions` (non-streaming), for the
+    generation-based quality evaluation (foundry.generation_quality.ContinuationSource). Token ids come
+    from the choice's `token_ids` (trtllm-serve with `detokenize: false`, foundry.bench.server, vLLM's
+    `return_token_ids`); a server that returns only text is refused, since text cannot be compared
+    token by token."""
+
+    def __init__(self, url: str, model: str | None, served_by: str, timeout_s: float = 600.0,
+                 extra_body: dict | None = None):
+        self.target = OpenAICompletionsTarget(url, model=model, timeout_s=timeout_s)
+        self.url = f"http://{self.target.host}:{self.target.port}{self.target.path}"
+        self.model = model
+        self.served_by = served_by
+        self.timeout_s = timeout_s
+        self.extra_body = extra_body or {}
+
+    def request_body(self, prompt, max_tokens: int, stop_at_eos: bool, top_logprobs: int) -> dict:
+        body = {"prompt": list(prompt), "max_tokens": max_tokens, "temperature": 0, "ignore_eos": not stop_at_eos}
+        if not stop_at_eos:
+            body["min_tokens"] = max_tokens
+        if top_logprobs:
+            body["logprobs"] = top_logprobs
+        if self.model:
+            body["model"] = self.model
+        return body | self.extra_body
+
+    def complete(self, prompt, max_tokens: int, stop_at_eos: bool, top_logprobs: int):
+        import urllib.error
+        import urllib.request
+
+        from foundry.generation_quality import Continuation
+
+        data = json.dumps(self.request_body(prompt, max_tokens, stop_at_eos, top_logprobs)).encode()
+        request = urllib.request.Request(self.url, data=data, headers={"Content-Type": "application/json"})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(request, timeout=self.timeout_s) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise EndpointError(f"{self.served_by}: HTTP {error.code}: {error.read()[:500].decode(errors='replace')}") from None
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise EndpointError(f"{self.served_by}: {self.url} failed: {error}") from None
+        choice = (body.get("choices") or [{}])[0]
+        token_ids = choice.get("token_ids")
+        if not isinstance(token_ids, list):
+            raise EndpointError(f"{self.served_by}: the completion carries no token_ids (text only); the evaluation "
+                                "compares tokens — serve with token ids (trtllm-serve: detokenize false)")
+        logprobs = choice.get("logprobs") or {}
+        sampled = logprobs.get("token_logprobs") or None
+        top = None
+        if top_logprobs > 1 and logprobs.get("top_logprobs"):
+            parsed = [{_token_id_key(k): v for k, v in (entry or {}).items()} for entry in logprobs["top_logprobs"]]
+            if all(None not in entry for entry in parsed):
+                top = parsed
+        return Continuation([int(t) for t in token_ids], top, choice.get("finish_reason"),
+                            [float(v) for v in sampled] if sampled else None)
+
+    def continue_prompts(self, prompts, max_tokens: int, stop_at_eos: bool, top_logprobs: int):
+        return [self.complete(prompt, max_tokens, stop_at_eos, top_logprobs) for prompt in prompts]

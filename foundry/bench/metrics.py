@@ -180,6 +180,8 @@ class BenchmarkReport(BaseModel):
     telemetry: dict | None = None  # foundry.bench.telemetry.TelemetrySummary as a dict
     model_bytes: ModelBytes | None = None
     target: str | None = None  # "in-process" or the endpoint URL
+    served_by: str | None = None  # "trtllm-serve 1.2.1 (TensorRT backend)", "in-process reference", a command
+    engine_content_hash: str | None = None  # the engine artifact these numbers belong to
     # time.perf_counter() (CLOCK_MONOTONIC) at the records' time origin: aligns them with a server's
     # log or telemetry taken on the same host.
     clock_epoch_s: float | None = None

@@ -9,10 +9,13 @@ Endpoints: `POST /v1/completions` (`prompt` as text — needs a tokenizer — or
 `data: [DONE]`; `stream_options.include_usage` adds a usage chunk), `GET /v1/models`, `GET /health`,
 and for synthetic engines `GET /foundry/emissions` (when each token was actually written, per prompt,
 in the host's CLOCK_MONOTONIC: the truth a same-host client's measurements are checked against).
-Greedy decoding; the engines here never stop early, so a completion has exactly `max_tokens` tokens
-(`finish_reason: "length"`). Chunks carry `token_ids` next to `text`, as vLLM's `return_token_ids`
-does, so a client can count tokens without a tokenizer. Sampling parameters other than greedy are
-refused rather than ignored.
+Greedy decoding. A completion stops after the first EOS at or past `min_tokens` unless `ignore_eos`
+is true (`finish_reason: "stop"`), else it has exactly `max_tokens` tokens (`"length"`). Chunks carry
+`token_ids` next to `text`, as vLLM's `return_token_ids` does, so a client can count tokens without a
+tokenizer (`detokenize: false` leaves `text` empty, as trtllm-serve does). `logprobs: k` (in-process
+engines with logits) returns OpenAI's legacy logprobs: each token's logprob, and for k > 1 the top-k
+per position keyed `token_id:N` (vLLM's return_tokens_as_token_ids spelling). Sampling parameters
+other than greedy are refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
@@ -36,8 +40,23 @@ class CompletionRequestError(ValueError):
     """A client error (HTTP 400) with a message naming the field."""
 
 
-def parse_completion_request(body: object, tokenizer) -> tuple[list[int], int, bool, bool]:
-    """(prompt token ids, max_tokens, stream, include_usage) from an OpenAI /v1/completions body."""
+@dataclass(frozen=True)
+class CompletionParams:
+    prompt_ids: list[int]
+    max_tokens: int
+    stream: bool = False
+    include_usage: bool = False
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    logprobs: int = 0
+    detokenize: bool = True
+
+    def __iter__(self):  # (ids, max_tokens, stream, include_usage), as callers unpacked it before
+        return iter((self.prompt_ids, self.max_tokens, self.stream, self.include_usage))
+
+
+def parse_completion_request(body: object, tokenizer) -> CompletionParams:
+    """The parameters of an OpenAI /v1/completions body, each checked with a message naming the field."""
     if not isinstance(body, dict):
         raise CompletionRequestError("the body must be a JSON object")
     prompt = body.get("prompt")
@@ -63,7 +82,14 @@ def parse_completion_request(body: object, tokenizer) -> tuple[list[int], int, b
         raise CompletionRequestError("sampling: only greedy decoding is served (temperature 0 or unset)")
     stream = bool(body.get("stream", False))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
-    return ids, max_tokens, stream, include_usage
+    logprobs = body.get("logprobs") or 0
+    if not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= 20:
+        raise CompletionRequestError(f"logprobs: must be an integer in [0, 20], got {logprobs!r}")
+    min_tokens = body.get("min_tokens") or 0
+    if not isinstance(min_tokens, int) or isinstance(min_tokens, bool) or min_tokens < 0:
+        raise CompletionRequestError(f"min_tokens: must be an integer >= 0, got {min_tokens!r}")
+    return CompletionParams(ids, max_tokens, stream, include_usage, bool(body.get("ignore_eos", False)),
+                            min_tokens, logprobs, bool(body.get("detokenize", True)))
 
 
 async def stream_engine_tokens(engine, input_ids: Sequence[int], max_tokens: int,
@@ -131,6 +157,15 @@ class WriteLog:
         return dict(self._written_s)
 
 
+def legacy_logprobs(engine, prompt: Sequence[int], tokens: Sequence[int], k: int) -> dict:
+    """OpenAI legacy completions logprobs of `tokens`; top-k keyed `token_id:N` when k > 1."""
+    from foundry.generation_quality import logprobs_of
+
+    sampled, top = logprobs_of(engine, prompt, tokens, k)
+    return {"tokens": [f"token_id:{t}" for t in tokens], "token_logprobs": sampled, "text_offset": [],
+            "top_logprobs": [{f"token_id:{t}": lp for t, lp in entry.items()} for entry in top] if k > 1 else []}
+
+
 def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule: bool = False):
     """A Starlette app serving `engine` under the OpenAI completions API. `anchor_to_client_schedule`
     (synthetic engines, same host): start a request's exact schedule at the client's scheduled send
@@ -142,6 +177,7 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
     from starlette.routing import Route
 
     written_log = WriteLog()
+    eos_ids = {tokenizer.eos_token_id} if tokenizer is not None and tokenizer.eos_token_id is not None else set()
 
     def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
@@ -152,35 +188,45 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
         except ValueError as exc:
             return error(400, f"body is not valid JSON: {exc}")
         try:
-            ids, max_tokens, stream, include_usage = parse_completion_request(body, tokenizer)
+            params = parse_completion_request(body, tokenizer)
+            if params.logprobs and not hasattr(engine, "logits"):
+                raise CompletionRequestError(f"logprobs: the {engine.backend} engine gives no logits")
         except CompletionRequestError as exc:
             return error(400, str(exc))
         requested_model = body.get("model")
         if requested_model not in (None, model_name):
             return error(404, f"model {requested_model!r} is not served here; this server serves {model_name!r}",
                          "model_not_found")
+        ids, max_tokens = params.prompt_ids, params.max_tokens
         start_s = None
         if anchor_to_client_schedule and request.headers.get("x-foundry-scheduled-s"):
             start_s = float(request.headers["x-foundry-scheduled-s"])
         completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
 
-        def chunk(text: str, token_ids: list[int], finish_reason: str | None) -> dict:
+        def stops_after(token: int, count: int) -> bool:
+            return not params.ignore_eos and token in eos_ids and count >= params.min_tokens
+
+        def chunk(text: str, token_ids: list[int], finish_reason: str | None, logprobs=None) -> dict:
             return {"id": completion_id, "object": "text_completion", "created": created, "model": model_name,
-                    "choices": [{"index": 0, "text": text, "token_ids": token_ids, "logprobs": None,
-                                 "finish_reason": finish_reason}]}
+                    "choices": [{"index": 0, "text": text if params.detokenize else "", "token_ids": token_ids,
+                                 "logprobs": logprobs, "finish_reason": finish_reason}]}
 
         usage = lambda n: {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}  # noqa: E731
 
-        if not stream:
+        if not params.stream:
             decoder, tokens = TextDecoder(tokenizer), []
             try:
                 async for token in stream_engine_tokens(engine, ids, max_tokens):
                     tokens.append(token)
                     decoder.add(token)
+                    if stops_after(token, len(tokens)):
+                        break
+                logprobs = await asyncio.to_thread(legacy_logprobs, engine, ids, tokens, params.logprobs) if params.logprobs else None
             except Exception as exc:
                 return error(500, f"{type(exc).__name__}: {exc}", "server_error")
-            body = chunk(decoder.text, tokens, "length")
+            finish = "stop" if len(tokens) < max_tokens else "length"
+            body = chunk(decoder.text, tokens, finish, logprobs)
             body["usage"] = usage(len(tokens))
             return JSONResponse(body)
 
@@ -190,13 +236,16 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
             try:
                 async for token in stream_engine_tokens(engine, ids, max_tokens, start_s):
                     count += 1
-                    finish = "length" if count == max_tokens else None
+                    stop = stops_after(token, count)
+                    finish = "stop" if stop else "length" if count == max_tokens else None
                     yield f"data: {json.dumps(chunk(decoder.add(token), [token], finish))}\n\n".encode()
                     written_s.append(time.perf_counter())  # resumed: the server has sent that chunk
+                    if stop:
+                        break
             except Exception as exc:  # an error event, then the stream ends without [DONE]
                 yield f"data: {json.dumps({'error': {'message': f'{type(exc).__name__}: {exc}', 'type': 'server_error'}})}\n\n".encode()
                 return
-            if include_usage:
+            if params.include_usage:
                 yield f"data: {json.dumps({'id': completion_id, 'object': 'text_completion', 'created': created, 'model': model_name, 'choices': [], 'usage': usage(count)})}\n\n".encode()
             yield b"data: [DONE]\n\n"
 
