@@ -25,13 +25,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foundry.errors import FoundryError
+from foundry.errors import FoundryError, InfrastructureError
 
 LOG_TAIL_CHARS = 4000
 _PR_SET_PDEATHSIG = 1
 
 
-class ServerStartError(FoundryError):
+class ServerStartError(InfrastructureError):
     """The server did not become healthy; the message carries its log's tail."""
 
 
@@ -147,7 +147,7 @@ class ManagedServer:
     def require_alive(self, during: str) -> None:
         """Raise with the log's tail if the server died (e.g. mid-benchmark)."""
         if self.process is not None and self.process.poll() is not None:
-            raise FoundryError(
+            raise InfrastructureError(
                 f"the engine's server ({Path(self.argv[0]).name}) died during {during} with exit code "
                 f"{self.process.returncode}; its log ({self.log_path}) ends with:\n{self.log_tail()}"
             )

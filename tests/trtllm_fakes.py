@@ -1,4 +1,5 @@
-"""Test doubles at TensorRT-LLM's process boundary: a fake `trtllm-build` and a described TRT-LLM node.
+"""Test doubles at TensorRT-LLM's process boundary: a fake `trtllm-build`, a fake `trtllm-serve`
+(tests/fake_trtllm_serve.py) and a described TRT-LLM node.
 
 The fake is a Python script written into a temp dir that a fixture puts first on PATH. It parses its
 argv with argparse built from tests/fixtures/trtllm_build_1_2_flags.json (the 1.2.x flags and their
@@ -69,7 +70,8 @@ build_config = {{
 for rank in range(world):
     if mode == "missing_rank" and rank == world - 1:
         continue
-    (out / f"rank{{rank}}.engine").write_bytes(b"fake TensorRT plan " + str(rank).encode() * 64)
+    # The "plan" is the rank's checkpoint bytes, so the fake trtllm-serve can execute it for real.
+    (out / f"rank{{rank}}.engine").write_bytes((ckpt / f"rank{{rank}}.safetensors").read_bytes())
 if args.output_timing_cache:
     reused = bool(args.input_timing_cache) and Path(args.input_timing_cache).is_file()
     Path(args.output_timing_cache).write_bytes(b"timing cache" + (b" (reused)" if reused else b""))
@@ -83,6 +85,87 @@ def install_fake_trtllm_build(bin_dir: Path) -> Path:
     script.write_text(FAKE_TRTLLM_BUILD.format(python=sys.executable, fixture=str(FLAGS_FIXTURE)))
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return script
+
+
+FAKE_TRTLLM_SERVE = """#!{python}
+import sys
+sys.path.insert(0, {root!r})
+from tests.fake_trtllm_serve import main
+main(sys.argv[1:])
+"""
+
+# A described H100 node in the TensorRT-LLM 1.2.1 release image, for a pipeline run in a subprocess:
+# NVML answers for one H100 and the tensorrt_llm / tensorrt distributions report their versions.
+# Put its folder first on PYTHONPATH (it shadows nvidia-ml-py's pynvml).
+FAKE_NVML = """\"\"\"A described NVIDIA H100 (tests only): stands in for NVML on a machine without a GPU.\"\"\"
+
+
+class NVMLError(Exception):
+    pass
+
+
+class _Memory:
+    total, used, free = 80 * 1024**3, 1024**3, 79 * 1024**3
+
+
+def nvmlInit():
+    pass
+
+
+def nvmlShutdown():
+    pass
+
+
+def nvmlSystemGetDriverVersion():
+    return "580.95.05"
+
+
+def nvmlSystemGetCudaDriverVersion_v2():
+    return 13000
+
+
+def nvmlDeviceGetCount():
+    return 1
+
+
+def nvmlDeviceGetHandleByIndex(index):
+    return index
+
+
+def nvmlDeviceGetCudaComputeCapability(handle):
+    return 9, 0
+
+
+def nvmlDeviceGetName(handle):
+    return "NVIDIA H100 80GB HBM3"
+
+
+def nvmlDeviceGetMemoryInfo(handle):
+    return _Memory()
+
+
+def __getattr__(name):  # telemetry queries this node cannot answer
+    raise NVMLError(f"{name} is not described by the fake node")
+"""
+
+
+def install_fake_trtllm_serve(bin_dir: Path) -> Path:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "trtllm-serve"
+    script.write_text(FAKE_TRTLLM_SERVE.format(python=sys.executable, root=str(Path(__file__).resolve().parents[1])))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return script
+
+
+def install_fake_node(directory: Path, trtllm_version: str = "1.2.1", tensorrt_version: str = "10.14.1.48") -> Path:
+    """A folder for PYTHONPATH that makes this machine probe as an H100 TensorRT-LLM node."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "pynvml.py").write_text(FAKE_NVML)
+    for name, version in (("tensorrt_llm", trtllm_version), ("tensorrt", tensorrt_version)):
+        dist = directory / f"{name}-{version}.dist-info"
+        dist.mkdir(exist_ok=True)
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return directory
 
 
 def h100_node(gpu_count: int = 1, trtllm_version: str = "1.2.1", capability: str = "9.0",

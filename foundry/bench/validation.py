@@ -94,6 +94,8 @@ def validate_benchmark_results(frame, min_completion_rate: float = 1.0) -> Resul
 def require_valid_results(frame, min_completion_rate: float = 1.0) -> ResultsValidation:
     outcome = validate_benchmark_results(frame, min_completion_rate)
     if not outcome.success:
-        raise FoundryError("benchmark results failed validation:\n  - " + "\n  - ".join(outcome.failures)
+        errors = [] if "error" not in frame.columns else sorted({str(e) for e in frame["error"].dropna() if str(e)})
+        why = ("\nfailed requests said: " + "; ".join(errors[:3])) if errors else ""
+        raise FoundryError("benchmark results failed validation:\n  - " + "\n  - ".join(outcome.failures) + why
                            + "\n(see the per-request table; lower benchmark.min_completion_rate to accept failures)")
     return outcome
