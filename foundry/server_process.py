@@ -84,6 +84,8 @@ class ManagedServer:
     env: dict[str, str] | None = None
     health_path: str = "/health"
     process: subprocess.Popen | None = field(default=None, init=False)
+    pid: int | None = field(default=None, init=False)  # kept after stop(), to check it is gone
+    returncode: int | None = field(default=None, init=False)
     startup_s: float | None = field(default=None, init=False)
 
     @property
@@ -116,6 +118,7 @@ class ManagedServer:
                 )
             except OSError as error:
                 raise ServerStartError(f"cannot start {self.argv[0]!r}: {error}; is it installed and on PATH?") from None
+        self.pid = self.process.pid
         try:
             self._wait_until_healthy()
         except BaseException:

@@ -21,7 +21,7 @@ from foundry.bench.metrics import (
     BenchmarkReport, ComparisonRow, compare_reports, save_comparison_json, save_records_csv, save_report_json,
 )
 from foundry.bench.report import render_html
-from foundry.bench.runner import engine_model_bytes, run_benchmark
+from foundry.bench.session import LoadPlan, already_open, run_session
 from foundry.bench.workload import (
     dataset_workload, describe_requests, synthetic_workload, synthetic_workload_with_description,
 )
@@ -33,10 +33,12 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m foundry.bench", description=__doc__)
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--engine-dir", type=Path, help="built reference engine directory")
+    target.add_argument("--engine-dir", type=Path, help="built engine directory (reference; trtllm with --served-by trtllm_serve)")
     target.add_argument("--hf-dir", type=Path, help="HF model directory, benchmarked with transformers")
     target.add_argument("--endpoint", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000 (SSE streaming)")
     target.add_argument("--trtllm-report", type=Path, help="normalize a trtllm-bench --report_json file")
+    parser.add_argument("--served-by", choices=["in_process", "foundry_server", "trtllm_serve"], default=None,
+                        help="--engine-dir: run the engine behind its server (needs --tokenizer), as the pipeline does")
     parser.add_argument("--endpoint-model", help="`model` field sent to --endpoint")
     parser.add_argument("--endpoint-vocab-size", type=int, help="vocab size for synthetic prompts sent to --endpoint")
     parser.add_argument("--baseline-hf-dir", type=Path, help="also run the same workload on HF transformers")
@@ -161,21 +163,52 @@ def build_workload(args: argparse.Namespace, vocab_size: int, special_ids):
     return requests, description
 
 
-def _telemetry(args: argparse.Namespace):
-    if args.no_telemetry:
-        return None
-    from foundry.bench.telemetry import GPUTelemetry
-
-    index = torch.cuda.current_device() if args.device == "cuda" and torch.cuda.is_available() else 0
-    return GPUTelemetry(index)
+def load_plan(args: argparse.Namespace) -> LoadPlan:
+    gpu_index = torch.cuda.current_device() if args.device == "cuda" and torch.cuda.is_available() else 0
+    return LoadPlan(concurrency=args.concurrency, warmup_requests=args.warmup_requests, mode=args.mode,
+                    request_rates=args.rate, max_concurrency=args.max_concurrency, arrival_seed=args.seed,
+                    slo=args.slo, telemetry=not args.no_telemetry, gpu_index=gpu_index)
 
 
-def _bench(args, engine, requests, workload, model_name):
-    return run_benchmark(
-        engine, requests, args.concurrency, args.warmup_requests, model=model_name, workload=workload,
-        mode=args.mode, request_rates=args.rate, max_concurrency=args.max_concurrency, arrival_seed=args.seed,
-        slo=args.slo, telemetry=_telemetry(args), model_bytes=engine_model_bytes(engine),
-    )
+def _served_engine(args: argparse.Namespace):
+    """--engine-dir with --served-by: the engine behind its own server, as the pipeline runs it."""
+    from foundry.builders.base import read_engine_info
+    from foundry.config import RuntimeConfig
+    from foundry.serving import open_engine
+
+    if args.tokenizer is None:
+        raise FoundryError("--served-by needs --tokenizer (the HF directory the server detokenizes with)")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    info = read_engine_info(args.engine_dir)
+    try:
+        runtime = RuntimeConfig(served_by=args.served_by)
+    except ValueError as error:
+        raise FoundryError(f"--served-by: {error}") from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    opened = open_engine(args.engine_dir, info, None, runtime, args.tokenizer, args.out / "server.log",
+                         args.engine_dir.name, eos_ids=[tokenizer.eos_token_id], device=args.device)
+    return opened, len(tokenizer), list(tokenizer.all_special_ids)
+
+
+def _target(args: argparse.Namespace):
+    """(session target, model name, vocab size, special ids) for the command line's target."""
+    if args.endpoint is not None:
+        from foundry.bench.http_client import OpenAICompletionsTarget
+
+        if args.dataset is None and not args.endpoint_vocab_size:
+            raise FoundryError("--endpoint with synthetic prompts needs --endpoint-vocab-size (or use --dataset)")
+        target = OpenAICompletionsTarget(args.endpoint, model=args.endpoint_model)
+        return already_open(target), args.endpoint_model or args.endpoint, args.endpoint_vocab_size, ()
+    if args.engine_dir is not None and args.served_by not in (None, "in_process"):
+        opened, vocab_size, special_ids = _served_engine(args)
+        return opened, args.engine_dir.name, vocab_size, special_ids
+    if args.engine_dir is not None:
+        engine, name = load_reference_engine(args.engine_dir, args.device, args.hf_dtype), args.engine_dir.name
+    else:
+        engine, name = load_hf_engine(args.hf_dir, args.device, args.hf_dtype), args.hf_dir.name
+    return already_open(engine), name, engine_vocab_size(engine), getattr(engine, "special_token_ids", ())
 
 
 def run(args: argparse.Namespace) -> tuple[BenchmarkReport, BenchmarkReport | None, list[ComparisonRow] | None]:
@@ -185,30 +218,19 @@ def run(args: argparse.Namespace) -> tuple[BenchmarkReport, BenchmarkReport | No
         return load_trtllm_bench_report(args.trtllm_report), None, None
     if args.mode == "request_rate" and not args.rate:
         raise FoundryError("--mode request_rate needs --rate R [R ...] (requests/s)")
-    if args.endpoint is not None:
-        from foundry.bench.http_client import OpenAICompletionsTarget
+    opened, model_name, vocab_size, special_ids = _target(args)
+    requests, workload = build_workload(args, vocab_size, special_ids)
 
-        engine, model_name = OpenAICompletionsTarget(args.endpoint, model=args.endpoint_model), args.endpoint_model or args.endpoint
-        if args.dataset is None and not args.endpoint_vocab_size:
-            raise FoundryError("--endpoint with synthetic prompts needs --endpoint-vocab-size (or use --dataset)")
-        vocab_size = args.endpoint_vocab_size
-    elif args.engine_dir is not None:
-        engine, model_name = load_reference_engine(args.engine_dir, args.device, args.hf_dtype), args.engine_dir.name
-        vocab_size = engine_vocab_size(engine)
-    else:
-        engine, model_name = load_hf_engine(args.hf_dir, args.device, args.hf_dtype), args.hf_dir.name
-        vocab_size = engine_vocab_size(engine)
-    requests, workload = build_workload(args, vocab_size, getattr(engine, "special_token_ids", ()))
-    report = _bench(args, engine, requests, workload, model_name)
-    del engine  # free its memory before the baseline loads
-    if args.baseline_hf_dir is None:
-        return report, None, None
-    baseline_engine = load_hf_engine(args.baseline_hf_dir, args.device, args.hf_dtype)
-    if engine_vocab_size(baseline_engine) != vocab_size:
-        raise FoundryError(f"baseline vocab_size {engine_vocab_size(baseline_engine)} != engine vocab_size "
-                           f"{vocab_size}: the same token ids would mean different prompts")
-    baseline = _bench(args, baseline_engine, requests, workload, model_name)
-    return report, baseline, compare_reports(report, baseline)
+    def baseline():
+        engine = load_hf_engine(args.baseline_hf_dir, args.device, args.hf_dtype)
+        if engine_vocab_size(engine) != vocab_size:
+            raise FoundryError(f"baseline vocab_size {engine_vocab_size(engine)} != engine vocab_size "
+                               f"{vocab_size}: the same token ids would mean different prompts")
+        return engine
+
+    results = run_session(opened, requests, workload, load_plan(args), model_name,
+                          baseline=baseline if args.baseline_hf_dir is not None else None)
+    return results.engine, results.baseline, (results.comparison if results.baseline is not None else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
