@@ -21,9 +21,14 @@ from foundry.smoothquant_per_token import PerTokenActivations, convert_checkpoin
 
 SUPPORTED_QUANTIZATIONS = ("int8_sq", "fp8", "int4_awq", "none")
 KV_CACHE_QUANTIZATIONS = ("none", "int8", "fp8")
-# What ModelOpt 0.47's TensorRT-LLM export writes as quantization.quant_algo / kv_cache_quant_algo.
-EXPORTED_QUANT_ALGO = {"int8_sq": "W8A8_SQ_PER_CHANNEL", "fp8": "FP8", "int4_awq": "W4A16_AWQ", "none": None}
-EXPORTED_KV_CACHE_QUANT_ALGO = {"int8": "INT8", "fp8": "FP8", "none": None}
+from foundry.builders import BUILDERS  # noqa: E402
+from foundry.runtime._trtllm_checkpoint import MAX_TP_SIZE  # noqa: E402
+from foundry.trtllm_checkpoint import (  # noqa: E402
+    EXPORTED_KV_CACHE_QUANT_ALGO,
+    EXPORTED_QUANT_ALGO,
+    exported_quant_algo,
+    read_checkpoint_config,
+)
 ACTIVATION_SCALINGS = ("per_tensor", "per_token")  # int8_sq: static per-tensor or dynamic per-token scales
 # ModelOpt 0.47 `export_tensorrt_llm_checkpoint` converts any dtype other than float16/bfloat16 to
 # float16 with only a warning; refusing float32 is more honest than writing a float16 checkpoint
@@ -101,23 +106,24 @@ def check_supported(calibration, build_backend: str, hf_config=None) -> None:
     the quantization / KV-cache variant on the chosen build backend, the architecture, and a
     tensor-parallel size that must divide the heads. `hf_config` (a transformers config or a
     config.json dict) enables the model-dependent checks; run.py's preflight may call it without."""
-    from foundry.runtime import _trtllm_checkpoint as reference_format
-
     quantization, kv_cache, tp_size = calibration.quantization, calibration.kv_cache, calibration.tp_size
     if quantization not in SUPPORTED_QUANTIZATIONS:
         raise NotSupportedError(f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}")
     if kv_cache not in KV_CACHE_QUANTIZATIONS:
         raise NotSupportedError(f"calibration.kv_cache: {kv_cache!r} is not supported; use one of {KV_CACHE_QUANTIZATIONS}")
+    builder = BUILDERS.get(build_backend)  # "any": the model checks only (calibration itself)
+    other = "use the trtllm builder" if build_backend == "reference" else "use another quantization"
+    quant_algo = exported_quant_algo(quantization, getattr(calibration, "activation_scaling", "per_tensor"))
+    if builder is not None and quant_algo not in builder.accepted_quant_algos:
+        raise NotSupportedError(
+            f"calibration.quantization: not supported by the {build_backend} backend: {quantization} ({quant_algo}); {other}"
+        )
+    if builder is not None and EXPORTED_KV_CACHE_QUANT_ALGO[kv_cache] not in builder.accepted_kv_cache_quant_algos:
+        raise NotSupportedError(
+            f"calibration.kv_cache: not supported by the {build_backend} backend: {kv_cache} KV cache; {other}"
+        )
     if build_backend == "reference":
-        if EXPORTED_QUANT_ALGO[quantization] not in reference_format.SUPPORTED_QUANT_ALGOS:
-            raise NotSupportedError(
-                f"calibration.quantization: not supported by the reference backend: {quantization}; use the trtllm builder"
-            )
-        if EXPORTED_KV_CACHE_QUANT_ALGO[kv_cache] not in reference_format.SUPPORTED_KV_CACHE_QUANT_ALGOS:
-            raise NotSupportedError(
-                f"calibration.kv_cache: not supported by the reference backend: {kv_cache} KV cache; use the trtllm builder"
-            )
-        if tp_size > reference_format.MAX_TP_SIZE:
+        if tp_size > MAX_TP_SIZE:
             raise NotSupportedError(
                 f"calibration.tp_size: not supported by the reference backend: tp_size {tp_size}; use the trtllm builder"
             )
@@ -358,11 +364,11 @@ def calibrate_to_trtllm_checkpoint(
     config_fixes = export_trtllm_checkpoint(model, output_dir, export_dtype, tp_size)
     export_seconds = time.perf_counter() - started
 
-    exported_quantization = json.loads((output_dir / "config.json").read_text()).get("quantization") or {}
+    exported_quantization = read_checkpoint_config(output_dir).get("quantization") or {}
     check_exported_quantization(output_dir, exported_quantization, quantization, kv_cache)
     if per_token:
         convert_checkpoint_to_per_token(output_dir)
-        exported_quantization = json.loads((output_dir / "config.json").read_text())["quantization"]
+        exported_quantization = read_checkpoint_config(output_dir)["quantization"]
     calibrated = quantization != "none" or kv_cache != "none"
     summary = {
         "quantization": quantization,

@@ -197,7 +197,7 @@ def read_source_config(source: CheckpointSource) -> tuple[dict, Path]:
     config.json of an hf_dir (with its cheap checks), or a GGUF header. No weights are read."""
     path = resolve_source_path(source)
     if source.kind == "hf_dir" or path.is_dir():
-        config = _read_config(path)
+        config = read_hf_config(path)
         _require_no_custom_code(config, path, source.trust_remote_code)
         _require_supported_architecture(config.get("architectures"), path / "config.json")
         _require_not_prequantized(config, path)
@@ -434,7 +434,7 @@ def _save_plain_config(config, out: Path) -> None:
 
 def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict:
     # Cheap checks first (config, custom code, files, headers), tensor contents last.
-    config = _read_config(directory)
+    config = read_hf_config(directory)
     _require_no_custom_code(config, directory, source.trust_remote_code)
     _require_supported_architecture(config.get("architectures"), directory / "config.json")
     _require_not_prequantized(config, directory)
@@ -567,7 +567,8 @@ def require_context_fits(max_position_embeddings: int | None, max_seq_len: int, 
         )
 
 
-def _read_config(directory: Path) -> dict:
+def read_hf_config(directory: Path) -> dict:
+    """config.json of a Hugging Face checkpoint directory, parsed and checked to be an object."""
     path = directory / "config.json"
     if not path.is_file():
         raise FoundryError(f"{path}: missing; an HF checkpoint directory needs config.json next to its weights")
@@ -782,6 +783,7 @@ __all__ = [
     "embedded_gguf_path",
     "ingest_checkpoint",
     "read_checkpoint_manifest",
+    "read_hf_config",
     "read_source_config",
     "require_context_fits",
     "resolve_checkpoint_source",

@@ -231,6 +231,11 @@ class EvaluationConfig(TextDataConfig):
 
     @model_validator(mode="after")
     def _prompts_fit(self) -> "EvaluationConfig":
+        # Defaults shrink to fit a small evaluation set; values the user wrote are checked instead.
+        if "generation_prompts" not in self.model_fields_set:
+            self.__dict__["generation_prompts"] = min(self.generation_prompts, self.num_samples)
+        if "generation_prompt_len" not in self.model_fields_set:
+            self.__dict__["generation_prompt_len"] = min(self.generation_prompt_len, self.seq_len // 2)
         if self.generation_prompts > self.num_samples:
             raise ValueError(f"generation_prompts ({self.generation_prompts}) must be <= num_samples ({self.num_samples})")
         if self.generation_prompts and self.generation_prompt_len >= self.seq_len:

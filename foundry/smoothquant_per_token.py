@@ -28,8 +28,8 @@ import torch
 
 from foundry.errors import FoundryError
 from foundry.runtime._trtllm_checkpoint import LINEAR_NAMES, ROW_PARALLEL
-from foundry.runtime._trtllm_checkpoint import SMOOTHQUANT_PER_CHANNEL as STATIC_QUANT_ALGO
-from foundry.runtime._trtllm_checkpoint import SMOOTHQUANT_PER_TOKEN as PER_TOKEN_QUANT_ALGO
+from foundry.trtllm_checkpoint import W8A8_SQ_PER_CHANNEL as STATIC_QUANT_ALGO
+from foundry.trtllm_checkpoint import W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN as PER_TOKEN_QUANT_ALGO
 
 NORM_FED_LINEARS = {"input_layernorm": ("attention.qkv",), "post_layernorm": ("mlp.fc", "mlp.gate")}
 SMOOTHER_FED_LINEARS = ROW_PARALLEL  # dense and proj: no norm before them to fold a smoothing into

@@ -32,6 +32,7 @@ from pathlib import Path
 from foundry.builders.base import guard_trtllm_engine, read_engine_info
 from foundry.compat import NodeTarget
 from foundry.config import ServingConfig
+from foundry.trtllm_checkpoint import read_engine_config
 from foundry.errors import FoundryError, NotSupportedError
 from foundry.hashing import MANIFEST_NAME, read_manifest, write_manifest
 
@@ -142,7 +143,7 @@ def engine_logits_type(engine_dir: Path) -> str:
     """The engine's logits dtype as a Triton type suffix. The backend takes its logits data type from the
     context_logits/generation_logits outputs (model_state.cc LoadParameters), so they must match the engine;
     a checkpoint without logits_dtype gets TRT-LLM's PretrainedConfig default, float32."""
-    config = json.loads((Path(engine_dir) / "config.json").read_text())
+    config = read_engine_config(engine_dir)
     name = config.get("pretrained_config", {}).get("logits_dtype") or "float32"
     if name not in _LOGITS_TYPES:
         raise FoundryError(f"{engine_dir}/config.json: logits_dtype {name!r} has no Triton type here "

@@ -8,9 +8,8 @@ from zenml.types import HTMLString
 from foundry import alpha_search, diagnostics
 from foundry.artifacts import HFCheckpoint, TrtllmCheckpoint
 from foundry.calibrate import calibrate_to_trtllm_checkpoint, check_supported
-from foundry.checkpoint import require_context_fits
+from foundry.checkpoint import read_hf_config, require_context_fits
 from foundry.config import BuildConfig, CalibrationConfig
-from foundry.runtime._trtllm_checkpoint import read_config_json
 from foundry.state import scratch_dir
 from materializers import ModelDirectoryMaterializer
 
@@ -37,7 +36,7 @@ def calibrate_checkpoint(
 ) -> tuple[Annotated[TrtllmCheckpoint, "trtllm_checkpoint"], Annotated[HTMLString, "calibration_report"]]:
     """ModelOpt calibration (SmoothQuant with an optional alpha search, FP8, INT4-AWQ or none, KV-cache
     quantization, tensor parallelism) → TensorRT-LLM checkpoint, plus the sweep and diagnostics page."""
-    hf_config = read_config_json(checkpoint.path)
+    hf_config = read_hf_config(checkpoint.path)
     check_supported(calibration, build.backend, hf_config)
     require_context_fits(hf_config.get("max_position_embeddings"), build.max_seq_len, checkpoint.path / "config.json")
     statistics_ids, held_out_ids = alpha_search.split_calibration_windows(

@@ -100,7 +100,7 @@ def _calibration(**fields):
 def test_reference_backend_refuses_int4_awq_before_calibration(tiny_llama_hf_dir):
     from foundry.calibrate import check_supported
 
-    with pytest.raises(NotSupportedError, match="not supported by the reference backend: int4_awq; use the trtllm builder"):
+    with pytest.raises(NotSupportedError, match=r"not supported by the reference backend: int4_awq \(W4A16_AWQ\); use the trtllm builder"):
         check_supported(_calibration(quantization="int4_awq"), "reference")
     for supported in (_calibration(quantization="fp8", kv_cache="fp8"), _calibration(kv_cache="int8", tp_size=2)):
         check_supported(supported, "reference", json.loads((tiny_llama_hf_dir / "config.json").read_text()))

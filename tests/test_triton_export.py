@@ -333,7 +333,7 @@ def test_triton_release_table():
 def test_logits_dtype_follows_the_engine_and_stays_consistent(tmp_path):
     """The backend takes the logits type from its context/generation_logits outputs; an fp16-logits engine gets
     TYPE_FP16 there and in the ensemble/BLS outputs that pass them through."""
-    (tmp_path / "config.json").write_text(json.dumps({"pretrained_config": {"logits_dtype": "float16"}}))
+    (tmp_path / "config.json").write_text(json.dumps({"pretrained_config": {"logits_dtype": "float16"}, "build_config": {}}))
     logits = engine_logits_type(tmp_path)
     assert logits == "FP16"
     serving = ServingConfig()
@@ -349,7 +349,7 @@ def test_logits_dtype_follows_the_engine_and_stays_consistent(tmp_path):
     assert_upstream_contracts(configs)
     for model in ("tensorrt_llm", "ensemble", "tensorrt_llm_bls"):
         assert declared(configs[model], "output")["generation_logits"].data_type == pb2.TYPE_FP16, model
-    (tmp_path / "config.json").write_text(json.dumps({"pretrained_config": {"logits_dtype": "int8"}}))
+    (tmp_path / "config.json").write_text(json.dumps({"pretrained_config": {"logits_dtype": "int8"}, "build_config": {}}))
     with pytest.raises(FoundryError, match="logits_dtype 'int8' has no Triton type"):
         engine_logits_type(tmp_path)
 

@@ -20,6 +20,9 @@ ENGINE_INFO = "engine.json"
 
 class EngineBuilder(Protocol):
     backend: str
+    # TensorRT-LLM quant_algo / kv_cache_quant_algo values (foundry/trtllm_checkpoint.py) it builds.
+    accepted_quant_algos: frozenset
+    accepted_kv_cache_quant_algos: frozenset
 
     def check_environment(self) -> None:
         """Raise NotSupportedError naming what is missing on this node, before any work."""
@@ -28,18 +31,6 @@ class EngineBuilder(Protocol):
     def build(self, checkpoint_dir: Path, output_dir: Path, build: BuildConfig) -> dict:
         """Write the engine into `output_dir` (incl. engine.json); return engine.json's content."""
         ...
-
-
-def get_builder(backend: str) -> EngineBuilder:
-    if backend == "reference":
-        from foundry.builders.reference import ReferenceBuilder
-
-        return ReferenceBuilder()
-    if backend == "trtllm":
-        from foundry.builders.trtllm import TrtllmBuilder
-
-        return TrtllmBuilder()
-    raise FoundryError(f"build.backend: unknown builder {backend!r}; choose 'reference' or 'trtllm'")
 
 
 def read_engine_info(engine_dir: Path) -> dict:

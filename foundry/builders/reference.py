@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 
 import foundry
-from foundry.builders.base import ENGINE_INFO
+from foundry.builders.base import ENGINE_INFO, load_engine
+from foundry.runtime._trtllm_checkpoint import SUPPORTED_KV_CACHE_QUANT_ALGOS, SUPPORTED_QUANT_ALGOS
 from foundry.checkpoint import require_context_fits
+from foundry.trtllm_checkpoint import read_checkpoint_config
 from foundry.config import BuildConfig
 from foundry.errors import FoundryError
 
@@ -22,13 +24,15 @@ _SMOKE_PROMPT_IDS = [1, 2, 3, 4, 5, 6, 7, 8]
 
 class ReferenceBuilder:
     backend = "reference"
+    accepted_quant_algos = frozenset(SUPPORTED_QUANT_ALGOS)
+    accepted_kv_cache_quant_algos = frozenset(SUPPORTED_KV_CACHE_QUANT_ALGOS)
 
     def check_environment(self) -> None:
         """Plain PyTorch: runs wherever foundry is installed."""
 
     def build(self, checkpoint_dir: Path, output_dir: Path, build: BuildConfig) -> dict:
         started = time.perf_counter()
-        checkpoint_config = json.loads((checkpoint_dir / "config.json").read_text())
+        checkpoint_config = read_checkpoint_config(checkpoint_dir)
         require_context_fits(checkpoint_config.get("max_position_embeddings"), build.max_seq_len, checkpoint_dir / "config.json")
         output_dir.mkdir(parents=True, exist_ok=True)
         for source in sorted(checkpoint_dir.iterdir()):
@@ -55,8 +59,6 @@ class ReferenceBuilder:
     @staticmethod
     def _smoke_test(engine_dir: Path) -> None:
         """Load the engine and run one forward: a broken checkpoint fails here, not in the benchmark."""
-        from foundry.builders.base import load_engine
-
         engine = load_engine(engine_dir)
         logits = engine.logits(torch.tensor([_SMOKE_PROMPT_IDS]))
         if not torch.isfinite(logits).all():

@@ -28,7 +28,9 @@ from foundry.checkpoint import require_context_fits
 from foundry.compat import TrtllmEnvironment
 from foundry.config import BuildConfig
 from foundry.errors import FoundryError, NotSupportedError
+from foundry import trtllm_checkpoint as fmt
 from foundry.hashing import content_hash, file_hashes, sha256_text
+from foundry.trtllm_checkpoint import read_checkpoint_config
 
 BUILD_LOG = "build.log"
 TIMING_CACHE = "timing.cache"
@@ -36,11 +38,8 @@ ENGINE_CONFIG = "config.json"
 CHECKPOINT_DTYPES = ("float16", "bfloat16", "float32")
 # Quantizations this builder passes to trtllm-build 1.2.x (what foundry's calibration can produce, plus
 # the ModelOpt formats the 1.2.x TensorRT backend builds). INT8 exists only as a KV-cache format.
-SUPPORTED_QUANT_ALGOS = {
-    None, "W8A8_SQ_PER_CHANNEL", "W8A8_SQ_PER_TENSOR_PLUGIN", "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
-    "W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN", "W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN", "FP8", "W4A16_AWQ",
-}
-SUPPORTED_KV_CACHE_QUANT_ALGOS = {None, "INT8", "FP8"}
+SUPPORTED_QUANT_ALGOS = {None, *fmt.SMOOTHQUANT_ALGOS, fmt.FP8, fmt.W4A16_AWQ}
+SUPPORTED_KV_CACHE_QUANT_ALGOS = set(fmt.KV_CACHE_QUANT_ALGOS)
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada / Hopper and newer
 SMOOTHQUANT_PLUGIN_MAX_COMPUTE_CAPABILITY = (10, 0)  # the SmoothQuant plugins stop before Blackwell
 _GPU_OOM = re.compile(
@@ -54,20 +53,6 @@ _MEMORY_SAMPLE_SECONDS = 0.5
 def _capability_tuple(text: str) -> tuple[int, int]:
     major, _, minor = text.partition(".")
     return int(major), int(minor or 0)
-
-
-def read_checkpoint_config(checkpoint_dir: Path) -> dict:
-    path = checkpoint_dir / "config.json"
-    if not path.is_file():
-        raise FoundryError(f"{path}: missing; {checkpoint_dir} is not a TensorRT-LLM checkpoint (calibrate writes one)")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise FoundryError(f"{path}: not valid JSON ({error})") from None
-    for key in ("architecture", "dtype", "mapping"):
-        if key not in config:
-            raise FoundryError(f"{path}: no '{key}' field; not a TensorRT-LLM checkpoint config")
-    return config
 
 
 def checkpoint_world_size(checkpoint_dir: Path, config: dict) -> int:
@@ -115,8 +100,7 @@ def validate_build_request(checkpoint_dir: Path, config: dict, build: BuildConfi
     dtype = config["dtype"]
     if dtype not in CHECKPOINT_DTYPES:
         raise FoundryError(f"{path}: dtype {dtype!r} is not one of {CHECKPOINT_DTYPES}")
-    quantization = config.get("quantization") or {}
-    quant_algo, kv_algo = quantization.get("quant_algo"), quantization.get("kv_cache_quant_algo")
+    quant_algo, kv_algo = fmt.quantization_of(config)
     if quant_algo not in SUPPORTED_QUANT_ALGOS:
         raise NotSupportedError(
             f"{path}: quantization.quant_algo {quant_algo!r} is not supported by the trtllm builder "
@@ -299,6 +283,8 @@ def check_engine_output(output_dir: Path, world: int, environment: TrtllmEnviron
 
 class TrtllmBuilder:
     backend = "trtllm"
+    accepted_quant_algos = frozenset(SUPPORTED_QUANT_ALGOS)
+    accepted_kv_cache_quant_algos = frozenset(SUPPORTED_KV_CACHE_QUANT_ALGOS)
 
     def __init__(self, environment: TrtllmEnvironment | None = None) -> None:
         self._environment = environment

@@ -15,15 +15,20 @@ import torch
 
 from foundry.errors import FoundryError, NotSupportedError
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "rank0.safetensors"
+from foundry.trtllm_checkpoint import (
+    CONFIG_NAME,
+    FP8,  # per-tensor E4M3 weights and activations (emulated on CPU)
+    KV_CACHE_QUANT_ALGOS,
+    W8A8_SQ_PER_CHANNEL as SMOOTHQUANT_PER_CHANNEL,
+    W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN as SMOOTHQUANT_PER_TOKEN,  # foundry/smoothquant_per_token.py's layout
+    read_checkpoint_config,
+    rank_weights_name,
+)
+
+WEIGHTS_NAME = rank_weights_name(0)
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-SMOOTHQUANT_PER_CHANNEL = "W8A8_SQ_PER_CHANNEL"
-# per-token activation scales (foundry/smoothquant_per_token.py writes this layout)
-SMOOTHQUANT_PER_TOKEN = "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
-FP8 = "FP8"  # per-tensor E4M3 weights and activations (emulated on CPU)
 SUPPORTED_QUANT_ALGOS = (None, SMOOTHQUANT_PER_CHANNEL, SMOOTHQUANT_PER_TOKEN, FP8)
-SUPPORTED_KV_CACHE_QUANT_ALGOS = (None, "INT8", "FP8")
+SUPPORTED_KV_CACHE_QUANT_ALGOS = KV_CACHE_QUANT_ALGOS
 MAX_TP_SIZE = 64  # tensor-parallel ranks are merged back into one model at load time
 COLUMN_PARALLEL = ("attention.qkv", "mlp.fc", "mlp.gate")  # split along out_features
 ROW_PARALLEL = ("attention.dense", "mlp.proj")  # split along in_features
@@ -60,16 +65,6 @@ class LlamaCheckpointConfig:
             "mlp.gate": (self.intermediate_size, self.hidden_size),
             "mlp.proj": (self.hidden_size, self.intermediate_size),
         }
-
-
-def read_config_json(checkpoint_dir: Path) -> dict:
-    path = checkpoint_dir / CONFIG_NAME
-    if not path.is_file():
-        raise FoundryError(f"{path}: missing; a TensorRT-LLM checkpoint needs config.json + {WEIGHTS_NAME}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise FoundryError(f"{path}: not valid JSON ({error}); re-export the checkpoint") from error
 
 
 def _required(config: dict, field: str, path: Path):
@@ -118,7 +113,7 @@ def refuse_unsupported_features(config: dict, path: Path) -> None:
 
 
 def parse_config(checkpoint_dir: Path) -> LlamaCheckpointConfig:
-    config = read_config_json(checkpoint_dir)
+    config = read_checkpoint_config(checkpoint_dir)
     path = checkpoint_dir / CONFIG_NAME
     refuse_unsupported_features(config, path)
     num_heads = int(_required(config, "num_attention_heads", path))
