@@ -118,10 +118,13 @@ def run_pipeline(options: RunOptions) -> int:
 
     if not options.verbose:
         _hide_tracebacks_on_console()
+    from stacks.placement import step_placements
+
     pipeline = engine_pipeline.with_options(
         enable_cache=not options.no_cache,
         run_name=options.run_name,
         model=Model(name=config.model.name, description="LLM engines built by LLM Engine Foundry"),
+        steps=step_placements(config.build, config.calibration.tp_size, Client().active_stack_model) or None,
     )
     started = time.perf_counter()
     try:

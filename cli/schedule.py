@@ -41,14 +41,13 @@ def schedule(cron: str, config_path: str, schedule_name: str | None) -> None:
     except FoundryError as error:
         fail(str(error), EXIT_INVALID_INPUT)
     from pipelines import engine_pipeline
-    from stacks.kubernetes_gpu import definition_of_stack, gpu_step_configurations
+    from stacks.placement import step_placements
 
-    definition = definition_of_stack(stack_model)
     name = schedule_name or f"foundry-{config.model.name}-" + cron.replace(" ", "_").replace("*", "x")
     pipeline = engine_pipeline.with_options(
         schedule=Schedule(name=name, cron_expression=cron),
         model=Model(name=config.model.name, description="LLM engines built by LLM Engine Foundry"),
-        steps=gpu_step_configurations(definition) if definition else None,
+        steps=step_placements(config.build, config.calibration.tp_size, stack_model) or None,
     )
     try:
         pipeline(**pipeline_parameters(config, ""))  # "": the source is resolved by each run

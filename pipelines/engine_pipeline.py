@@ -49,13 +49,8 @@ def engine_pipeline(
         checkpoint, calibration, evaluation, calibration_data_validation, calibration_fingerprint
     )
     trtllm_checkpoint, _ = calibrate_checkpoint(checkpoint, calibration_windows, calibration, build)
-    if build.backend == "trtllm":  # GPU node in the TensorRT-LLM 1.2.x image (stacks/gpu_build_settings.py)
-        from stacks.gpu_build_settings import active_step_operator, build_step_options
-
-        options = build_step_options(build, world_size=calibration.tp_size, step_operator=active_step_operator())
-        engine = build_engine.with_options(**options)(trtllm_checkpoint, build, checkpoint)
-    else:
-        engine = build_engine(trtllm_checkpoint, build)
+    # Where build/benchmark/evaluate run (a GPU node, the TensorRT-LLM image) is set by stacks/placement.py.
+    engine = build_engine(trtllm_checkpoint, build, checkpoint)
     # The engine runs as it will serve (runtime.served_by): in process, or trtllm-serve / a server process.
     benchmark_results, _, _, _ = benchmark_engine(engine, checkpoint, benchmark, runtime, model_name, dataset_fingerprint)
     quality_report, _, _ = evaluate_engine_quality(

@@ -1,7 +1,7 @@
 """Step settings that send the `trtllm` build step to a GPU node inside the TensorRT-LLM 1.2.x container.
 
-`build_step_options(build, world_size)` is what pipelines/engine_pipeline.py applies to the build step
-when build.backend is `trtllm`:
+`build_step_options(build, world_size)` is what stacks/placement.py applies to the steps that build or
+serve the engine when build.backend is `trtllm`:
 
 * `ResourceSettings(gpu_count=world_size)`: one GPU per rank of the checkpoint (tp × pp), because the
   builder refuses fewer visible GPUs than ranks (and than build.workers);
@@ -56,11 +56,3 @@ def build_step_options(build: BuildConfig, world_size: int, step_operator: str |
     if step_operator:
         options["step_operator"] = step_operator
     return options
-
-
-def active_step_operator() -> str | None:
-    """The name of the active stack's step operator, if it has one."""
-    from zenml.client import Client
-
-    operator = Client().active_stack.step_operator
-    return operator.name if operator is not None else None

@@ -35,6 +35,8 @@ from foundry.errors import FoundryError, NotSupportedError
 DEFINITION_NAME = "kubernetes-gpu"
 ENV_PREFIX = "FOUNDRY_K8S_"
 GPU_STEPS = ("calibrate_checkpoint", "build_engine", "benchmark_engine")
+# With build.backend trtllm the engine is also served (trtllm-serve) by the evaluation.
+TRTLLM_SERVED_STEPS = ("build_engine", "benchmark_engine", "evaluate_engine_quality")
 CUDA_IMAGE = "nvcr.io/nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
 MLFLOW_USERNAME_ENV, MLFLOW_PASSWORD_ENV = "FOUNDRY_MLFLOW_USERNAME", "FOUNDRY_MLFLOW_PASSWORD"
 AWS_KEY_ENV, AWS_SECRET_ENV = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
@@ -244,8 +246,10 @@ def _trtllm_image(definition: KubernetesGpuStackDefinition) -> str:
     return trtllm_parent_image()
 
 
-def gpu_step_configurations(definition: KubernetesGpuStackDefinition) -> dict[str, dict]:
-    """`pipeline.with_options(steps=...)` for calibrate / build / benchmark on the GPU step operator."""
+def gpu_step_configurations(definition: KubernetesGpuStackDefinition, backend: str = "reference") -> dict[str, dict]:
+    """`pipeline.with_options(steps=...)` for calibrate / build / benchmark on the GPU step operator;
+    with the trtllm backend, build, benchmark and evaluate run in the TensorRT-LLM release image
+    (trtllm-build, trtllm-serve) and the evaluation gets a GPU too."""
     from zenml.config import DockerSettings, ResourceSettings
     from zenml.integrations.kubernetes.flavors import KubernetesStepOperatorSettings
     from zenml.integrations.kubernetes.pod_settings import KubernetesPodSettings
@@ -254,18 +258,21 @@ def gpu_step_configurations(definition: KubernetesGpuStackDefinition) -> dict[st
         node_selectors=dict(definition.gpu_node_selector),
         tolerations=[t.model_dump(exclude_none=True) for t in definition.gpu_tolerations],
     )
+    served = backend == "trtllm"
     images = {
         "calibrate_checkpoint": definition.cuda_image,
         "build_engine": _trtllm_image(definition),
-        "benchmark_engine": definition.cuda_image,
+        "benchmark_engine": _trtllm_image(definition) if served else definition.cuda_image,
+        "evaluate_engine_quality": _trtllm_image(definition),
     }
     resources = {
         "calibrate_checkpoint": definition.calibrate_resources,
         "build_engine": definition.build_resources,
         "benchmark_engine": definition.benchmark_resources,
+        "evaluate_engine_quality": definition.benchmark_resources,
     }
     configurations = {}
-    for step in GPU_STEPS:
+    for step in GPU_STEPS + (("evaluate_engine_quality",) if served else ()):
         r = resources[step]
         configurations[step] = {
             "step_operator": definition.component_name("gpu"),

@@ -253,3 +253,23 @@ def test_gpu_step_options_for_the_trtllm_build(monkeypatch):
     monkeypatch.setenv(IMAGE_ENV, "nvcr.io/nvidia/tensorrt-llm/release:1.1.0")
     with pytest.raises(FoundryError, match="use a 1.2.x release image"):
         build_step_options(BuildConfig(backend="trtllm"), world_size=1)
+
+
+def test_run_and_schedule_place_the_served_steps_the_same_way():
+    """stacks/placement.py is the one mechanism: a TensorRT-LLM engine is built, benchmarked and
+    evaluated (both serve it) in the TensorRT-LLM image on the step operator; the reference backend
+    on a plain stack gets no placement."""
+    from types import SimpleNamespace
+
+    from zenml.enums import StackComponentType
+
+    from stacks.placement import step_placements
+
+    operator = SimpleNamespace(name="gpu-operator")
+    stack = SimpleNamespace(labels={}, components={StackComponentType.STEP_OPERATOR: [operator]})
+    placements = step_placements(BuildConfig(backend="trtllm"), 2, stack)
+    assert set(placements) == {"build_engine", "benchmark_engine", "evaluate_engine_quality"}
+    for options in placements.values():
+        assert options["step_operator"] == "gpu-operator" and options["settings"]["resources"].gpu_count == 2
+        assert options["settings"]["docker"].parent_image.startswith("nvcr.io/nvidia/tensorrt-llm/release:1.2.")
+    assert step_placements(BuildConfig(backend="reference"), 1, SimpleNamespace(labels={}, components={})) == {}
