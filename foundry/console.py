@@ -100,6 +100,8 @@ def print_run_summary(
         gate_table.add_row(name, "not set", "", "[dim]unchecked")
     console.print(gate_table)
 
+    if promotion.repaired:
+        console.print(f"[yellow]repaired[/] {promotion.repaired}")
     if promotion.promoted:
         console.print(f"[bold green]PROMOTED[/] {promotion.model_name} version {promotion.version} → alias 'production' "
                       f"(was {promotion.previous_production or 'none'}); ZenML model stage 'production' moved with it.")

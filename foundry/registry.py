@@ -111,6 +111,18 @@ class Registry:
             self.client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version)
         )
 
+    def model_tag(self, model_name: str, key: str) -> str | None:
+        return dict(self.client.get_registered_model(model_name).tags).get(key)
+
+    def set_model_tag(self, model_name: str, key: str, value: str) -> None:
+        self.client.set_registered_model_tag(model_name, key, value)
+
+    def delete_model_tag(self, model_name: str, key: str) -> None:
+        try:
+            self.client.delete_registered_model_tag(model_name, key)
+        except (MlflowException, RestException):
+            pass  # already gone: the journal is idempotent
+
     def model_names(self) -> list[str]:
         return sorted(model.name for model in self.client.search_registered_models())
 

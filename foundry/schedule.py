@@ -13,7 +13,7 @@ from croniter import croniter
 from foundry.errors import FoundryError, NotSupportedError
 
 # Orchestrator flavors whose ZenML implementation turns a cron Schedule into a recurring job
-# (checked against ZenML 0.98: shared/reference/zenml-mlflow-gx.md).
+# (checked against ZenML 0.98: docs/zenml-mlflow-gx-notes.md).
 SCHEDULE_ORCHESTRATORS: dict[str, str] = {
     "kubernetes": "a Kubernetes CronJob per schedule (this project's kubernetes-gpu stack)",
     "kubeflow": "a Kubeflow Pipelines recurring run",

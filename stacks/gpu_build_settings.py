@@ -21,7 +21,7 @@ import os
 from foundry.config import BuildConfig
 
 # NGC's TensorRT-LLM release container; the tag is the TensorRT-LLM version. 1.2.x is the last line
-# with the TensorRT engine backend (shared/reference/tensorrt-llm.md). Override with FOUNDRY_TRTLLM_IMAGE.
+# with the TensorRT engine backend (docs/tensorrt-llm-facts.md). Override with FOUNDRY_TRTLLM_IMAGE.
 TRTLLM_RELEASE_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
 IMAGE_ENV = "FOUNDRY_TRTLLM_IMAGE"
 

@@ -7,9 +7,9 @@ from zenml.types import HTMLString
 from foundry.bench.session import BenchmarkResults
 from foundry.config import GateConfig
 from foundry.gates import GateDecision, engine_identity_result, evaluate_gates, gate_measurements, render_gates_html
-from foundry.promotion import PromotionResult, promote_if_passed
+from foundry.promotion import PromotionResult, finish_pending_move, promote_if_passed
 from foundry.quality import QualityReport
-from steps.tracking import stack_registry
+from steps.tracking import move_zenml_production, stack_registry
 
 
 @step(enable_cache=False)  # side effect: moves the production pointers
@@ -26,14 +26,20 @@ def gate_and_promote(
                                       benchmark_results.engine_content_hash, quality_report.engine_content_hash)
     decision = evaluate_gates(gates, gate_measurements(benchmark_results.headline, quality_report),
                               extra_results=[identity] if identity else [])
-    zenml_model = get_step_context().model
+    context = get_step_context()
+    zenml_model, registry, model_name = context.model, stack_registry(), registered_version["model_name"]
+    # An earlier run killed between the two moves left a journal entry: finish that move first.
+    repaired = finish_pending_move(registry, model_name, lambda version: move_zenml_production(model_name, version))
     result = promote_if_passed(
-        registry=stack_registry(),
-        model_name=registered_version["model_name"],
+        registry=registry,
+        model_name=model_name,
         version=registered_version["version"],
         decision=decision,
         promote_second_registry=lambda: zenml_model.set_stage(ModelStages.PRODUCTION, force=True),
+        run=context.pipeline_run.name,
     )
+    if repaired:
+        result = result.model_copy(update={"repaired": repaired})
     log_metadata(
         metadata={
             "gate_passed": decision.passed,

@@ -1,6 +1,6 @@
 """The metrics layer: per-request records in, MLPerf/AIPerf-defined statistics out.
 
-Definitions (shared/reference/benchmarking.md), all times from `time.perf_counter`:
+Definitions (docs/benchmark-definitions.md), all times from `time.perf_counter`:
 * TTFT = first token arrival − time the request was *scheduled* to be sent (client queueing counts).
 * e2e (request latency) = last token arrival − scheduled send time.
 * TPOT = (e2e − TTFT) / (output_tokens − 1); undefined (excluded) for 1-token outputs.
