@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.export import export_triton
+from cli.production import history, promote, rollback
 from cli.run_pipeline import RunOptions, run_command, run_options, run_pipeline
 from cli.schedule import schedule
 from cli.stack import stack
@@ -22,7 +23,10 @@ USAGE = """\bLLM Engine Foundry command line.
     python run.py stack register local        create/activate the local stack (idempotent)
     python run.py stack register kubernetes-gpu --file my-k8s.yaml [--set]
                                               Kubernetes + S3 + remote MLflow + GPU step operator
-    python run.py status                      production version per model, MLflow vs ZenML
+    python run.py status [--repair]           production version per model, MLflow vs ZenML
+    python run.py promote --model M --version N --reason TEXT    forced (gates bypassed)
+    python run.py rollback --model M [--to-version N] --reason TEXT
+    python run.py history --model M           every production change: who, when, why
     python run.py dashboard [--port 8237] [--stop]
                                               local ZenML dashboard (runs, DAGs, reports)
     python run.py mlflow-ui [--port 5000] [--stop]
@@ -55,5 +59,5 @@ def cli(ctx: click.Context, config_path: str, no_cache: bool, run_name: str | No
         raise SystemExit(run_pipeline(RunOptions(config_path, no_cache, run_name, compare_with, verbose)))
 
 
-for command in (run_command, stack, schedule, status, export_triton, dashboard, mlflow_ui):
+for command in (run_command, stack, schedule, status, promote, rollback, history, export_triton, dashboard, mlflow_ui):
     cli.add_command(command)

@@ -29,7 +29,7 @@ def status(repair: bool) -> None:
     for name in names:
         pending = pending_move(registry, name)
         if pending and repair:
-            click.echo(f"{name}: {finish_pending_move(registry, name, lambda v: move_zenml_production(name, v))}")
+            click.echo(f"{name}: {finish_pending_move(registry, name, lambda v: move_zenml_production(name, v))['message']}")
         elif pending:
             drift = True
             click.echo(f"{name}: INTERRUPTED production move to version {pending['version']} (run {pending['run']}, "

@@ -123,6 +123,26 @@ class Registry:
         except (MlflowException, RestException):
             pass  # already gone: the journal is idempotent
 
+    def record_production_change(self, model_name: str, change: dict) -> str:
+        """One MLflow run per production change (experiment PRODUCTION_CHANGES), tagged with who,
+        when, why, from which version to which and the gate decision; returns the run id."""
+        experiment = self.client.get_experiment_by_name(PRODUCTION_CHANGES)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(PRODUCTION_CHANGES)
+        tags = {f"foundry.{k}": str(v) for k, v in change.items() if v is not None} | {"foundry.model": model_name}
+        run = self.client.create_run(experiment_id, tags=tags, run_name=f"{model_name}:{change.get('action')}")
+        self.client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+    def production_history(self, model_name: str) -> list[dict]:
+        """Every recorded production change of `model_name`, oldest first."""
+        experiment = self.client.get_experiment_by_name(PRODUCTION_CHANGES)
+        if experiment is None:
+            return []
+        runs = self.client.search_runs([experiment.experiment_id], filter_string=f"tags.`foundry.model` = '{model_name}'",
+                                       order_by=["attributes.start_time ASC"], max_results=10_000)
+        return [{k.removeprefix("foundry."): v for k, v in run.data.tags.items() if k.startswith("foundry.")}
+                | {"mlflow_run_id": run.info.run_id} for run in runs]
+
     def model_names(self) -> list[str]:
         return sorted(model.name for model in self.client.search_registered_models())
 
@@ -210,6 +230,9 @@ class Registry:
         if not run_id:
             return {}
         return dict(self.client.get_run(run_id).data.metrics)
+
+
+PRODUCTION_CHANGES = "foundry-production-changes"
 
 
 def mlflow_version() -> str:

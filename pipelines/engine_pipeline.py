@@ -60,5 +60,5 @@ def engine_pipeline(
         engine, checkpoint, trtllm_checkpoint, data_lineage, benchmark_results, quality_report,
         run_config, config_hash, model_name,
     )
-    compare_with_production(registered, benchmark_results, quality_report, gates, compare_with_run)
-    gate_and_promote(registered, benchmark_results, quality_report, gates, after="compare_with_production")
+    _, compared_production = compare_with_production(registered, benchmark_results, quality_report, gates, compare_with_run)
+    gate_and_promote(registered, benchmark_results, quality_report, gates, compared_production)

@@ -18,7 +18,7 @@ def compare_with_production(
     quality_report: QualityReport,
     gates: GateConfig,
     compare_with_run: str | None = None,
-) -> Annotated[HTMLString, "comparison_report"]:
+) -> tuple[Annotated[HTMLString, "comparison_report"], Annotated[str, "compared_production_version"]]:
     """This run's gate metrics against the current production engine's (its MLflow run metrics)
     and, when asked, against a named earlier run."""
     registry = stack_registry()
@@ -55,4 +55,5 @@ def compare_with_production(
             }
         }
     )
-    return HTMLString(html)
+    # "" = nothing in production: the gate promotes only if that is still so (compare-and-set)
+    return HTMLString(html), production or ""

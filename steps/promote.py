@@ -14,14 +14,16 @@ from steps.tracking import move_zenml_production, stack_registry
 
 @step(enable_cache=False)  # side effect: moves the production pointers
 def gate_and_promote(
-    registered_version: dict, benchmark_results: BenchmarkResults, quality_report: QualityReport, gates: GateConfig
+    registered_version: dict, benchmark_results: BenchmarkResults, quality_report: QualityReport, gates: GateConfig,
+    compared_production_version: str = "",
 ) -> tuple[
     Annotated[PromotionResult, "promotion"],
     Annotated[GateDecision, "gate_decision"],
     Annotated[HTMLString, "gate_report"],
 ]:
     """Check every gate, and that the benchmark and the evaluation ran on the registered engine; on
-    pass move MLflow alias `production` and the ZenML model stage together."""
+    pass move MLflow alias `production` and the ZenML model stage together, only if production is
+    still the version this run compared against (else it fails: re-run to compare against it)."""
     identity = engine_identity_result(registered_version["engine_content_hash"],
                                       benchmark_results.engine_content_hash, quality_report.engine_content_hash)
     decision = evaluate_gates(gates, gate_measurements(benchmark_results.headline, quality_report),
@@ -37,9 +39,11 @@ def gate_and_promote(
         decision=decision,
         promote_second_registry=lambda: zenml_model.set_stage(ModelStages.PRODUCTION, force=True),
         run=context.pipeline_run.name,
+        # compare-and-set: production must still be the version this run was compared with
+        expected_current=(repaired["version"] if repaired else compared_production_version) or None,
     )
     if repaired:
-        result = result.model_copy(update={"repaired": repaired})
+        result = result.model_copy(update={"repaired": repaired["message"]})
     log_metadata(
         metadata={
             "gate_passed": decision.passed,

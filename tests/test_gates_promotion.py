@@ -7,13 +7,14 @@ from foundry.gates import evaluate_gates
 from foundry.promotion import promote_if_passed
 from foundry.registry import Registry, sqlite_tracking_uri
 
-GOOD = {"reference_perplexity": 17.8, "perplexity_ratio": 1.02, "mean_kld": 0.03, "top1_agreement": 0.9, "ttft_p99_ms": 100.0,
+GOOD = {"reference_perplexity": 17.8, "token_agreement": 0.9, "continuation_perplexity_ratio": 1.01, "perplexity_ratio": 1.02, "mean_kld": 0.03, "top1_agreement": 0.9, "ttft_p99_ms": 100.0,
         "tpot_p99_ms": 20.0, "speedup_output_tok_s": 1.5}
 
 
 def test_all_gates_pass_on_good_measurements():
     decision = evaluate_gates(GateConfig(max_reference_perplexity=50, max_ttft_p99_ms=200, max_tpot_p99_ms=30,
-                                         min_speedup_vs_baseline=1.1), GOOD)
+                                         min_speedup_vs_baseline=1.1, min_token_agreement=0.8,
+                                         max_continuation_perplexity_ratio=1.1), GOOD)
     assert decision.passed
     assert {r.name for r in decision.results} == set(GOOD)
     assert decision.unchecked == []

@@ -127,3 +127,34 @@ def test_bad_data_found_inside_a_step_names_the_step_and_the_fix(first_run, stat
     result = run_cli(state_dir, "--config", str(path))
     assert result.returncode == 2, result.stderr[-3000:]
     assert "step prepare_data failed" in result.stderr and "lower evaluation.num_samples" in result.stderr
+
+
+def test_forced_promotion_rollback_and_history(first_run, state_dir, registry, tmp_path):
+    """Operations on production after the runs above (v1 promoted, v2 promoted by the cached run,
+    v3 registered with failed gates): each move keeps MLflow and ZenML together and is recorded."""
+    failed = next(v.version for v in registry.list_versions(MODEL) if v.tags.get("gate") == "failed")
+    before = registry.production_version(MODEL)
+    forced = run_cli(state_dir, "promote", "--model", MODEL, "--version", str(failed), "--reason", "hotfix for ticket 42")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert registry.production_version(MODEL) == str(failed)
+    agree = run_cli(state_dir, "status")
+    assert agree.returncode == 0 and f"(MLflow version {failed})" in agree.stdout, agree.stdout
+
+    back = run_cli(state_dir, "rollback", "--model", MODEL, "--reason", "hotfix regressed p99")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert registry.production_version(MODEL) == before
+    assert run_cli(state_dir, "status").returncode == 0
+
+    history = run_cli(state_dir, "history", "--model", MODEL)
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    assert any("promote (gates passed)" in line and "gate passed" in line for line in lines)
+    assert any("promote (forced, gates bypassed)" in line and f"v{before} → v{failed}" in line and "hotfix for ticket 42" in line
+               for line in lines)
+    assert any(line.split()[1] == "rollback" and f"v{failed} → v{before}" in line for line in lines)
+    assert "@" in lines[-2] and f"production now: v{before}" in lines[-1]
+
+    unknown = run_cli(state_dir, "promote", "--model", MODEL, "--version", "999", "--reason", "x")
+    assert unknown.returncode == 2 and "has no version 999" in unknown.stderr
+    missing_reason = run_cli(state_dir, "rollback", "--model", MODEL)
+    assert missing_reason.returncode == 2 and "--reason" in missing_reason.stderr
