@@ -122,3 +122,48 @@ def test_run_metrics_by_name_finds_the_run_and_refuses_unknown_names(registry):
     assert registry.run_metrics_by_name("nightly-1") == {"mean_kld": 0.04}
     with pytest.raises(FoundryError, match="no run named 'nightly-0'"):
         registry.run_metrics_by_name("nightly-0")
+
+
+def test_concurrent_promotions_end_with_one_production_and_both_registries_agreeing(registry):
+    """Two promotions of the same model at once, each a compare-and-set against the production they
+    measured (none): exactly one wins, the other is refused naming the new production, and the
+    second registry (a dict standing in for ZenML's stage) agrees with MLflow."""
+    import threading
+
+    from foundry.errors import FoundryError
+    from foundry.promotion import move_production
+
+    versions = [_register(registry) for _ in range(2)]
+    second_registry, outcomes, barrier = {}, {}, threading.Barrier(2)
+
+    def promote(version):
+        barrier.wait()
+        try:
+            move_production(registry, "m", version, lambda: second_registry.update(production=version),
+                            action="promote (gates passed)", reason="test", gate="passed", expected_current=None)
+            outcomes[version] = "promoted"
+        except FoundryError as error:
+            outcomes[version] = str(error)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in versions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [v for v, outcome in outcomes.items() if outcome == "promoted"]
+    assert len(winners) == 1, outcomes
+    loser = next(v for v in versions if v not in winners)
+    assert f"production moved during this run (now v{winners[0]}" in outcomes[loser]
+    assert registry.production_version("m") == winners[0] == second_registry["production"]
+    history = registry.production_history("m")
+    assert [(h["from_version"], h["to_version"]) for h in history] == [("none", winners[0])]
+    assert "@" in history[0]["who"] and history[0]["reason"] == "test"
+
+
+def test_rollback_goes_to_the_production_before(registry):
+    from foundry.promotion import move_production, rollback_target
+
+    v1, v2 = _register(registry), _register(registry)
+    for version in (v1, v2):
+        move_production(registry, "m", version, lambda: None, action="promote (gates passed)", reason="r", gate="passed")
+    assert rollback_target(registry, "m") == v1
