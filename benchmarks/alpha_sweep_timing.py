@@ -39,34 +39,53 @@ def main() -> None:
     ingest_checkpoint(CheckpointSource(kind="gguf", path=str(embedded_gguf_path())), hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     held_out = max(1, math.ceil(args.held_out_fraction * args.num_samples))
-    windows = token_windows(builtin_documents("calibration"), tokenizer, args.num_samples + held_out, args.seq_len, "calibration").input_ids
+    windows = token_windows(
+        builtin_documents("calibration"), tokenizer, args.num_samples + held_out, args.seq_len, "calibration"
+    ).input_ids
     statistics_ids, held_out_ids = windows[: args.num_samples], windows[args.num_samples :]
     alphas = [float(a) for a in args.alphas.split(",")]
 
     started = time.perf_counter()
-    single = calibrate_to_trtllm_checkpoint(hf_dir, statistics_ids, work / "single", "int8_sq", 0.8, "float16",
-                                            activation_scaling=args.activation_scaling)
+    single = calibrate_to_trtllm_checkpoint(
+        hf_dir, statistics_ids, work / "single", "int8_sq", 0.8, "float16", activation_scaling=args.activation_scaling
+    )
     single_seconds = time.perf_counter() - started
     started = time.perf_counter()
     sweep = calibrate_to_trtllm_checkpoint(
-        hf_dir, statistics_ids, work / "sweep", "int8_sq", alphas, "float16", held_out_ids=held_out_ids,
+        hf_dir,
+        statistics_ids,
+        work / "sweep",
+        "int8_sq",
+        alphas,
+        "float16",
+        held_out_ids=held_out_ids,
         activation_scaling=args.activation_scaling,
     )
     sweep_seconds = time.perf_counter() - started
-    print(json.dumps({
-        "torch_threads": torch.get_num_threads(), "activation_scaling": args.activation_scaling,
-        "statistics_windows": args.num_samples, "held_out_windows": held_out, "seq_len": args.seq_len,
-        "alphas": alphas,
-        "single_calibration_total_seconds": round(single_seconds, 2),
-        "single_calibration_seconds": single["calibration_seconds"], "single_export_seconds": single["export_seconds"],
-        "sweep_total_seconds": round(sweep_seconds, 2),
-        "sweep_calibration_seconds": sweep["calibration_seconds"], "sweep_export_seconds": sweep["export_seconds"],
-        "sweep_over_single": round(sweep_seconds / single_seconds, 3),
-        "chosen_alpha": sweep["alpha"],
-        "rows": [{k: round(v, 4) for k, v in row.items()} for row in sweep["alpha_sweep"]["rows"]],
-        "statistics_seconds": sweep["alpha_sweep"]["statistics_seconds"],
-        "reference_seconds": sweep["alpha_sweep"]["reference_seconds"],
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "torch_threads": torch.get_num_threads(),
+                "activation_scaling": args.activation_scaling,
+                "statistics_windows": args.num_samples,
+                "held_out_windows": held_out,
+                "seq_len": args.seq_len,
+                "alphas": alphas,
+                "single_calibration_total_seconds": round(single_seconds, 2),
+                "single_calibration_seconds": single["calibration_seconds"],
+                "single_export_seconds": single["export_seconds"],
+                "sweep_total_seconds": round(sweep_seconds, 2),
+                "sweep_calibration_seconds": sweep["calibration_seconds"],
+                "sweep_export_seconds": sweep["export_seconds"],
+                "sweep_over_single": round(sweep_seconds / single_seconds, 3),
+                "chosen_alpha": sweep["alpha"],
+                "rows": [{k: round(v, 4) for k, v in row.items()} for row in sweep["alpha_sweep"]["rows"]],
+                "statistics_seconds": sweep["alpha_sweep"]["statistics_seconds"],
+                "reference_seconds": sweep["alpha_sweep"]["reference_seconds"],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -108,10 +108,14 @@ def main() -> int:
         wait_for(port)
         target = OpenAICompletionsTarget(f"http://127.0.0.1:{port}", send_schedule=True)
         tolerance = max(0.01 * args.itl_ms, 0.5)
-        print(f"client on CPU {cpus[0]}, server on CPU {cpus[-1]}, ITL {args.itl_ms} ms, "
-              f"{args.output_tokens} tokens/request, tolerance {tolerance} ms; load average {os.getloadavg()}")
-        print(f"{'conc':>5} {'offered tok/s':>13} {'got tok/s':>10} {'client CPU %':>12} {'us CPU/token':>12} "
-              f"{'ITL p50 err':>11} {'ITL p99 err':>11} {'TPOT p99 err':>12} {'TTFT p99 err':>12}")
+        print(
+            f"client on CPU {cpus[0]}, server on CPU {cpus[-1]}, ITL {args.itl_ms} ms, "
+            f"{args.output_tokens} tokens/request, tolerance {tolerance} ms; load average {os.getloadavg()}"
+        )
+        print(
+            f"{'conc':>5} {'offered tok/s':>13} {'got tok/s':>10} {'client CPU %':>12} {'us CPU/token':>12} "
+            f"{'ITL p50 err':>11} {'ITL p99 err':>11} {'TPOT p99 err':>12} {'TTFT p99 err':>12}"
+        )
         for concurrency in args.concurrency:
             requests = [Request(i, [1, 2], args.output_tokens) for i in range(2 * concurrency)]
             cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -119,25 +123,48 @@ def main() -> int:
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
             tokens = level.total_output_tokens
             offered = concurrency * 1000 / args.itl_ms
-            row = dict(concurrency=concurrency, offered_tok_s=offered, output_tok_s=level.output_token_throughput_tok_s,
-                       client_cpu_pct=100 * cpu / wall, cpu_us_per_token=1e6 * cpu / (2 * tokens),
-                       itl_p50_err_ms=level.itl.p50_ms - args.itl_ms, itl_p99_err_ms=level.itl.p99_ms - args.itl_ms,
-                       tpot_p99_err_ms=level.tpot.p99_ms - args.itl_ms, ttft_p99_err_ms=level.ttft.p99_ms - TTFT_MS,
-                       failed=level.failed)
-            row["within_tolerance"] = abs(row["itl_p50_err_ms"]) <= tolerance and abs(row["tpot_p99_err_ms"]) <= tolerance
+            row = dict(
+                concurrency=concurrency,
+                offered_tok_s=offered,
+                output_tok_s=level.output_token_throughput_tok_s,
+                client_cpu_pct=100 * cpu / wall,
+                cpu_us_per_token=1e6 * cpu / (2 * tokens),
+                itl_p50_err_ms=level.itl.p50_ms - args.itl_ms,
+                itl_p99_err_ms=level.itl.p99_ms - args.itl_ms,
+                tpot_p99_err_ms=level.tpot.p99_ms - args.itl_ms,
+                ttft_p99_err_ms=level.ttft.p99_ms - TTFT_MS,
+                failed=level.failed,
+            )
+            row["within_tolerance"] = (
+                abs(row["itl_p50_err_ms"]) <= tolerance and abs(row["tpot_p99_err_ms"]) <= tolerance
+            )
             rows.append(row)
-            print(f"{concurrency:>5} {offered:>13.0f} {row['output_tok_s']:>10.0f} {row['client_cpu_pct']:>12.0f} "
-                  f"{row['cpu_us_per_token']:>12.1f} {row['itl_p50_err_ms']:>+11.3f} {row['itl_p99_err_ms']:>+11.3f} "
-                  f"{row['tpot_p99_err_ms']:>+12.3f} {row['ttft_p99_err_ms']:>+12.3f}" + ("" if row["within_tolerance"] else "  DISTORTED"),
-                  flush=True)
+            print(
+                f"{concurrency:>5} {offered:>13.0f} {row['output_tok_s']:>10.0f} {row['client_cpu_pct']:>12.0f} "
+                f"{row['cpu_us_per_token']:>12.1f} {row['itl_p50_err_ms']:>+11.3f} {row['itl_p99_err_ms']:>+11.3f} "
+                f"{row['tpot_p99_err_ms']:>+12.3f} {row['ttft_p99_err_ms']:>+12.3f}"
+                + ("" if row["within_tolerance"] else "  DISTORTED"),
+                flush=True,
+            )
         sustained = [r["offered_tok_s"] for r in rows if r["within_tolerance"] and not r["failed"]]
         cost = float(np.median([r["cpu_us_per_token"] for r in rows]))
-        print(f"sustained without ITL distortion: {max(sustained) if sustained else 0:.0f} tok/s "
-              f"(highest offered level within tolerance); client CPU cost ≈ {cost:.1f} µs/token "
-              f"→ ≈ {1e6 / cost:.0f} tok/s would saturate one core")
+        print(
+            f"sustained without ITL distortion: {max(sustained) if sustained else 0:.0f} tok/s "
+            f"(highest offered level within tolerance); client CPU cost ≈ {cost:.1f} µs/token "
+            f"→ ≈ {1e6 / cost:.0f} tok/s would saturate one core"
+        )
         if args.json:
-            args.json.write_text(json.dumps({"rows": rows, "sustained_tok_s": max(sustained) if sustained else 0,
-                                             "cpu_us_per_token": cost, "loadavg": os.getloadavg()}, indent=1))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "rows": rows,
+                        "sustained_tok_s": max(sustained) if sustained else 0,
+                        "cpu_us_per_token": cost,
+                        "loadavg": os.getloadavg(),
+                    },
+                    indent=1,
+                )
+            )
     finally:
         server.terminate()
         server.wait()
@@ -153,16 +180,21 @@ def uvicorn_ttft(args) -> None:
     from foundry.bench.workload import Request
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "foundry.bench.server", "--synthetic", f"{TTFT_MS},{args.itl_ms}",
-                               "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "foundry.bench.server", "--synthetic", f"{TTFT_MS},{args.itl_ms}", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         wait_for(port)
         target = OpenAICompletionsTarget(f"http://127.0.0.1:{port}")
         for concurrency in (1, 16, 256):
             requests = [Request(i, [1, 2], 4) for i in range(concurrency + max(concurrency, 4))]
             level = run_benchmark(target, requests, [concurrency], warmup_requests=concurrency).levels[0]
-            print(f"uvicorn server, unanchored, c={concurrency}: TTFT p50 +{level.ttft.p50_ms - TTFT_MS:.2f} ms, "
-                  f"p99 +{level.ttft.p99_ms - TTFT_MS:.2f} ms over the engine's {TTFT_MS} ms")
+            print(
+                f"uvicorn server, unanchored, c={concurrency}: TTFT p50 +{level.ttft.p50_ms - TTFT_MS:.2f} ms, "
+                f"p99 +{level.ttft.p99_ms - TTFT_MS:.2f} ms over the engine's {TTFT_MS} ms"
+            )
     finally:
         server.terminate()
         server.wait()

@@ -37,16 +37,19 @@ def main() -> None:
     hf_dir = work / "hf"
     ingest_checkpoint(CheckpointSource(kind="gguf", path=str(embedded_gguf_path())), hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
-    calibration_ids = token_windows(builtin_documents("calibration"), tokenizer, args.num_samples, args.seq_len,
-                                    "calibration").input_ids
-    evaluation = token_windows(builtin_documents("evaluation"), tokenizer, args.eval_samples, args.eval_seq_len,
-                               "evaluation")
+    calibration_ids = token_windows(
+        builtin_documents("calibration"), tokenizer, args.num_samples, args.seq_len, "calibration"
+    ).input_ids
+    evaluation = token_windows(
+        builtin_documents("evaluation"), tokenizer, args.eval_samples, args.eval_seq_len, "evaluation"
+    )
     reference = HFEngine.load(hf_dir)
     results = {}
     for scaling in ("per_tensor", "per_token"):
         started = time.perf_counter()
-        summary = calibrate_to_trtllm_checkpoint(hf_dir, calibration_ids, work / scaling, "int8_sq", args.alpha,
-                                                 "float16", activation_scaling=scaling)
+        summary = calibrate_to_trtllm_checkpoint(
+            hf_dir, calibration_ids, work / scaling, "int8_sq", args.alpha, "float16", activation_scaling=scaling
+        )
         engine = ReferenceEngine.load(work / scaling)
         report = evaluate_quality(engine, reference, evaluation.input_ids, "benchmark")
         results[scaling] = {
@@ -56,8 +59,18 @@ def main() -> None:
             "top1_agreement": round(report.top1_agreement, 4),
             "calibrate_and_score_seconds": round(time.perf_counter() - started, 1),
         }
-    print(json.dumps({"alpha": args.alpha, "calibration_windows": args.num_samples, "seq_len": args.seq_len,
-                      "evaluation_windows": args.eval_samples, "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "alpha": args.alpha,
+                "calibration_windows": args.num_samples,
+                "seq_len": args.seq_len,
+                "evaluation_windows": args.eval_samples,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,18 +35,46 @@ def build_smoke_engine(work: Path) -> tuple[Path, Path]:
         ingest_checkpoint(CheckpointSource(kind="embedded"), hf_dir)
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
         windows = data.token_windows(data.builtin_documents("calibration"), tokenizer, 8, 64, "calibration")
-        calibrate_to_trtllm_checkpoint(hf_checkpoint_dir=hf_dir, calibration_ids=windows.input_ids,
-                                       output_dir=work / "ckpt", quantization="int8_sq", alpha=[0.6],
-                                       export_dtype="float16", activation_scaling="per_token")
+        calibrate_to_trtllm_checkpoint(
+            hf_checkpoint_dir=hf_dir,
+            calibration_ids=windows.input_ids,
+            output_dir=work / "ckpt",
+            quantization="int8_sq",
+            alpha=[0.6],
+            export_dtype="float16",
+            activation_scaling="per_token",
+        )
         ReferenceBuilder().build(work / "ckpt", engine_dir, BuildConfig(max_seq_len=512))
     return hf_dir, engine_dir
 
 
 def bench(engine_dir: Path, tokenizer: Path, out: Path, served_by: str, args) -> dict:
-    argv = [sys.executable, "-m", "foundry.bench", "--engine-dir", str(engine_dir), "--tokenizer", str(tokenizer),
-            "--served-by", served_by, "--concurrency", *map(str, args.concurrency), "--num-requests", str(args.num_requests),
-            "--warmup-requests", "2", "--input-len", "64", "128", "--output-len", "32", "32", "--no-telemetry",
-            "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "foundry.bench",
+        "--engine-dir",
+        str(engine_dir),
+        "--tokenizer",
+        str(tokenizer),
+        "--served-by",
+        served_by,
+        "--concurrency",
+        *map(str, args.concurrency),
+        "--num-requests",
+        str(args.num_requests),
+        "--warmup-requests",
+        "2",
+        "--input-len",
+        "64",
+        "128",
+        "--output-len",
+        "32",
+        "32",
+        "--no-telemetry",
+        "--out",
+        str(out),
+    ]
     subprocess.run(argv, cwd=ROOT, check=True)
     return json.loads((out / "report.json").read_text())
 
@@ -59,12 +87,16 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     hf_dir, engine_dir = build_smoke_engine(args.work)
-    reports = {mode: bench(engine_dir, hf_dir, args.work / mode, mode, args) for mode in ("in_process", "foundry_server")}
+    reports = {
+        mode: bench(engine_dir, hf_dir, args.work / mode, mode, args) for mode in ("in_process", "foundry_server")
+    }
     print(f"{'served by':<16}{'level':>8}{'TTFT p50 ms':>13}{'TPOT p50 ms':>13}{'out tok/s':>11}")
     for mode, report in reports.items():
         for level in report["levels"]:
-            print(f"{mode:<16}{level['concurrency']:>8}{level['ttft']['p50_ms']:>13.2f}{level['tpot']['p50_ms']:>13.2f}"
-                  f"{level['output_token_throughput_tok_s']:>11.1f}")
+            print(
+                f"{mode:<16}{level['concurrency']:>8}{level['ttft']['p50_ms']:>13.2f}{level['tpot']['p50_ms']:>13.2f}"
+                f"{level['output_token_throughput_tok_s']:>11.1f}"
+            )
 
 
 if __name__ == "__main__":

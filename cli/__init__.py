@@ -53,8 +53,9 @@ Exit codes:
 @click.group(invoke_without_command=True, help=USAGE)
 @run_options
 @click.pass_context
-def cli(ctx: click.Context, config_path: str, no_cache: bool, run_name: str | None, compare_with: str | None,
-        verbose: bool) -> None:
+def cli(
+    ctx: click.Context, config_path: str, no_cache: bool, run_name: str | None, compare_with: str | None, verbose: bool
+) -> None:
     if ctx.invoked_subcommand is None:
         raise SystemExit(run_pipeline(RunOptions(config_path, no_cache, run_name, compare_with, verbose)))
 

@@ -64,6 +64,10 @@ def ensure_stack(state: Path) -> str:
 
 
 CONFIG_OPTION = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), default="configs/default.yaml",
-    show_default=True, help="run config YAML (validated before any work)",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default="configs/default.yaml",
+    show_default=True,
+    help="run config YAML (validated before any work)",
 )

@@ -32,12 +32,20 @@ def _move(model_name: str, version: str, action: str, reason: str) -> None:
         version, _, _ = registry.engine_dir(model_name, version)  # the model and the version exist
         if registry.production_version(model_name) == version:
             raise FoundryError(f"{model_name} version {version} is already production; nothing to move")
-        previous = move_production(registry, model_name, version, lambda: move_zenml_production(model_name, version),
-                                   action=action, reason=reason)
+        previous = move_production(
+            registry,
+            model_name,
+            version,
+            lambda: move_zenml_production(model_name, version),
+            action=action,
+            reason=reason,
+        )
     except FoundryError as error:
         fail_with(error)
-    click.echo(f"{model_name}: production v{previous or 'none'} → v{version} ({action}: {reason}); "
-               "MLflow alias and ZenML stage moved, recorded in `run.py history`")
+    click.echo(
+        f"{model_name}: production v{previous or 'none'} → v{version} ({action}: {reason}); "
+        "MLflow alias and ZenML stage moved, recorded in `run.py history`"
+    )
 
 
 @click.command(help="Force a version to production, bypassing the gates (recorded with --reason, who and when).")
@@ -68,14 +76,20 @@ def rollback(model_name: str, to_version: str | None, reason: str) -> None:
 def history(model_name: str) -> None:
     registry = _registry()
     if model_name not in registry.model_names():
-        fail_with(FoundryError(f"--model: no registered model {model_name!r}; registered: "
-                               f"{', '.join(registry.model_names()) or 'none yet'}"))
+        fail_with(
+            FoundryError(
+                f"--model: no registered model {model_name!r}; registered: "
+                f"{', '.join(registry.model_names()) or 'none yet'}"
+            )
+        )
     changes = registry.production_history(model_name)
     if not changes:
         click.echo(f"{model_name}: no production change recorded yet")
         return
     for change in changes:
-        click.echo(f"{change.get('when', '?')}  {change.get('action', '?'):<34} v{change.get('from_version', '?')} → "
-                   f"v{change.get('to_version', '?')}  by {change.get('who', '?')}  gate {change.get('gate', '-')}  "
-                   f"why: {change.get('reason', '')}" + (f"  (run {change['run']})" if change.get("run") else ""))
+        click.echo(
+            f"{change.get('when', '?')}  {change.get('action', '?'):<34} v{change.get('from_version', '?')} → "
+            f"v{change.get('to_version', '?')}  by {change.get('who', '?')}  gate {change.get('gate', '-')}  "
+            f"why: {change.get('reason', '')}" + (f"  (run {change['run']})" if change.get("run") else "")
+        )
     click.echo(f"production now: v{registry.production_version(model_name) or 'none'}")

@@ -36,14 +36,23 @@ class RunOptions:
 
 def run_options(command):
     """The options of a pipeline run; `run.py run` and the bare `run.py` share them."""
-    for option in reversed([
-        CONFIG_OPTION,
-        click.option("--no-cache", is_flag=True, help="re-run every step instead of reusing cached results"),
-        click.option("--run-name", default=None, help="name of the ZenML run (default: generated)"),
-        click.option("--compare-with", "compare_with", default=None, metavar="RUN_NAME",
-                     help="also compare this run's gate metrics with an earlier run (its name) in the comparison report"),
-        click.option("--verbose", is_flag=True, help="show ZenML's tracebacks on the console (always kept in the step logs)"),
-    ]):
+    for option in reversed(
+        [
+            CONFIG_OPTION,
+            click.option("--no-cache", is_flag=True, help="re-run every step instead of reusing cached results"),
+            click.option("--run-name", default=None, help="name of the ZenML run (default: generated)"),
+            click.option(
+                "--compare-with",
+                "compare_with",
+                default=None,
+                metavar="RUN_NAME",
+                help="also compare this run's gate metrics with an earlier run (its name) in the comparison report",
+            ),
+            click.option(
+                "--verbose", is_flag=True, help="show ZenML's tracebacks on the console (always kept in the step logs)"
+            ),
+        ]
+    ):
         command = option(command)
     return command
 
@@ -192,8 +201,10 @@ def print_summary(run_id, config, wall_seconds: float):
         step_statuses={name: step.status.value for name, step in run.steps.items()},
         checkpoint=dict(output("ingest_checkpoint", "checkpoint").run_metadata),
         calibration=dict(output("calibrate_checkpoint", "trtllm_checkpoint").run_metadata.get("calibration") or {}),
-        engine={**output("build_engine", "engine").run_metadata.get("engine", {}),
-                "content_hash": output("build_engine", "engine").run_metadata.get("content_hash")},
+        engine={
+            **output("build_engine", "engine").run_metadata.get("engine", {}),
+            "content_hash": output("build_engine", "engine").run_metadata.get("content_hash"),
+        },
         benchmark_results=output("benchmark_engine", "benchmark_results").load(),
         quality=output("evaluate_engine_quality", "quality_report").load(),
         decision=output("gate_and_promote", "gate_decision").load(),
@@ -203,9 +214,13 @@ def print_summary(run_id, config, wall_seconds: float):
     return promotion
 
 
-@click.command("run", help="Run the pipeline: ingest → calibrate → build → benchmark → evaluate → register → gate → promote.")
+@click.command(
+    "run", help="Run the pipeline: ingest → calibrate → build → benchmark → evaluate → register → gate → promote."
+)
 @run_options
-def run_command(config_path: str, no_cache: bool, run_name: str | None, compare_with: str | None, verbose: bool) -> None:
+def run_command(
+    config_path: str, no_cache: bool, run_name: str | None, compare_with: str | None, verbose: bool
+) -> None:
     raise SystemExit(run_pipeline(RunOptions(config_path, no_cache, run_name, compare_with, verbose)))
 
 

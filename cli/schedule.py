@@ -54,6 +54,9 @@ def schedule(cron: str, config_path: str, schedule_name: str | None) -> None:
     except FoundryError as error:
         fail(str(error), EXIT_INVALID_INPUT)
     except Exception as error:
-        fail(f"could not register the schedule on stack '{stack_model.name}': {type(error).__name__}: {error}", EXIT_ERROR)
+        fail(
+            f"could not register the schedule on stack '{stack_model.name}': {type(error).__name__}: {error}",
+            EXIT_ERROR,
+        )
     upcoming = ", ".join(t.strftime("%Y-%m-%d %H:%M UTC") for t in next_fire_times(cron))
     click.echo(f"schedule {name} ({cron}) registered on stack {stack_model.name}; next runs: {upcoming}")

@@ -23,9 +23,19 @@ def stack() -> None:
     "FOUNDRY_MLFLOW_USERNAME/FOUNDRY_MLFLOW_PASSWORD (stored as that secret).",
 )
 @click.argument("name", type=click.Choice(["local", "kubernetes-gpu"]))
-@click.option("--set/--no-set", "activate", default=None, help="activate it after registering (default: local yes, kubernetes-gpu no)")
-@click.option("--file", "definition_file", type=click.Path(dir_okay=False), default=None,
-              help="kubernetes-gpu: stack definition YAML (see stacks/kubernetes_gpu.example.yaml)")
+@click.option(
+    "--set/--no-set",
+    "activate",
+    default=None,
+    help="activate it after registering (default: local yes, kubernetes-gpu no)",
+)
+@click.option(
+    "--file",
+    "definition_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="kubernetes-gpu: stack definition YAML (see stacks/kubernetes_gpu.example.yaml)",
+)
 def stack_register(name: str, activate: bool | None, definition_file: str | None) -> None:
     state = prepare_environment()
     if name == "local":
@@ -34,7 +44,9 @@ def stack_register(name: str, activate: bool | None, definition_file: str | None
         from stacks.local import ensure_local_stack
 
         activate = True if activate is None else activate
-        click.echo(f"stack {ensure_local_stack(state, activate=activate)} is registered" + (" and active" if activate else ""))
+        click.echo(
+            f"stack {ensure_local_stack(state, activate=activate)} is registered" + (" and active" if activate else "")
+        )
         return
     from foundry.errors import FoundryError
     from stacks.kubernetes_gpu import GPU_STEPS, load_definition, register_kubernetes_gpu_stack

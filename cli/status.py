@@ -7,9 +7,11 @@ import click
 from cli.environment import EXIT_ERROR, ensure_stack, prepare_environment
 
 
-@click.command(help="Show, per model, the production version in MLflow and in ZenML and flag drift, an "
-               "interrupted production move, and versions left without a gate decision. --repair finishes an "
-               "interrupted move (journaled before it started), so both registries agree again.")
+@click.command(
+    help="Show, per model, the production version in MLflow and in ZenML and flag drift, an "
+    "interrupted production move, and versions left without a gate decision. --repair finishes an "
+    "interrupted move (journaled before it started), so both registries agree again."
+)
 @click.option("--repair", is_flag=True, help="finish interrupted production moves")
 def status(repair: bool) -> None:
     state = prepare_environment()
@@ -29,15 +31,21 @@ def status(repair: bool) -> None:
     for name in names:
         pending = pending_move(registry, name)
         if pending and repair:
-            click.echo(f"{name}: {finish_pending_move(registry, name, lambda v: move_zenml_production(name, v))['message']}")
+            click.echo(
+                f"{name}: {finish_pending_move(registry, name, lambda v: move_zenml_production(name, v))['message']}"
+            )
         elif pending:
             drift = True
-            click.echo(f"{name}: INTERRUPTED production move to version {pending['version']} (run {pending['run']}, "
-                       f"{pending['started_at']}); finish it with: python run.py status --repair")
+            click.echo(
+                f"{name}: INTERRUPTED production move to version {pending['version']} (run {pending['run']}, "
+                f"{pending['started_at']}); finish it with: python run.py status --repair"
+            )
         ungated = [str(v.version) for v in registry.list_versions(name) if "gate" not in (v.tags or {})]
         if ungated:
-            click.echo(f"{name}: version(s) {', '.join(ungated)} have no gate decision (the run stopped before its gate); "
-                       "they are not production candidates")
+            click.echo(
+                f"{name}: version(s) {', '.join(ungated)} have no gate decision (the run stopped before its gate); "
+                "they are not production candidates"
+            )
         mlflow_version = registry.production_version(name)
         try:
             zenml_version = Client().get_model_version(name, ModelStages.PRODUCTION)

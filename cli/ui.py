@@ -51,8 +51,11 @@ def _skip_onboarding_survey() -> None:
     metadata = dict(user.user_metadata or {})
     if metadata.get("finished_onboarding_survey") and user.email_opted_in is not None:
         return
-    client.update_user(user.id, updated_email_opt_in=bool(user.email_opted_in),
-                       updated_metadata={**metadata, "finished_onboarding_survey": True})
+    client.update_user(
+        user.id,
+        updated_email_opt_in=bool(user.email_opted_in),
+        updated_metadata={**metadata, "finished_onboarding_survey": True},
+    )
 
 
 PORT_OPTION_HELP = "TCP port on 127.0.0.1"
@@ -87,8 +90,11 @@ def dashboard(port: int, stop: bool) -> None:
         click.echo(f"the dashboard is already running: {running}\nstop it with: python run.py dashboard --stop")
         return
     if _port_in_use(port):
-        fail(f"port {port} on 127.0.0.1 is already in use by another program; pick a free port with "
-              f"`python run.py dashboard --port <N>` or stop whatever listens there", EXIT_INVALID_INPUT)
+        fail(
+            f"port {port} on 127.0.0.1 is already in use by another program; pick a free port with "
+            f"`python run.py dashboard --port <N>` or stop whatever listens there",
+            EXIT_INVALID_INPUT,
+        )
     ensure_stack(state)  # the dashboard shows the project's stack from the first run on
     _skip_onboarding_survey()  # before login: the server's user endpoint drops email_opted_in updates
     from rich.console import Console
@@ -96,14 +102,17 @@ def dashboard(port: int, stop: bool) -> None:
     with Console(stderr=True).status(f"starting the ZenML server on 127.0.0.1:{port} ..."):
         result = subprocess.run(
             [zenml_cli, "login", "--local", "--port", str(port), "--ip-address", "127.0.0.1"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
     if result.returncode != 0:
         fail(f"`zenml login --local` failed: {(result.stderr or result.stdout)[-3000:]}", EXIT_ERROR)
     url = _local_dashboard_url() or f"http://127.0.0.1:{port}"
-    click.echo(f"ZenML dashboard: {url}\n"
-               f"  runs started from now on (python run.py ...) appear there\n"
-               f"  stop it with: python run.py dashboard --stop")
+    click.echo(
+        f"ZenML dashboard: {url}\n"
+        f"  runs started from now on (python run.py ...) appear there\n"
+        f"  stop it with: python run.py dashboard --stop"
+    )
 
 
 def _mlflow_ui_pidfile(state: Path) -> Path:
@@ -151,17 +160,32 @@ def mlflow_ui(port: int, stop: bool) -> None:
         click.echo(f"the MLflow UI is already running: {running['url']}\nstop it with: python run.py mlflow-ui --stop")
         return
     if _port_in_use(port):
-        fail(f"port {port} on 127.0.0.1 is already in use by another program; pick a free port with "
-              f"`python run.py mlflow-ui --port <N>` or stop whatever listens there", EXIT_INVALID_INPUT)
+        fail(
+            f"port {port} on 127.0.0.1 is already in use by another program; pick a free port with "
+            f"`python run.py mlflow-ui --port <N>` or stop whatever listens there",
+            EXIT_INVALID_INPUT,
+        )
     from foundry.registry import sqlite_tracking_uri
 
     tracking_uri = sqlite_tracking_uri(state)
     log_path = state / "mlflow-ui.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                tracking_uri,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     from rich.console import Console
 
@@ -170,7 +194,9 @@ def mlflow_ui(port: int, stop: bool) -> None:
     if not up:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-        fail(f"the MLflow UI did not start; its log ({log_path}) ends with:\n{log_path.read_text()[-2000:]}", EXIT_ERROR)
+        fail(
+            f"the MLflow UI did not start; its log ({log_path}) ends with:\n{log_path.read_text()[-2000:]}", EXIT_ERROR
+        )
     url = f"http://127.0.0.1:{port}"
     _mlflow_ui_pidfile(state).write_text(json.dumps({"pid": process.pid, "port": port, "url": url}))
     click.echo(f"MLflow UI: {url}  (tracking database {tracking_uri})\n  stop it with: python run.py mlflow-ui --stop")

@@ -61,7 +61,9 @@ def per_channel_max_config(kv_cache: str = "none") -> dict:
     config = copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG)
     entries = [entry for entry in config["quant_cfg"] if entry.get("quantizer_name") == "*input_quantizer"]
     if len(entries) != 1 or "cfg" not in entries[0]:
-        raise FoundryError("ModelOpt's INT8_SMOOTHQUANT_CFG has no single '*input_quantizer' entry; pin nvidia-modelopt 0.47")
+        raise FoundryError(
+            "ModelOpt's INT8_SMOOTHQUANT_CFG has no single '*input_quantizer' entry; pin nvidia-modelopt 0.47"
+        )
     entries[0]["cfg"] = {**entries[0]["cfg"], "axis": -1}
     config["quant_cfg"] = list(config["quant_cfg"]) + kv_cache_quant_cfg(kv_cache)
     config["algorithm"] = "max"
@@ -74,7 +76,9 @@ def quantized_linears(model) -> list[tuple[str, torch.nn.Module]]:
     return [
         (name, module)
         for name, module in model.named_modules()
-        if is_quantized_linear(module) and module.input_quantizer.is_enabled and hasattr(module.input_quantizer, "_amax")
+        if is_quantized_linear(module)
+        and module.input_quantizer.is_enabled
+        and hasattr(module.input_quantizer, "_amax")
     ]
 
 
@@ -144,7 +148,9 @@ class CachedLogits:
 
 @dataclass
 class AlphaSweep:
-    rows: list[dict]  # alpha, mean_kld, top1_agreement, perplexity, perplexity_ratio, smoothing_seconds, scoring_seconds
+    rows: list[
+        dict
+    ]  # alpha, mean_kld, top1_agreement, perplexity, perplexity_ratio, smoothing_seconds, scoring_seconds
     best_alpha: float
     num_statistics_windows: int
     num_held_out_windows: int
@@ -162,7 +168,11 @@ class AlphaSweep:
 
 
 def score_alphas(
-    model, statistics_ids: torch.Tensor, held_out_ids: torch.Tensor, alphas: list[float], kv_cache: str = "none",
+    model,
+    statistics_ids: torch.Tensor,
+    held_out_ids: torch.Tensor,
+    alphas: list[float],
+    kv_cache: str = "none",
     per_token: bool = False,
 ) -> tuple[AlphaSweep, object]:
     """Collect statistics once (in place on `model`), score every alpha; returns the sweep and the
@@ -200,7 +210,11 @@ def score_alphas(
         started = time.perf_counter()
         with PerTokenActivations(candidate) if per_token else contextlib.nullcontext():
             report = evaluate_quality(
-                ModelLogits(candidate, "modelopt-fake-quant"), reference, held_out_ids, held_out_hash, SCORING_BATCH_SIZE
+                ModelLogits(candidate, "modelopt-fake-quant"),
+                reference,
+                held_out_ids,
+                held_out_hash,
+                SCORING_BATCH_SIZE,
             )
         reference_perplexity = report.reference_perplexity
         rows.append(
@@ -249,7 +263,9 @@ def render_sweep_svg(sweep: AlphaSweep) -> str:
     axis.set_xlabel("SmoothQuant alpha")
     axis.set_ylabel("mean KLD vs fp32", color="tab:blue")
     second = axis.twinx()
-    second.plot(alphas, [row["top1_agreement"] for row in sweep.rows], "s:", color="tab:orange", label="top-1 agreement")
+    second.plot(
+        alphas, [row["top1_agreement"] for row in sweep.rows], "s:", color="tab:orange", label="top-1 agreement"
+    )
     second.set_ylabel("top-1 agreement", color="tab:orange")
     axis.legend(loc="upper center", fontsize=8)
     axis.set_title("Alpha sweep on held-out calibration windows", fontsize=10)
@@ -257,7 +273,7 @@ def render_sweep_svg(sweep: AlphaSweep) -> str:
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg")
     svg = buffer.getvalue()
-    return svg[svg.find("<svg"):]
+    return svg[svg.find("<svg") :]
 
 
 def render_sweep_html(sweep: AlphaSweep) -> str:

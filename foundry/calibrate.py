@@ -29,6 +29,7 @@ from foundry.trtllm_checkpoint import (  # noqa: E402
     exported_quant_algo,
     read_checkpoint_config,
 )
+
 ACTIVATION_SCALINGS = ("per_tensor", "per_token")  # int8_sq: static per-tensor or dynamic per-token scales
 # ModelOpt 0.47 `export_tensorrt_llm_checkpoint` converts any dtype other than float16/bfloat16 to
 # float16 with only a warning; refusing float32 is more honest than writing a float16 checkpoint
@@ -96,7 +97,9 @@ def quantization_config(quantization: str, alpha: float, kv_cache: str = "none",
     elif quantization == "none":
         config = {"quant_cfg": [{"quantizer_name": "*", "enable": False}], "algorithm": "max"}
     else:
-        raise NotSupportedError(f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}")
+        raise NotSupportedError(
+            f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}"
+        )
     config["quant_cfg"] = list(config["quant_cfg"]) + kv_cache_quant_cfg(kv_cache)
     return config
 
@@ -108,9 +111,13 @@ def check_supported(calibration, build_backend: str, hf_config=None) -> None:
     config.json dict) enables the model-dependent checks; run.py's preflight may call it without."""
     quantization, kv_cache, tp_size = calibration.quantization, calibration.kv_cache, calibration.tp_size
     if quantization not in SUPPORTED_QUANTIZATIONS:
-        raise NotSupportedError(f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}")
+        raise NotSupportedError(
+            f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}"
+        )
     if kv_cache not in KV_CACHE_QUANTIZATIONS:
-        raise NotSupportedError(f"calibration.kv_cache: {kv_cache!r} is not supported; use one of {KV_CACHE_QUANTIZATIONS}")
+        raise NotSupportedError(
+            f"calibration.kv_cache: {kv_cache!r} is not supported; use one of {KV_CACHE_QUANTIZATIONS}"
+        )
     builder = BUILDERS.get(build_backend)  # "any": the model checks only (calibration itself)
     other = "use the trtllm builder" if build_backend == "reference" else "use another quantization"
     quant_algo = exported_quant_algo(quantization, getattr(calibration, "activation_scaling", "per_tensor"))
@@ -137,8 +144,11 @@ def check_supported(calibration, build_backend: str, hf_config=None) -> None:
         )
     num_heads = int(get("num_attention_heads"))
     num_kv_heads = int(get("num_key_value_heads") or num_heads)
-    for name, value in (("num_attention_heads", num_heads), ("num_key_value_heads", num_kv_heads),
-                        ("intermediate_size", int(get("intermediate_size")))):
+    for name, value in (
+        ("num_attention_heads", num_heads),
+        ("num_key_value_heads", num_kv_heads),
+        ("intermediate_size", int(get("intermediate_size"))),
+    ):
         if value % tp_size:
             raise FoundryError(
                 f"calibration.tp_size: {tp_size} does not divide the model's {name} ({value}); "
@@ -213,9 +223,7 @@ def fix_exported_config(config: dict, hf_config) -> list[str]:
         config["rotary_scaling"] = scaling
     hf_max_positions = getattr(hf_config, "max_position_embeddings", None)
     if hf_max_positions and config.get("max_position_embeddings") != hf_max_positions:
-        fixes.append(
-            f"max_position_embeddings: {config.get('max_position_embeddings')!r} -> {hf_max_positions}"
-        )
+        fixes.append(f"max_position_embeddings: {config.get('max_position_embeddings')!r} -> {hf_max_positions}")
         config["max_position_embeddings"] = hf_max_positions
     hf_eps = getattr(hf_config, "rms_norm_eps", None)
     if hf_eps is not None and config.get("norm_epsilon") != hf_eps:
@@ -260,8 +268,13 @@ def export_trtllm_checkpoint(model, output_dir: Path, export_dtype: str, tp_size
     return fixes
 
 
-def validate_request(calibration_ids: torch.Tensor, quantization: str, export_dtype: str, kv_cache: str = "none",
-                     activation_scaling: str = "per_tensor") -> None:
+def validate_request(
+    calibration_ids: torch.Tensor,
+    quantization: str,
+    export_dtype: str,
+    kv_cache: str = "none",
+    activation_scaling: str = "per_tensor",
+) -> None:
     if activation_scaling not in ACTIVATION_SCALINGS:
         raise FoundryError(f"calibration.activation_scaling: {activation_scaling!r}; use one of {ACTIVATION_SCALINGS}")
     if activation_scaling == "per_token" and quantization != "int8_sq":
@@ -274,14 +287,18 @@ def validate_request(calibration_ids: torch.Tensor, quantization: str, export_dt
             f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}"
         )
     if kv_cache not in KV_CACHE_QUANTIZATIONS:
-        raise NotSupportedError(f"calibration.kv_cache: {kv_cache!r} is not supported; use one of {KV_CACHE_QUANTIZATIONS}")
+        raise NotSupportedError(
+            f"calibration.kv_cache: {kv_cache!r} is not supported; use one of {KV_CACHE_QUANTIZATIONS}"
+        )
     if export_dtype not in EXPORT_DTYPES:
         raise NotSupportedError(
             f"calibration.export_dtype: {export_dtype!r} is not supported; ModelOpt 0.47 exports TensorRT-LLM "
             f"checkpoints only as {sorted(EXPORT_DTYPES)} (it silently turns float32 into float16)"
         )
     needs_data = quantization != "none" or kv_cache != "none"
-    if needs_data and (calibration_ids.ndim != 2 or calibration_ids.dtype != torch.int64 or calibration_ids.shape[0] < 1):
+    if needs_data and (
+        calibration_ids.ndim != 2 or calibration_ids.dtype != torch.int64 or calibration_ids.shape[0] < 1
+    ):
         raise FoundryError(
             f"calibration_ids: need a [num_samples >= 1, seq_len] int64 tensor, got {tuple(calibration_ids.shape)} "
             f"{calibration_ids.dtype}"
@@ -342,12 +359,17 @@ def calibrate_to_trtllm_checkpoint(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if len(alphas) > 1:
-            sweep, model = alpha_search.score_alphas(model, calibration_ids, held_out_ids, alphas, kv_cache=kv_cache,
-                                                     per_token=per_token)
+            sweep, model = alpha_search.score_alphas(
+                model, calibration_ids, held_out_ids, alphas, kv_cache=kv_cache, per_token=per_token
+            )
             chosen_alpha = sweep.best_alpha
         elif quantization != "none" or kv_cache != "none":
             awq_group = awq_group_size(model.config, tp_size) if quantization == "int4_awq" else 128
-            mtq.quantize(model, quantization_config(quantization, alphas[0], kv_cache, awq_group), make_forward_loop(calibration_ids))
+            mtq.quantize(
+                model,
+                quantization_config(quantization, alphas[0], kv_cache, awq_group),
+                make_forward_loop(calibration_ids),
+            )
             if per_token:
                 resmooth_gate_and_up(model)
     calibration_seconds = time.perf_counter() - started

@@ -126,8 +126,9 @@ def _newest_glob_match(pattern: str, kind: str) -> Path:
     return max(matches, key=lambda p: (p.stat().st_mtime_ns, str(p)))
 
 
-def resolve_checkpoint_source(source: CheckpointSource, tracking_uri: str | None = None,
-                              download_dir: Path | None = None) -> CheckpointSource:
+def resolve_checkpoint_source(
+    source: CheckpointSource, tracking_uri: str | None = None, download_dir: Path | None = None
+) -> CheckpointSource:
     """A concrete source (embedded, or hf_dir/gguf with one existing path), resolved now.
 
     * a glob in `path` → the newest match;
@@ -146,12 +147,15 @@ def resolve_checkpoint_source(source: CheckpointSource, tracking_uri: str | None
 
     uri = source.tracking_uri or tracking_uri or sqlite_tracking_uri(state_dir())
     path = Registry(uri).checkpoint_path(
-        source.registered_model, alias=source.alias, version=source.version,
+        source.registered_model,
+        alias=source.alias,
+        version=source.version,
         download_dir=download_dir or state_dir() / "downloads",
     )
     kind = "hf_dir" if path.is_dir() else "gguf"
-    return CheckpointSource(kind=kind, path=str(path), allow_pickle=source.allow_pickle,
-                            trust_remote_code=source.trust_remote_code)
+    return CheckpointSource(
+        kind=kind, path=str(path), allow_pickle=source.allow_pickle, trust_remote_code=source.trust_remote_code
+    )
 
 
 def resolve_source_path(source: CheckpointSource) -> Path:
@@ -383,7 +387,9 @@ def _ingest_gguf(gguf_path: Path, out: Path) -> dict:
         )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except Exception as error:
-        raise FoundryError(f"{gguf_path}: transformers could not load this GGUF ({type(error).__name__}: {error})") from None
+        raise FoundryError(
+            f"{gguf_path}: transformers could not load this GGUF ({type(error).__name__}: {error})"
+        ) from None
     # transformers initialises a tensor the file lacks at random and only logs it: refuse instead.
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     missing = sorted(set(loading_info.get("missing_keys") or ()) - tied)
@@ -446,7 +452,9 @@ def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict
         headers = {path: _read_safetensors_header(path) for path in safetensors_files}
         _check_weight_dtypes(headers)
         _check_index(directory, headers)
-        found = {name: (tuple(entry["shape"]), path) for path, header in headers.items() for name, entry in header.items()}
+        found = {
+            name: (tuple(entry["shape"]), path) for path, header in headers.items() for name, entry in header.items()
+        }
         _check_tensor_set(hf_config, found, directory)
         for path in safetensors_files:  # one shard in memory at a time
             _require_finite(_load_safetensors(path), path)
@@ -460,7 +468,9 @@ def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict
         source_dtype = dtype
     else:
         tensors = _convert_pickle_weights(directory, config, source.allow_pickle, out)
-        _check_tensor_set(hf_config, {name: (tuple(t.shape), out / "model.safetensors") for name, t in tensors.items()}, directory)
+        _check_tensor_set(
+            hf_config, {name: (tuple(t.shape), out / "model.safetensors") for name, t in tensors.items()}, directory
+        )
         dtype = _dtype_summary(tensors)
         parameter_count = sum(t.numel() for t in tensors.values())
         source_dtype = f"{dtype} (converted from pickle)"
@@ -509,7 +519,11 @@ _IGNORED_UNEXPECTED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def _missing_tensors_message(where: Path, missing: list[str], hf_config) -> str:
-    more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}{', ...' if len(missing) > 4 else ''})" if len(missing) > 1 else ""
+    more = (
+        f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}{', ...' if len(missing) > 4 else ''})"
+        if len(missing) > 1
+        else ""
+    )
     return (
         f"{where}: tensor '{missing[0]}' is missing{more}; {hf_config.architectures[0] if hf_config.architectures else hf_config.model_type} "
         f"with this config ({hf_config.num_hidden_layers} layers) needs it, and loading would initialise it at random "
@@ -544,8 +558,10 @@ def _tokenizer_length(directory: Path) -> int:
     try:
         return len(AutoTokenizer.from_pretrained(str(directory)))
     except Exception as error:
-        raise FoundryError(f"{directory}: the tokenizer cannot be loaded ({type(error).__name__}: {error}); "
-                           "re-save it with tokenizer.save_pretrained(<dir>)") from None
+        raise FoundryError(
+            f"{directory}: the tokenizer cannot be loaded ({type(error).__name__}: {error}); "
+            "re-save it with tokenizer.save_pretrained(<dir>)"
+        ) from None
 
 
 def _require_tokenizer_fits(tokenizer_length: int, vocab_size: int, where: Path) -> None:
@@ -668,7 +684,9 @@ def _check_index(directory: Path, headers: dict[Path, dict]) -> None:
     index_path = directory / SAFETENSORS_INDEX
     if not index_path.is_file():
         if len(headers) > 1:
-            raise FoundryError(f"{directory}: {len(headers)} safetensors shards but no {SAFETENSORS_INDEX}; restore the index file")
+            raise FoundryError(
+                f"{directory}: {len(headers)} safetensors shards but no {SAFETENSORS_INDEX}; restore the index file"
+            )
         return
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
@@ -677,9 +695,13 @@ def _check_index(directory: Path, headers: dict[Path, dict]) -> None:
     by_name = {path.name: header for path, header in headers.items()}
     for tensor, shard in weight_map.items():
         if shard not in by_name:
-            raise FoundryError(f"{index_path}: tensor '{tensor}' is mapped to {shard}, which is missing from {directory}")
+            raise FoundryError(
+                f"{index_path}: tensor '{tensor}' is mapped to {shard}, which is missing from {directory}"
+            )
         if tensor not in by_name[shard]:
-            raise FoundryError(f"{directory / shard}: tensor '{tensor}' listed in {SAFETENSORS_INDEX} is not in this shard")
+            raise FoundryError(
+                f"{directory / shard}: tensor '{tensor}' listed in {SAFETENSORS_INDEX} is not in this shard"
+            )
 
 
 def _load_safetensors(path: Path) -> dict:
@@ -696,11 +718,14 @@ def _convert_pickle_weights(directory: Path, config: dict, allow_pickle: bool, o
     import torch
 
     pickle_files = sorted(
-        path for path in directory.iterdir()
+        path
+        for path in directory.iterdir()
         if path.suffix in PICKLE_SUFFIXES and path.name not in TRAINER_STATE_FILES and path.is_file()
     )
     if not pickle_files:
-        raise FoundryError(f"{directory}: no weights found; expected *.safetensors (or model.safetensors.index.json with shards)")
+        raise FoundryError(
+            f"{directory}: no weights found; expected *.safetensors (or model.safetensors.index.json with shards)"
+        )
     names = ", ".join(path.name for path in pickle_files)
     if not allow_pickle:
         raise FoundryError(
@@ -713,20 +738,28 @@ def _convert_pickle_weights(directory: Path, config: dict, allow_pickle: bool, o
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
-            raise FoundryError(f"{path}: could not be loaded as tensors-only pickle ({type(error).__name__}: {error})") from None
+            raise FoundryError(
+                f"{path}: could not be loaded as tensors-only pickle ({type(error).__name__}: {error})"
+            ) from None
         if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
             loaded = loaded["state_dict"]
         if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
             raise FoundryError(f"{path}: is not a state dict of tensors; only weight files can be converted")
         _require_finite(loaded, path)
         tensors.update(loaded)
-    if config.get("tie_word_embeddings", True) and "lm_head.weight" in tensors and "model.embed_tokens.weight" in tensors:
+    if (
+        config.get("tie_word_embeddings", True)
+        and "lm_head.weight" in tensors
+        and "model.embed_tokens.weight" in tensors
+    ):
         tensors.pop("lm_head.weight")  # tied: stored once, as HF does
     tensors = {name: t.detach().contiguous().clone() for name, t in tensors.items()}
     for name, tensor in tensors.items():
         if str(tensor.dtype).removeprefix("torch.") not in SUPPORTED_WEIGHT_DTYPES.values():
-            raise NotSupportedError(f"{directory}: tensor '{name}' has dtype {tensor.dtype}; supported: "
-                                    f"{', '.join(SUPPORTED_WEIGHT_DTYPES.values())}")
+            raise NotSupportedError(
+                f"{directory}: tensor '{name}' has dtype {tensor.dtype}; supported: "
+                f"{', '.join(SUPPORTED_WEIGHT_DTYPES.values())}"
+            )
     _save_safetensors(tensors, out / "model.safetensors")
     return tensors
 

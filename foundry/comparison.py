@@ -56,8 +56,9 @@ class ComparisonReport(BaseModel):
         return [row.metric for row in self.rows if row.is_gate_metric and row.verdict == "worse"]
 
 
-def _row(metric: str, better: Literal["lower", "higher"], gates: GateConfig, candidate: float | None,
-         baseline: float | None) -> ComparisonRow:
+def _row(
+    metric: str, better: Literal["lower", "higher"], gates: GateConfig, candidate: float | None, baseline: float | None
+) -> ComparisonRow:
     field = _GATE_FIELD.get(metric)
     threshold_value = getattr(gates, field) if field else None
     threshold = None
@@ -75,8 +76,15 @@ def _row(metric: str, better: Literal["lower", "higher"], gates: GateConfig, can
         else:
             verdict = "worse"
     return ComparisonRow(
-        metric=metric, better=better, is_gate_metric=field is not None, threshold=threshold,
-        candidate=candidate, baseline=baseline, delta=delta, delta_pct=delta_pct, verdict=verdict,
+        metric=metric,
+        better=better,
+        is_gate_metric=field is not None,
+        threshold=threshold,
+        candidate=candidate,
+        baseline=baseline,
+        delta=delta,
+        delta_pct=delta_pct,
+        verdict=verdict,
     )
 
 
@@ -95,10 +103,21 @@ def compare_metrics(
         reference = (baseline or {}).get(metric)
         if metric in CONTEXT_METRICS and value is None and reference is None:
             continue
-        rows.append(_row(metric, better, gates, None if value is None else float(value),
-                         None if reference is None else float(reference)))
-    return ComparisonReport(model_name=model_name, candidate_label=candidate_label,
-                            baseline_label=baseline_label if baseline is not None else None, rows=rows)
+        rows.append(
+            _row(
+                metric,
+                better,
+                gates,
+                None if value is None else float(value),
+                None if reference is None else float(reference),
+            )
+        )
+    return ComparisonReport(
+        model_name=model_name,
+        candidate_label=candidate_label,
+        baseline_label=baseline_label if baseline is not None else None,
+        rows=rows,
+    )
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -115,30 +134,38 @@ def _bars_svg(report: ComparisonReport) -> str:
         return ""
     row_h, label_w, bar_w = 34, 190, 360
     height = row_h * len(pairs) + 30
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_w + bar_w + 140}' height='{height}' "
-             "role='img' aria-label='candidate vs production per metric' style='font:12px sans-serif'>"]
+    parts = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_w + bar_w + 140}' height='{height}' "
+        "role='img' aria-label='candidate vs production per metric' style='font:12px sans-serif'>"
+    ]
     for i, row in enumerate(pairs):
         y = 10 + i * row_h
         scale = max(abs(row.candidate), abs(row.baseline)) or 1.0
-        for j, (value, color, name) in enumerate(((row.candidate, "#1976d2", "this run"),
-                                                  (row.baseline, "#9e9e9e", "production"))):
+        for j, (value, color, name) in enumerate(
+            ((row.candidate, "#1976d2", "this run"), (row.baseline, "#9e9e9e", "production"))
+        ):
             width = bar_w * abs(value) / scale
-            parts.append(f"<rect x='{label_w}' y='{y + j * 13}' width='{width:.1f}' height='11' fill='{color}'>"
-                         f"<title>{html.escape(row.metric)} {name}: {value:.4g}</title></rect>")
+            parts.append(
+                f"<rect x='{label_w}' y='{y + j * 13}' width='{width:.1f}' height='11' fill='{color}'>"
+                f"<title>{html.escape(row.metric)} {name}: {value:.4g}</title></rect>"
+            )
             parts.append(f"<text x='{label_w + width + 4:.1f}' y='{y + j * 13 + 10}'>{value:.4g}</text>")
         parts.append(f"<text x='0' y='{y + 16}'>{html.escape(row.metric)}</text>")
     legend_y = height - 8
-    parts.append(f"<rect x='{label_w}' y='{legend_y - 9}' width='10' height='10' fill='#1976d2'/>"
-                 f"<text x='{label_w + 14}' y='{legend_y}'>this run</text>"
-                 f"<rect x='{label_w + 80}' y='{legend_y - 9}' width='10' height='10' fill='#9e9e9e'/>"
-                 f"<text x='{label_w + 94}' y='{legend_y}'>production</text></svg>")
+    parts.append(
+        f"<rect x='{label_w}' y='{legend_y - 9}' width='10' height='10' fill='#1976d2'/>"
+        f"<text x='{label_w + 14}' y='{legend_y}'>this run</text>"
+        f"<rect x='{label_w + 80}' y='{legend_y - 9}' width='10' height='10' fill='#9e9e9e'/>"
+        f"<text x='{label_w + 94}' y='{legend_y}'>production</text></svg>"
+    )
     return "".join(parts)
 
 
 def render_comparison_html(report: ComparisonReport) -> str:
     baseline = report.baseline_label or "no production engine yet"
-    head = (f"<h2>{html.escape(report.model_name)}: {html.escape(report.candidate_label)} vs "
-            f"{html.escape(baseline)}</h2>")
+    head = (
+        f"<h2>{html.escape(report.model_name)}: {html.escape(report.candidate_label)} vs {html.escape(baseline)}</h2>"
+    )
     if report.baseline_label is None:
         head += "<p>Nothing is in production yet, so there is nothing to compare against: this run's numbers only.</p>"
     elif report.regressions:
@@ -152,7 +179,9 @@ def render_comparison_html(report: ComparisonReport) -> str:
         f"<td>{'—' if r.delta_pct is None else f'{r.delta_pct:+.1f}%'}</td><td>{r.verdict}</td></tr>"
         for r in report.rows
     )
-    table = ("<table border='1' cellpadding='4' style='border-collapse:collapse;font:13px sans-serif' "
-             "class='foundry-comparison'><tr><th>metric</th><th>direction</th><th>gate</th>"
-             f"<th>this run</th><th>production</th><th>Δ</th><th>Δ %</th><th>verdict</th></tr>{rows}</table>")
+    table = (
+        "<table border='1' cellpadding='4' style='border-collapse:collapse;font:13px sans-serif' "
+        "class='foundry-comparison'><tr><th>metric</th><th>direction</th><th>gate</th>"
+        f"<th>this run</th><th>production</th><th>Δ</th><th>Δ %</th><th>verdict</th></tr>{rows}</table>"
+    )
     return f"<div>{head}{table}{_bars_svg(report)}</div>"

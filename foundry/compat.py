@@ -52,11 +52,13 @@ def _nvml_gpus() -> tuple[tuple[GpuInfo, ...], str | None, str | None]:
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-            gpus.append(GpuInfo(
-                name=str(pynvml.nvmlDeviceGetName(handle)),
-                compute_capability=f"{major}.{minor}",
-                memory_total_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
-            ))
+            gpus.append(
+                GpuInfo(
+                    name=str(pynvml.nvmlDeviceGetName(handle)),
+                    compute_capability=f"{major}.{minor}",
+                    memory_total_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+                )
+            )
         return tuple(gpus), str(driver), f"{cuda // 1000}.{(cuda % 1000) // 10}"
     finally:
         pynvml.nvmlShutdown()
@@ -93,7 +95,8 @@ class TrtllmEnvironment:
         gpus, driver, cuda = _nvml_gpus()
         return cls(
             trtllm_version=_package_version("tensorrt_llm") or _package_version("tensorrt-llm"),
-            tensorrt_version=_package_version("tensorrt") or _package_version("tensorrt_cu13")
+            tensorrt_version=_package_version("tensorrt")
+            or _package_version("tensorrt_cu13")
             or _package_version("tensorrt_cu12"),
             cuda_version=cuda,
             driver_version=driver,
@@ -126,7 +129,8 @@ class TrtllmEnvironment:
         problems = self.problems()
         if problems:
             raise NotSupportedError(
-                "build.backend 'trtllm' cannot run on this node: " + "; ".join(problems)
+                "build.backend 'trtllm' cannot run on this node: "
+                + "; ".join(problems)
                 + ". Run the build on a GPU node inside the TensorRT-LLM 1.2.x release container "
                 "(see stacks/README.md), or set build.backend: reference."
             )
@@ -160,9 +164,7 @@ class NodeTarget:
         """'1.2.1@9.0' (TRT-LLM version @ compute capability), for exporting to another node."""
         version, sep, capability = text.partition("@")
         if not sep or not version or not capability or capability.count(".") != 1:
-            raise FoundryError(
-                f"target node {text!r}: expected TRTLLM_VERSION@COMPUTE_CAPABILITY, e.g. 1.2.1@9.0"
-            )
+            raise FoundryError(f"target node {text!r}: expected TRTLLM_VERSION@COMPUTE_CAPABILITY, e.g. 1.2.1@9.0")
         return cls(version.strip(), capability.strip())
 
     def describe(self) -> str:

@@ -31,7 +31,9 @@ class _Strict(BaseModel):
     def _no_bool_as_number(cls, value, info):
         """pydantic reads `alpha: true` as 1.0; a YAML boolean where a number belongs is a mistake."""
         if isinstance(value, bool) and not _admits_bool(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"{str(value).lower()} is a boolean; this field takes a number or text (see configs/default.yaml)")
+            raise ValueError(
+                f"{str(value).lower()} is a boolean; this field takes a number or text (see configs/default.yaml)"
+            )
         return value
 
 
@@ -80,7 +82,9 @@ class CheckpointSource(_Strict):
                 raise ValueError(f"{', '.join(given)} only apply to kind 'mlflow_model' (kind is '{self.kind}')")
             return self
         if self.path is not None:
-            raise ValueError("path must be empty when kind is 'mlflow_model' (the registry says where the checkpoint is)")
+            raise ValueError(
+                "path must be empty when kind is 'mlflow_model' (the registry says where the checkpoint is)"
+            )
         if not self.registered_model:
             raise ValueError("registered_model is required when kind is 'mlflow_model'")
         if (self.alias is None) == (self.version is None):
@@ -147,7 +151,9 @@ class CalibrationConfig(TextDataConfig):
     """
 
     source: Literal["builtin", "text", "jsonl", "parquet", "hf_dataset"] = "builtin"
-    path: str | None = Field(default=None, description="file (text/jsonl/parquet), or dataset name / local dataset folder (hf_dataset)")
+    path: str | None = Field(
+        default=None, description="file (text/jsonl/parquet), or dataset name / local dataset folder (hf_dataset)"
+    )
     field: str = Field(default="text", min_length=1, description="text field of jsonl / parquet / hf_dataset rows")
     hf_split: str = Field(default="train", min_length=1, description="split of an hf_dataset source")
     quantization: Literal["int8_sq", "fp8", "int4_awq", "none"] = Field(
@@ -198,9 +204,13 @@ class CalibrationConfig(TextDataConfig):
         if self.source != "builtin" and not self.path:
             raise ValueError(f"path is required when source is '{self.source}'")
         if self.min_text_chars > self.max_text_chars:
-            raise ValueError(f"min_text_chars ({self.min_text_chars}) must be <= max_text_chars ({self.max_text_chars})")
+            raise ValueError(
+                f"min_text_chars ({self.min_text_chars}) must be <= max_text_chars ({self.max_text_chars})"
+            )
         if self.is_alpha_search and self.quantization != "int8_sq":
-            raise ValueError(f"alpha: a search needs quantization int8_sq (alpha is SmoothQuant's), got {self.quantization!r}")
+            raise ValueError(
+                f"alpha: a search needs quantization int8_sq (alpha is SmoothQuant's), got {self.quantization!r}"
+            )
         return self
 
     def alpha_candidates(self) -> list[float]:
@@ -223,11 +233,15 @@ class EvaluationConfig(TextDataConfig):
     champion and a challenger of different backends share."""
 
     num_samples: int = Field(default=32, ge=1, le=100_000)
-    generation_prompts: int = Field(default=8, ge=0, le=10_000, description="0 = no generation-based metrics (8 cost ~11 s on 2 CPU cores)")
+    generation_prompts: int = Field(
+        default=8, ge=0, le=10_000, description="0 = no generation-based metrics (8 cost ~11 s on 2 CPU cores)"
+    )
     generation_prompt_len: int = Field(default=32, ge=1)
     generation_tokens: int = Field(default=16, ge=1)
     stop_at_eos: bool = Field(default=False, description="stop continuations at EOS and report the length ratio")
-    top_logprobs: int = Field(default=5, ge=0, le=20, description="per-token logprobs asked from the server for the KLD (0 = none)")
+    top_logprobs: int = Field(
+        default=5, ge=0, le=20, description="per-token logprobs asked from the server for the KLD (0 = none)"
+    )
 
     @model_validator(mode="after")
     def _prompts_fit(self) -> "EvaluationConfig":
@@ -237,7 +251,9 @@ class EvaluationConfig(TextDataConfig):
         if "generation_prompt_len" not in self.model_fields_set:
             self.__dict__["generation_prompt_len"] = min(self.generation_prompt_len, self.seq_len // 2)
         if self.generation_prompts > self.num_samples:
-            raise ValueError(f"generation_prompts ({self.generation_prompts}) must be <= num_samples ({self.num_samples})")
+            raise ValueError(
+                f"generation_prompts ({self.generation_prompts}) must be <= num_samples ({self.num_samples})"
+            )
         if self.generation_prompts and self.generation_prompt_len >= self.seq_len:
             raise ValueError(f"generation_prompt_len ({self.generation_prompt_len}) must be < seq_len ({self.seq_len})")
         return self
@@ -277,9 +293,7 @@ class BuildConfig(_Strict):
     @model_validator(mode="after")
     def _input_fits(self) -> "BuildConfig":
         if self.max_input_len is not None and self.max_input_len > self.max_seq_len:
-            raise ValueError(
-                f"max_input_len ({self.max_input_len}) must be <= max_seq_len ({self.max_seq_len})"
-            )
+            raise ValueError(f"max_input_len ({self.max_input_len}) must be <= max_seq_len ({self.max_seq_len})")
         return self
 
     @property
@@ -304,14 +318,18 @@ class RuntimeConfig(_Strict):
     startup_timeout_s: float = Field(default=900.0, gt=0.0)
     shutdown_grace_s: float = Field(default=15.0, gt=0.0)
     request_timeout_s: float = Field(default=600.0, gt=0.0)
-    trtllm_serve_args: list[str] = Field(default=[], description="extra trtllm-serve 1.2.x flags, checked against its CLI")
+    trtllm_serve_args: list[str] = Field(
+        default=[], description="extra trtllm-serve 1.2.x flags, checked against its CLI"
+    )
 
     @model_validator(mode="after")
     def _command_matches(self) -> "RuntimeConfig":
         if (self.served_by == "command") != (self.command is not None):
             raise ValueError("command is required with served_by: command, and applies only to it")
         if self.trtllm_serve_args and self.served_by not in ("auto", "trtllm_serve"):
-            raise ValueError("trtllm_serve_args apply only to served_by trtllm_serve (or auto with build.backend trtllm)")
+            raise ValueError(
+                "trtllm_serve_args apply only to served_by trtllm_serve (or auto with build.backend trtllm)"
+            )
         return self
 
     def resolved_for(self, backend: str) -> str:
@@ -325,7 +343,9 @@ class RuntimeConfig(_Strict):
                 "checkpoints, not TensorRT plans); use trtllm_serve or command"
             )
         if backend == "reference" and served_by == "trtllm_serve":
-            raise ValueError("runtime.served_by trtllm_serve needs build.backend trtllm (a reference engine is no TensorRT plan)")
+            raise ValueError(
+                "runtime.served_by trtllm_serve needs build.backend trtllm (a reference engine is no TensorRT plan)"
+            )
         return served_by
 
 
@@ -396,8 +416,9 @@ class BenchmarkConfig(_Strict):
     concurrency: list[int] = Field(default=[1, 2], min_length=1)
     baseline: bool = Field(default=True, description="run the same workload on HF transformers")
     mode: Literal["concurrency", "request_rate"] = Field(
-        default="concurrency", description="concurrency: N clients, one request in flight each; "
-        "request_rate: seeded Poisson arrivals at each rate in request_rates"
+        default="concurrency",
+        description="concurrency: N clients, one request in flight each; "
+        "request_rate: seeded Poisson arrivals at each rate in request_rates",
     )
     request_rates: list[float] | None = Field(default=None, description="requests/s, mode request_rate only")
     max_concurrency: int | None = Field(default=None, ge=1, description="cap on requests in flight (request_rate)")
@@ -460,7 +481,10 @@ class FoundryConfig(_Strict):
 
     @model_validator(mode="after")
     def _serving_fits_build(self) -> "FoundryConfig":
-        if self.serving.triton_max_batch_size is not None and self.serving.triton_max_batch_size > self.build.max_batch_size:
+        if (
+            self.serving.triton_max_batch_size is not None
+            and self.serving.triton_max_batch_size > self.build.max_batch_size
+        ):
             raise ValueError(
                 f"serving.triton_max_batch_size ({self.serving.triton_max_batch_size}) exceeds "
                 f"build.max_batch_size ({self.build.max_batch_size}) baked into the engine"
@@ -508,12 +532,14 @@ class FoundryConfig(_Strict):
             calibration = calibration.model_copy(
                 update={"path": absolute(calibration.path, only_if_exists=calibration.source == "hf_dataset")}
             )
-        return self.model_copy(update={
-            "model": self.model.model_copy(update={"source": source}),
-            "calibration": calibration,
-            "benchmark": self.benchmark.model_copy(update={"dataset": absolute(self.benchmark.dataset)}),
-            "build": self.build.model_copy(update={"timing_cache_dir": absolute(self.build.timing_cache_dir)}),
-        })
+        return self.model_copy(
+            update={
+                "model": self.model.model_copy(update={"source": source}),
+                "calibration": calibration,
+                "benchmark": self.benchmark.model_copy(update={"dataset": absolute(self.benchmark.dataset)}),
+                "build": self.build.model_copy(update={"timing_cache_dir": absolute(self.build.timing_cache_dir)}),
+            }
+        )
 
 
 def _format_validation_error(path: Path, error: ValidationError) -> str:
@@ -538,7 +564,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark,
+                    "while reading a mapping",
+                    node.start_mark,
                     f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
                     key_node.start_mark,
                 )
@@ -564,8 +591,10 @@ def load_config(path: Path | str) -> FoundryConfig:
     except yaml.YAMLError as error:
         raise FoundryError(f"{path}: not valid YAML: {error}") from None
     if data is None:
-        raise FoundryError(f"{path}: the config is empty; copy configs/default.yaml and edit it (an empty file "
-                           "would silently run every default)")
+        raise FoundryError(
+            f"{path}: the config is empty; copy configs/default.yaml and edit it (an empty file "
+            "would silently run every default)"
+        )
     if not isinstance(data, dict):
         raise FoundryError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     return parse_config(data, path)

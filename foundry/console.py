@@ -45,57 +45,98 @@ def print_run_summary(
     console.rule(f"[bold]LLM Engine Foundry · run {run_name}")
     cached = [name for name, status in step_statuses.items() if status == "cached"]
     # soft_wrap: one line however long, so logs and scripts can grep it
-    console.print(f"wall time {wall_seconds:.1f} s · steps cached: {', '.join(cached) if cached else 'none'}", soft_wrap=True)
+    console.print(
+        f"wall time {wall_seconds:.1f} s · steps cached: {', '.join(cached) if cached else 'none'}", soft_wrap=True
+    )
 
     identity = Table(title="Identity", show_header=False)
-    identity.add_row("checkpoint", f"{checkpoint.get('architecture')} · {checkpoint.get('parameter_count', 0):,} params · "
-                     f"content {str(checkpoint.get('content_hash'))[:16]}")
+    identity.add_row(
+        "checkpoint",
+        f"{checkpoint.get('architecture')} · {checkpoint.get('parameter_count', 0):,} params · "
+        f"content {str(checkpoint.get('content_hash'))[:16]}",
+    )
     if calibration:
         candidates = calibration.get("alpha_candidates") or []
         searched = f" (best of {', '.join(f'{a:g}' for a in candidates)})" if len(candidates) > 1 else ""
         alpha = calibration.get("alpha")
-        identity.add_row("calibration", f"{calibration.get('quantization')} · alpha {alpha if alpha is None else f'{alpha:g}'}{searched} · "
-                         f"KV cache {calibration.get('kv_cache', 'none')} · {calibration.get('num_samples')}×{calibration.get('seq_len')} tokens")
-    identity.add_row("engine", f"backend {engine.get('backend')} · quant {engine.get('quant_algo')} · "
-                     f"content {str(engine.get('content_hash'))[:16]}")
+        identity.add_row(
+            "calibration",
+            f"{calibration.get('quantization')} · alpha {alpha if alpha is None else f'{alpha:g}'}{searched} · "
+            f"KV cache {calibration.get('kv_cache', 'none')} · {calibration.get('num_samples')}×{calibration.get('seq_len')} tokens",
+        )
+    identity.add_row(
+        "engine",
+        f"backend {engine.get('backend')} · quant {engine.get('quant_algo')} · "
+        f"content {str(engine.get('content_hash'))[:16]}",
+    )
     console.print(identity)
 
     baseline = benchmark_results.baseline
-    bench = Table(title=f"Benchmark · {benchmark_results.engine.backend} served by {benchmark_results.served_by} vs "
-                        f"{baseline.backend if baseline else 'no baseline'}")
-    for column in ("concurrency", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms", "output tok/s", "speedup vs baseline"):
+    bench = Table(
+        title=f"Benchmark · {benchmark_results.engine.backend} served by {benchmark_results.served_by} vs "
+        f"{baseline.backend if baseline else 'no baseline'}"
+    )
+    for column in (
+        "concurrency",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "TPOT p50 ms",
+        "TPOT p99 ms",
+        "output tok/s",
+        "speedup vs baseline",
+    ):
         bench.add_column(column, justify="right")
     speedups = {row.concurrency: row.speedup_output_tok_s for row in benchmark_results.comparison}
     for level in benchmark_results.engine.levels:
         ttft, tpot = level.ttft, level.tpot
         bench.add_row(
-            str(level.concurrency), _fmt(ttft.p50_ms if ttft else None), _fmt(ttft.p99_ms if ttft else None),
-            _fmt(tpot.p50_ms if tpot else None), _fmt(tpot.p99_ms if tpot else None),
-            _fmt(level.output_token_throughput_tok_s, ".1f"), _fmt(speedups.get(level.concurrency), ".2f", "×"),
+            str(level.concurrency),
+            _fmt(ttft.p50_ms if ttft else None),
+            _fmt(ttft.p99_ms if ttft else None),
+            _fmt(tpot.p50_ms if tpot else None),
+            _fmt(tpot.p99_ms if tpot else None),
+            _fmt(level.output_token_throughput_tok_s, ".1f"),
+            _fmt(speedups.get(level.concurrency), ".2f", "×"),
         )
     console.print(bench)
 
-    qual = Table(title=f"Quality · {quality.engine_backend} served by {quality.served_by} vs unquantized "
-                       f"{quality.reference_backend}", show_header=False)
+    qual = Table(
+        title=f"Quality · {quality.engine_backend} served by {quality.served_by} vs unquantized "
+        f"{quality.reference_backend}",
+        show_header=False,
+    )
     qual.add_row("reference perplexity", f"{quality.reference_perplexity:.3f} (the unquantized model on held-out text)")
     if quality.perplexity_ratio is not None:
-        qual.add_row("perplexity ratio", f"{quality.perplexity_ratio:.4f}  ({quality.engine_perplexity:.3f} / {quality.reference_perplexity:.3f})")
+        qual.add_row(
+            "perplexity ratio",
+            f"{quality.perplexity_ratio:.4f}  ({quality.engine_perplexity:.3f} / {quality.reference_perplexity:.3f})",
+        )
         qual.add_row("mean KL divergence", f"{quality.mean_kld:.4f} nats/token")
         qual.add_row("top-1 agreement", f"{quality.top1_agreement:.2%}")
     generation = quality.generation
     if generation is not None:
-        qual.add_row("token agreement", f"{generation.token_agreement:.2%} · exact match {generation.exact_match_rate:.0%} · "
-                     f"first divergence {generation.first_divergence_mean:.1f} of {generation.max_new_tokens} "
-                     f"({generation.num_prompts} greedy continuations)")
-        qual.add_row("continuation ppl ratio", f"{generation.continuation_perplexity_ratio:.4f} (engine's text scored by the reference)")
+        qual.add_row(
+            "token agreement",
+            f"{generation.token_agreement:.2%} · exact match {generation.exact_match_rate:.0%} · "
+            f"first divergence {generation.first_divergence_mean:.1f} of {generation.max_new_tokens} "
+            f"({generation.num_prompts} greedy continuations)",
+        )
+        qual.add_row(
+            "continuation ppl ratio",
+            f"{generation.continuation_perplexity_ratio:.4f} (engine's text scored by the reference)",
+        )
     console.print(qual)
 
     gate_table = Table(title="Gates")
     for column in ("gate", "threshold", "measured", "result"):
         gate_table.add_column(column)
     for result in decision.results:
-        gate_table.add_row(result.name, result.condition, result.detail or _fmt(result.measured, ".4g"),
-                           "[green]pass" if result.passed else "[red]FAIL")
+        gate_table.add_row(
+            result.name,
+            result.condition,
+            result.detail or _fmt(result.measured, ".4g"),
+            "[green]pass" if result.passed else "[red]FAIL",
+        )
     for name in decision.unchecked:
         gate_table.add_row(name, "not set", "", "[dim]unchecked")
     console.print(gate_table)
@@ -103,11 +144,15 @@ def print_run_summary(
     if promotion.repaired:
         console.print(f"[yellow]repaired[/] {promotion.repaired}")
     if promotion.promoted:
-        console.print(f"[bold green]PROMOTED[/] {promotion.model_name} version {promotion.version} → alias 'production' "
-                      f"(was {promotion.previous_production or 'none'}); ZenML model stage 'production' moved with it.")
+        console.print(
+            f"[bold green]PROMOTED[/] {promotion.model_name} version {promotion.version} → alias 'production' "
+            f"(was {promotion.previous_production or 'none'}); ZenML model stage 'production' moved with it."
+        )
     else:
-        console.print(f"[bold red]NOT PROMOTED[/] {promotion.model_name} version {promotion.version} is registered; "
-                      f"production stays {promotion.previous_production or 'unset'}. Why:")
+        console.print(
+            f"[bold red]NOT PROMOTED[/] {promotion.model_name} version {promotion.version} is registered; "
+            f"production stays {promotion.previous_production or 'unset'}. Why:"
+        )
         for reason in promotion.reasons:
             console.print(f"  - {reason}")
     console.print(f"MLflow: {tracking_uri} · model '{promotion.model_name}'")
@@ -151,8 +196,11 @@ def pipeline_progress(logger_name: str = "zenml", enabled: bool | None = None) -
         yield None
         return
     progress = Progress(
-        SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("· {task.completed} steps done"),
-        TimeElapsedColumn(), transient=True,
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("· {task.completed} steps done"),
+        TimeElapsedColumn(),
+        transient=True,
     )
     handler = StepProgress(progress)
     logger = logging.getLogger(logger_name)

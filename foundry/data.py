@@ -100,7 +100,9 @@ def _jsonl_documents(path: Path, field: str) -> list[str | None]:
         except json.JSONDecodeError as error:
             raise FoundryError(f"{path}:{number}: not valid JSON ({error}); one JSON object per line") from None
         if not isinstance(row, dict) or field not in row:
-            raise FoundryError(f"{path}:{number}: no field {field!r} (calibration.field); keys: {sorted(row) if isinstance(row, dict) else type(row).__name__}")
+            raise FoundryError(
+                f"{path}:{number}: no field {field!r} (calibration.field); keys: {sorted(row) if isinstance(row, dict) else type(row).__name__}"
+            )
         documents.append(row[field])
     return documents
 

@@ -28,8 +28,10 @@ def linear_diagnostics(model, sample_ids: torch.Tensor) -> list[dict]:
 
     # not alpha_search.quantized_linears: under PerTokenActivations the static amax is gone
     linears = [
-        (name, module) for name, module in model.named_modules()
-        if is_quantized_linear(module) and module.input_quantizer.is_enabled
+        (name, module)
+        for name, module in model.named_modules()
+        if is_quantized_linear(module)
+        and module.input_quantizer.is_enabled
         and getattr(module.input_quantizer, "_amax_for_smoothing", None) is not None
     ]
     errors: dict[str, float] = {}
@@ -38,8 +40,11 @@ def linear_diagnostics(model, sample_ids: torch.Tensor) -> list[dict]:
         def record(module, args, output):
             x = args[0]
             scale = module.input_quantizer.pre_quant_scale.float()
-            exact = F.linear(x.float() * scale, module.weight.float(), None if module.bias is None else module.bias.float())
+            exact = F.linear(
+                x.float() * scale, module.weight.float(), None if module.bias is None else module.bias.float()
+            )
             errors[name] = float(((output.float() - exact) ** 2).mean() / (exact**2).mean().clamp_min(1e-30))
+
         return record
 
     handles = [module.register_forward_hook(hook(name)) for name, module in linears]
@@ -96,7 +101,12 @@ def render_diagnostics_svg(rows: list[dict]) -> str:
     figure = Figure(figsize=(10, 8))
     panels = [
         ("activation abs-max per linear (log)", "activation_absmax_before", "activation_absmax_after", True),
-        ("activation outlier ratio max/median over channels (log)", "activation_outlier_ratio_before", "activation_outlier_ratio_after", True),
+        (
+            "activation outlier ratio max/median over channels (log)",
+            "activation_outlier_ratio_before",
+            "activation_outlier_ratio_after",
+            True,
+        ),
         ("weight abs-max per linear (log)", "weight_absmax_before", "weight_absmax_after", True),
     ]
     for position, (title, before, after, log) in enumerate(panels, start=1):
@@ -116,7 +126,7 @@ def render_diagnostics_svg(rows: list[dict]) -> str:
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg")
     svg = buffer.getvalue()
-    return svg[svg.find("<svg"):]
+    return svg[svg.find("<svg") :]
 
 
 def render_diagnostics_html(rows: list[dict]) -> str:

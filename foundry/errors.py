@@ -1,8 +1,8 @@
 """The exception types every user-facing problem is raised as; the CLI's exit code comes from the type.
 
-    2  FoundryError          bad input the user can fix (config, checkpoint, data, flags)
-    2  NotSupportedError     an honest "not supported: <reason>" instead of a fake success
-    4  InfrastructureError   the machinery under the run (artifact store, tracking DB, state dir)
+2  FoundryError          bad input the user can fix (config, checkpoint, data, flags)
+2  NotSupportedError     an honest "not supported: <reason>" instead of a fake success
+4  InfrastructureError   the machinery under the run (artifact store, tracking DB, state dir)
 """
 
 

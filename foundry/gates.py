@@ -26,7 +26,11 @@ class GateResult(BaseModel):
 
     @property
     def condition(self) -> str:
-        return "benchmarked = evaluated = registered" if self.comparison == "==" else f"{self.comparison} {self.threshold:g}"
+        return (
+            "benchmarked = evaluated = registered"
+            if self.comparison == "=="
+            else f"{self.comparison} {self.threshold:g}"
+        )
 
     @property
     def reason(self) -> str:
@@ -90,19 +94,31 @@ def gate_measurements(benchmark_headline: dict, quality: QualityReport) -> dict[
     }
 
 
-def engine_identity_result(registered_hash: str, benchmarked_hash: str | None, evaluated_hash: str | None) -> GateResult | None:
+def engine_identity_result(
+    registered_hash: str, benchmarked_hash: str | None, evaluated_hash: str | None
+) -> GateResult | None:
     """The engine promoted must be the one benchmarked and evaluated: a failing result naming the
     mismatch, or None when all three agree."""
-    problems = [f"{what} ran on engine {(found or 'unknown')[:16]}" for what, found in
-                (("the benchmark", benchmarked_hash), ("the evaluation", evaluated_hash)) if found != registered_hash]
+    problems = [
+        f"{what} ran on engine {(found or 'unknown')[:16]}"
+        for what, found in (("the benchmark", benchmarked_hash), ("the evaluation", evaluated_hash))
+        if found != registered_hash
+    ]
     if not problems:
         return None
-    return GateResult(name="engine_identity", comparison="==", threshold=0.0, measured=None, passed=False,
-                      detail=f"registered engine {registered_hash[:16]} but " + " and ".join(problems))
+    return GateResult(
+        name="engine_identity",
+        comparison="==",
+        threshold=0.0,
+        measured=None,
+        passed=False,
+        detail=f"registered engine {registered_hash[:16]} but " + " and ".join(problems),
+    )
 
 
-def evaluate_gates(gates: GateConfig, measurements: dict[str, float | None],
-                   extra_results: list[GateResult] = ()) -> GateDecision:
+def evaluate_gates(
+    gates: GateConfig, measurements: dict[str, float | None], extra_results: list[GateResult] = ()
+) -> GateDecision:
     """`measurements` maps metric names (perplexity_ratio, ttft_p99_ms, ...) to measured values;
     `extra_results` are checks that are no threshold (the engine identity)."""
     results, unchecked = list(extra_results), []

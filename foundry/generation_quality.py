@@ -52,9 +52,9 @@ class ContinuationSource(Protocol):
 
     served_by: str
 
-    def continue_prompts(self, prompts: Sequence[Sequence[int]], max_tokens: int, stop_at_eos: bool,
-                         top_logprobs: int) -> list[Continuation]:
-        ...
+    def continue_prompts(
+        self, prompts: Sequence[Sequence[int]], max_tokens: int, stop_at_eos: bool, top_logprobs: int
+    ) -> list[Continuation]: ...
 
 
 class GenerationQuality(BaseModel):
@@ -92,7 +92,7 @@ def _continuation_nll(reference, prompt: Sequence[int], continuation: Sequence[i
     continuation position ([len, vocab])."""
     ids = torch.tensor([list(prompt) + list(continuation)], dtype=torch.long)
     logp = F.log_softmax(reference.logits(ids)[0].double(), dim=-1)
-    positions = logp[len(prompt) - 1: len(prompt) - 1 + len(continuation)]
+    positions = logp[len(prompt) - 1 : len(prompt) - 1 + len(continuation)]
     targets = torch.tensor(list(continuation), dtype=torch.long).unsqueeze(-1)
     return -positions.gather(-1, targets).sum().item(), positions
 
@@ -118,9 +118,15 @@ def truncate_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
     return list(tokens)
 
 
-def evaluate_generation(engine: ContinuationSource, reference, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                        stop_at_eos: bool = False, top_logprobs: int = 0,
-                        eos_ids: Sequence[int] = ()) -> GenerationQuality:
+def evaluate_generation(
+    engine: ContinuationSource,
+    reference,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    stop_at_eos: bool = False,
+    top_logprobs: int = 0,
+    eos_ids: Sequence[int] = (),
+) -> GenerationQuality:
     """Compare `engine`'s greedy continuations of `prompts` with the reference (an in-process `Engine`
     with `generate` and `logits`, the unquantized model)."""
     if not prompts:
@@ -202,15 +208,20 @@ class InProcessContinuations:
             top = sampled = None
             if top_logprobs:
                 sampled, top = logprobs_of(self.engine, prompt, tokens, top_logprobs)
-            out.append(Continuation(tokens, top if top_logprobs > 1 else None,
-                                    "stop" if len(tokens) < max_tokens else "length", sampled))
+            out.append(
+                Continuation(
+                    tokens, top if top_logprobs > 1 else None, "stop" if len(tokens) < max_tokens else "length", sampled
+                )
+            )
         return out
 
 
-def logprobs_of(engine, prompt: Sequence[int], tokens: Sequence[int], k: int) -> tuple[list[float], list[dict[int, float]]]:
+def logprobs_of(
+    engine, prompt: Sequence[int], tokens: Sequence[int], k: int
+) -> tuple[list[float], list[dict[int, float]]]:
     """The engine's logprob of each of `tokens`, and its top-k {token id: logprob} at each position."""
     ids = torch.tensor([list(prompt) + list(tokens)], dtype=torch.long)
-    logp = F.log_softmax(engine.logits(ids)[0].double(), dim=-1)[len(prompt) - 1: len(prompt) - 1 + len(tokens)]
+    logp = F.log_softmax(engine.logits(ids)[0].double(), dim=-1)[len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
     sampled = logp.gather(-1, torch.tensor(list(tokens)).unsqueeze(-1)).squeeze(-1).tolist()
     values, indices = logp.topk(k, dim=-1)
     return sampled, [dict(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
@@ -223,16 +234,30 @@ def render_generation_html(report: GenerationQuality) -> str:
         ("token agreement", f"{report.token_agreement:.2%}"),
         ("first divergence (mean / min)", f"{report.first_divergence_mean:.1f} / {report.first_divergence_min}"),
         ("exact-match rate", f"{report.exact_match_rate:.2%}"),
-        ("continuation perplexity under the reference (engine / reference)",
-         f"{report.engine_continuation_perplexity:.3f} / {report.reference_continuation_perplexity:.3f} "
-         f"= {report.continuation_perplexity_ratio:.4f}"),
-        ("sampled-token logprob gap (engine − reference, nats)", "no logprobs returned" if report.sampled_logprob_gap is None
-         else f"{report.sampled_logprob_gap:+.4f}"),
-        ("trajectory KLD", "no top-k logprobs by token id returned" if report.trajectory_kld is None
-         else f"{report.trajectory_kld:.4f} ({report.trajectory_kld_method})"),
-        ("output-length ratio", "— (EOS stopping off)" if report.output_length_ratio is None
-         else f"{report.output_length_ratio:.3f} (MLPerf accepts 0.90–1.10)"),
+        (
+            "continuation perplexity under the reference (engine / reference)",
+            f"{report.engine_continuation_perplexity:.3f} / {report.reference_continuation_perplexity:.3f} "
+            f"= {report.continuation_perplexity_ratio:.4f}",
+        ),
+        (
+            "sampled-token logprob gap (engine − reference, nats)",
+            "no logprobs returned" if report.sampled_logprob_gap is None else f"{report.sampled_logprob_gap:+.4f}",
+        ),
+        (
+            "trajectory KLD",
+            "no top-k logprobs by token id returned"
+            if report.trajectory_kld is None
+            else f"{report.trajectory_kld:.4f} ({report.trajectory_kld_method})",
+        ),
+        (
+            "output-length ratio",
+            "— (EOS stopping off)"
+            if report.output_length_ratio is None
+            else f"{report.output_length_ratio:.3f} (MLPerf accepts 0.90–1.10)",
+        ),
     ]
     body = "".join(f"<tr><td>{a}</td><td><b>{b}</b></td></tr>" for a, b in rows)
-    return ("<h3>Generation: the engine as it serves vs the unquantized model</h3>"
-            f"<table border='1' cellpadding='6' style='border-collapse:collapse'>{body}</table>")
+    return (
+        "<h3>Generation: the engine as it serves vs the unquantized model</h3>"
+        f"<table border='1' cellpadding='6' style='border-collapse:collapse'>{body}</table>"
+    )

@@ -45,8 +45,12 @@ class PromotionResult(BaseModel):
 
 
 def _journal(registry: Registry, model_name: str, version: str, previous: str | None, run: str) -> None:
-    entry = {"version": version, "previous": previous, "run": run,
-             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    entry = {
+        "version": version,
+        "previous": previous,
+        "run": run,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     registry.set_model_tag(model_name, JOURNAL_TAG, json.dumps(entry))
 
 
@@ -55,7 +59,9 @@ def pending_move(registry: Registry, model_name: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def finish_pending_move(registry: Registry, model_name: str, move_second_registry: Callable[[str], None]) -> dict | None:
+def finish_pending_move(
+    registry: Registry, model_name: str, move_second_registry: Callable[[str], None]
+) -> dict | None:
     """Finish an interrupted production move (both registries to the journaled version); returns the
     journal entry it finished (with `message`), or None when nothing was pending."""
     entry = pending_move(registry, model_name)
@@ -63,15 +69,27 @@ def finish_pending_move(registry: Registry, model_name: str, move_second_registr
         return None
     registry.set_production(model_name, entry["version"])
     move_second_registry(entry["version"])
-    registry.tag_version(model_name, entry["version"], {"gate": "passed", "production_move": "finished after an interruption"})
+    registry.tag_version(
+        model_name, entry["version"], {"gate": "passed", "production_move": "finished after an interruption"}
+    )
     registry.delete_model_tag(model_name, JOURNAL_TAG)
-    registry.record_production_change(model_name, {
-        "action": "finish interrupted move", "from_version": entry["previous"] or "none", "to_version": entry["version"],
-        "reason": f"run {entry['run']} stopped between the MLflow and the ZenML move", "who": who(),
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gate": "passed", "run": entry["run"],
-    })
-    message = (f"finished the interrupted move of {model_name} to version {entry['version']} (started "
-               f"{entry['started_at']} by run {entry['run']}; previous production {entry['previous'] or 'none'})")
+    registry.record_production_change(
+        model_name,
+        {
+            "action": "finish interrupted move",
+            "from_version": entry["previous"] or "none",
+            "to_version": entry["version"],
+            "reason": f"run {entry['run']} stopped between the MLflow and the ZenML move",
+            "who": who(),
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "gate": "passed",
+            "run": entry["run"],
+        },
+    )
+    message = (
+        f"finished the interrupted move of {model_name} to version {entry['version']} (started "
+        f"{entry['started_at']} by run {entry['run']}; previous production {entry['previous'] or 'none'})"
+    )
     return entry | {"message": message}
 
 
@@ -99,9 +117,18 @@ def production_lock(registry: Registry, model_name: str) -> Iterator[None]:
 _ANY = object()
 
 
-def move_production(registry: Registry, model_name: str, version: str, move_second_registry: Callable[[], None], *,
-                    action: str, reason: str, run: str = "", gate: str | None = None,
-                    expected_current=_ANY) -> str | None:
+def move_production(
+    registry: Registry,
+    model_name: str,
+    version: str,
+    move_second_registry: Callable[[], None],
+    *,
+    action: str,
+    reason: str,
+    run: str = "",
+    gate: str | None = None,
+    expected_current=_ANY,
+) -> str | None:
     """Move both registries' production pointer to `version`, journaled, and record the change (who,
     when, why, from → to, gate decision) as an MLflow run. With `expected_current`, a compare-and-set:
     refused if production is no longer what the caller measured. Returns the previous version."""
@@ -126,10 +153,19 @@ def move_production(registry: Registry, model_name: str, version: str, move_seco
         if gate is not None:
             registry.tag_version(model_name, version, {"gate": gate})
         registry.delete_model_tag(model_name, JOURNAL_TAG)
-    registry.record_production_change(model_name, {
-        "action": action, "from_version": previous or "none", "to_version": version, "reason": reason,
-        "who": who(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gate": gate, "run": run,
-    })
+    registry.record_production_change(
+        model_name,
+        {
+            "action": action,
+            "from_version": previous or "none",
+            "to_version": version,
+            "reason": reason,
+            "who": who(),
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "gate": gate,
+            "run": run,
+        },
+    )
     return previous
 
 
@@ -144,17 +180,35 @@ def promote_if_passed(
 ) -> PromotionResult:
     previous = registry.production_version(model_name)
     if not decision.passed:
-        registry.tag_version(model_name, version, {"gate": "failed", "gate_reasons": "; ".join(decision.failure_reasons)})
-        return PromotionResult(
-            model_name=model_name, version=version, promoted=False, previous_production=previous,
-            production_after=previous, reasons=decision.failure_reasons,
+        registry.tag_version(
+            model_name, version, {"gate": "failed", "gate_reasons": "; ".join(decision.failure_reasons)}
         )
-    previous = move_production(registry, model_name, version, promote_second_registry, action="promote (gates passed)",
-                               reason="; ".join(r.reason for r in decision.results), run=run, gate="passed",
-                               expected_current=expected_current)
+        return PromotionResult(
+            model_name=model_name,
+            version=version,
+            promoted=False,
+            previous_production=previous,
+            production_after=previous,
+            reasons=decision.failure_reasons,
+        )
+    previous = move_production(
+        registry,
+        model_name,
+        version,
+        promote_second_registry,
+        action="promote (gates passed)",
+        reason="; ".join(r.reason for r in decision.results),
+        run=run,
+        gate="passed",
+        expected_current=expected_current,
+    )
     return PromotionResult(
-        model_name=model_name, version=version, promoted=True, previous_production=previous,
-        production_after=version, reasons=[r.reason for r in decision.results],
+        model_name=model_name,
+        version=version,
+        promoted=True,
+        previous_production=previous,
+        production_after=version,
+        reasons=[r.reason for r in decision.results],
     )
 
 
@@ -166,5 +220,7 @@ def rollback_target(registry: Registry, model_name: str) -> str:
     for change in reversed(registry.production_history(model_name)):
         if change.get("to_version") == current and change.get("from_version") not in (None, "none"):
             return change["from_version"]
-    raise FoundryError(f"model {model_name!r}: no earlier production version is recorded before v{current}; "
-                       "name one with --to-version N")
+    raise FoundryError(
+        f"model {model_name!r}: no earlier production version is recorded before v{current}; "
+        "name one with --to-version N"
+    )

@@ -65,7 +65,11 @@ def _check_finite(logits: torch.Tensor, backend: str) -> None:
 
 
 def evaluate_quality(
-    engine: Engine | None, reference: Engine, eval_ids: torch.Tensor, eval_data_hash: str, batch_size: int = 4,
+    engine: Engine | None,
+    reference: Engine,
+    eval_ids: torch.Tensor,
+    eval_data_hash: str,
+    batch_size: int = 4,
     engine_backend: str | None = None,
 ) -> QualityReport:
     """Score `engine` against `reference` on [num_samples, seq_len] token windows. With no in-process
@@ -106,7 +110,11 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def render_quality_html(report: QualityReport) -> str:
     rows = [
-        ("engine", f"{report.engine_backend}", f"served by {report.served_by}; engine {(report.engine_content_hash or '?')[:16]}"),
+        (
+            "engine",
+            f"{report.engine_backend}",
+            f"served by {report.served_by}; engine {(report.engine_content_hash or '?')[:16]}",
+        ),
         ("reference perplexity", f"{report.reference_perplexity:.3f}", report.reference_backend),
         ("engine perplexity", _fmt(report.engine_perplexity, ".3f"), "teacher-forced"),
         ("perplexity ratio (engine / reference)", _fmt(report.perplexity_ratio, ".4f"), ""),
@@ -120,5 +128,6 @@ def render_quality_html(report: QualityReport) -> str:
         "<html><body style='font-family:sans-serif'><h2>Quality: engine vs unquantized reference</h2>"
         "<table border='1' cellpadding='6' style='border-collapse:collapse'>"
         f"<tr><th>metric</th><th>value</th><th>note</th></tr>{body}</table>"
-        + (render_generation_html(report.generation) if report.generation else "") + "</body></html>"
+        + (render_generation_html(report.generation) if report.generation else "")
+        + "</body></html>"
     )

@@ -107,9 +107,7 @@ class Registry:
             self.client.set_model_version_tag(model_name, version, key, str(value))
 
     def list_versions(self, model_name: str) -> list:
-        return sorted(
-            self.client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version)
-        )
+        return sorted(self.client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version))
 
     def model_tag(self, model_name: str, key: str) -> str | None:
         return dict(self.client.get_registered_model(model_name).tags).get(key)
@@ -138,10 +136,17 @@ class Registry:
         experiment = self.client.get_experiment_by_name(PRODUCTION_CHANGES)
         if experiment is None:
             return []
-        runs = self.client.search_runs([experiment.experiment_id], filter_string=f"tags.`foundry.model` = '{model_name}'",
-                                       order_by=["attributes.start_time ASC"], max_results=10_000)
-        return [{k.removeprefix("foundry."): v for k, v in run.data.tags.items() if k.startswith("foundry.")}
-                | {"mlflow_run_id": run.info.run_id} for run in runs]
+        runs = self.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`foundry.model` = '{model_name}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=10_000,
+        )
+        return [
+            {k.removeprefix("foundry."): v for k, v in run.data.tags.items() if k.startswith("foundry.")}
+            | {"mlflow_run_id": run.info.run_id}
+            for run in runs
+        ]
 
     def model_names(self) -> list[str]:
         return sorted(model.name for model in self.client.search_registered_models())
@@ -151,8 +156,10 @@ class Registry:
         production one. Unknown models and versions are refused naming what there is."""
         names = self.model_names()
         if model_name not in names:
-            raise FoundryError(f"--model: no registered model {model_name!r} in MLflow at {self.tracking_uri}; "
-                               f"registered: {', '.join(names) or 'none yet (run the pipeline first)'}")
+            raise FoundryError(
+                f"--model: no registered model {model_name!r} in MLflow at {self.tracking_uri}; "
+                f"registered: {', '.join(names) or 'none yet (run the pipeline first)'}"
+            )
         version = version or self.production_version(model_name)
         if version is None:
             raise FoundryError(f"model {model_name!r} has no production version in MLflow; pass --version N")
@@ -182,17 +189,24 @@ class Registry:
                 f"({error.message if hasattr(error, 'message') else error}); register it or fix registered_model/alias/version"
             ) from None
 
-    def checkpoint_path(self, model_name: str, alias: str | None = None, version: int | str | None = None,
-                        download_dir: Path | None = None) -> Path:
+    def checkpoint_path(
+        self,
+        model_name: str,
+        alias: str | None = None,
+        version: int | str | None = None,
+        download_dir: Path | None = None,
+    ) -> Path:
         """Local path of a model version's checkpoint: its source when that is a local path,
         otherwise its artifacts downloaded (once per version) into `download_dir`."""
         model_version = self.resolve_version(model_name, alias, version)
         source = model_version.source or ""
-        local = Path(source[len("file://"):] if source.startswith("file://") else source)
+        local = Path(source[len("file://") :] if source.startswith("file://") else source)
         if (source.startswith("file://") or source.startswith("/")) and local.exists():
             return local
         if download_dir is None:
-            raise FoundryError(f"model version {model_name}/{model_version.version} lives at {source}; a download_dir is needed")
+            raise FoundryError(
+                f"model version {model_name}/{model_version.version} lives at {source}; a download_dir is needed"
+            )
         target = Path(download_dir) / f"{model_name}-v{model_version.version}"
         if target.exists():
             return target
@@ -218,7 +232,10 @@ class Registry:
         pipeline run). Refuses an unknown name rather than comparing against nothing."""
         experiments = [e.experiment_id for e in self.client.search_experiments()]
         runs = self.client.search_runs(
-            experiments, filter_string=f"attributes.run_name = '{run_name}'", order_by=["attributes.start_time DESC"], max_results=1
+            experiments,
+            filter_string=f"attributes.run_name = '{run_name}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
         )
         if not runs:
             raise FoundryError(f"--compare-with: no run named {run_name!r} in MLflow at {self.tracking_uri}")

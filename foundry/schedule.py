@@ -40,8 +40,11 @@ def validate_cron(expression: str) -> str:
             f"({' '.join(CRON_FIELDS)}), got {len(fields)}; {example}"
         )
     if not croniter.is_valid(normalized):
-        bad = [f"{name}={value!r}" for name, value in zip(CRON_FIELDS, fields)
-               if not croniter.is_valid(" ".join(value if n == name else "*" for n in CRON_FIELDS))]
+        bad = [
+            f"{name}={value!r}"
+            for name, value in zip(CRON_FIELDS, fields)
+            if not croniter.is_valid(" ".join(value if n == name else "*" for n in CRON_FIELDS))
+        ]
         detail = f" (bad field: {', '.join(bad)})" if bad else ""
         raise FoundryError(f"--cron {expression!r}: not a valid cron expression{detail}; {example}")
     return normalized

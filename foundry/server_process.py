@@ -112,12 +112,18 @@ class ManagedServer:
             log.flush()
             try:
                 self.process = subprocess.Popen(
-                    self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, **(self.env or {})}, start_new_session=True,
+                    self.argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, **(self.env or {})},
+                    start_new_session=True,
                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                 )
             except OSError as error:
-                raise ServerStartError(f"cannot start {self.argv[0]!r}: {error}; is it installed and on PATH?") from None
+                raise ServerStartError(
+                    f"cannot start {self.argv[0]!r}: {error}; is it installed and on PATH?"
+                ) from None
         self.pid = self.process.pid
         try:
             self._wait_until_healthy()

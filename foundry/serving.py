@@ -40,18 +40,45 @@ class ServedEngine:
             self.server.require_alive(during)
 
 
-def _server_argv(served_by: str, runtime: RuntimeConfig, engine_dir: Path, tokenizer_dir: Path, host: str,
-                 port: int, model_name: str, engine_info: dict) -> tuple[list[str], str]:
+def _server_argv(
+    served_by: str,
+    runtime: RuntimeConfig,
+    engine_dir: Path,
+    tokenizer_dir: Path,
+    host: str,
+    port: int,
+    model_name: str,
+    engine_info: dict,
+) -> tuple[list[str], str]:
     """The command line and the description of what serves the engine."""
     if served_by == "trtllm_serve":
         argv = trtllm_serve_argv(engine_dir, tokenizer_dir, host, port, engine_info, runtime.trtllm_serve_args)
         return argv, "trtllm-serve (TensorRT backend)"
     if served_by == "foundry_server":
-        argv = [sys.executable, "-m", "foundry.bench.server", "--engine-dir", str(engine_dir), "--tokenizer",
-                str(tokenizer_dir), "--host", host, "--port", str(port), "--model-name", model_name]
+        argv = [
+            sys.executable,
+            "-m",
+            "foundry.bench.server",
+            "--engine-dir",
+            str(engine_dir),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--model-name",
+            model_name,
+        ]
         return argv, "foundry.bench.server (reference runtime)"
-    values = {"engine_dir": str(engine_dir), "tokenizer_dir": str(tokenizer_dir), "host": host, "port": str(port),
-              "model_name": model_name, "python": sys.executable}
+    values = {
+        "engine_dir": str(engine_dir),
+        "tokenizer_dir": str(tokenizer_dir),
+        "host": host,
+        "port": str(port),
+        "model_name": model_name,
+        "python": sys.executable,
+    }
     argv = expand_command(runtime.command, values)
     return argv, f"command: {runtime.command}"
 
@@ -70,9 +97,18 @@ def server_version(base_url: str) -> str | None:
 
 
 @contextlib.contextmanager
-def open_engine(engine_dir: Path, engine_info: dict, engine_content_hash: str, runtime: RuntimeConfig,
-                tokenizer_dir: Path, log_path: Path, model_name: str, eos_ids=(), device: str = "cpu",
-                host: str = "127.0.0.1") -> Iterator[ServedEngine]:
+def open_engine(
+    engine_dir: Path,
+    engine_info: dict,
+    engine_content_hash: str,
+    runtime: RuntimeConfig,
+    tokenizer_dir: Path,
+    log_path: Path,
+    model_name: str,
+    eos_ids=(),
+    device: str = "cpu",
+    host: str = "127.0.0.1",
+) -> Iterator[ServedEngine]:
     """The engine as `runtime.served_by` says, for the duration of the block."""
     try:
         served_by = runtime.resolved_for(engine_info["backend"])
@@ -82,26 +118,51 @@ def open_engine(engine_dir: Path, engine_info: dict, engine_content_hash: str, r
         from foundry.builders import load_engine
 
         engine = load_engine(engine_dir, device=device)
-        yield ServedEngine(served_by=f"in-process {engine.backend}", target=engine,
-                           continuations=InProcessContinuations(engine, eos_ids),
-                           engine_content_hash=engine_content_hash, engine=engine)
+        yield ServedEngine(
+            served_by=f"in-process {engine.backend}",
+            target=engine,
+            continuations=InProcessContinuations(engine, eos_ids),
+            engine_content_hash=engine_content_hash,
+            engine=engine,
+        )
         return
     port = runtime.port or free_port(host)
     argv, description = _server_argv(served_by, runtime, engine_dir, tokenizer_dir, host, port, model_name, engine_info)
-    server = ManagedServer(argv, port, log_path, host=host, startup_timeout_s=runtime.startup_timeout_s,
-                           shutdown_grace_s=runtime.shutdown_grace_s)
+    server = ManagedServer(
+        argv,
+        port,
+        log_path,
+        host=host,
+        startup_timeout_s=runtime.startup_timeout_s,
+        shutdown_grace_s=runtime.shutdown_grace_s,
+    )
     # Token ids instead of text: trtllm-serve and foundry.bench.server both take it; a user's server may not.
     extras = {} if served_by == "command" else dict(REQUEST_EXTRAS)
     with server:
         if served_by == "trtllm_serve":
             description = f"trtllm-serve {server_version(server.base_url) or '1.2.x'} (TensorRT backend)"
-        client = OpenAICompletionsClient(server.base_url, model=model_name, timeout_s=runtime.request_timeout_s,
-                                         served_by=description, extra_body=extras)
-        target = OpenAICompletionsTarget(server.base_url, model=model_name, timeout_s=runtime.request_timeout_s,
-                                         backend=engine_info["backend"], extra_body=extras)
-        yield ServedEngine(served_by=description, target=target, continuations=client,
-                           engine_content_hash=engine_content_hash, server=server,
-                           details={"argv": argv, "port": port, "startup_s": server.startup_s})
+        client = OpenAICompletionsClient(
+            server.base_url,
+            model=model_name,
+            timeout_s=runtime.request_timeout_s,
+            served_by=description,
+            extra_body=extras,
+        )
+        target = OpenAICompletionsTarget(
+            server.base_url,
+            model=model_name,
+            timeout_s=runtime.request_timeout_s,
+            backend=engine_info["backend"],
+            extra_body=extras,
+        )
+        yield ServedEngine(
+            served_by=description,
+            target=target,
+            continuations=client,
+            engine_content_hash=engine_content_hash,
+            server=server,
+            details={"argv": argv, "port": port, "startup_s": server.startup_s},
+        )
 
 
 def tokenizer_dir_of(engine_dir: Path, engine_info: dict, checkpoint_dir: Path) -> Path:

@@ -37,7 +37,9 @@ SMOOTHER_FED_LINEARS = ROW_PARALLEL  # dense and proj: no norm before them to fo
 
 def _pop(tensors: dict[str, torch.Tensor], name: str, path: Path) -> torch.Tensor:
     if name not in tensors:
-        raise FoundryError(f"{path}: tensor {name} missing; a {STATIC_QUANT_ALGO} export carries it, re-export the checkpoint")
+        raise FoundryError(
+            f"{path}: tensor {name} missing; a {STATIC_QUANT_ALGO} export carries it, re-export the checkpoint"
+        )
     return tensors.pop(name)
 
 

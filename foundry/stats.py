@@ -18,10 +18,12 @@ from typing import Literal, Sequence
 import numpy as np
 
 Verdict = Literal["pass", "fail", "inconclusive"]
-METHOD = ("ratio challenger/champion per interleaved round, geometric mean over rounds with a 95 % "
-          "percentile-bootstrap interval over rounds "
-          "(2,000 resamples, seeded); non-inferiority: pass if the interval's worse bound is within the margin, "
-          "fail if its better bound is beyond it, else inconclusive")
+METHOD = (
+    "ratio challenger/champion per interleaved round, geometric mean over rounds with a 95 % "
+    "percentile-bootstrap interval over rounds "
+    "(2,000 resamples, seeded); non-inferiority: pass if the interval's worse bound is within the margin, "
+    "fail if its better bound is beyond it, else inconclusive"
+)
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,13 @@ class RatioInterval:
     rounds: int
 
 
-def ratio_interval(challenger: Sequence[float], champion: Sequence[float], confidence: float = 0.95,
-                   resamples: int = 2000, seed: int = 0) -> RatioInterval:
+def ratio_interval(
+    challenger: Sequence[float],
+    champion: Sequence[float],
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> RatioInterval:
     """Bootstrap interval of the geometric-mean round ratio challenger/champion (rounds resampled)."""
     a, b = np.asarray(champion, dtype=float), np.asarray(challenger, dtype=float)
     if a.shape != b.shape or a.size < 2:
@@ -42,8 +49,12 @@ def ratio_interval(challenger: Sequence[float], champion: Sequence[float], confi
     rng = np.random.default_rng(seed)
     means = log_ratios[rng.integers(0, a.size, size=(resamples, a.size))].mean(axis=1)
     tail = (1.0 - confidence) / 2.0
-    return RatioInterval(float(np.exp(log_ratios.mean())), float(np.exp(np.quantile(means, tail))),
-                         float(np.exp(np.quantile(means, 1.0 - tail))), int(a.size))
+    return RatioInterval(
+        float(np.exp(log_ratios.mean())),
+        float(np.exp(np.quantile(means, tail))),
+        float(np.exp(np.quantile(means, 1.0 - tail))),
+        int(a.size),
+    )
 
 
 def non_inferiority(interval: RatioInterval, margin_pct: float, lower_is_better: bool) -> Verdict:

@@ -24,7 +24,6 @@ its manifest and checked against the node it will run on (foundry/compat.py).
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +31,20 @@ from pathlib import Path
 from foundry.builders.base import guard_trtllm_engine, read_engine_info
 from foundry.compat import NodeTarget
 from foundry.config import ServingConfig
-from foundry.trtllm_checkpoint import read_engine_config
 from foundry.errors import FoundryError, NotSupportedError
 from foundry.hashing import MANIFEST_NAME, read_manifest, write_manifest
+from foundry.trtllm_checkpoint import read_engine_config
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 PYTHON_BACKEND_MODELS = ("preprocessing", "postprocessing", "tensorrt_llm_bls")
 UPSTREAM_MODELS_DIR = "triton_backend/all_models/inflight_batcher_llm"  # in NVIDIA/TensorRT-LLM
 
@@ -45,8 +52,10 @@ UPSTREAM_MODELS_DIR = "triton_backend/all_models/inflight_batcher_llm"  # in NVI
 # Compatibility Matrix" (triton-inference-server/server docs/introduction/compatibility.md @0f963c9a:
 # 26.04–26.07 = 1.2.1, 26.03 = 1.2.0, 25.12–26.02 = 1.1.0, 25.09–25.10 = 1.0.0, 25.08 = 0.21.0,
 # 25.06–25.07 = 0.20.0). The TensorRT and CUDA columns are those of that container.
-TRITON_MATRIX_SOURCE = ("https://github.com/triton-inference-server/server/blob/0f963c9a8c6913aa4cd9b57ee04f9c2b76ee8d2a"
-                        "/docs/introduction/compatibility.md (trtllm-python-py3 table)")
+TRITON_MATRIX_SOURCE = (
+    "https://github.com/triton-inference-server/server/blob/0f963c9a8c6913aa4cd9b57ee04f9c2b76ee8d2a"
+    "/docs/introduction/compatibility.md (trtllm-python-py3 table)"
+)
 _MATRIX = {  # TRT-LLM: (Triton release, TensorRT in that container, CUDA in that container)
     "1.2.1": ("26.07", "10.14.1.48", "13.1.0.036"),
     "1.2.0": ("26.03", "10.14.1.48", "13.1.0.036"),
@@ -56,8 +65,13 @@ _MATRIX = {  # TRT-LLM: (Triton release, TensorRT in that container, CUDA in tha
     "0.20.0": ("25.07", "10.10.0.31", "12.9.0.036"),
 }
 TRITON_RELEASES: dict[str, dict[str, str]] = {
-    trtllm: {"image": f"nvcr.io/nvidia/tritonserver:{release}-trtllm-python-py3", "triton_release": release,
-             "tensorrt_version": tensorrt, "cuda_version": cuda, "source": TRITON_MATRIX_SOURCE}
+    trtllm: {
+        "image": f"nvcr.io/nvidia/tritonserver:{release}-trtllm-python-py3",
+        "triton_release": release,
+        "tensorrt_version": tensorrt,
+        "cuda_version": cuda,
+        "source": TRITON_MATRIX_SOURCE,
+    }
     for trtllm, (release, tensorrt, cuda) in _MATRIX.items()
 }
 
@@ -92,6 +106,7 @@ def check_tensorrt_matches_container(engine_dir: Path, environment: dict, triton
 
 # ---- tensor tables ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Tensor:
     name: str
@@ -102,8 +117,11 @@ class Tensor:
     ragged: bool = False
 
     def render(self) -> str:
-        lines = [f'    name: "{self.name}"', f"    data_type: {self.data_type}",
-                 f"    dims: [ {', '.join(str(d) for d in self.dims)} ]"]
+        lines = [
+            f'    name: "{self.name}"',
+            f"    data_type: {self.data_type}",
+            f"    dims: [ {', '.join(str(d) for d in self.dims)} ]",
+        ]
         if self.reshape_scalar:
             lines.append("    reshape: { shape: [ ] }")
         if self.optional:
@@ -122,8 +140,14 @@ def _t(name: str, dtype: str, dims: tuple[int, ...] = (1,), flags: str = "") -> 
     words = set(flags.split())
     if words - _FLAGS:
         raise ValueError(f"unknown tensor flags {sorted(words - _FLAGS)}")
-    return Tensor(name, f"TYPE_{dtype}", tuple(dims), optional="opt" in words, reshape_scalar="scalar" in words,
-                  ragged="ragged" in words)
+    return Tensor(
+        name,
+        f"TYPE_{dtype}",
+        tuple(dims),
+        optional="opt" in words,
+        reshape_scalar="scalar" in words,
+        ragged="ragged" in words,
+    )
 
 
 def _each(names: str, dtype: str, dims: tuple[int, ...] = (1,), flags: str = "") -> list[Tensor]:
@@ -146,8 +170,10 @@ def engine_logits_type(engine_dir: Path) -> str:
     config = read_engine_config(engine_dir)
     name = config.get("pretrained_config", {}).get("logits_dtype") or "float32"
     if name not in _LOGITS_TYPES:
-        raise FoundryError(f"{engine_dir}/config.json: logits_dtype {name!r} has no Triton type here "
-                           f"(known: {', '.join(_LOGITS_TYPES)})")
+        raise FoundryError(
+            f"{engine_dir}/config.json: logits_dtype {name!r} has no Triton type here "
+            f"(known: {', '.join(_LOGITS_TYPES)})"
+        )
     return _LOGITS_TYPES[name]
 
 
@@ -167,13 +193,21 @@ def tensorrt_llm_inputs(logits: str) -> list[Tensor]:
         *_each("end_id pad_id", "INT32", flags=_OPT_SCALAR),
         *_each("stop_words_list bad_words_list", "INT32", (2, -1), "opt ragged"),
         _t("embedding_bias", "FP32", (-1,), "opt ragged"),
-        *_each("beam_width runtime_top_k runtime_top_p_reset_ids min_tokens prompt_vocab_size", "INT32",
-               flags=_OPT_SCALAR),
-        *_each("temperature runtime_top_p runtime_top_p_min runtime_top_p_decay len_penalty repetition_penalty "
-               "beam_search_diversity_rate presence_penalty frequency_penalty", "FP32", flags=_OPT_SCALAR),
-        *_each("early_stopping return_log_probs return_context_logits return_generation_logits return_perf_metrics "
-               "return_num_input_tokens return_num_output_tokens exclude_input_in_output stop streaming", "BOOL",
-               flags=_OPT_SCALAR),
+        *_each(
+            "beam_width runtime_top_k runtime_top_p_reset_ids min_tokens prompt_vocab_size", "INT32", flags=_OPT_SCALAR
+        ),
+        *_each(
+            "temperature runtime_top_p runtime_top_p_min runtime_top_p_decay len_penalty repetition_penalty "
+            "beam_search_diversity_rate presence_penalty frequency_penalty",
+            "FP32",
+            flags=_OPT_SCALAR,
+        ),
+        *_each(
+            "early_stopping return_log_probs return_context_logits return_generation_logits return_perf_metrics "
+            "return_num_input_tokens return_num_output_tokens exclude_input_in_output stop streaming",
+            "BOOL",
+            flags=_OPT_SCALAR,
+        ),
         *_each("seed lora_task_id", "UINT64", flags=_OPT_SCALAR),
         _t("prompt_embedding_table", PROMPT_TABLE_TYPE, (-1, -1), "opt ragged"),
         _t("prompt_table_extra_ids", "UINT64", (-1,), "opt ragged"),
@@ -184,19 +218,31 @@ def tensorrt_llm_inputs(logits: str) -> list[Tensor]:
         _t("lora_config", "INT32", (-1, 3), "opt ragged"),
         _t("context_phase_params", "UINT8", (-1,), "opt ragged"),
         _t("skip_cross_attn_blocks", "BOOL", (1,), "opt ragged"),
-        *_each("retention_token_range_starts retention_token_range_ends retention_token_range_priorities "
-               "retention_token_range_durations_ms", "INT32", (-1,), "opt ragged"),
-        *_each("retention_decode_priority retention_decode_duration_ms lookahead_window_size lookahead_ngram_size "
-               "lookahead_verification_set_size", "INT32", (1,), "opt ragged"),
+        *_each(
+            "retention_token_range_starts retention_token_range_ends retention_token_range_priorities "
+            "retention_token_range_durations_ms",
+            "INT32",
+            (-1,),
+            "opt ragged",
+        ),
+        *_each(
+            "retention_decode_priority retention_decode_duration_ms lookahead_window_size lookahead_ngram_size "
+            "lookahead_verification_set_size",
+            "INT32",
+            (1,),
+            "opt ragged",
+        ),
         *_each("guided_decoding_guide_type guided_decoding_guide", "STRING", (1,), "opt ragged"),
     ]
 
 
 # Per-request results the ensemble and the BLS pass through from tensorrt_llm unchanged.
-PASSTHROUGH_OUTPUTS = ("cum_log_probs output_log_probs context_logits generation_logits batch_index sequence_index "
-                       "kv_cache_alloc_new_blocks kv_cache_reused_blocks kv_cache_alloc_total_blocks arrival_time_ns "
-                       "first_scheduled_time_ns first_token_time_ns last_token_time_ns acceptance_rate "
-                       "total_accepted_draft_tokens total_draft_tokens num_input_tokens num_output_tokens").split()
+PASSTHROUGH_OUTPUTS = (
+    "cum_log_probs output_log_probs context_logits generation_logits batch_index sequence_index "
+    "kv_cache_alloc_new_blocks kv_cache_reused_blocks kv_cache_alloc_total_blocks arrival_time_ns "
+    "first_scheduled_time_ns first_token_time_ns last_token_time_ns acceptance_rate "
+    "total_accepted_draft_tokens total_draft_tokens num_input_tokens num_output_tokens"
+).split()
 
 
 def tensorrt_llm_outputs(logits: str) -> list[Tensor]:
@@ -270,11 +316,16 @@ ENSEMBLE_INPUTS = [
     *_each("bad_words stop_words embedding_bias_words", "STRING", (-1,), "opt"),
     _t("embedding_bias_weights", "FP32", (-1,), "opt"),
     *_each("num_return_sequences end_id pad_id top_k min_tokens beam_width prompt_vocab_size", "INT32", flags="opt"),
-    *_each("top_p temperature length_penalty repetition_penalty presence_penalty frequency_penalty", "FP32",
-           flags="opt"),
+    *_each(
+        "top_p temperature length_penalty repetition_penalty presence_penalty frequency_penalty", "FP32", flags="opt"
+    ),
     *_each("seed prompt_table_extra_id lora_task_id", "UINT64", flags="opt"),
-    *_each("exclude_input_in_output return_log_probs return_context_logits return_generation_logits "
-           "return_perf_metrics return_num_input_tokens return_num_output_tokens stream", "BOOL", flags="opt"),
+    *_each(
+        "exclude_input_in_output return_log_probs return_context_logits return_generation_logits "
+        "return_perf_metrics return_num_input_tokens return_num_output_tokens stream",
+        "BOOL",
+        flags="opt",
+    ),
     _t("prompt_embedding_table", PROMPT_TABLE_TYPE, (-1, -1), "opt"),
     _t("lora_weights", "FP16", (-1, -1), "opt ragged"),
     _t("lora_config", "INT32", (-1, 3), "opt ragged"),
@@ -294,13 +345,18 @@ BLS_INPUTS = [
     _t("embedding_bias_weights", "FP32", (-1,), "opt"),
     *_each("end_id pad_id top_k min_tokens beam_width prompt_vocab_size num_draft_tokens", "INT32", flags="opt"),
     _t("num_return_sequences", "INT32", flags=_OPT_SCALAR),
-    *_each("top_p temperature length_penalty repetition_penalty presence_penalty frequency_penalty", "FP32",
-           flags="opt"),
+    *_each(
+        "top_p temperature length_penalty repetition_penalty presence_penalty frequency_penalty", "FP32", flags="opt"
+    ),
     *_each("seed prompt_table_extra_id", "UINT64", flags="opt"),
     _t("lora_task_id", "UINT64", flags=_OPT_SCALAR),
     *_each("exclude_input_in_output stream", "BOOL", flags="opt"),
-    *_each("return_log_probs return_context_logits return_generation_logits use_draft_logits return_perf_metrics "
-           "return_num_input_tokens return_num_output_tokens", "BOOL", flags=_OPT_SCALAR),
+    *_each(
+        "return_log_probs return_context_logits return_generation_logits use_draft_logits return_perf_metrics "
+        "return_num_input_tokens return_num_output_tokens",
+        "BOOL",
+        flags=_OPT_SCALAR,
+    ),
     _t("prompt_embedding_table", PROMPT_TABLE_TYPE, (-1, -1), "opt"),
     _t("lora_weights", "FP16", (-1, -1), "opt ragged"),
     _t("lora_config", "INT32", (-1, 3), "opt ragged"),
@@ -315,35 +371,72 @@ def _same(names: str) -> dict[str, str]:
 # ensemble_scheduling of ensemble/config.pbtxt @2a9abd95: (model, input_map, output_map), model tensor → ensemble
 # tensor. Preprocessing's REQUEST_OUTPUT_LEN output feeds tensorrt_llm's request_output_len.
 ENSEMBLE_STEPS: list[tuple[str, dict[str, str], dict[str, str]]] = [
-    ("preprocessing",
-     {"QUERY": "text_input", "DECODER_QUERY": "decoder_text_input", "REQUEST_OUTPUT_LEN": "max_tokens",
-      "BAD_WORDS_DICT": "bad_words", "STOP_WORDS_DICT": "stop_words", "EMBEDDING_BIAS_WORDS": "embedding_bias_words",
-      "EMBEDDING_BIAS_WEIGHTS": "embedding_bias_weights", "END_ID": "end_id", "PAD_ID": "pad_id",
-      "PROMPT_TABLE_EXTRA_ID": "prompt_table_extra_id"},
-     {"REQUEST_INPUT_LEN": "_REQUEST_INPUT_LEN", "INPUT_ID": "_INPUT_ID",
-      "REQUEST_DECODER_INPUT_LEN": "_REQUEST_DECODER_INPUT_LEN", "DECODER_INPUT_ID": "_DECODER_INPUT_ID",
-      "REQUEST_OUTPUT_LEN": "_REQUEST_OUTPUT_LEN", "STOP_WORDS_IDS": "_STOP_WORDS_IDS",
-      "BAD_WORDS_IDS": "_BAD_WORDS_IDS", "EMBEDDING_BIAS": "_EMBEDDING_BIAS", "OUT_END_ID": "_PREPROCESSOR_END_ID",
-      "OUT_PAD_ID": "_PREPROCESSOR_PAD_ID", "OUT_PROMPT_TABLE_EXTRA_IDS": "_OUT_PROMPT_TABLE_EXTRA_IDS"}),
-    ("tensorrt_llm",
-     {"input_ids": "_INPUT_ID", "decoder_input_ids": "_DECODER_INPUT_ID", "input_lengths": "_REQUEST_INPUT_LEN",
-      "decoder_input_lengths": "_REQUEST_DECODER_INPUT_LEN", "request_output_len": "_REQUEST_OUTPUT_LEN",
-      "end_id": "_PREPROCESSOR_END_ID", "pad_id": "_PREPROCESSOR_PAD_ID", "embedding_bias": "_EMBEDDING_BIAS",
-      "stop_words_list": "_STOP_WORDS_IDS", "bad_words_list": "_BAD_WORDS_IDS",
-      "prompt_table_extra_ids": "_OUT_PROMPT_TABLE_EXTRA_IDS", "runtime_top_k": "top_k", "runtime_top_p": "top_p",
-      "len_penalty": "length_penalty", "streaming": "stream",
-      **_same("exclude_input_in_output temperature repetition_penalty min_tokens presence_penalty frequency_penalty "
-              "seed return_log_probs return_context_logits return_generation_logits return_perf_metrics "
-              "return_num_input_tokens return_num_output_tokens num_return_sequences beam_width "
-              "prompt_embedding_table prompt_vocab_size lora_task_id lora_weights lora_config "
-              "guided_decoding_guide_type guided_decoding_guide")},
-     {"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH", **_same(" ".join(PASSTHROUGH_OUTPUTS))}),
-    ("postprocessing", {"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"},
-     {"OUTPUT": "text_output"}),
+    (
+        "preprocessing",
+        {
+            "QUERY": "text_input",
+            "DECODER_QUERY": "decoder_text_input",
+            "REQUEST_OUTPUT_LEN": "max_tokens",
+            "BAD_WORDS_DICT": "bad_words",
+            "STOP_WORDS_DICT": "stop_words",
+            "EMBEDDING_BIAS_WORDS": "embedding_bias_words",
+            "EMBEDDING_BIAS_WEIGHTS": "embedding_bias_weights",
+            "END_ID": "end_id",
+            "PAD_ID": "pad_id",
+            "PROMPT_TABLE_EXTRA_ID": "prompt_table_extra_id",
+        },
+        {
+            "REQUEST_INPUT_LEN": "_REQUEST_INPUT_LEN",
+            "INPUT_ID": "_INPUT_ID",
+            "REQUEST_DECODER_INPUT_LEN": "_REQUEST_DECODER_INPUT_LEN",
+            "DECODER_INPUT_ID": "_DECODER_INPUT_ID",
+            "REQUEST_OUTPUT_LEN": "_REQUEST_OUTPUT_LEN",
+            "STOP_WORDS_IDS": "_STOP_WORDS_IDS",
+            "BAD_WORDS_IDS": "_BAD_WORDS_IDS",
+            "EMBEDDING_BIAS": "_EMBEDDING_BIAS",
+            "OUT_END_ID": "_PREPROCESSOR_END_ID",
+            "OUT_PAD_ID": "_PREPROCESSOR_PAD_ID",
+            "OUT_PROMPT_TABLE_EXTRA_IDS": "_OUT_PROMPT_TABLE_EXTRA_IDS",
+        },
+    ),
+    (
+        "tensorrt_llm",
+        {
+            "input_ids": "_INPUT_ID",
+            "decoder_input_ids": "_DECODER_INPUT_ID",
+            "input_lengths": "_REQUEST_INPUT_LEN",
+            "decoder_input_lengths": "_REQUEST_DECODER_INPUT_LEN",
+            "request_output_len": "_REQUEST_OUTPUT_LEN",
+            "end_id": "_PREPROCESSOR_END_ID",
+            "pad_id": "_PREPROCESSOR_PAD_ID",
+            "embedding_bias": "_EMBEDDING_BIAS",
+            "stop_words_list": "_STOP_WORDS_IDS",
+            "bad_words_list": "_BAD_WORDS_IDS",
+            "prompt_table_extra_ids": "_OUT_PROMPT_TABLE_EXTRA_IDS",
+            "runtime_top_k": "top_k",
+            "runtime_top_p": "top_p",
+            "len_penalty": "length_penalty",
+            "streaming": "stream",
+            **_same(
+                "exclude_input_in_output temperature repetition_penalty min_tokens presence_penalty frequency_penalty "
+                "seed return_log_probs return_context_logits return_generation_logits return_perf_metrics "
+                "return_num_input_tokens return_num_output_tokens num_return_sequences beam_width "
+                "prompt_embedding_table prompt_vocab_size lora_task_id lora_weights lora_config "
+                "guided_decoding_guide_type guided_decoding_guide"
+            ),
+        },
+        {"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH", **_same(" ".join(PASSTHROUGH_OUTPUTS))},
+    ),
+    (
+        "postprocessing",
+        {"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"},
+        {"OUTPUT": "text_output"},
+    ),
 ]
 
 
 # ---- pbtxt rendering ----------------------------------------------------------------------------------
+
 
 def _tensors(kind: str, tensors: list[Tensor]) -> str:
     names = [t.name for t in tensors]
@@ -380,9 +473,11 @@ def _dynamic_batching(max_batch_size: int | None = None, serving: ServingConfig 
     (model_instance_state.cc @0c8de69a; 0 = unbounded); a `max_queue_size` parameter is ignored."""
     if serving is None:
         return "dynamic_batching {}\n"
-    return (f"dynamic_batching {{\n  preferred_batch_size: [ {max_batch_size} ]\n"
-            f"  max_queue_delay_microseconds: {serving.max_queue_delay_microseconds}\n"
-            f"  default_queue_policy {{\n    max_queue_size: {serving.max_queue_size}\n  }}\n}}\n")
+    return (
+        f"dynamic_batching {{\n  preferred_batch_size: [ {max_batch_size} ]\n"
+        f"  max_queue_delay_microseconds: {serving.max_queue_delay_microseconds}\n"
+        f"  default_queue_policy {{\n    max_queue_size: {serving.max_queue_size}\n  }}\n}}\n"
+    )
 
 
 def _checked(model: str, text: str) -> str:
@@ -394,17 +489,19 @@ def _checked(model: str, text: str) -> str:
 def render_preprocessing(max_batch_size: int, tokenizer_dir: str, engine_dir: str, serving: ServingConfig) -> str:
     text = _header("preprocessing", "python", max_batch_size) + _dynamic_batching(max_batch_size, serving)
     text += _tensors("input", PREPROCESSING_INPUTS) + _tensors("output", PREPROCESSING_OUTPUTS)
-    text += _parameters({
-        "tokenizer_dir": tokenizer_dir,
-        # Upstream's default is true. Foundry benchmarks and evaluates text prompts tokenized with
-        # add_special_tokens=False (foundry/bench/server.py, bench/workload.py), so the served engine sees the
-        # token ids that were measured; a BOS the model needs belongs in the prompt / chat template.
-        "add_special_tokens": False,
-        "multimodal_model_path": "",  # model.py indexes it directly (KeyError if absent); "" = text-only
-        "gpt_model_path": engine_dir,
-        "max_num_images": "",  # "" → None in model.py (only multimodal models use it)
-        "hf_model_path": tokenizer_dir,  # read only for multimodal processors
-    })
+    text += _parameters(
+        {
+            "tokenizer_dir": tokenizer_dir,
+            # Upstream's default is true. Foundry benchmarks and evaluates text prompts tokenized with
+            # add_special_tokens=False (foundry/bench/server.py, bench/workload.py), so the served engine sees the
+            # token ids that were measured; a BOS the model needs belongs in the prompt / chat template.
+            "add_special_tokens": False,
+            "multimodal_model_path": "",  # model.py indexes it directly (KeyError if absent); "" = text-only
+            "gpt_model_path": engine_dir,
+            "max_num_images": "",  # "" → None in model.py (only multimodal models use it)
+            "hf_model_path": tokenizer_dir,  # read only for multimodal processors
+        }
+    )
     return _checked("preprocessing", text + _instances(serving.preprocessing_instance_count))
 
 
@@ -415,40 +512,49 @@ def render_postprocessing(max_batch_size: int, tokenizer_dir: str, serving: Serv
     return _checked("postprocessing", text + _instances(serving.postprocessing_instance_count))
 
 
-def render_tensorrt_llm(max_batch_size: int, engine_dir: str, max_beam_width: int, logits: str,
-                        serving: ServingConfig) -> str:
+def render_tensorrt_llm(
+    max_batch_size: int, engine_dir: str, max_beam_width: int, logits: str, serving: ServingConfig
+) -> str:
     text = _header("tensorrt_llm", "tensorrtllm", max_batch_size, decoupled=serving.decoupled)
     text += _dynamic_batching(max_batch_size, serving)
     text += _tensors("input", tensorrt_llm_inputs(logits)) + _tensors("output", tensorrt_llm_outputs(logits))
     text += _instances(1)
-    text += _parameters({
-        "max_beam_width": max_beam_width,
-        "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
-        "gpt_model_type": serving.batching_strategy,  # read without a default: required
-        "gpt_model_path": engine_dir,
-        "batch_scheduler_policy": serving.batch_scheduler_policy,
-        "kv_cache_free_gpu_mem_fraction": serving.kv_cache_free_gpu_mem_fraction,
-        "enable_kv_cache_reuse": serving.enable_kv_cache_reuse,
-        "enable_chunked_context": serving.enable_chunked_context,
-        "multi_block_mode": serving.multi_block_mode,
-        "exclude_input_in_output": serving.exclude_input_in_output,
-        "executor_worker_path": "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker",
-        # getGuidedDecodingConfigFromParams reads these three without a default (a missing key throws at
-        # load); "" leaves guided decoding off.
-        "tokenizer_dir": "",
-        "xgrammar_tokenizer_info_path": "",
-        "guided_decoding_backend": "",
-    })
+    text += _parameters(
+        {
+            "max_beam_width": max_beam_width,
+            "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
+            "gpt_model_type": serving.batching_strategy,  # read without a default: required
+            "gpt_model_path": engine_dir,
+            "batch_scheduler_policy": serving.batch_scheduler_policy,
+            "kv_cache_free_gpu_mem_fraction": serving.kv_cache_free_gpu_mem_fraction,
+            "enable_kv_cache_reuse": serving.enable_kv_cache_reuse,
+            "enable_chunked_context": serving.enable_chunked_context,
+            "multi_block_mode": serving.multi_block_mode,
+            "exclude_input_in_output": serving.exclude_input_in_output,
+            "executor_worker_path": "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker",
+            # getGuidedDecodingConfigFromParams reads these three without a default (a missing key throws at
+            # load); "" leaves guided decoding off.
+            "tokenizer_dir": "",
+            "xgrammar_tokenizer_info_path": "",
+            "guided_decoding_backend": "",
+        }
+    )
     return _checked("tensorrt_llm", text)
 
 
 def _map(kind: str, pairs: dict[str, str]) -> str:
-    return "".join(f"      {kind} {{\n        key: {_quote(k)}\n        value: {_quote(v)}\n      }}\n" for k, v in pairs.items())
+    return "".join(
+        f"      {kind} {{\n        key: {_quote(k)}\n        value: {_quote(v)}\n      }}\n" for k, v in pairs.items()
+    )
 
 
 def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
-    return (f"    {{\n      model_name: {_quote(model)}\n      model_version: -1\n"
-            + _map("input_map", inputs) + _map("output_map", outputs) + "    }")
+    return (
+        f"    {{\n      model_name: {_quote(model)}\n      model_version: -1\n"
+        + _map("input_map", inputs)
+        + _map("output_map", outputs)
+        + "    }"
+    )
 
 
 def render_ensemble(max_batch_size: int, logits: str) -> str:
@@ -462,12 +568,19 @@ def render_ensemble(max_batch_size: int, logits: str) -> str:
 def render_tensorrt_llm_bls(max_batch_size: int, logits: str, serving: ServingConfig) -> str:
     text = _header("tensorrt_llm_bls", "python", max_batch_size, decoupled=serving.decoupled)
     text += _tensors("input", BLS_INPUTS) + _tensors("output", response_outputs(logits))
-    text += _parameters({"accumulate_tokens": False, "tensorrt_llm_model_name": "tensorrt_llm",
-                         "tensorrt_llm_draft_model_name": "", "multimodal_encoders_name": ""})  # "" = none
+    text += _parameters(
+        {
+            "accumulate_tokens": False,
+            "tensorrt_llm_model_name": "tensorrt_llm",
+            "tensorrt_llm_draft_model_name": "",
+            "multimodal_encoders_name": "",
+        }
+    )  # "" = none
     return _checked("tensorrt_llm_bls", text + _instances(serving.bls_instance_count))
 
 
 # ---- export -------------------------------------------------------------------------------------------
+
 
 def copy_tokenizer(source_dir: Path, target_dir: Path) -> list[str]:
     names = [name for name in TOKENIZER_FILES if (source_dir / name).is_file()]
@@ -544,7 +657,9 @@ def export_triton_repository(
     record = {
         "models": sorted(configs),
         "engine": {
-            "content_hash": read_manifest(engine_dir)["content_hash"] if (engine_dir / MANIFEST_NAME).is_file() else None,
+            "content_hash": read_manifest(engine_dir)["content_hash"]
+            if (engine_dir / MANIFEST_NAME).is_file()
+            else None,
             "environment": environment,
             "max_batch_size": info["max_batch_size"],
             "max_seq_len": info["max_seq_len"],
@@ -572,33 +687,32 @@ def _export_readme(record: dict) -> str:
     return f"""# Triton model repository (written by LLM Engine Foundry)
 
 Models: {models}; tokenizer in `tokenizer/`; engine in `tensorrt_llm/1/engine/`.
-Mount this directory at `{record['mount']}` in the Triton container (every path in the configs points there).
+Mount this directory at `{record["mount"]}` in the Triton container (every path in the configs points there).
 
 ## The engine
 
 | | |
 |---|---|
-| TRT-LLM | {env['trtllm_version']} |
-| TensorRT | {env['tensorrt_version']} |
-| GPU | {env['gpu_name']} (compute {env['compute_capability']}) |
-| CUDA / driver | {env['cuda_version']} / {env['driver_version']} |
-| engine content hash | {record['engine']['content_hash']} |
+| TRT-LLM | {env["trtllm_version"]} |
+| TensorRT | {env["tensorrt_version"]} |
+| GPU | {env["gpu_name"]} (compute {env["compute_capability"]}) |
+| CUDA / driver | {env["cuda_version"]} / {env["driver_version"]} |
+| engine content hash | {record["engine"]["content_hash"]} |
 
-The engine runs only where TRT-LLM {env['trtllm_version']} and a compute {env['compute_capability']} GPU are present.
+The engine runs only where TRT-LLM {env["trtllm_version"]} and a compute {env["compute_capability"]} GPU are present.
 
 ## Triton container
 
 | TRT-LLM | Triton image | source |
 |---|---|---|
-| {env['trtllm_version']} | {triton['image'] or 'unknown'} | {triton['source']} |
+| {env["trtllm_version"]} | {triton["image"] or "unknown"} | {triton["source"]} |
 
 ## Before serving
 
 The Python-backend models ({model_py}) run the `1/` directory (`model.py`; for tensorrt_llm_bls also `lib/`)
-of NVIDIA/TensorRT-LLM `{UPSTREAM_MODELS_DIR}/<model>/` at the tag of TRT-LLM {env['trtllm_version']}
+of NVIDIA/TensorRT-LLM `{UPSTREAM_MODELS_DIR}/<model>/` at the tag of TRT-LLM {env["trtllm_version"]}
 (before TRT-LLM 1.0: triton-inference-server/tensorrtllm_backend `all_models/inflight_batcher_llm/`); foundry
 does not ship them. Copy each into `<model>/1/`, then
 
-    tritonserver --model-repository={record['mount']}
+    tritonserver --model-repository={record["mount"]}
 """
-

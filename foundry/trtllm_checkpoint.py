@@ -25,8 +25,13 @@ W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN = "W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN"
 W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN = "W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN"
 FP8 = "FP8"
 W4A16_AWQ = "W4A16_AWQ"
-SMOOTHQUANT_ALGOS = (W8A8_SQ_PER_CHANNEL, W8A8_SQ_PER_TENSOR_PLUGIN, W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN,
-                     W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN, W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN)
+SMOOTHQUANT_ALGOS = (
+    W8A8_SQ_PER_CHANNEL,
+    W8A8_SQ_PER_TENSOR_PLUGIN,
+    W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN,
+    W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN,
+    W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN,
+)
 # KV-cache algos (INT8 exists only as a KV-cache format).
 KV_INT8, KV_FP8 = "INT8", "FP8"
 KV_CACHE_QUANT_ALGOS = (None, KV_INT8, KV_FP8)
@@ -65,7 +70,9 @@ def read_checkpoint_config(checkpoint_dir: Path) -> dict:
     config = read_json(path, "TensorRT-LLM checkpoint (calibrate writes one)")
     for key in ("architecture", "dtype", "mapping"):
         if key not in config:
-            raise FoundryError(f"{path}: no '{key}' field; not a TensorRT-LLM checkpoint config — re-export the checkpoint")
+            raise FoundryError(
+                f"{path}: no '{key}' field; not a TensorRT-LLM checkpoint config — re-export the checkpoint"
+            )
     return config
 
 

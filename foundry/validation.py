@@ -65,12 +65,16 @@ class DataValidationResult:
             "tokens_needed": self.tokens_needed,
             "duplicate_rate": round(self.duplicate_rate, 6),
             "evaluation_overlap": self.evaluation_overlap,
-            "failed_expectations": [f"{o.expectation}({o.column}): observed {o.observed}, expected {o.bounds}" for o in self.failed()],
+            "failed_expectations": [
+                f"{o.expectation}({o.column}): observed {o.observed}, expected {o.bounds}" for o in self.failed()
+            ],
             "great_expectations_version": self.great_expectations_version,
         }
 
 
-def documents_frame(documents: list, tokenizer=None, evaluation_paragraphs: frozenset[str] = frozenset()) -> pd.DataFrame:
+def documents_frame(
+    documents: list, tokenizer=None, evaluation_paragraphs: frozenset[str] = frozenset()
+) -> pd.DataFrame:
     """text, stripped_chars, normalized_hash, usable_tokens (0 for null/empty/repeated documents;
     +1 per document for the EOS separator, as `token_windows` counts them), evaluation_paragraphs
     (how many of the document's paragraphs the evaluation set also holds)."""
@@ -86,8 +90,15 @@ def documents_frame(documents: list, tokenizer=None, evaluation_paragraphs: froz
             if tokenizer is not None:
                 tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
         shared = len(paragraph_hashes(text) & evaluation_paragraphs) if text else 0
-        rows.append({"text": text, "stripped_chars": stripped, "normalized_hash": digest, "usable_tokens": tokens,
-                     "evaluation_paragraphs": shared})
+        rows.append(
+            {
+                "text": text,
+                "stripped_chars": stripped,
+                "normalized_hash": digest,
+                "usable_tokens": tokens,
+                "evaluation_paragraphs": shared,
+            }
+        )
     columns = ["text", "stripped_chars", "normalized_hash", "usable_tokens", "evaluation_paragraphs"]
     return pd.DataFrame(rows, columns=columns).astype(
         {"stripped_chars": "int64", "usable_tokens": "int64", "evaluation_paragraphs": "int64"}
@@ -150,7 +161,9 @@ def validate_calibration_documents(
         max_text_chars=max_text_chars,
     ):
         suite.add_expectation(expectation)
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name="calibration", data=batch, suite=suite))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="calibration", data=batch, suite=suite)
+    )
     result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
     outcomes = []
     for item in result.results:
@@ -183,7 +196,9 @@ def validate_calibration_documents(
 def raise_on_failure(result: DataValidationResult, what: str) -> None:
     failed = result.failed()
     if failed:
-        lines = "\n".join(f"  - {o.expectation}({o.column or 'table'}): observed {o.observed}; expected {o.bounds}" for o in failed)
+        lines = "\n".join(
+            f"  - {o.expectation}({o.column or 'table'}): observed {o.observed}; expected {o.bounds}" for o in failed
+        )
         raise FoundryError(
             f"{what}: data validation ({result.suite}, Great Expectations) failed {len(failed)} of "
             f"{len(result.outcomes)} expectation(s); no calibration was run:\n{lines}"

@@ -3,7 +3,13 @@
 from zenml import pipeline
 
 from foundry.config import (
-    BenchmarkConfig, BuildConfig, CalibrationConfig, CheckpointSource, EvaluationConfig, GateConfig, RuntimeConfig,
+    BenchmarkConfig,
+    BuildConfig,
+    CalibrationConfig,
+    CheckpointSource,
+    EvaluationConfig,
+    GateConfig,
+    RuntimeConfig,
 )
 from steps import (
     benchmark_engine,
@@ -52,13 +58,24 @@ def engine_pipeline(
     # Where build/benchmark/evaluate run (a GPU node, the TensorRT-LLM image) is set by stacks/placement.py.
     engine = build_engine(trtllm_checkpoint, build, checkpoint)
     # The engine runs as it will serve (runtime.served_by): in process, or trtllm-serve / a server process.
-    benchmark_results, _, _, _ = benchmark_engine(engine, checkpoint, benchmark, runtime, model_name, dataset_fingerprint)
+    benchmark_results, _, _, _ = benchmark_engine(
+        engine, checkpoint, benchmark, runtime, model_name, dataset_fingerprint
+    )
     quality_report, _, _ = evaluate_engine_quality(
         engine, checkpoint, evaluation_windows, data_lineage, evaluation, runtime, model_name
     )
     registered = register_engine(
-        engine, checkpoint, trtllm_checkpoint, data_lineage, benchmark_results, quality_report,
-        run_config, config_hash, model_name,
+        engine,
+        checkpoint,
+        trtllm_checkpoint,
+        data_lineage,
+        benchmark_results,
+        quality_report,
+        run_config,
+        config_hash,
+        model_name,
     )
-    _, compared_production = compare_with_production(registered, benchmark_results, quality_report, gates, compare_with_run)
+    _, compared_production = compare_with_production(
+        registered, benchmark_results, quality_report, gates, compare_with_run
+    )
     gate_and_promote(registered, benchmark_results, quality_report, gates, compared_production)

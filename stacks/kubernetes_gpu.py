@@ -88,7 +88,9 @@ class KubernetesGpuStackDefinition(BaseModel):
                 "install; use an s3:// bucket (or add the gcp integration and a GCS flavor here)"
             )
         if not value.startswith("s3://") or len(value) <= len("s3://"):
-            raise ValueError("must be a remote bucket path like s3://my-bucket/foundry (the pods cannot see a local path)")
+            raise ValueError(
+                "must be a remote bucket path like s3://my-bucket/foundry (the pods cannot see a local path)"
+            )
         return value.rstrip("/")
 
     @field_validator("mlflow_tracking_uri")
@@ -187,10 +189,18 @@ def component_specs(definition: KubernetesGpuStackDefinition, with_s3_secret: bo
         ComponentSpec(d.component_name("artifacts"), "s3", StackComponentType.ARTIFACT_STORE, artifact_store),
         ComponentSpec(d.component_name("mlflow"), "mlflow", StackComponentType.EXPERIMENT_TRACKER, mlflow),
         ComponentSpec(d.component_name("mlflow-registry"), "mlflow", StackComponentType.MODEL_REGISTRY, {}),
-        ComponentSpec(d.component_name("registry"), "default", StackComponentType.CONTAINER_REGISTRY,
-                      {"uri": d.container_registry_uri}),
-        ComponentSpec(d.component_name("kaniko"), "kaniko", StackComponentType.IMAGE_BUILDER,
-                      {"kubernetes_context": d.kubernetes_context, "kubernetes_namespace": d.kubernetes_namespace}),
+        ComponentSpec(
+            d.component_name("registry"),
+            "default",
+            StackComponentType.CONTAINER_REGISTRY,
+            {"uri": d.container_registry_uri},
+        ),
+        ComponentSpec(
+            d.component_name("kaniko"),
+            "kaniko",
+            StackComponentType.IMAGE_BUILDER,
+            {"kubernetes_context": d.kubernetes_context, "kubernetes_namespace": d.kubernetes_namespace},
+        ),
         ComponentSpec(d.component_name("gpu"), "kubernetes", StackComponentType.STEP_OPERATOR, dict(k8s)),
     ]
 

@@ -31,11 +31,15 @@ def local_stack_components(state_dir: Path) -> list[ComponentSpec]:
     return [
         ComponentSpec("foundry-local-orchestrator", "local", StackComponentType.ORCHESTRATOR, {}),
         ComponentSpec(
-            "foundry-local-artifacts", "local", StackComponentType.ARTIFACT_STORE,
+            "foundry-local-artifacts",
+            "local",
+            StackComponentType.ARTIFACT_STORE,
             {"path": str((state_dir / "artifacts").resolve())},
         ),
         ComponentSpec(
-            "foundry-mlflow-tracker", "mlflow", StackComponentType.EXPERIMENT_TRACKER,
+            "foundry-mlflow-tracker",
+            "mlflow",
+            StackComponentType.EXPERIMENT_TRACKER,
             {"tracking_uri": sqlite_tracking_uri(state_dir)},
         ),
         ComponentSpec("foundry-mlflow-registry", "mlflow", StackComponentType.MODEL_REGISTRY, {}),
@@ -47,7 +51,9 @@ def _ensure_component(client: Client, spec: ComponentSpec):
         component = client.get_stack_component(spec.component_type, spec.name, allow_name_prefix_match=False)
     except KeyError:
         return client.create_stack_component(spec.name, spec.flavor, spec.component_type, spec.configuration)
-    if component.flavor_name != spec.flavor or any(component.configuration.get(k) != v for k, v in spec.configuration.items()):
+    if component.flavor_name != spec.flavor or any(
+        component.configuration.get(k) != v for k, v in spec.configuration.items()
+    ):
         # The state directory moved (or someone edited it): bring it back to the definition.
         return client.update_stack_component(spec.name, spec.component_type, configuration=spec.configuration)
     return component

@@ -10,8 +10,8 @@ from steps.fingerprint_data import fingerprint_data
 from steps.ingest import ingest_checkpoint
 from steps.promote import gate_and_promote
 from steps.register import register_engine
-from steps.validate_data import validate_calibration_data
 from steps.resolve_source import resolve_source
+from steps.validate_data import validate_calibration_data
 
 __all__ = [
     "benchmark_engine",

@@ -22,8 +22,12 @@ from foundry.state import scratch_dir
 # Never cached: a benchmark measures this machine now; the gates must not pass on yesterday's numbers.
 @step(enable_cache=False)
 def benchmark_engine(
-    engine: EngineArtifact, checkpoint: HFCheckpoint, benchmark: BenchmarkConfig, runtime: RuntimeConfig,
-    model_name: str, benchmark_dataset_fingerprint: str = "synthetic",
+    engine: EngineArtifact,
+    checkpoint: HFCheckpoint,
+    benchmark: BenchmarkConfig,
+    runtime: RuntimeConfig,
+    model_name: str,
+    benchmark_dataset_fingerprint: str = "synthetic",
 ) -> tuple[
     Annotated[BenchmarkResults, "benchmark_results"],
     Annotated[pd.DataFrame, "benchmark_requests"],
@@ -35,22 +39,47 @@ def benchmark_engine(
     dataset) under the configured load; results validated with GX."""
     info = read_engine_info(engine.path)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
-    requests, workload = workload_from_config(benchmark, len(tokenizer), list(tokenizer.all_special_ids),
-                                              tokenizer=tokenizer, max_seq_len=info.get("max_seq_len"))
+    requests, workload = workload_from_config(
+        benchmark,
+        len(tokenizer),
+        list(tokenizer.all_special_ids),
+        tokenizer=tokenizer,
+        max_seq_len=info.get("max_seq_len"),
+    )
     log_path = scratch_dir("server-log") / "benchmark-server.log"
-    served = open_engine(engine.path, info, engine.content_hash, runtime, tokenizer_dir_of(engine.path, info, checkpoint.path),
-                         log_path, model_name, eos_ids=[tokenizer.eos_token_id])
+    served = open_engine(
+        engine.path,
+        info,
+        engine.content_hash,
+        runtime,
+        tokenizer_dir_of(engine.path, info, checkpoint.path),
+        log_path,
+        model_name,
+        eos_ids=[tokenizer.eos_token_id],
+    )
     baseline = (lambda: HFEngine.load(checkpoint.path)) if benchmark.baseline else None
-    results = run_session(served, requests, workload, LoadPlan.from_config(benchmark), model_name, baseline=baseline,
-                          dataset_fingerprint=benchmark_dataset_fingerprint)
+    results = run_session(
+        served,
+        requests,
+        workload,
+        LoadPlan.from_config(benchmark),
+        model_name,
+        baseline=baseline,
+        dataset_fingerprint=benchmark_dataset_fingerprint,
+    )
     frames = [records_dataframe(results.engine.records).assign(backend=results.engine.backend)]
     if results.baseline is not None:
         frames.append(records_dataframe(results.baseline.records).assign(backend=results.baseline.backend))
     validation = require_valid_results(pd.concat(frames, ignore_index=True), benchmark.min_completion_rate)
     results = results.model_copy(update={"validation": validation.as_dict()})
-    log_metadata(metadata={"benchmark": {k: v for k, v in results.headline.items() if v is not None},
-                           "backend": results.engine.backend, "served_by": results.served_by,
-                           "engine_content_hash": results.engine_content_hash,
-                           "benchmark_validation": {"success": validation.success, "rows": validation.checked_rows}})
+    log_metadata(
+        metadata={
+            "benchmark": {k: v for k, v in results.headline.items() if v is not None},
+            "backend": results.engine.backend,
+            "served_by": results.served_by,
+            "engine_content_hash": results.engine_content_hash,
+            "benchmark_validation": {"success": validation.success, "rows": validation.checked_rows},
+        }
+    )
     html = render_html(results.engine, baseline=results.baseline, comparison=results.comparison)
     return results, pd.concat(frames, ignore_index=True), HTMLString(html), server_log_text(Path(log_path))

@@ -66,7 +66,10 @@ def calibrate_checkpoint(
         sweep = summary["alpha_sweep"]
         metadata["alpha_sweep"] = {
             "chosen_alpha": sweep["best_alpha"],
-            "table": {f"alpha={row['alpha']:g}": {k: row[k] for k in ("mean_kld", "top1_agreement", "perplexity")} for row in sweep["rows"]},
+            "table": {
+                f"alpha={row['alpha']:g}": {k: row[k] for k in ("mean_kld", "top1_agreement", "perplexity")}
+                for row in sweep["rows"]
+            },
             "statistics_seconds": sweep["statistics_seconds"],
             "sweep_seconds": sweep["sweep_seconds"],
             "held_out_windows": sweep["num_held_out_windows"],

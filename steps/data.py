@@ -30,7 +30,9 @@ def prepare_data(
     data's SHA-256) is an input so that a rewritten file is re-read instead of served from the cache. The calibration windows are
     `num_samples` statistics windows followed by the alpha search's held-out windows, if any.
     """
-    raise_on_failure(DataValidationResult.from_dict(calibration_data_validation), f"calibration data ({calibration.source})")
+    raise_on_failure(
+        DataValidationResult.from_dict(calibration_data_validation), f"calibration data ({calibration.source})"
+    )
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
     documents = data.clean_documents(
         data.load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)

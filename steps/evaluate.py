@@ -19,8 +19,13 @@ from foundry.state import scratch_dir
 
 @step
 def evaluate_engine_quality(
-    engine: EngineArtifact, checkpoint: HFCheckpoint, evaluation_windows: np.ndarray, data_lineage: dict,
-    evaluation: EvaluationConfig, runtime: RuntimeConfig, model_name: str,
+    engine: EngineArtifact,
+    checkpoint: HFCheckpoint,
+    evaluation_windows: np.ndarray,
+    data_lineage: dict,
+    evaluation: EvaluationConfig,
+    runtime: RuntimeConfig,
+    model_name: str,
 ) -> tuple[
     Annotated[QualityReport, "quality_report"],
     Annotated[HTMLString, "quality_report_html"],
@@ -35,17 +40,34 @@ def evaluate_engine_quality(
     windows = torch.from_numpy(evaluation_windows)
     prompts = windows[: evaluation.generation_prompts, : evaluation.generation_prompt_len].tolist()
     log_path = scratch_dir("server-log") / "evaluation-server.log"
-    with open_engine(engine.path, info, engine.content_hash, runtime, tokenizer_dir_of(engine.path, info, checkpoint.path),
-                     log_path, model_name, eos_ids=[eos_id]) as served:
-        report = evaluate_quality(served.engine, reference, windows, data_lineage["evaluation_data_hash"],
-                                  engine_backend=info["backend"])
+    with open_engine(
+        engine.path,
+        info,
+        engine.content_hash,
+        runtime,
+        tokenizer_dir_of(engine.path, info, checkpoint.path),
+        log_path,
+        model_name,
+        eos_ids=[eos_id],
+    ) as served:
+        report = evaluate_quality(
+            served.engine, reference, windows, data_lineage["evaluation_data_hash"], engine_backend=info["backend"]
+        )
         generation = None
         if prompts:
-            generation = evaluate_generation(served.continuations, reference, prompts, evaluation.generation_tokens,
-                                             evaluation.stop_at_eos, evaluation.top_logprobs, eos_ids=[eos_id])
+            generation = evaluate_generation(
+                served.continuations,
+                reference,
+                prompts,
+                evaluation.generation_tokens,
+                evaluation.stop_at_eos,
+                evaluation.top_logprobs,
+                eos_ids=[eos_id],
+            )
         served.require_alive("the evaluation")
-    report = report.model_copy(update={"served_by": served.served_by, "engine_content_hash": engine.content_hash,
-                                       "generation": generation})
+    report = report.model_copy(
+        update={"served_by": served.served_by, "engine_content_hash": engine.content_hash, "generation": generation}
+    )
     headline = {k: v for k, v in report.model_dump(exclude={"generation"}).items() if isinstance(v, float)}
     if generation is not None:
         headline |= {f"generation_{k}": v for k, v in generation.model_dump().items() if isinstance(v, float)}

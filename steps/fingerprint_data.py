@@ -16,9 +16,19 @@ def fingerprint_data(
     ZenML, so the steps that take them are cached only while the bytes are unchanged."""
     calibration_fingerprint = data_fingerprint(calibration.source, calibration.path)
     dataset_fingerprint = data_fingerprint("file", benchmark.dataset) if benchmark.dataset else "synthetic"
-    log_metadata(metadata={"data_fingerprints": {
-        "calibration": {"source": calibration.source, "path": calibration.path or "(builtin)",
-                        "sha256": calibration_fingerprint},
-        "benchmark_dataset": {"path": benchmark.dataset or "(synthetic workload)", "sha256": dataset_fingerprint},
-    }})
+    log_metadata(
+        metadata={
+            "data_fingerprints": {
+                "calibration": {
+                    "source": calibration.source,
+                    "path": calibration.path or "(builtin)",
+                    "sha256": calibration_fingerprint,
+                },
+                "benchmark_dataset": {
+                    "path": benchmark.dataset or "(synthetic workload)",
+                    "sha256": dataset_fingerprint,
+                },
+            }
+        }
+    )
     return calibration_fingerprint, dataset_fingerprint

@@ -14,7 +14,10 @@ from steps.tracking import move_zenml_production, stack_registry
 
 @step(enable_cache=False)  # side effect: moves the production pointers
 def gate_and_promote(
-    registered_version: dict, benchmark_results: BenchmarkResults, quality_report: QualityReport, gates: GateConfig,
+    registered_version: dict,
+    benchmark_results: BenchmarkResults,
+    quality_report: QualityReport,
+    gates: GateConfig,
     compared_production_version: str = "",
 ) -> tuple[
     Annotated[PromotionResult, "promotion"],
@@ -24,10 +27,16 @@ def gate_and_promote(
     """Check every gate, and that the benchmark and the evaluation ran on the registered engine; on
     pass move MLflow alias `production` and the ZenML model stage together, only if production is
     still the version this run compared against (else it fails: re-run to compare against it)."""
-    identity = engine_identity_result(registered_version["engine_content_hash"],
-                                      benchmark_results.engine_content_hash, quality_report.engine_content_hash)
-    decision = evaluate_gates(gates, gate_measurements(benchmark_results.headline, quality_report),
-                              extra_results=[identity] if identity else [])
+    identity = engine_identity_result(
+        registered_version["engine_content_hash"],
+        benchmark_results.engine_content_hash,
+        quality_report.engine_content_hash,
+    )
+    decision = evaluate_gates(
+        gates,
+        gate_measurements(benchmark_results.headline, quality_report),
+        extra_results=[identity] if identity else [],
+    )
     context = get_step_context()
     zenml_model, registry, model_name = context.model, stack_registry(), registered_version["model_name"]
     # An earlier run killed between the two moves left a journal entry: finish that move first.
@@ -48,7 +57,9 @@ def gate_and_promote(
         metadata={
             "gate_passed": decision.passed,
             "promoted": result.promoted,
-            "gate_results": {r.name: {"threshold": r.condition, "measured": r.measured, "passed": r.passed} for r in decision.results},
+            "gate_results": {
+                r.name: {"threshold": r.condition, "measured": r.measured, "passed": r.passed} for r in decision.results
+            },
             "reasons": result.reasons,
         },
         infer_model=True,

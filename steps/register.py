@@ -72,8 +72,13 @@ def register_engine(
         tags=lineage,
     )
     registered = stack_registry().register_engine(model_name, engine.artifact_uri or str(engine.path), run_id, lineage)
-    result = {"model_name": model_name, "version": registered.version, "source": registered.source, "mlflow_run_id": run_id,
-              "engine_content_hash": engine.content_hash}
+    result = {
+        "model_name": model_name,
+        "version": registered.version,
+        "source": registered.source,
+        "mlflow_run_id": run_id,
+        "engine_content_hash": engine.content_hash,
+    }
     log_metadata(metadata={"mlflow": result}, infer_model=True)
     return result
 

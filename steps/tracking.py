@@ -36,5 +36,7 @@ def move_zenml_production(model_name: str, mlflow_version: str) -> None:
         if page >= versions.total_pages:
             break
         page += 1
-    raise FoundryError(f"ZenML model {model_name!r} has no model version linked to MLflow version {mlflow_version}; "
-                       "it was registered outside this pipeline")
+    raise FoundryError(
+        f"ZenML model {model_name!r} has no model version linked to MLflow version {mlflow_version}; "
+        "it was registered outside this pipeline"
+    )

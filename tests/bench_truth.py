@@ -14,8 +14,9 @@ from foundry.bench.metrics import BenchmarkReport
 from foundry.bench.workload import Request
 
 
-def emitted_per_record(report: BenchmarkReport, requests: Sequence[Request], emission_log: list[dict],
-                       times_key: str = "emitted_s") -> list[np.ndarray]:
+def emitted_per_record(
+    report: BenchmarkReport, requests: Sequence[Request], emission_log: list[dict], times_key: str = "emitted_s"
+) -> list[np.ndarray]:
     """For each of the report's records, its tokens' emission times in the records' time base.
     `times_key`: "emitted_s" (the engine handed the token over) or, from the HTTP server's log,
     "written_s" (the server sent its chunk). Emissions are matched by prompt."""
@@ -23,12 +24,15 @@ def emitted_per_record(report: BenchmarkReport, requests: Sequence[Request], emi
     assert len(set(prompts)) == len(prompts), "emissions are matched by prompt: prompts must be unique"
     emitted_by_prompt = {tuple(entry["prompt"]): entry[times_key] for entry in emission_log}
     prompt_by_id = {r.request_id: tuple(r.input_ids) for r in requests}
-    return [np.asarray(emitted_by_prompt[prompt_by_id[record.request_id]]) - report.clock_epoch_s
-            for record in report.records]
+    return [
+        np.asarray(emitted_by_prompt[prompt_by_id[record.request_id]]) - report.clock_epoch_s
+        for record in report.records
+    ]
 
 
-def true_latencies_ms(report: BenchmarkReport, requests: Sequence[Request], emission_log: list[dict],
-                      times_key: str = "emitted_s") -> dict[str, np.ndarray]:
+def true_latencies_ms(
+    report: BenchmarkReport, requests: Sequence[Request], emission_log: list[dict], times_key: str = "emitted_s"
+) -> dict[str, np.ndarray]:
     """Per timed request: TTFT from the harness's scheduled send time to the first emission, TPOT
     over the emissions, and e2e."""
     ttft, tpot, e2e = [], [], []

@@ -5,7 +5,6 @@ Both are built once per test session into a temp dir; nothing is downloaded.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest

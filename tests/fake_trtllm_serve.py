@@ -67,8 +67,12 @@ def parse_argv(argv: list[str]) -> tuple[str, dict]:
             value = float(value)
         options[flag] = value
     if len(positional) != 1:
-        print("Error: Missing argument 'MODEL'." if not positional else f"Error: Got unexpected extra argument ({positional[1]})",
-              file=sys.stderr)
+        print(
+            "Error: Missing argument 'MODEL'."
+            if not positional
+            else f"Error: Got unexpected extra argument ({positional[1]})",
+            file=sys.stderr,
+        )
         sys.exit(2)
     return positional[0], options
 
@@ -86,7 +90,9 @@ def load_engine(model: str, options: dict):
         raise SystemExit(f"ValueError: tp_size {options['--tensor_parallel_size']} does not match the engine's mapping")
     tokenizer_dir = Path(options.get("--tokenizer") or model)
     if not (tokenizer_dir / "config.json").is_file():
-        raise SystemExit("AttributeError: 'NoneType' object has no attribute 'model_type' (no config.json in --tokenizer)")
+        raise SystemExit(
+            "AttributeError: 'NoneType' object has no attribute 'model_type' (no config.json in --tokenizer)"
+        )
     from transformers import AutoTokenizer
 
     from foundry.runtime.reference import ReferenceEngine
@@ -109,15 +115,21 @@ def build_app(engine, tokenizer, model_name: str, mode: str):
     die_after = int(mode.split(":", 1)[1]) if mode.startswith("die_after:") else None
 
     def error(message: str, code: int = 400) -> JSONResponse:
-        return JSONResponse({"object": "error", "message": message, "type": "BadRequestError", "param": None,
-                             "code": code}, status_code=code)
+        return JSONResponse(
+            {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": code},
+            status_code=code,
+        )
 
     def logprobs_of(prompt, tokens, k):
         from foundry.generation_quality import logprobs_of as compute
 
         sampled, _ = compute(engine, prompt, tokens, 1)
-        return {"text_offset": [0] * len(tokens), "token_logprobs": sampled,
-                "tokens": [tokenizer.decode([t]) for t in tokens], "top_logprobs": []}
+        return {
+            "text_offset": [0] * len(tokens),
+            "token_logprobs": sampled,
+            "tokens": [tokenizer.decode([t]) for t in tokens],
+            "top_logprobs": [],
+        }
 
     async def completions(request: Request):
         body = json.loads(await request.body())
@@ -139,36 +151,65 @@ def build_app(engine, tokenizer, model_name: str, mode: str):
             os._exit(1)  # the server process dies mid-run
         tokens = await asyncio.to_thread(engine.generate, ids, max_tokens)
         eos = tokenizer.eos_token_id
-        if not body.get("ignore_eos", False) and eos in tokens[body.get("min_tokens", 0):]:
+        if not body.get("ignore_eos", False) and eos in tokens[body.get("min_tokens", 0) :]:
             tokens = tokens[: tokens.index(eos, body.get("min_tokens", 0)) + 1]
         detokenize = body.get("detokenize", True)
         created, cid = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
         finish = "length" if len(tokens) == max_tokens else "stop"
-        usage = {"prompt_tokens": len(ids), "total_tokens": len(ids) + len(tokens), "completion_tokens": len(tokens),
-                 "prompt_tokens_details": {"cached_tokens": 0}}
+        usage = {
+            "prompt_tokens": len(ids),
+            "total_tokens": len(ids) + len(tokens),
+            "completion_tokens": len(tokens),
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
 
         def choice(piece, finish_reason, lp=None):
-            return {"index": 0, "text": tokenizer.decode(piece) if detokenize else "",
-                    "token_ids": None if detokenize else list(piece), "logprobs": lp, "finish_reason": finish_reason,
-                    "stop_reason": None, "avg_decoded_tokens_per_iter": None}
+            return {
+                "index": 0,
+                "text": tokenizer.decode(piece) if detokenize else "",
+                "token_ids": None if detokenize else list(piece),
+                "logprobs": lp,
+                "finish_reason": finish_reason,
+                "stop_reason": None,
+                "avg_decoded_tokens_per_iter": None,
+            }
 
         if not body.get("stream"):
             lp = await asyncio.to_thread(logprobs_of, ids, tokens, logprobs) if logprobs else None
-            return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": body["model"],
-                                 "choices": [{**choice(tokens, finish, lp), "context_logits": None,
-                                              "disaggregated_params": None}],
-                                 "usage": usage, "prompt_token_ids": None})
+            return JSONResponse(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": body["model"],
+                    "choices": [{**choice(tokens, finish, lp), "context_logits": None, "disaggregated_params": None}],
+                    "usage": usage,
+                    "prompt_token_ids": None,
+                }
+            )
         streamed = tokens[:-1] if mode == "short_stream" else tokens
 
         async def events():
             for i, token in enumerate(streamed):
                 last = i == len(streamed) - 1
-                chunk = {"id": cid, "object": "text_completion", "created": created, "model": body["model"],
-                         "choices": [choice([token], finish if last else None)], "usage": None}
+                chunk = {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": body["model"],
+                    "choices": [choice([token], finish if last else None)],
+                    "usage": None,
+                }
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
             if (body.get("stream_options") or {}).get("include_usage", True) and body.get("stream_options"):
-                usage_chunk = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": created,
-                               "model": body["model"], "choices": [], "usage": usage}
+                usage_chunk = {
+                    "id": f"chatcmpl-{uuid.uuid4().hex}",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": body["model"],
+                    "choices": [],
+                    "usage": usage,
+                }
                 yield f"data: {json.dumps(usage_chunk)}\n\n".encode()
             yield b"data: [DONE]\n\n"
 
@@ -181,13 +222,23 @@ def build_app(engine, tokenizer, model_name: str, mode: str):
         return JSONResponse({"version": os.environ.get("FAKE_TRTLLM_VERSION", "1.2.1")})
 
     async def models(_request):
-        return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": int(time.time()),
-                                                         "owned_by": "tensorrt_llm"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": model_name, "object": "model", "created": int(time.time()), "owned_by": "tensorrt_llm"}
+                ],
+            }
+        )
 
-    return Starlette(routes=[
-        Route("/health", health, methods=["GET"]), Route("/version", version, methods=["GET"]),
-        Route("/v1/models", models, methods=["GET"]), Route("/v1/completions", completions, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/version", version, methods=["GET"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+        ]
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -206,9 +257,17 @@ def main(argv: list[str]) -> None:
         time.sleep(3600)
     import uvicorn
 
-    print(f"INFO:     Uvicorn running on http://{options.get('--host', 'localhost')}:{options.get('--port', 8000)}", flush=True)
-    uvicorn.run(build_app(engine, tokenizer, Path(model).name, mode), host=options.get("--host", "localhost"),
-                port=options.get("--port", 8000), log_level="warning", timeout_keep_alive=5)
+    print(
+        f"INFO:     Uvicorn running on http://{options.get('--host', 'localhost')}:{options.get('--port', 8000)}",
+        flush=True,
+    )
+    uvicorn.run(
+        build_app(engine, tokenizer, Path(model).name, mode),
+        host=options.get("--host", "localhost"),
+        port=options.get("--port", 8000),
+        log_level="warning",
+        timeout_keep_alive=5,
+    )
 
 
 if __name__ == "__main__":

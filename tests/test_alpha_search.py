@@ -13,7 +13,12 @@ from safetensors.torch import load_file
 import foundry.calibrate as calibrate_module
 from foundry import alpha_search
 from foundry.alpha_search import AlphaSweep, render_sweep_html, score_alphas
-from foundry.calibrate import calibrate_to_trtllm_checkpoint, export_trtllm_checkpoint, load_hf_model_fp32, quantize_smoothquant
+from foundry.calibrate import (
+    calibrate_to_trtllm_checkpoint,
+    export_trtllm_checkpoint,
+    load_hf_model_fp32,
+    quantize_smoothquant,
+)
 from foundry.config import CalibrationConfig
 from foundry.diagnostics import headline, linear_diagnostics, render_diagnostics_html
 from foundry.errors import FoundryError
@@ -53,7 +58,9 @@ def test_split_refuses_too_few_windows():
 def test_statistics_are_collected_once(tiny_llama_hf_dir, windows, monkeypatch):
     passes = []
     original = calibrate_module.make_forward_loop
-    monkeypatch.setattr(calibrate_module, "make_forward_loop", lambda ids, **kw: passes.append(ids.shape) or original(ids, **kw))
+    monkeypatch.setattr(
+        calibrate_module, "make_forward_loop", lambda ids, **kw: passes.append(ids.shape) or original(ids, **kw)
+    )
     sweep, _ = score_alphas(load_hf_model_fp32(tiny_llama_hf_dir), windows[:4], windows[4:], ALPHAS)
     assert passes == [torch.Size([4, 32])]
     assert [row["alpha"] for row in sweep.rows] == ALPHAS
@@ -73,7 +80,9 @@ def test_sweep_picks_the_lowest_kld_and_records_every_alpha(sweep_export):
     assert "<svg" in page and page.count("<tr") == len(ALPHAS) + 1
 
 
-def test_search_model_equals_modelopt_smoothquant_at_the_chosen_alpha(tiny_llama_hf_dir, windows, sweep_export, tmp_path):
+def test_search_model_equals_modelopt_smoothquant_at_the_chosen_alpha(
+    tiny_llama_hf_dir, windows, sweep_export, tmp_path
+):
     """The analytic per-alpha smoothing over once-collected statistics is ModelOpt's own: the exported
     checkpoint is identical, tensor for tensor, to mtq.quantize(INT8_SMOOTHQUANT, alpha) + export."""
     out, summary = sweep_export
@@ -93,7 +102,9 @@ def test_search_needs_held_out_windows_and_int8_sq(tiny_llama_hf_dir, windows, t
     with pytest.raises(FoundryError, match="held-out calibration windows"):
         calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, windows[:4], tmp_path, "int8_sq", ALPHAS, "float16")
     with pytest.raises(FoundryError, match="a search needs quantization int8_sq"):
-        calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, windows[:4], tmp_path, "fp8", ALPHAS, "float16", held_out_ids=windows[4:])
+        calibrate_to_trtllm_checkpoint(
+            tiny_llama_hf_dir, windows[:4], tmp_path, "fp8", ALPHAS, "float16", held_out_ids=windows[4:]
+        )
     with pytest.raises(FoundryError, match=r"calibration.alpha.*\[0, 1\]"):
         calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, windows[:4], tmp_path, "int8_sq", 1.5, "float16")
 

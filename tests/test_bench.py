@@ -10,31 +10,55 @@ import time
 import numpy as np
 import pytest
 
-from tests.bench_truth import harness_error_ms, true_latencies_ms
 from foundry.bench.metrics import (
-    BenchmarkReport, LatencyStats, LevelSummary, MachineInfo, RequestRecord, benchmark_duration_s,
-    compare_reports, e2e_ms, inter_token_gaps_ms, latency_stats, load_records_csv, load_report_json,
-    save_records_csv, save_report_json, summarize_level, tpot_ms, ttft_ms,
+    BenchmarkReport,
+    LatencyStats,
+    LevelSummary,
+    MachineInfo,
+    RequestRecord,
+    benchmark_duration_s,
+    compare_reports,
+    e2e_ms,
+    inter_token_gaps_ms,
+    latency_stats,
+    load_records_csv,
+    load_report_json,
+    save_records_csv,
+    save_report_json,
+    summarize_level,
+    tpot_ms,
+    ttft_ms,
 )
 from foundry.bench.report import render_html
 from foundry.bench.runner import output_error, run_benchmark
 from foundry.bench.synthetic import SyntheticEngine
 from foundry.bench.workload import (
-    Request, describe_requests, synthetic_workload, synthetic_workload_with_description, workload_from_config,
+    Request,
+    describe_requests,
+    synthetic_workload,
+    synthetic_workload_with_description,
+    workload_from_config,
 )
 from foundry.config import BenchmarkConfig
 from foundry.errors import FoundryError
 from foundry.runtime.base import Engine
+from tests.bench_truth import harness_error_ms, true_latencies_ms
 
 # ---- metric definitions ----------------------------------------------------------------------
 
 
 def record(request_id, scheduled_s, arrivals_s, error=None, requested=None):
     return RequestRecord(
-        request_id=request_id, concurrency=1, scheduled_s=scheduled_s,
-        first_token_s=arrivals_s[0] if arrivals_s else None, token_arrival_s=arrivals_s,
-        end_s=arrivals_s[-1] if arrivals_s else scheduled_s + 0.5, input_tokens=4,
-        requested_output_tokens=requested or len(arrivals_s), output_tokens=len(arrivals_s), error=error,
+        request_id=request_id,
+        concurrency=1,
+        scheduled_s=scheduled_s,
+        first_token_s=arrivals_s[0] if arrivals_s else None,
+        token_arrival_s=arrivals_s,
+        end_s=arrivals_s[-1] if arrivals_s else scheduled_s + 0.5,
+        input_tokens=4,
+        requested_output_tokens=requested or len(arrivals_s),
+        output_tokens=len(arrivals_s),
+        error=error,
     )
 
 
@@ -102,8 +126,15 @@ def test_output_error_names_the_problem():
 
 
 def test_synthetic_workload_is_seeded_and_respects_ranges():
-    args = dict(num_requests=50, input_len_min=3, input_len_max=7, output_len_min=2, output_len_max=4,
-                vocab_size=20, special_ids=(0, 1, 2))
+    args = dict(
+        num_requests=50,
+        input_len_min=3,
+        input_len_max=7,
+        output_len_min=2,
+        output_len_max=4,
+        vocab_size=20,
+        special_ids=(0, 1, 2),
+    )
     first, again, other = (synthetic_workload(seed, **args) for seed in (7, 7, 8))
     assert first == again and first != other
     assert {len(r.input_ids) for r in first} == {3, 4, 5, 6, 7}
@@ -118,22 +149,28 @@ def test_workload_description_and_hash():
     assert (description.seed, description.input_len_min, description.output_len_max) == (3, 4, 6)
     again, _ = synthetic_workload_with_description(3, 5, 2, 4, 8, 2, 6, vocab_size=100)
     assert describe_requests(again, 2).workload_hash == description.workload_hash
-    config = BenchmarkConfig(seed=3, num_requests=5, warmup_requests=2,
-                             input_len={"min": 4, "max": 8}, output_len={"min": 2, "max": 6})
+    config = BenchmarkConfig(
+        seed=3, num_requests=5, warmup_requests=2, input_len={"min": 4, "max": 8}, output_len={"min": 2, "max": 6}
+    )
     assert workload_from_config(config, vocab_size=100)[1] == description
 
 
 @pytest.mark.parametrize(
     "override, field",
-    [({"input_len_min": 0}, "input_len_min"), ({"output_len_max": 0}, "output_len_max"),
-     ({"input_len_min": 9, "input_len_max": 8}, "input_len_min"),
-     ({"output_len_min": 5, "output_len_max": 4}, "output_len_min"),
-     ({"num_requests": 0}, "num_requests"), ({"vocab_size": 0}, "vocab_size"),
-     ({"vocab_size": 2, "special_ids": (0, 1)}, "special_ids")],
+    [
+        ({"input_len_min": 0}, "input_len_min"),
+        ({"output_len_max": 0}, "output_len_max"),
+        ({"input_len_min": 9, "input_len_max": 8}, "input_len_min"),
+        ({"output_len_min": 5, "output_len_max": 4}, "output_len_min"),
+        ({"num_requests": 0}, "num_requests"),
+        ({"vocab_size": 0}, "vocab_size"),
+        ({"vocab_size": 2, "special_ids": (0, 1)}, "special_ids"),
+    ],
 )
 def test_synthetic_workload_validation_names_the_field(override, field):
-    args = dict(seed=0, num_requests=4, input_len_min=2, input_len_max=8, output_len_min=1,
-                output_len_max=4, vocab_size=50)
+    args = dict(
+        seed=0, num_requests=4, input_len_min=2, input_len_max=8, output_len_min=1, output_len_max=4, vocab_size=50
+    )
     with pytest.raises(FoundryError, match=field):
         synthetic_workload(**{**args, **override})
 
@@ -158,8 +195,15 @@ def synthetic_runs() -> dict:
     for concurrency in (1, 8):
         engine = SyntheticEngine(ttft_ms=TTFT_TRUTH_MS, itl_ms=ITL_TRUTH_MS)
         requests, workload = synthetic_workload_with_description(
-            seed=1, num_requests=24, warmup_requests=1, input_len_min=4, input_len_max=8,
-            output_len_min=OUTPUT_TOKENS, output_len_max=OUTPUT_TOKENS, vocab_size=engine.vocab_size)
+            seed=1,
+            num_requests=24,
+            warmup_requests=1,
+            input_len_min=4,
+            input_len_max=8,
+            output_len_min=OUTPUT_TOKENS,
+            output_len_max=OUTPUT_TOKENS,
+            vocab_size=engine.vocab_size,
+        )
         report = run_benchmark(engine, requests, [concurrency], warmup_requests=1, workload=workload)
         runs[concurrency] = (report, requests, engine.emission_log())
     return runs
@@ -177,6 +221,7 @@ def test_synthetic_engine_implements_engine_protocol():
     tokens = engine.generate([5], 4, streamed.append)
     assert tokens == streamed == [6, 7, 8, 9]
     import torch
+
     assert engine.logits(torch.tensor([[5]]))[0, -1].argmax().item() == 6
     (entry,) = engine.emission_log()
     assert entry["prompt"] == [5] and len(entry["emitted_s"]) == 4 and entry["emitted_s"] == sorted(entry["emitted_s"])
@@ -307,20 +352,43 @@ def test_load_report_json_errors_are_foundry_errors(tmp_path):
 
 
 def stats(p50_ms: float, p99_ms: float) -> LatencyStats:
-    return LatencyStats(p50_ms=p50_ms, p90_ms=p99_ms, p95_ms=p99_ms, p99_ms=p99_ms, min_ms=p50_ms,
-                        max_ms=p99_ms, mean_ms=p50_ms, count=10)
+    return LatencyStats(
+        p50_ms=p50_ms,
+        p90_ms=p99_ms,
+        p95_ms=p99_ms,
+        p99_ms=p99_ms,
+        min_ms=p50_ms,
+        max_ms=p99_ms,
+        mean_ms=p50_ms,
+        count=10,
+    )
 
 
-def hand_report(backend: str, tok_s: float, ttft: LatencyStats, tpot: LatencyStats,
-                workload_hash: str = "abc") -> BenchmarkReport:
-    level = LevelSummary(concurrency=4, num_requests=10, completed=10, failed=0, failure_rate=0.0,
-                         duration_s=2.0, total_output_tokens=int(tok_s * 2), ttft=ttft, tpot=tpot,
-                         e2e=stats(500, 900), itl=tpot, output_token_throughput_tok_s=tok_s,
-                         request_throughput_req_s=5.0)
+def hand_report(
+    backend: str, tok_s: float, ttft: LatencyStats, tpot: LatencyStats, workload_hash: str = "abc"
+) -> BenchmarkReport:
+    level = LevelSummary(
+        concurrency=4,
+        num_requests=10,
+        completed=10,
+        failed=0,
+        failure_rate=0.0,
+        duration_s=2.0,
+        total_output_tokens=int(tok_s * 2),
+        ttft=ttft,
+        tpot=tpot,
+        e2e=stats(500, 900),
+        itl=tpot,
+        output_token_throughput_tok_s=tok_s,
+        request_throughput_req_s=5.0,
+    )
     _, workload = synthetic_workload_with_description(0, 10, 0, 4, 8, 2, 6, vocab_size=50)
     return BenchmarkReport(
-        backend=backend, model="tiny", workload=workload.model_copy(update={"workload_hash": workload_hash}),
-        levels=[level], created_at="2025-01-01T00:00:00+00:00",
+        backend=backend,
+        model="tiny",
+        workload=workload.model_copy(update={"workload_hash": workload_hash}),
+        levels=[level],
+        created_at="2025-01-01T00:00:00+00:00",
         machine=MachineInfo(cpu_count=2, torch_version="x", device_name="cpu", torch_threads=2, platform="p"),
     )
 
@@ -342,8 +410,19 @@ def test_render_html_contains_the_key_numbers():
     baseline = hand_report("hf-transformers", 104.1, stats(200.0, 400.0), stats(40.0, 64.0))
     page = render_html(engine, baseline, compare_reports(engine, baseline))
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "<script" not in page
-    for text in ("312.3", "104.1", "51.23", "80.50", "10.11", "16.25", "3.00",  # 312.345/104.1 = 3.00
-                 "reference", "hf-transformers", engine.workload.workload_hash, "numpy linear interpolation"):
+    for text in (
+        "312.3",
+        "104.1",
+        "51.23",
+        "80.50",
+        "10.11",
+        "16.25",
+        "3.00",  # 312.345/104.1 = 3.00
+        "reference",
+        "hf-transformers",
+        engine.workload.workload_hash,
+        "numpy linear interpolation",
+    ):
         assert text in page, text
 
 

@@ -12,14 +12,29 @@ from pydantic import ValidationError
 
 from foundry.bench.__main__ import main as bench_main
 from foundry.bench.metrics import (
-    SLO, LatencyStats, LevelSummary, ModelBytes, RequestRecord, apply_slo, decode_mbu, load_records_csv,
-    max_throughput_within_slo, records_dataframe, save_records_csv, summarize_level,
+    SLO,
+    LatencyStats,
+    LevelSummary,
+    ModelBytes,
+    RequestRecord,
+    apply_slo,
+    decode_mbu,
+    load_records_csv,
+    max_throughput_within_slo,
+    records_dataframe,
+    save_records_csv,
+    summarize_level,
 )
 from foundry.bench.runner import RequestRateLoad, run_benchmark
 from foundry.bench.synthetic import AsyncSyntheticEngine, SyntheticEngine
 from foundry.bench.trtllm_report import load_trtllm_bench_report, normalize_trtllm_bench_report
 from foundry.bench.workload import (
-    Request, dataset_workload, load_trtllm_dataset, sample_lengths, workload_from_config, write_trtllm_dataset,
+    Request,
+    dataset_workload,
+    load_trtllm_dataset,
+    sample_lengths,
+    workload_from_config,
+    write_trtllm_dataset,
 )
 from foundry.config import BenchmarkConfig
 from foundry.errors import FoundryError
@@ -28,16 +43,29 @@ DATA = Path(__file__).parent / "data"
 
 
 def rec(i, scheduled, arrivals, requested=None, error=None):
-    return RequestRecord(request_id=i, concurrency=1, scheduled_s=scheduled,
-                         first_token_s=arrivals[0] if arrivals else None, token_arrival_s=arrivals, end_s=arrivals[-1] if arrivals else scheduled,
-                         input_tokens=4, requested_output_tokens=requested or len(arrivals), output_tokens=len(arrivals), error=error)
+    return RequestRecord(
+        request_id=i,
+        concurrency=1,
+        scheduled_s=scheduled,
+        first_token_s=arrivals[0] if arrivals else None,
+        token_arrival_s=arrivals,
+        end_s=arrivals[-1] if arrivals else scheduled,
+        input_tokens=4,
+        requested_output_tokens=requested or len(arrivals),
+        output_tokens=len(arrivals),
+        error=error,
+    )
 
 
 # ---- SLOs, goodput, max throughput within SLO ------------------------------------------------
 
 # TTFT 100/300/100 ms, TPOT 10/10/50 ms, one failure
-SLO_RECORDS = [rec(0, 0.0, [0.1, 0.11, 0.12]), rec(1, 0.0, [0.3, 0.31, 0.32]), rec(2, 0.0, [0.1, 0.15, 0.2]),
-               rec(3, 0.0, [], requested=3, error="boom")]
+SLO_RECORDS = [
+    rec(0, 0.0, [0.1, 0.11, 0.12]),
+    rec(1, 0.0, [0.3, 0.31, 0.32]),
+    rec(2, 0.0, [0.1, 0.15, 0.2]),
+    rec(3, 0.0, [], requested=3, error="boom"),
+]
 
 
 def test_goodput_counts_requests_meeting_every_slo_over_duration():
@@ -54,27 +82,59 @@ def test_goodput_counts_requests_meeting_every_slo_over_duration():
 
 def test_max_throughput_within_slo_picks_the_best_passing_level():
     def level(c, tok_s, ttft_p99, failed=0):
-        stats = LatencyStats(p50_ms=1, p90_ms=1, p95_ms=1, p99_ms=ttft_p99, min_ms=1, max_ms=ttft_p99, mean_ms=1, count=4)
-        return LevelSummary(concurrency=c, num_requests=4, completed=4 - failed, failed=failed, failure_rate=failed / 4,
-                            duration_s=1, total_output_tokens=10, ttft=stats, tpot=stats, e2e=stats, itl=stats,
-                            output_token_throughput_tok_s=tok_s, request_throughput_req_s=4)
+        stats = LatencyStats(
+            p50_ms=1, p90_ms=1, p95_ms=1, p99_ms=ttft_p99, min_ms=1, max_ms=ttft_p99, mean_ms=1, count=4
+        )
+        return LevelSummary(
+            concurrency=c,
+            num_requests=4,
+            completed=4 - failed,
+            failed=failed,
+            failure_rate=failed / 4,
+            duration_s=1,
+            total_output_tokens=10,
+            ttft=stats,
+            tpot=stats,
+            e2e=stats,
+            itl=stats,
+            output_token_throughput_tok_s=tok_s,
+            request_throughput_req_s=4,
+        )
+
     slo = SLO(ttft_ms=100)
-    levels = [apply_slo(level(1, 10, 50), [], slo), apply_slo(level(8, 50, 90), [], slo),
-              apply_slo(level(32, 80, 150), [], slo), apply_slo(level(16, 70, 60, failed=1), [], slo)]
+    levels = [
+        apply_slo(level(1, 10, 50), [], slo),
+        apply_slo(level(8, 50, 90), [], slo),
+        apply_slo(level(32, 80, 150), [], slo),
+        apply_slo(level(16, 70, 60, failed=1), [], slo),
+    ]
     assert [lv.meets_slo_p99 for lv in levels] == [True, True, False, False]
     assert max_throughput_within_slo(levels) == (50, "concurrency 8")
     assert max_throughput_within_slo(levels[2:]) == (None, None)
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("ttft_ms:500,tpot_ms:50", SLO(ttft_ms=500, tpot_ms=50)), ("ttft:500 tpot:50", SLO(ttft_ms=500, tpot_ms=50)),
-    ({"e2e_ms": 3000}, SLO(e2e_ms=3000)), (None, None)])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("ttft_ms:500,tpot_ms:50", SLO(ttft_ms=500, tpot_ms=50)),
+        ("ttft:500 tpot:50", SLO(ttft_ms=500, tpot_ms=50)),
+        ({"e2e_ms": 3000}, SLO(e2e_ms=3000)),
+        (None, None),
+    ],
+)
 def test_slo_parsing(spec, expected):
     assert SLO.parse(spec) == expected
 
 
-@pytest.mark.parametrize("spec, message", [("latency_ms:5", "keys are ttft_ms"), ("ttft_ms:-1", "> 0|greater than 0"),
-                                           ("ttft_ms", "key:value"), ("ttft_ms:fast", "not a number")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("latency_ms:5", "keys are ttft_ms"),
+        ("ttft_ms:-1", "> 0|greater than 0"),
+        ("ttft_ms", "key:value"),
+        ("ttft_ms:fast", "not a number"),
+    ],
+)
 def test_bad_slo_is_a_clear_error(spec, message):
     with pytest.raises(FoundryError, match=message):
         SLO.parse(spec)
@@ -82,9 +142,21 @@ def test_bad_slo_is_a_clear_error(spec, message):
 
 def test_mbu_is_bytes_per_step_over_tpot_over_peak():
     stats = LatencyStats(p50_ms=10, p90_ms=10, p95_ms=10, p99_ms=10, min_ms=10, max_ms=10, mean_ms=10, count=1)
-    level = LevelSummary(concurrency=1, num_requests=1, completed=1, failed=0, failure_rate=0, duration_s=1,
-                         total_output_tokens=4, ttft=stats, tpot=stats, e2e=stats, itl=stats,
-                         output_token_throughput_tok_s=4, request_throughput_req_s=1)
+    level = LevelSummary(
+        concurrency=1,
+        num_requests=1,
+        completed=1,
+        failed=0,
+        failure_rate=0,
+        duration_s=1,
+        total_output_tokens=4,
+        ttft=stats,
+        tpot=stats,
+        e2e=stats,
+        itl=stats,
+        output_token_throughput_tok_s=4,
+        request_throughput_req_s=1,
+    )
     record = rec(0, 0.0, [0.1, 0.11, 0.12, 0.13])  # input 4, output 4 → mean context 6
     mbu, gb_s = decode_mbu(level, ModelBytes(weight_bytes=10**9, kv_bytes_per_token=10**6), 1000.0, [record])
     assert gb_s == pytest.approx((1e9 + 6e6) / 0.010 / 1e9) and mbu == pytest.approx(gb_s / 1000)
@@ -107,8 +179,16 @@ def test_poisson_arrivals_are_seeded_exponential():
 def test_request_rate_sweep_schedules_at_arrival_times_and_cap_queueing_counts_in_ttft():
     engine = AsyncSyntheticEngine(ttft_ms=50, itl_ms=5)
     requests = [Request(i, [i + 1], 3) for i in range(13)]
-    report = run_benchmark(engine, requests, mode="request_rate", request_rates=[5.0, 400.0], warmup_requests=1,
-                           max_concurrency=2, arrival_seed=7, slo="ttft_ms:200")
+    report = run_benchmark(
+        engine,
+        requests,
+        mode="request_rate",
+        request_rates=[5.0, 400.0],
+        warmup_requests=1,
+        max_concurrency=2,
+        arrival_seed=7,
+        slo="ttft_ms:200",
+    )
     assert [lv.label for lv in report.levels] == ["rate 5/s, cap 2", "rate 400/s, cap 2"]
     offsets = RequestRateLoad(5.0, seed=7).arrival_offsets_s(12)
     first_level = [r for r in report.records if r.request_rate == 5.0]
@@ -124,10 +204,15 @@ def test_request_rate_sweep_schedules_at_arrival_times_and_cap_queueing_counts_i
     assert fast.meets_slo_p99 is False
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(mode="burst"), "unknown load mode"), (dict(mode="request_rate", request_rates=[0.0]), "positive"),
-    (dict(mode="request_rate", request_rates=None), "needs at least one request rate"),
-    (dict(mode="request_rate", request_rates=[1.0], max_concurrency=0), "max_concurrency")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(mode="burst"), "unknown load mode"),
+        (dict(mode="request_rate", request_rates=[0.0]), "positive"),
+        (dict(mode="request_rate", request_rates=None), "needs at least one request rate"),
+        (dict(mode="request_rate", request_rates=[1.0], max_concurrency=0), "max_concurrency"),
+    ],
+)
 def test_bad_load_arguments_are_clear_errors(kwargs, message):
     with pytest.raises(FoundryError, match=message):
         run_benchmark(SyntheticEngine(0, 0), [Request(0, [1], 1), Request(1, [1], 1)], [1], 0, **kwargs)
@@ -152,8 +237,12 @@ def test_length_distributions_fixed_uniform_normal():
 
 
 def test_workload_from_config_with_distributions_is_seeded():
-    config = BenchmarkConfig(num_requests=30, warmup_requests=2, input_len={"min": 5, "max": 5, "distribution": "fixed"},
-                             output_len={"min": 4, "max": 20, "distribution": "normal", "mean": 12, "std": 3})
+    config = BenchmarkConfig(
+        num_requests=30,
+        warmup_requests=2,
+        input_len={"min": 5, "max": 5, "distribution": "fixed"},
+        output_len={"min": 4, "max": 20, "distribution": "normal", "mean": 12, "std": 3},
+    )
     requests, description = workload_from_config(config, vocab_size=100)
     again, _ = workload_from_config(config, vocab_size=100)
     assert requests == again and len(requests) == 32 and {len(r.input_ids) for r in requests} == {5}
@@ -182,12 +271,17 @@ def test_trtllm_dataset_round_trip_and_text_prompts(tmp_path):
         dataset_workload(path, 1, tokenizer=WordTokenizer(), vocab_size=5)
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{bad", "d.jsonl:1: not valid JSON"), ('{"input_ids": [1], "output_tokens": 2}', "missing task_id"),
-    ('{"task_id": 1, "input_ids": [1], "output_tokens": 0}', "output_tokens must be an integer >= 1"),
-    ('{"task_id": 1, "output_tokens": 2}', "needs input_ids or prompt"),
-    ('{"task_id": 1, "input_ids": [], "output_tokens": 2}', "non-empty list"),
-    ('{"task_id": 1, "prompt": "hi", "output_tokens": 2}', "needs a tokenizer")])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{bad", "d.jsonl:1: not valid JSON"),
+        ('{"input_ids": [1], "output_tokens": 2}', "missing task_id"),
+        ('{"task_id": 1, "input_ids": [1], "output_tokens": 0}', "output_tokens must be an integer >= 1"),
+        ('{"task_id": 1, "output_tokens": 2}', "needs input_ids or prompt"),
+        ('{"task_id": 1, "input_ids": [], "output_tokens": 2}', "non-empty list"),
+        ('{"task_id": 1, "prompt": "hi", "output_tokens": 2}', "needs a tokenizer"),
+    ],
+)
 def test_bad_dataset_lines_are_named(tmp_path, line, message):
     path = tmp_path / "d.jsonl"
     path.write_text(line + "\n")
@@ -198,14 +292,20 @@ def test_bad_dataset_lines_are_named(tmp_path, line, message):
 # ---- config -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(mode="poisson"), "mode"), (dict(mode="request_rate"), "needs request_rates"),
-    (dict(mode="request_rate", request_rates=[1.0, -2.0]), "must be > 0"),
-    (dict(request_rates=[1.0]), "apply only to mode 'request_rate'"),
-    (dict(slo={"ttft_p99": 5}), "Extra inputs"), (dict(slo={"ttft_ms": 0}), "greater than 0"),
-    (dict(output_len={"min": 4, "max": 8, "distribution": "fixed"}), "needs min == max"),
-    (dict(output_len={"min": 4, "max": 8, "distribution": "normal"}), "needs mean and std"),
-    (dict(input_len={"min": 0, "max": 8}), "greater than or equal to 1")])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(mode="poisson"), "mode"),
+        (dict(mode="request_rate"), "needs request_rates"),
+        (dict(mode="request_rate", request_rates=[1.0, -2.0]), "must be > 0"),
+        (dict(request_rates=[1.0]), "apply only to mode 'request_rate'"),
+        (dict(slo={"ttft_p99": 5}), "Extra inputs"),
+        (dict(slo={"ttft_ms": 0}), "greater than 0"),
+        (dict(output_len={"min": 4, "max": 8, "distribution": "fixed"}), "needs min == max"),
+        (dict(output_len={"min": 4, "max": 8, "distribution": "normal"}), "needs mean and std"),
+        (dict(input_len={"min": 0, "max": 8}), "greater than or equal to 1"),
+    ],
+)
 def test_benchmark_config_rejects_bad_values(fields, message):
     with pytest.raises(ValidationError, match=message):
         BenchmarkConfig(**fields)
@@ -225,11 +325,15 @@ def test_trtllm_bench_report_normalizes_into_the_same_schema():
     assert level.total_output_tokens == 12800
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.pop("performance"), "missing field 'performance.total_latency_ms'"),
-    (lambda d: d["streaming_metrics"]["ttft_percentiles"].pop("p99"), "streaming_metrics.ttft_percentiles.p99"),
-    (lambda d: d["performance"].update(system_output_throughput_tok_s="fast"), "must be a finite number"),
-    (lambda d: d["request_info"].update(num_requests=0), "positive integer")])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.pop("performance"), "missing field 'performance.total_latency_ms'"),
+        (lambda d: d["streaming_metrics"]["ttft_percentiles"].pop("p99"), "streaming_metrics.ttft_percentiles.p99"),
+        (lambda d: d["performance"].update(system_output_throughput_tok_s="fast"), "must be a finite number"),
+        (lambda d: d["request_info"].update(num_requests=0), "positive integer"),
+    ],
+)
 def test_malformed_trtllm_bench_report_is_a_clear_error(edit, message):
     data = json.loads((DATA / "trtllm_bench_report.json").read_text())
     edit(data)
@@ -265,7 +369,9 @@ def test_results_validation_passes_clean_runs_and_names_each_problem():
     assert validate_benchmark_results(good).success
     outcome = validate_benchmark_results(records_dataframe(SLO_RECORDS).assign(backend="x"), min_completion_rate=0.9)
     assert not outcome.success and any("completion rate below 90%" in f for f in outcome.failures)
-    assert validate_benchmark_results(records_dataframe(SLO_RECORDS).assign(backend="x"), min_completion_rate=0.75).success
+    assert validate_benchmark_results(
+        records_dataframe(SLO_RECORDS).assign(backend="x"), min_completion_rate=0.75
+    ).success
     broken = good.copy()
     broken.loc[0, "ttft_ms"] = -1.0
     broken.loc[1, "requested_output_tokens"] = 9

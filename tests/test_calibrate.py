@@ -40,12 +40,16 @@ def test_smoothquant_config_carries_alpha_without_touching_the_preset():
 
 def test_unsupported_quantization_names_the_field(tiny_llama_hf_dir, tmp_path):
     with pytest.raises(NotSupportedError, match="calibration.quantization.*'int3'"):
-        calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, torch.zeros(1, 8, dtype=torch.int64), tmp_path, "int3", 0.8, "float16")
+        calibrate_to_trtllm_checkpoint(
+            tiny_llama_hf_dir, torch.zeros(1, 8, dtype=torch.int64), tmp_path, "int3", 0.8, "float16"
+        )
 
 
 def test_float32_export_is_refused_instead_of_silently_written_as_float16(tiny_llama_hf_dir, tmp_path):
     with pytest.raises(NotSupportedError, match="calibration.export_dtype.*float32"):
-        calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, torch.zeros(1, 8, dtype=torch.int64), tmp_path, "none", 0.8, "float32")
+        calibrate_to_trtllm_checkpoint(
+            tiny_llama_hf_dir, torch.zeros(1, 8, dtype=torch.int64), tmp_path, "none", 0.8, "float32"
+        )
 
 
 def test_alpha_changes_the_exported_smoothing(tiny_llama_hf_dir, calibration_ids, tmp_path):
@@ -100,7 +104,10 @@ def _calibration(**fields):
 def test_reference_backend_refuses_int4_awq_before_calibration(tiny_llama_hf_dir):
     from foundry.calibrate import check_supported
 
-    with pytest.raises(NotSupportedError, match=r"not supported by the reference backend: int4_awq \(W4A16_AWQ\); use the trtllm builder"):
+    with pytest.raises(
+        NotSupportedError,
+        match=r"not supported by the reference backend: int4_awq \(W4A16_AWQ\); use the trtllm builder",
+    ):
         check_supported(_calibration(quantization="int4_awq"), "reference")
     for supported in (_calibration(quantization="fp8", kv_cache="fp8"), _calibration(kv_cache="int8", tp_size=2)):
         check_supported(supported, "reference", json.loads((tiny_llama_hf_dir / "config.json").read_text()))
@@ -111,7 +118,9 @@ def test_tp_size_must_divide_the_heads_and_the_architecture_must_be_llama(tiny_l
     from foundry.calibrate import check_supported
 
     hf_config = json.loads((tiny_llama_hf_dir / "config.json").read_text())  # 4 heads, 2 KV heads
-    with pytest.raises(FoundryError, match=r"calibration.tp_size: 4 does not divide the model's num_key_value_heads \(2\)"):
+    with pytest.raises(
+        FoundryError, match=r"calibration.tp_size: 4 does not divide the model's num_key_value_heads \(2\)"
+    ):
         check_supported(_calibration(tp_size=4), "trtllm", hf_config)
     with pytest.raises(NotSupportedError, match="model_type 'gpt2' is not supported"):
         check_supported(_calibration(), "trtllm", {**hf_config, "model_type": "gpt2"})
@@ -119,9 +128,15 @@ def test_tp_size_must_divide_the_heads_and_the_architecture_must_be_llama(tiny_l
 
 def test_int4_awq_exports_for_trtllm_with_a_fitting_group_size(tiny_llama_hf_dir, calibration_ids, tmp_path):
     """hidden 64 is not a multiple of ModelOpt's default group 128: group 64 is chosen and written."""
-    summary = calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, calibration_ids[:2, :32], tmp_path, "int4_awq", 0.8, "float16")
+    summary = calibrate_to_trtllm_checkpoint(
+        tiny_llama_hf_dir, calibration_ids[:2, :32], tmp_path, "int4_awq", 0.8, "float16"
+    )
     quantization = json.loads((tmp_path / "config.json").read_text())["quantization"]
-    assert (summary["quant_algo"], quantization["group_size"], quantization["has_zero_point"]) == ("W4A16_AWQ", 64, False)
+    assert (summary["quant_algo"], quantization["group_size"], quantization["has_zero_point"]) == (
+        "W4A16_AWQ",
+        64,
+        False,
+    )
     assert read_tensor(tmp_path, "transformer.layers.0.mlp.fc.weight").dtype == torch.int8  # packed int4 pairs
 
 

@@ -235,8 +235,14 @@ def _edit_config(directory: Path, **changes) -> None:
 
 def test_unsupported_architecture(tiny_copy, tmp_path):
     _edit_config(tiny_copy, architectures=["GPT2LMHeadModel"], model_type="gpt2")
-    _fails(_hf_dir(tiny_copy), tmp_path / "out", "config.json", "GPT2LMHeadModel", "LlamaForCausalLM",
-           error=NotSupportedError)
+    _fails(
+        _hf_dir(tiny_copy),
+        tmp_path / "out",
+        "config.json",
+        "GPT2LMHeadModel",
+        "LlamaForCausalLM",
+        error=NotSupportedError,
+    )
 
 
 def test_prequantized_checkpoint_is_not_supported(tiny_copy, tmp_path):
@@ -247,8 +253,15 @@ def test_prequantized_checkpoint_is_not_supported(tiny_copy, tmp_path):
 def test_custom_code_is_refused_with_the_reason(tiny_copy, tmp_path):
     _edit_config(tiny_copy, auto_map={"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
     (tiny_copy / "modeling_custom.py").write_text("# custom code\n")
-    _fails(_hf_dir(tiny_copy), tmp_path / "out", "config.json", "auto_map", "modeling_custom.CustomForCausalLM",
-           "would be ignored", error=NotSupportedError)
+    _fails(
+        _hf_dir(tiny_copy),
+        tmp_path / "out",
+        "config.json",
+        "auto_map",
+        "modeling_custom.CustomForCausalLM",
+        "would be ignored",
+        error=NotSupportedError,
+    )
 
 
 def _pickle_only(directory: Path) -> Path:
@@ -356,8 +369,13 @@ def test_real_smollm2_missing_one_tensor_is_refused_by_name(smollm2_hf_dir, tmp_
     """The defect that reached production: transformers re-initialised the tensor at random."""
     damaged = Path(shutil.copytree(smollm2_hf_dir, tmp_path / "smollm2-missing-k"))
     _rewrite_weights(damaged, lambda t: t.pop("model.layers.10.self_attn.k_proj.weight"))
-    _fails(_hf_dir(damaged), tmp_path / "out", "tensor 'model.layers.10.self_attn.k_proj.weight' is missing",
-           "initialise it at random", "30 layers")
+    _fails(
+        _hf_dir(damaged),
+        tmp_path / "out",
+        "tensor 'model.layers.10.self_attn.k_proj.weight' is missing",
+        "initialise it at random",
+        "30 layers",
+    )
 
 
 def test_unexpected_tensor_is_refused_by_name(tiny_copy, tmp_path):
@@ -375,8 +393,13 @@ def test_tokenizer_larger_than_the_embedding_is_refused(tiny_copy, tmp_path):
     rows = config["vocab_size"] - 100
     config["vocab_size"] = rows
     (tiny_copy / "config.json").write_text(json.dumps(config))
-    _rewrite_weights(tiny_copy, lambda t: t.update({name: t[name][:rows].clone() for name in ("model.embed_tokens.weight", "lm_head.weight")}))
-    _fails(_hf_dir(tiny_copy), tmp_path / "out", f"vocab_size {rows} rows", "pair the checkpoint with its own tokenizer")
+    _rewrite_weights(
+        tiny_copy,
+        lambda t: t.update({name: t[name][:rows].clone() for name in ("model.embed_tokens.weight", "lm_head.weight")}),
+    )
+    _fails(
+        _hf_dir(tiny_copy), tmp_path / "out", f"vocab_size {rows} rows", "pair the checkpoint with its own tokenizer"
+    )
 
 
 def test_context_longer_than_the_model_is_refused():

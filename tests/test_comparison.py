@@ -5,12 +5,28 @@ import pytest
 from foundry.comparison import GATE_METRICS, compare_metrics, render_comparison_html
 from foundry.config import GateConfig
 
-CANDIDATE = {"perplexity_ratio": 1.02, "mean_kld": 0.01, "top1_agreement": 0.95, "ttft_p99_ms": 120.0,
-             "tpot_p99_ms": 20.0, "speedup_output_tok_s": 1.5, "c1_output_tok_s": 50.0, "failed_requests": 0.0,
-             "reference_perplexity": 9.0}
-PRODUCTION = {"perplexity_ratio": 1.04, "mean_kld": 0.01, "top1_agreement": 0.97, "ttft_p99_ms": 100.0,
-              "tpot_p99_ms": 25.0, "speedup_output_tok_s": 1.4, "c1_output_tok_s": 40.0, "failed_requests": 0.0,
-              "reference_perplexity": 9.0}
+CANDIDATE = {
+    "perplexity_ratio": 1.02,
+    "mean_kld": 0.01,
+    "top1_agreement": 0.95,
+    "ttft_p99_ms": 120.0,
+    "tpot_p99_ms": 20.0,
+    "speedup_output_tok_s": 1.5,
+    "c1_output_tok_s": 50.0,
+    "failed_requests": 0.0,
+    "reference_perplexity": 9.0,
+}
+PRODUCTION = {
+    "perplexity_ratio": 1.04,
+    "mean_kld": 0.01,
+    "top1_agreement": 0.97,
+    "ttft_p99_ms": 100.0,
+    "tpot_p99_ms": 25.0,
+    "speedup_output_tok_s": 1.4,
+    "c1_output_tok_s": 40.0,
+    "failed_requests": 0.0,
+    "reference_perplexity": 9.0,
+}
 
 
 def rows(report):

@@ -24,16 +24,26 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = "browser-run"
 pytestmark = pytest.mark.browser
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1600,1000")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1000",
+)
 
 
 def _browser_or_skip():
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not chromedriver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed; `make test-browser` installs them "
-                    "(apt-get install -y chromium chromium-driver)")
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed; `make test-browser` installs them "
+            "(apt-get install -y chromium chromium-driver)"
+        )
     pytest.importorskip("selenium", reason="selenium is not installed: pip install -c constraints.txt -e '.[browser]'")
     return chromium, chromedriver
 
@@ -60,8 +70,14 @@ def dashboard(tmp_path_factory):
     env.pop("ZENML_CONFIG_PATH", None)
 
     def cli(*args, timeout_s=900):
-        return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
+        return subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
 
     port = free_port()
     started = cli("dashboard", "--port", str(port))
@@ -121,9 +137,13 @@ def _open_visualization(driver, artifact: str) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.find_elements(By.XPATH, f"//*[text()='{artifact}']")[0].click()
-    tab = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.XPATH, "//*[normalize-space(text())='Visualization']"))
+    tab = WebDriverWait(driver, 60).until(
+        lambda d: d.find_elements(By.XPATH, "//*[normalize-space(text())='Visualization']")
+    )
     tab[-1].click()
-    load = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.XPATH, "//button[normalize-space(.)='Load Preview']"))
+    load = WebDriverWait(driver, 60).until(
+        lambda d: d.find_elements(By.XPATH, "//button[normalize-space(.)='Load Preview']")
+    )
     load[0].click()
     frames = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))
     driver.switch_to.frame(frames[-1])
@@ -138,7 +158,13 @@ def test_run_page_renders_the_run_dag_and_html_reports(dashboard, pipeline_run, 
     url, _ = dashboard
     browser.get(f"{url}/projects/default/runs/{pipeline_run}")
     _wait_text(browser, RUN_NAME)
-    for step in ("resolve_source", "calibrate_checkpoint", "build_engine", "compare_with_production", "gate_and_promote"):
+    for step in (
+        "resolve_source",
+        "calibrate_checkpoint",
+        "build_engine",
+        "compare_with_production",
+        "gate_and_promote",
+    ):
         _wait_text(browser, step)
     browser.save_screenshot(str(artifacts_dir / "run-dag.png"))
 

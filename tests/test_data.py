@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from foundry.data import builtin_documents, clean_documents, load_documents, normalized_hash, token_windows
-from foundry.errors import FoundryError, NotSupportedError
+from foundry.errors import FoundryError
 
 
 def test_builtin_source_is_the_calibration_split():

@@ -7,14 +7,31 @@ from foundry.gates import evaluate_gates
 from foundry.promotion import promote_if_passed
 from foundry.registry import Registry, sqlite_tracking_uri
 
-GOOD = {"reference_perplexity": 17.8, "token_agreement": 0.9, "continuation_perplexity_ratio": 1.01, "perplexity_ratio": 1.02, "mean_kld": 0.03, "top1_agreement": 0.9, "ttft_p99_ms": 100.0,
-        "tpot_p99_ms": 20.0, "speedup_output_tok_s": 1.5}
+GOOD = {
+    "reference_perplexity": 17.8,
+    "token_agreement": 0.9,
+    "continuation_perplexity_ratio": 1.01,
+    "perplexity_ratio": 1.02,
+    "mean_kld": 0.03,
+    "top1_agreement": 0.9,
+    "ttft_p99_ms": 100.0,
+    "tpot_p99_ms": 20.0,
+    "speedup_output_tok_s": 1.5,
+}
 
 
 def test_all_gates_pass_on_good_measurements():
-    decision = evaluate_gates(GateConfig(max_reference_perplexity=50, max_ttft_p99_ms=200, max_tpot_p99_ms=30,
-                                         min_speedup_vs_baseline=1.1, min_token_agreement=0.8,
-                                         max_continuation_perplexity_ratio=1.1), GOOD)
+    decision = evaluate_gates(
+        GateConfig(
+            max_reference_perplexity=50,
+            max_ttft_p99_ms=200,
+            max_tpot_p99_ms=30,
+            min_speedup_vs_baseline=1.1,
+            min_token_agreement=0.8,
+            max_continuation_perplexity_ratio=1.1,
+        ),
+        GOOD,
+    )
     assert decision.passed
     assert {r.name for r in decision.results} == set(GOOD)
     assert decision.unchecked == []
@@ -22,8 +39,11 @@ def test_all_gates_pass_on_good_measurements():
 
 @pytest.mark.parametrize(
     "metric, value, gate_field",
-    [("perplexity_ratio", 1.2, "max_perplexity_ratio"), ("mean_kld", 0.5, "max_mean_kld"),
-     ("top1_agreement", 0.5, "min_top1_agreement")],
+    [
+        ("perplexity_ratio", 1.2, "max_perplexity_ratio"),
+        ("mean_kld", 0.5, "max_mean_kld"),
+        ("top1_agreement", 0.5, "min_top1_agreement"),
+    ],
 )
 def test_one_failing_gate_fails_the_decision_and_names_it(metric, value, gate_field):
     decision = evaluate_gates(GateConfig(), {**GOOD, metric: value})
@@ -109,7 +129,9 @@ def test_second_registry_failure_rolls_the_alias_back(registry):
 def test_rollback_of_first_promotion_removes_the_alias(registry):
     v1 = _register(registry)
     with pytest.raises(RuntimeError):
-        promote_if_passed(registry, "m", v1, evaluate_gates(GateConfig(), GOOD), lambda: (_ for _ in ()).throw(RuntimeError()))
+        promote_if_passed(
+            registry, "m", v1, evaluate_gates(GateConfig(), GOOD), lambda: (_ for _ in ()).throw(RuntimeError())
+        )
     assert registry.production_version("m") is None
 
 
@@ -139,8 +161,16 @@ def test_concurrent_promotions_end_with_one_production_and_both_registries_agree
     def promote(version):
         barrier.wait()
         try:
-            move_production(registry, "m", version, lambda: second_registry.update(production=version),
-                            action="promote (gates passed)", reason="test", gate="passed", expected_current=None)
+            move_production(
+                registry,
+                "m",
+                version,
+                lambda: second_registry.update(production=version),
+                action="promote (gates passed)",
+                reason="test",
+                gate="passed",
+                expected_current=None,
+            )
             outcomes[version] = "promoted"
         except FoundryError as error:
             outcomes[version] = str(error)
@@ -165,5 +195,7 @@ def test_rollback_goes_to_the_production_before(registry):
 
     v1, v2 = _register(registry), _register(registry)
     for version in (v1, v2):
-        move_production(registry, "m", version, lambda: None, action="promote (gates passed)", reason="r", gate="passed")
+        move_production(
+            registry, "m", version, lambda: None, action="promote (gates passed)", reason="r", gate="passed"
+        )
     assert rollback_target(registry, "m") == v1

@@ -27,7 +27,7 @@ def manual_greedy(engine: HFEngine, prompt: list[int], num_tokens: int) -> list[
     for _ in range(num_tokens):
         next_id = engine.logits(ids)[0, -1].argmax()
         ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-    return ids[0, len(prompt):].tolist()
+    return ids[0, len(prompt) :].tolist()
 
 
 def test_generate_streams_exactly_n_greedy_tokens_without_warnings(hf_engine, capfd):
@@ -77,11 +77,31 @@ def test_load_rejects_a_directory_without_config(tmp_path):
 
 def test_cli_runs_engine_and_baseline_and_writes_reports(tiny_llama_hf_dir, tmp_path, capsys):
     out = tmp_path / "bench"
-    code = bench_main([
-        "--hf-dir", str(tiny_llama_hf_dir), "--baseline-hf-dir", str(tiny_llama_hf_dir),
-        "--concurrency", "1", "2", "--num-requests", "3", "--warmup-requests", "1",
-        "--input-len", "4", "8", "--output-len", "2", "4", "--seed", "5", "--out", str(out),
-    ])
+    code = bench_main(
+        [
+            "--hf-dir",
+            str(tiny_llama_hf_dir),
+            "--baseline-hf-dir",
+            str(tiny_llama_hf_dir),
+            "--concurrency",
+            "1",
+            "2",
+            "--num-requests",
+            "3",
+            "--warmup-requests",
+            "1",
+            "--input-len",
+            "4",
+            "8",
+            "--output-len",
+            "2",
+            "4",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     for name in ("report.json", "requests.csv", "report.html", "baseline_report.json", "comparison.json"):
         assert (out / name).is_file(), name

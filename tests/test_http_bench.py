@@ -38,9 +38,9 @@ import pytest
 from foundry.bench.http_client import EndpointError, OpenAICompletionsTarget
 from foundry.bench.runner import run_benchmark
 from foundry.bench.synthetic import AsyncSyntheticEngine
-from tests.bench_truth import true_latencies_ms
 from foundry.bench.workload import Request
 from foundry.errors import FoundryError
+from tests.bench_truth import true_latencies_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2
@@ -60,8 +60,12 @@ def free_port() -> int:
 
 def start_server(*args: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "foundry.bench.server", *args, "--port", str(port)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "foundry.bench.server", *args, "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -77,8 +81,10 @@ def start_server(*args: str) -> tuple[subprocess.Popen, int]:
 
 @pytest.fixture(scope="module")
 def synthetic_servers():
-    servers = {c: start_server("--synthetic", f"{ttft},{itl},{spread}", "--anchor-to-client-schedule")
-               for c, (_, ttft, spread, itl, _) in CASES.items()}
+    servers = {
+        c: start_server("--synthetic", f"{ttft},{itl},{spread}", "--anchor-to-client-schedule")
+        for c, (_, ttft, spread, itl, _) in CASES.items()
+    }
     yield {c: port for c, (_, port) in servers.items()}
     for process, _ in servers.values():
         process.terminate()
@@ -107,8 +113,9 @@ def accuracy_violations(synthetic_servers, concurrency: int, transport: str) -> 
     count, ttft, spread, itl, output_tokens = CASES[concurrency]
     engine = AsyncSyntheticEngine(ttft_ms=ttft, itl_ms=itl, ttft_spread_ms=spread)
     port = synthetic_servers[concurrency]
-    target = engine if transport == "in-process" else OpenAICompletionsTarget(
-        f"http://127.0.0.1:{port}", send_schedule=True)
+    target = (
+        engine if transport == "in-process" else OpenAICompletionsTarget(f"http://127.0.0.1:{port}", send_schedule=True)
+    )
     requests = requests_for(count, output_tokens)
     report = run_benchmark(target, requests, [concurrency], warmup_requests=WARMUP)
     level = report.levels[0]
@@ -157,8 +164,11 @@ def fast_server():
 
 def post(port: int, body: bytes) -> tuple[int, bytes]:
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -166,20 +176,24 @@ def post(port: int, body: bytes) -> tuple[int, bytes]:
 
 
 def test_server_streams_sse_with_token_ids_usage_and_done(fast_server):
-    status, raw = post(fast_server, b'{"prompt": [5, 6], "max_tokens": 3, "stream": true, '
-                                    b'"stream_options": {"include_usage": true}}')
+    status, raw = post(
+        fast_server, b'{"prompt": [5, 6], "max_tokens": 3, "stream": true, "stream_options": {"include_usage": true}}'
+    )
     assert status == 200 and b"text/event-stream" in raw
     assert raw.count(b'"token_ids": [') == 3 and b'"finish_reason": "length"' in raw
     assert raw.index(b'"completion_tokens": 3') < raw.index(b"data: [DONE]\n\n")
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"{not json", b"not valid JSON"),
-    (b'{"prompt": "hello", "max_tokens": 2}', b"need a server started with --tokenizer"),
-    (b'{"prompt": [1, 2], "max_tokens": 0}', b"max_tokens"),
-    (b'{"prompt": [1, 2], "max_tokens": 2, "temperature": 0.7}', b"only greedy"),
-    (b'{"prompt": [], "max_tokens": 2}', b"prompt"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"{not json", b"not valid JSON"),
+        (b'{"prompt": "hello", "max_tokens": 2}', b"need a server started with --tokenizer"),
+        (b'{"prompt": [1, 2], "max_tokens": 0}', b"max_tokens"),
+        (b'{"prompt": [1, 2], "max_tokens": 2, "temperature": 0.7}', b"only greedy"),
+        (b'{"prompt": [], "max_tokens": 2}', b"prompt"),
+    ],
+)
 def test_server_rejects_bad_requests_naming_the_field(fast_server, body, message):
     status, raw = post(fast_server, body)
     assert status == 400 and message in raw
@@ -199,8 +213,13 @@ def test_text_prompts_use_the_tokenizer(tiny_llama_hf_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_hf_dir)
     ids, max_tokens, stream, usage = parse_completion_request(
-        {"prompt": "Hello world", "max_tokens": 3, "stream": True}, tokenizer)
-    assert ids == tokenizer.encode("Hello world", add_special_tokens=False) and (max_tokens, stream, usage) == (3, True, False)
+        {"prompt": "Hello world", "max_tokens": 3, "stream": True}, tokenizer
+    )
+    assert ids == tokenizer.encode("Hello world", add_special_tokens=False) and (max_tokens, stream, usage) == (
+        3,
+        True,
+        False,
+    )
 
 
 def test_harness_over_http_checks_token_counts(fast_server):
@@ -212,6 +231,7 @@ def test_harness_over_http_checks_token_counts(fast_server):
 
 async def _dropping_server(tokens_before_drop: int):
     """Answers 200 + SSE, sends a few token events, then closes without [DONE]."""
+
     async def handle(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
@@ -235,8 +255,9 @@ def test_dropped_stream_and_refused_connection_count_as_failures_and_the_run_goe
 
     assert asyncio.run(scenario()) == [0, 1]
     closed_port = free_port()  # nothing listens there
-    report = run_benchmark(OpenAICompletionsTarget(f"http://127.0.0.1:{closed_port}"), requests_for(3, 2), [2],
-                           warmup_requests=WARMUP)
+    report = run_benchmark(
+        OpenAICompletionsTarget(f"http://127.0.0.1:{closed_port}"), requests_for(3, 2), [2], warmup_requests=WARMUP
+    )
     level = report.levels[0]
     assert (level.completed, level.failed, level.failure_rate) == (0, 3, 1.0)
     assert any("cannot connect" in e for e in level.errors)

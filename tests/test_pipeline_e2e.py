@@ -27,7 +27,12 @@ def run_cli(state_dir: Path, *args: str, timeout_s: int = 900) -> subprocess.Com
     env = {**os.environ, "FOUNDRY_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("ZENML_CONFIG_PATH", None)
     return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
     )
 
 
@@ -49,8 +54,16 @@ def first_run(state_dir):
 def test_first_run_promotes_and_prints_the_summary(first_run, registry):
     out = first_run.stdout
     assert first_run.returncode == 0, first_run.stdout[-4000:] + first_run.stderr[-4000:]
-    for expected in ("Identity", "Benchmark", "TTFT p99 ms", "Quality", "perplexity ratio", "top-1 agreement",
-                     "Gates", "PROMOTED"):
+    for expected in (
+        "Identity",
+        "Benchmark",
+        "TTFT p99 ms",
+        "Quality",
+        "perplexity ratio",
+        "top-1 agreement",
+        "Gates",
+        "PROMOTED",
+    ):
         assert expected in out
     assert registry.production_version(MODEL) == "1"
     tags = registry.version_tags(MODEL, "1")
@@ -59,7 +72,6 @@ def test_first_run_promotes_and_prints_the_summary(first_run, registry):
     version = registry.client.get_model_version(MODEL, "1")
     assert Path(version.source).is_dir(), "the model version points at the engine artifact, not a copy"
     assert (Path(version.source) / "engine.json").is_file()
-
 
 
 def test_mlflow_run_artifacts_stay_in_the_state_dir(first_run, state_dir):
@@ -134,7 +146,9 @@ def test_forced_promotion_rollback_and_history(first_run, state_dir, registry, t
     v3 registered with failed gates): each move keeps MLflow and ZenML together and is recorded."""
     failed = next(v.version for v in registry.list_versions(MODEL) if v.tags.get("gate") == "failed")
     before = registry.production_version(MODEL)
-    forced = run_cli(state_dir, "promote", "--model", MODEL, "--version", str(failed), "--reason", "hotfix for ticket 42")
+    forced = run_cli(
+        state_dir, "promote", "--model", MODEL, "--version", str(failed), "--reason", "hotfix for ticket 42"
+    )
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert registry.production_version(MODEL) == str(failed)
     agree = run_cli(state_dir, "status")
@@ -149,8 +163,12 @@ def test_forced_promotion_rollback_and_history(first_run, state_dir, registry, t
     assert history.returncode == 0, history.stderr
     lines = history.stdout.splitlines()
     assert any("promote (gates passed)" in line and "gate passed" in line for line in lines)
-    assert any("promote (forced, gates bypassed)" in line and f"v{before} → v{failed}" in line and "hotfix for ticket 42" in line
-               for line in lines)
+    assert any(
+        "promote (forced, gates bypassed)" in line
+        and f"v{before} → v{failed}" in line
+        and "hotfix for ticket 42" in line
+        for line in lines
+    )
     assert any(line.split()[1] == "rollback" and f"v{failed} → v{before}" in line for line in lines)
     assert "@" in lines[-2] and f"production now: v{before}" in lines[-1]
 

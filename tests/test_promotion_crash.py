@@ -33,8 +33,15 @@ def test_a_kill_between_the_two_moves_is_detected_and_repaired(tmp_path, tiny_ll
     state = tmp_path / "state"
     env = {**os.environ, "FOUNDRY_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1", PAUSE_ENV: "300"}
     env.pop("ZENML_CONFIG_PATH", None)
-    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--config", str(config)], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline, seen = time.monotonic() + 600, []
     for line in process.stdout:
         seen.append(line)
@@ -51,7 +58,9 @@ def test_a_kill_between_the_two_moves_is_detected_and_repaired(tmp_path, tiny_ll
     assert "INTERRUPTED production move to version 1" in detected.stdout and "status --repair" in detected.stdout
 
     repaired = run_cli(state, "status", "--repair")
-    assert "finished the interrupted move of tiny-rebuild to version 1" in repaired.stdout, repaired.stdout + repaired.stderr
+    assert "finished the interrupted move of tiny-rebuild to version 1" in repaired.stdout, (
+        repaired.stdout + repaired.stderr
+    )
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "ZenML production = model version 1 (MLflow version 1)" in repaired.stdout
     assert registry.version_tags(MODEL, "1")["gate"] == "passed"

@@ -31,8 +31,14 @@ DATA_DEPENDENT = ("validate_calibration_data", "prepare_data", "calibrate_checkp
 def run_cli(state_dir: Path, *args: str, timeout_s: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "FOUNDRY_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("ZENML_CONFIG_PATH", None)
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout_s)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 def tiny_config(source: dict, calibration_text: Path | None = None) -> dict:
@@ -42,8 +48,14 @@ def tiny_config(source: dict, calibration_text: Path | None = None) -> dict:
         "calibration": {"num_samples": 4, "seq_len": 32, **data},
         "evaluation": {"num_samples": 2, "seq_len": 32},
         "build": {"backend": "reference", "max_seq_len": 128},
-        "benchmark": {"num_requests": 2, "warmup_requests": 0, "input_len": {"min": 8, "max": 12},
-                      "output_len": {"min": 2, "max": 4}, "concurrency": [1], "baseline": False},
+        "benchmark": {
+            "num_requests": 2,
+            "warmup_requests": 0,
+            "input_len": {"min": 8, "max": 12},
+            "output_len": {"min": 2, "max": 4},
+            "concurrency": [1],
+            "baseline": False,
+        },
         "gates": {k: None for k in ("max_perplexity_ratio", "max_mean_kld", "min_top1_agreement")},
     }
 
@@ -58,7 +70,9 @@ def perturbed_copy(src: Path, dst: Path) -> None:
 
 
 def write_calibration_text(path: Path, topic: str) -> None:
-    path.write_text("\n\n".join(f"Note {i} on {topic}: a calibration paragraph about {topic}, number {i}." for i in range(40)))
+    path.write_text(
+        "\n\n".join(f"Note {i} on {topic}: a calibration paragraph about {topic}, number {i}." for i in range(40))
+    )
 
 
 def cached_steps(result: subprocess.CompletedProcess) -> str:
@@ -75,8 +89,13 @@ def workspace(tmp_path_factory, tiny_llama_hf_dir):
     shutil.copytree(tiny_llama_hf_dir, checkpoints / "run-001")
     write_calibration_text(root / "calibration.txt", "rivers")
     config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config({"kind": "hf_dir", "path": str(checkpoints / "run-*")},
-                                                 calibration_text=root / "calibration.txt")))
+    config.write_text(
+        yaml.safe_dump(
+            tiny_config(
+                {"kind": "hf_dir", "path": str(checkpoints / "run-*")}, calibration_text=root / "calibration.txt"
+            )
+        )
+    )
     return root, checkpoints, config
 
 
@@ -96,11 +115,17 @@ def test_mlflow_model_source_resolves_the_registered_version(tmp_path, tiny_llam
     registry.ensure_registered_model("trained-llama")
     registry.client.create_model_version("trained-llama", source=str(tiny_llama_hf_dir))
     registry.client.set_registered_model_alias("trained-llama", "latest-trained", "1")
-    source = CheckpointSource(kind="mlflow_model", registered_model="trained-llama", alias="latest-trained",
-                              tracking_uri=registry.tracking_uri)
+    source = CheckpointSource(
+        kind="mlflow_model",
+        registered_model="trained-llama",
+        alias="latest-trained",
+        tracking_uri=registry.tracking_uri,
+    )
     resolved = resolve_checkpoint_source(source)
     assert (resolved.kind, resolved.path) == ("hf_dir", str(tiny_llama_hf_dir))
-    assert source_fingerprint(source) == source_fingerprint(CheckpointSource(kind="hf_dir", path=str(tiny_llama_hf_dir)))
+    assert source_fingerprint(source) == source_fingerprint(
+        CheckpointSource(kind="hf_dir", path=str(tiny_llama_hf_dir))
+    )
     missing = source.model_copy(update={"alias": "nope"})
     with pytest.raises(FoundryError, match="no model 'trained-llama' with alias 'nope'"):
         resolve_checkpoint_source(missing)

@@ -417,10 +417,16 @@ def test_fp8_linears_match_modelopt_fake_quant(tiny_fp16_exact_dir, tiny_windows
     (relative mean error <= 1%: E4M3 has a 3-bit mantissa, so one flipped code moves a value ~6%)."""
     model, engine = fake_quant_and_engine(tiny_fp16_exact_dir, tiny_windows[:4], tmp_path, "fp8", "none")
     hf_layer, layer = model.model.layers[1], engine.layers[1]
-    pairs = {"o_proj": (hf_layer.self_attn.o_proj, layer.dense), "down_proj": (hf_layer.mlp.down_proj, layer.proj),
-             "gate_proj": (hf_layer.mlp.gate_proj, layer.fc)}
+    pairs = {
+        "o_proj": (hf_layer.self_attn.o_proj, layer.dense),
+        "down_proj": (hf_layer.mlp.down_proj, layer.proj),
+        "gate_proj": (hf_layer.mlp.gate_proj, layer.fc),
+    }
     captured = {}
-    hooks = [m.register_forward_hook(lambda m, a, o, key=key: captured.__setitem__(key, (a[0], o))) for key, (m, _) in pairs.items()]
+    hooks = [
+        m.register_forward_hook(lambda m, a, o, key=key: captured.__setitem__(key, (a[0], o)))
+        for key, (m, _) in pairs.items()
+    ]
     with torch.no_grad():
         model(tiny_windows[4:])
     for hook in hooks:
@@ -438,9 +444,14 @@ def test_tensor_parallel_checkpoint_gives_the_tp1_logits(tiny_fp16_exact_dir, ti
     engines = {}
     for tp_size in (1, 2):
         out = tmp_path / f"tp{tp_size}"
-        calibrate_to_trtllm_checkpoint(tiny_fp16_exact_dir, tiny_windows[:4], out, quantization, 0.8, "float16", tp_size=tp_size)
+        calibrate_to_trtllm_checkpoint(
+            tiny_fp16_exact_dir, tiny_windows[:4], out, quantization, 0.8, "float16", tp_size=tp_size
+        )
         engines[tp_size] = ReferenceEngine.load(out)
-    assert sorted(p.name for p in (tmp_path / "tp2").glob("rank*.safetensors")) == ["rank0.safetensors", "rank1.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "tp2").glob("rank*.safetensors")) == [
+        "rank0.safetensors",
+        "rank1.safetensors",
+    ]
     assert engines[2].config.tp_size == 2
     ids = tiny_windows[4:]
     assert torch.equal(engines[1].logits(ids), engines[2].logits(ids))

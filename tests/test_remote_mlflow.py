@@ -29,10 +29,25 @@ def server(tmp_path_factory):
     port = free_port()
     log = open(root / "server.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -67,8 +82,11 @@ def test_register_compare_promote_and_roll_back_over_http(server):
     for ratio in (1.02, 1.01):
         with mlflow.start_run() as run:
             mlflow.log_metrics({"perplexity_ratio": ratio, "ttft_p99_ms": 10.0})
-        versions.append(registry.register_engine("remote-engine", f"s3://bucket/engines/{ratio}", run.info.run_id,
-                                                 {"engine_content_hash": f"h{ratio}"}).version)
+        versions.append(
+            registry.register_engine(
+                "remote-engine", f"s3://bucket/engines/{ratio}", run.info.run_id, {"engine_content_hash": f"h{ratio}"}
+            ).version
+        )
     assert versions == ["1", "2"]
     assert registry.version_tags("remote-engine", "1")["engine_content_hash"] == "h1.02"
     assert registry.version_run_metrics("remote-engine", "1")["perplexity_ratio"] == pytest.approx(1.02)

@@ -15,19 +15,24 @@ from foundry.schedule import SCHEDULE_ORCHESTRATORS, next_fire_times, require_sc
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("expression, expected", [("0 2 * * *", "0 2 * * *"), ("  */15  * * * mon-fri ", "*/15 * * * mon-fri")])
+@pytest.mark.parametrize(
+    "expression, expected", [("0 2 * * *", "0 2 * * *"), ("  */15  * * * mon-fri ", "*/15 * * * mon-fri")]
+)
 def test_valid_cron_is_normalized(expression, expected):
     assert validate_cron(expression) == expected
 
 
-@pytest.mark.parametrize("expression, message", [
-    ("0 2 * *", "has 5 fields"),
-    ("0 0 2 * * *", "got 6"),
-    ("61 2 * * *", "bad field: minute='61'"),
-    ("0 25 * * *", "bad field: hour='25'"),
-    ("0 2 * * funday", "day-of-week"),
-    ("", "got 0"),
-])
+@pytest.mark.parametrize(
+    "expression, message",
+    [
+        ("0 2 * *", "has 5 fields"),
+        ("0 0 2 * * *", "got 6"),
+        ("61 2 * * *", "bad field: minute='61'"),
+        ("0 25 * * *", "bad field: hour='25'"),
+        ("0 2 * * funday", "day-of-week"),
+        ("", "got 0"),
+    ],
+)
 def test_invalid_cron_names_the_problem_and_an_example(expression, message):
     with pytest.raises(FoundryError, match="0 2 \\* \\* \\*") as error:
         validate_cron(expression)
@@ -37,7 +42,9 @@ def test_invalid_cron_names_the_problem_and_an_example(expression, message):
 def test_next_fire_times_follow_the_expression():
     start = datetime(2026, 1, 1, 3, 0, tzinfo=timezone.utc)
     assert [t.isoformat() for t in next_fire_times("0 2 * * *", 2, start)] == [
-        "2026-01-02T02:00:00+00:00", "2026-01-03T02:00:00+00:00"]
+        "2026-01-02T02:00:00+00:00",
+        "2026-01-03T02:00:00+00:00",
+    ]
 
 
 def test_local_orchestrator_is_refused_naming_those_that_schedule():
@@ -58,8 +65,9 @@ def state_env(tmp_path_factory):
 
 
 def cli(env, *args):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_cli_refuses_invalid_cron_before_anything_else(state_env):

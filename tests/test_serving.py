@@ -32,8 +32,9 @@ def _pid_alive(pid: int) -> bool:
 
 def test_a_server_that_never_listens_fails_with_its_log_and_is_killed(tmp_path):
     script = "import sys, time; print('loading weights ...', flush=True); time.sleep(120)"
-    server = ManagedServer([sys.executable, "-c", script], free_port(), tmp_path / "server.log",
-                           startup_timeout_s=2, shutdown_grace_s=1)
+    server = ManagedServer(
+        [sys.executable, "-c", script], free_port(), tmp_path / "server.log", startup_timeout_s=2, shutdown_grace_s=1
+    )
     with pytest.raises(ServerStartError, match="did not answer .*/health with 200 within 2 s") as caught:
         server.start()
     assert "loading weights ..." in str(caught.value)
@@ -41,8 +42,12 @@ def test_a_server_that_never_listens_fails_with_its_log_and_is_killed(tmp_path):
 
 
 def test_a_server_that_exits_at_start_names_its_exit_code(tmp_path):
-    server = ManagedServer([sys.executable, "-c", "import sys; print('CUDA error: no device'); sys.exit(3)"],
-                           free_port(), tmp_path / "server.log", startup_timeout_s=30)
+    server = ManagedServer(
+        [sys.executable, "-c", "import sys; print('CUDA error: no device'); sys.exit(3)"],
+        free_port(),
+        tmp_path / "server.log",
+        startup_timeout_s=30,
+    )
     with pytest.raises(ServerStartError, match="exited with code 3 before it was healthy") as caught:
         server.start()
     assert "CUDA error: no device" in str(caught.value)
@@ -50,23 +55,31 @@ def test_a_server_that_exits_at_start_names_its_exit_code(tmp_path):
 
 def test_sigterm_is_escalated_to_sigkill(tmp_path):
     """A server that ignores SIGTERM is killed after the grace period; no process remains."""
-    script = ("import signal, http.server, sys\n"
-              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-              "class H(http.server.BaseHTTPRequestHandler):\n"
-              "    def do_GET(self):\n        self.send_response(200); self.end_headers()\n"
-              "    def log_message(self, *a): pass\n"
-              f"http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n")
+    script = (
+        "import signal, http.server, sys\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n        self.send_response(200); self.end_headers()\n"
+        "    def log_message(self, *a): pass\n"
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+    )
     port = free_port()
-    with ManagedServer([sys.executable, "-c", script, str(port)], port, tmp_path / "s.log",
-                       startup_timeout_s=30, shutdown_grace_s=1) as server:
+    with ManagedServer(
+        [sys.executable, "-c", script, str(port)], port, tmp_path / "s.log", startup_timeout_s=30, shutdown_grace_s=1
+    ) as server:
         pid = server.process.pid
         assert server.alive()
     assert not _pid_alive(pid)
 
 
 def test_command_templates_name_unknown_placeholders():
-    assert expand_command("vllm serve {engine_dir} --port {port}", {"engine_dir": "/e", "port": "9"}) == \
-        ["vllm", "serve", "/e", "--port", "9"]
+    assert expand_command("vllm serve {engine_dir} --port {port}", {"engine_dir": "/e", "port": "9"}) == [
+        "vllm",
+        "serve",
+        "/e",
+        "--port",
+        "9",
+    ]
     with pytest.raises(FoundryError, match=r"unknown placeholder 'gpu'"):
         expand_command("serve --gpu {gpu}", {"engine_dir": "/e"})
 
@@ -78,7 +91,9 @@ def test_trtllm_serve_argv_uses_only_1_2_flags_and_the_engine_values(tmp_path):
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "config.json").write_text("{}")
     info = {"max_batch_size": 16, "engine_build_config": {"max_num_tokens": 4096}, "tp_size": 2, "pp_size": 1}
-    argv = trtllm_serve_argv(tmp_path / "engine", tmp_path / "tok", "127.0.0.1", 8123, info, ["--free_gpu_memory_fraction", "0.8"])
+    argv = trtllm_serve_argv(
+        tmp_path / "engine", tmp_path / "tok", "127.0.0.1", 8123, info, ["--free_gpu_memory_fraction", "0.8"]
+    )
     assert argv[:3] == ["trtllm-serve", "serve", str(tmp_path / "engine")]
     flags = [a for a in argv if a.startswith("--")]
     assert set(flags) <= known
@@ -102,23 +117,33 @@ def reference_engine_dir(tiny_fp16_exact_dir, smollm2_tokenizer, tmp_path_factor
 
     root = tmp_path_factory.mktemp("served-reference")
     windows = data.token_windows(data.builtin_documents("calibration"), smollm2_tokenizer, 4, 32, "calibration")
-    calibrate_to_trtllm_checkpoint(hf_checkpoint_dir=tiny_fp16_exact_dir, calibration_ids=windows.input_ids,
-                                   output_dir=root / "ckpt", quantization="int8_sq", alpha=[0.8], export_dtype="float16")
+    calibrate_to_trtllm_checkpoint(
+        hf_checkpoint_dir=tiny_fp16_exact_dir,
+        calibration_ids=windows.input_ids,
+        output_dir=root / "ckpt",
+        quantization="int8_sq",
+        alpha=[0.8],
+        export_dtype="float16",
+    )
     ReferenceBuilder().build(root / "ckpt", root / "engine", BuildConfig(max_seq_len=128))
     return root / "engine"
 
 
-def test_reference_engine_behind_foundry_server_matches_it_in_process(reference_engine_dir, tiny_fp16_exact_dir,
-                                                                     tiny_llama_hf_dir, smollm2_tokenizer, tmp_path):
+def test_reference_engine_behind_foundry_server_matches_it_in_process(
+    reference_engine_dir, tiny_fp16_exact_dir, tiny_llama_hf_dir, smollm2_tokenizer, tmp_path
+):
     """Same engine, same prompts: the served continuations are the in-process ones, token for token,
     and a benchmark session through the server completes every request."""
     info = json.loads((reference_engine_dir / "engine.json").read_text())
     reference = HFEngine.load(tiny_fp16_exact_dir)
-    prompts = [[int(t) for t in torch.randint(10, 1000, (8,), generator=torch.Generator().manual_seed(s))] for s in range(2)]
+    prompts = [
+        [int(t) for t in torch.randint(10, 1000, (8,), generator=torch.Generator().manual_seed(s))] for s in range(2)
+    ]
     runtime = RuntimeConfig(served_by="foundry_server", startup_timeout_s=120)
     eos = [smollm2_tokenizer.eos_token_id]
-    with open_engine(reference_engine_dir, info, "hash-x", runtime, tiny_llama_hf_dir, tmp_path / "server.log",
-                     "tiny", eos_ids=eos) as served:
+    with open_engine(
+        reference_engine_dir, info, "hash-x", runtime, tiny_llama_hf_dir, tmp_path / "server.log", "tiny", eos_ids=eos
+    ) as served:
         served_quality = evaluate_generation(served.continuations, reference, prompts, 5, top_logprobs=3, eos_ids=eos)
         pid = served.server.process.pid
         assert served.served_by == "foundry.bench.server (reference runtime)"
@@ -133,9 +158,12 @@ def test_reference_engine_behind_foundry_server_matches_it_in_process(reference_
     assert served_quality.sampled_logprob_gap == pytest.approx(local_quality.sampled_logprob_gap, abs=1e-6)
 
     requests, workload = synthetic_workload_with_description(0, 2, 0, 6, 8, 3, 3, vocab_size=len(smollm2_tokenizer))
-    opened = open_engine(reference_engine_dir, info, "hash-x", runtime, tiny_llama_hf_dir, tmp_path / "bench.log",
-                         "tiny", eos_ids=eos)
-    results = run_session(opened, requests, workload, LoadPlan(concurrency=[1], warmup_requests=0, telemetry=False), "tiny")
+    opened = open_engine(
+        reference_engine_dir, info, "hash-x", runtime, tiny_llama_hf_dir, tmp_path / "bench.log", "tiny", eos_ids=eos
+    )
+    results = run_session(
+        opened, requests, workload, LoadPlan(concurrency=[1], warmup_requests=0, telemetry=False), "tiny"
+    )
     assert results.served_by == "foundry.bench.server (reference runtime)" and results.engine_content_hash == "hash-x"
     assert results.engine.levels[0].completed == 2 and results.engine.served_by == results.served_by
 

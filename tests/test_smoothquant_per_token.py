@@ -13,16 +13,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from foundry.calibrate import (
-    calibrate_to_trtllm_checkpoint, export_trtllm_checkpoint, load_hf_model_fp32, make_forward_loop,
+    calibrate_to_trtllm_checkpoint,
+    export_trtllm_checkpoint,
+    load_hf_model_fp32,
+    make_forward_loop,
     quantization_config,
 )
 from foundry.config import CalibrationConfig
 from foundry.errors import FoundryError, NotSupportedError
 from foundry.runtime.reference import ReferenceEngine
 from foundry.smoothquant_per_token import (
-    PER_TOKEN_QUANT_ALGO, PerTokenActivations, convert_checkpoint_to_per_token, resmooth_gate_and_up,
+    PER_TOKEN_QUANT_ALGO,
+    PerTokenActivations,
+    convert_checkpoint_to_per_token,
+    resmooth_gate_and_up,
 )
-from tests.test_reference_runtime import kl_divergence, top1_agreement
+from tests.test_reference_runtime import top1_agreement
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +69,11 @@ def test_rewrite_produces_tensorrt_llm_per_token_layout(calibrated):
     assert config["quantization"]["quant_algo"] == PER_TOKEN_QUANT_ALGO
     static, converted = load_file(static_dir / "rank0.safetensors"), load_file(per_token_dir / "rank0.safetensors")
     prefix = "transformer.layers.0"
-    assert not [name for name in converted if name.endswith(
-        ("activation_scaling_factor", "weights_scaling_factor", "prequant_scaling_factor"))]
+    assert not [
+        name
+        for name in converted
+        if name.endswith(("activation_scaling_factor", "weights_scaling_factor", "prequant_scaling_factor"))
+    ]
     assert converted[f"{prefix}.attention.qkv.weight"].dtype == torch.int8
     assert torch.equal(converted[f"{prefix}.attention.qkv.weight"], static[f"{prefix}.attention.qkv.weight"])
     assert converted[f"{prefix}.mlp.proj.per_channel_scale"].shape == (1, 64)
@@ -73,10 +82,15 @@ def test_rewrite_produces_tensorrt_llm_per_token_layout(calibrated):
     assert f"{prefix}.attention.qkv.smoother" not in converted and f"{prefix}.mlp.fc.smoother" not in converted
     assert converted[f"{prefix}.post_layernorm.scale_to_int"].tolist() == [1.0]
     # the norm absorbs the smoothing ModelOpt applied to the linears it feeds
-    folded = static[f"{prefix}.input_layernorm.weight"].float() * static[f"{prefix}.attention.qkv.prequant_scaling_factor"].float()
+    folded = (
+        static[f"{prefix}.input_layernorm.weight"].float()
+        * static[f"{prefix}.attention.qkv.prequant_scaling_factor"].float()
+    )
     assert torch.equal(converted[f"{prefix}.input_layernorm.weight"], folded.half())
-    assert torch.allclose(converted[f"{prefix}.attention.dense.smoother"].flatten(),
-                          1 / static[f"{prefix}.attention.dense.prequant_scaling_factor"].float())
+    assert torch.allclose(
+        converted[f"{prefix}.attention.dense.smoother"].flatten(),
+        1 / static[f"{prefix}.attention.dense.prequant_scaling_factor"].float(),
+    )
 
 
 def test_per_token_runtime_matches_modelopt_per_token_fake_quant(calibrated, windows):
@@ -114,17 +128,33 @@ def test_tensor_parallel_per_token_checkpoint_gives_the_tp1_logits(tiny_fp16_exa
     engines = {}
     for tp_size in (1, 2):
         out = tmp_path / f"tp{tp_size}"
-        summary = calibrate_to_trtllm_checkpoint(tiny_fp16_exact_dir, windows[:4], out, "int8_sq", 0.8, "float16",
-                                                 tp_size=tp_size, activation_scaling="per_token")
+        summary = calibrate_to_trtllm_checkpoint(
+            tiny_fp16_exact_dir,
+            windows[:4],
+            out,
+            "int8_sq",
+            0.8,
+            "float16",
+            tp_size=tp_size,
+            activation_scaling="per_token",
+        )
         assert (summary["quant_algo"], summary["activation_scaling"]) == (PER_TOKEN_QUANT_ALGO, "per_token")
         engines[tp_size] = ReferenceEngine.load(out)
     assert torch.equal(engines[1].logits(windows[4:]), engines[2].logits(windows[4:]))
 
 
 def test_alpha_search_scores_with_per_token_scales(tiny_fp16_exact_dir, windows, tmp_path):
-    summary = calibrate_to_trtllm_checkpoint(tiny_fp16_exact_dir, windows[:3], tmp_path / "out", "int8_sq", [0.5, 0.9],
-                                             "float16", held_out_ids=windows[3:5], activation_scaling="per_token",
-                                             diagnostics=True)
+    summary = calibrate_to_trtllm_checkpoint(
+        tiny_fp16_exact_dir,
+        windows[:3],
+        tmp_path / "out",
+        "int8_sq",
+        [0.5, 0.9],
+        "float16",
+        held_out_ids=windows[3:5],
+        activation_scaling="per_token",
+        diagnostics=True,
+    )
     assert summary["quant_algo"] == PER_TOKEN_QUANT_ALGO and summary["alpha"] in (0.5, 0.9)
     assert [row["alpha"] for row in summary["alpha_sweep"]["rows"]] == [0.5, 0.9]
     assert summary["diagnostics"] and all(row["output_relative_mse"] >= 0 for row in summary["diagnostics"])
@@ -164,5 +194,12 @@ def test_per_token_needs_int8_sq():
     with pytest.raises(ValueError, match="activation_scaling"):
         CalibrationConfig(activation_scaling="per_row")
     with pytest.raises(FoundryError, match="calibration.activation_scaling: per_token applies to int8_sq"):
-        calibrate_to_trtllm_checkpoint("unused", torch.zeros(1, 4, dtype=torch.int64), "unused", "fp8", 0.8, "float16",
-                                       activation_scaling="per_token")
+        calibrate_to_trtllm_checkpoint(
+            "unused",
+            torch.zeros(1, 4, dtype=torch.int64),
+            "unused",
+            "fp8",
+            0.8,
+            "float16",
+            activation_scaling="per_token",
+        )

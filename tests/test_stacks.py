@@ -26,7 +26,7 @@ contexts: [{name: my-gpu-cluster, context: {cluster: gpu, user: u}}]
 current-context: my-gpu-cluster
 """
 
-PROBE = r'''
+PROBE = r"""
 import json, os, sys
 sys.path.insert(0, os.getcwd())
 from zenml.client import Client
@@ -54,7 +54,7 @@ for name, step in snapshot.step_configurations.items():
                           "settings": {k: v.model_dump(mode="json", exclude_unset=True) for k, v in step.config.settings.items()}}
 out["mlflow_secret"] = dict(client.get_secret(sys.argv[1] + "-mlflow").secret_values)
 print("PROBE" + json.dumps(out, default=str))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,13 @@ def env(tmp_path_factory):
     state = tmp_path_factory.mktemp("k8s-state")
     kubeconfig = state / "kubeconfig"
     kubeconfig.write_text(KUBECONFIG)
-    environment = {**os.environ, "FOUNDRY_STATE_DIR": str(state), "ZENML_CONFIG_PATH": str(state / "zenml"),
-                   "ZENML_ANALYTICS_OPT_IN": "false", "KUBECONFIG": str(kubeconfig)}
+    environment = {
+        **os.environ,
+        "FOUNDRY_STATE_DIR": str(state),
+        "ZENML_CONFIG_PATH": str(state / "zenml"),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "KUBECONFIG": str(kubeconfig),
+    }
     for key in list(environment):
         if key.startswith("FOUNDRY_K8S_") or key in ("FOUNDRY_MLFLOW_USERNAME", "FOUNDRY_MLFLOW_PASSWORD"):
             environment.pop(key)
@@ -71,8 +76,14 @@ def env(tmp_path_factory):
 
 
 def cli(env, *args, extra_env=None):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**env, **(extra_env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**env, **(extra_env or {})},
+        timeout=600,
+    )
 
 
 def test_missing_fields_are_named_with_their_yaml_key_and_env_variable(env, tmp_path):
@@ -88,8 +99,16 @@ def test_missing_fields_are_named_with_their_yaml_key_and_env_variable(env, tmp_
 def test_bad_values_and_unknown_stack_names_fail_before_registration(env, tmp_path):
     definition = yaml.safe_load(EXAMPLE.read_text())
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({**definition, "artifact_store_path": "gs://bucket/x",
-                                   "mlflow_tracking_uri": "sqlite:///x.db", "trtllm_image": "nvcr.io/x:1.3.0"}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                **definition,
+                "artifact_store_path": "gs://bucket/x",
+                "mlflow_tracking_uri": "sqlite:///x.db",
+                "trtllm_image": "nvcr.io/x:1.3.0",
+            }
+        )
+    )
     result = cli(env, "stack", "register", "kubernetes-gpu", "--file", str(bad))
     assert result.returncode == 2
     assert "gcp integration" in result.stderr and "http(s)://" in result.stderr and "1.2.x" in result.stderr
@@ -109,13 +128,23 @@ def registered(env):
     first = cli(env, "stack", "register", "kubernetes-gpu", "--file", str(EXAMPLE), extra_env=credentials)
     assert first.returncode == 0, first.stderr[-3000:]
     # again, now from the stored secret and with one field overridden from the environment: idempotent
-    second = cli(env, "stack", "register", "kubernetes-gpu", "--file", str(EXAMPLE), "--set",
-                 extra_env={"FOUNDRY_K8S_KUBERNETES_NAMESPACE": "foundry-prod"})
+    second = cli(
+        env,
+        "stack",
+        "register",
+        "kubernetes-gpu",
+        "--file",
+        str(EXAMPLE),
+        "--set",
+        extra_env={"FOUNDRY_K8S_KUBERNETES_NAMESPACE": "foundry-prod"},
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "registered and active" in second.stdout
     script = Path(env["FOUNDRY_STATE_DIR"]) / "probe.py"  # a file: ZenML needs a main module with __file__
     script.write_text(PROBE)
-    probe = subprocess.run([sys.executable, str(script), STACK], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    probe = subprocess.run(
+        [sys.executable, str(script), STACK], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
+    )
     assert probe.returncode == 0, probe.stderr[-4000:]
     return json.loads(probe.stdout.split("PROBE", 1)[1])
 
@@ -154,7 +183,9 @@ def test_gpu_steps_get_the_step_operator_resources_images_and_node_placement(reg
         pod = settings[f"step_operator:{STACK}-gpu"]["pod_settings"]
         assert pod["node_selectors"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
         assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert steps["build_engine"]["settings"]["docker"]["parent_image"].startswith("nvcr.io/nvidia/tensorrt-llm/release:1.2.")
+    assert steps["build_engine"]["settings"]["docker"]["parent_image"].startswith(
+        "nvcr.io/nvidia/tensorrt-llm/release:1.2."
+    )
     assert steps["build_engine"]["settings"]["resources"]["memory"] == "128GB"
     assert "cuda" in steps["calibrate_checkpoint"]["settings"]["docker"]["parent_image"]
     for name in ("ingest_checkpoint", "register_engine", "gate_and_promote"):

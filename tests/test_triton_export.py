@@ -15,10 +15,16 @@ from foundry.builders.trtllm import TrtllmBuilder
 from foundry.compat import NodeTarget
 from foundry.config import BuildConfig, ServingConfig
 from foundry.errors import FoundryError, NotSupportedError
-from foundry.hashing import verify_manifest, write_manifest
-from foundry.hashing import MANIFEST_NAME
-from foundry.triton import (engine_logits_type, export_triton_repository, render_ensemble, render_postprocessing,
-                            render_preprocessing, render_tensorrt_llm, render_tensorrt_llm_bls)
+from foundry.hashing import MANIFEST_NAME, verify_manifest, write_manifest
+from foundry.triton import (
+    engine_logits_type,
+    export_triton_repository,
+    render_ensemble,
+    render_postprocessing,
+    render_preprocessing,
+    render_tensorrt_llm,
+    render_tensorrt_llm_bls,
+)
 from tests.trtllm_fakes import h100_node, install_fake_trtllm_build, write_trtllm_checkpoint
 
 H100_1_2_1 = NodeTarget("1.2.1", "9.0")
@@ -47,7 +53,8 @@ def sealed_engine(tmp_path_factory, smollm2_tokenizer) -> Path:
         checkpoint = write_trtllm_checkpoint(root / "ckpt")
         engine = root / "engine"
         TrtllmBuilder(h100_node()).build(
-            checkpoint, engine,
+            checkpoint,
+            engine,
             BuildConfig(backend="trtllm", max_seq_len=1024, max_batch_size=16, timing_cache_dir=str(root / "tc")),
         )
     smollm2_tokenizer.save_pretrained(engine / "tokenizer")
@@ -90,49 +97,185 @@ REQUIRED_PARAMETERS = {
 # preprocessing/1/model.py @01259b15 initialize(): get_input/output_config_by_name(...)['data_type']
 PREPROCESSING_LOOKUPS = {
     "input": {"EMBEDDING_BIAS_WORDS", "EMBEDDING_BIAS_WEIGHTS"},
-    "output": {"INPUT_ID", "DECODER_INPUT_ID", "REQUEST_INPUT_LEN", "REQUEST_DECODER_INPUT_LEN", "BAD_WORDS_IDS",
-               "STOP_WORDS_IDS", "OUT_END_ID", "OUT_PAD_ID", "OUT_PROMPT_TABLE_EXTRA_IDS", "PIXEL_VALUES", "IMAGE_SIZES"},
+    "output": {
+        "INPUT_ID",
+        "DECODER_INPUT_ID",
+        "REQUEST_INPUT_LEN",
+        "REQUEST_DECODER_INPUT_LEN",
+        "BAD_WORDS_IDS",
+        "STOP_WORDS_IDS",
+        "OUT_END_ID",
+        "OUT_PAD_ID",
+        "OUT_PROMPT_TABLE_EXTRA_IDS",
+        "PIXEL_VALUES",
+        "IMAGE_SIZES",
+    },
 }
 # tensorrt_llm_bls/1/lib/triton_decoder.py @07f3e442: requested_output_names and the tensors it sends
 BLS_DECODER = {
     ("preprocessing", "output"): {
-        "INPUT_ID", "DECODER_INPUT_ID", "REQUEST_INPUT_LEN", "REQUEST_DECODER_INPUT_LEN", "BAD_WORDS_IDS",
-        "STOP_WORDS_IDS", "EMBEDDING_BIAS", "OUT_PAD_ID", "OUT_END_ID", "OUT_PROMPT_TABLE_EXTRA_IDS", "PIXEL_VALUES",
-        "IMAGE_SIZES", "IS_VIDEO_INPUT", "VISION_INPUT_ID", "ATTENTION_MASK", "IMAGE_GRID_THW"},
+        "INPUT_ID",
+        "DECODER_INPUT_ID",
+        "REQUEST_INPUT_LEN",
+        "REQUEST_DECODER_INPUT_LEN",
+        "BAD_WORDS_IDS",
+        "STOP_WORDS_IDS",
+        "EMBEDDING_BIAS",
+        "OUT_PAD_ID",
+        "OUT_END_ID",
+        "OUT_PROMPT_TABLE_EXTRA_IDS",
+        "PIXEL_VALUES",
+        "IMAGE_SIZES",
+        "IS_VIDEO_INPUT",
+        "VISION_INPUT_ID",
+        "ATTENTION_MASK",
+        "IMAGE_GRID_THW",
+    },
     ("preprocessing", "input"): {
-        "QUERY", "IMAGE_BYTES", "IMAGE_URL", "VIDEO_BYTES", "DECODER_QUERY", "REQUEST_OUTPUT_LEN", "BAD_WORDS_DICT",
-        "STOP_WORDS_DICT", "EMBEDDING_BIAS_WORDS", "EMBEDDING_BIAS_WEIGHTS", "PAD_ID", "END_ID", "PROMPT_TABLE_EXTRA_ID"},
+        "QUERY",
+        "IMAGE_BYTES",
+        "IMAGE_URL",
+        "VIDEO_BYTES",
+        "DECODER_QUERY",
+        "REQUEST_OUTPUT_LEN",
+        "BAD_WORDS_DICT",
+        "STOP_WORDS_DICT",
+        "EMBEDDING_BIAS_WORDS",
+        "EMBEDDING_BIAS_WEIGHTS",
+        "PAD_ID",
+        "END_ID",
+        "PROMPT_TABLE_EXTRA_ID",
+    },
     ("tensorrt_llm", "output"): {
-        "output_ids", "sequence_length", "cum_log_probs", "output_log_probs", "context_logits", "generation_logits",
-        "batch_index", "sequence_index", "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks",
-        "kv_cache_alloc_total_blocks", "arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns",
-        "last_token_time_ns", "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens",
-        "num_input_tokens", "num_output_tokens"},
+        "output_ids",
+        "sequence_length",
+        "cum_log_probs",
+        "output_log_probs",
+        "context_logits",
+        "generation_logits",
+        "batch_index",
+        "sequence_index",
+        "kv_cache_alloc_new_blocks",
+        "kv_cache_reused_blocks",
+        "kv_cache_alloc_total_blocks",
+        "arrival_time_ns",
+        "first_scheduled_time_ns",
+        "first_token_time_ns",
+        "last_token_time_ns",
+        "acceptance_rate",
+        "total_accepted_draft_tokens",
+        "total_draft_tokens",
+        "num_input_tokens",
+        "num_output_tokens",
+    },
     ("tensorrt_llm", "input"): {
-        "input_ids", "decoder_input_ids", "input_lengths", "bad_words_list", "stop_words_list", "embedding_bias",
-        "pad_id", "end_id", "prompt_table_extra_ids", "prompt_embedding_table", "prompt_vocab_size",
-        "mrope_rotary_cos_sin", "mrope_position_deltas", "beam_width", "runtime_top_k", "runtime_top_p", "temperature",
-        "len_penalty", "repetition_penalty", "min_tokens", "presence_penalty", "frequency_penalty", "seed",
-        "return_log_probs", "streaming", "lora_task_id", "lora_weights", "lora_config", "exclude_input_in_output",
-        "return_perf_metrics", "guided_decoding_guide_type", "guided_decoding_guide", "return_num_input_tokens",
-        "return_num_output_tokens", "request_output_len", "draft_input_ids", "draft_logits",
-        "return_context_logits", "return_generation_logits", "stop"},
+        "input_ids",
+        "decoder_input_ids",
+        "input_lengths",
+        "bad_words_list",
+        "stop_words_list",
+        "embedding_bias",
+        "pad_id",
+        "end_id",
+        "prompt_table_extra_ids",
+        "prompt_embedding_table",
+        "prompt_vocab_size",
+        "mrope_rotary_cos_sin",
+        "mrope_position_deltas",
+        "beam_width",
+        "runtime_top_k",
+        "runtime_top_p",
+        "temperature",
+        "len_penalty",
+        "repetition_penalty",
+        "min_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "return_log_probs",
+        "streaming",
+        "lora_task_id",
+        "lora_weights",
+        "lora_config",
+        "exclude_input_in_output",
+        "return_perf_metrics",
+        "guided_decoding_guide_type",
+        "guided_decoding_guide",
+        "return_num_input_tokens",
+        "return_num_output_tokens",
+        "request_output_len",
+        "draft_input_ids",
+        "draft_logits",
+        "return_context_logits",
+        "return_generation_logits",
+        "stop",
+    },
     ("postprocessing", "input"): {"TOKENS_BATCH", "SEQUENCE_LENGTH"},
     ("postprocessing", "output"): {"OUTPUT"},
     ("tensorrt_llm_bls", "input"): {
-        "text_input", "decoder_text_input", "image_input", "image_bytes_input", "image_url_input", "video_bytes_input",
-        "max_tokens", "bad_words", "stop_words", "end_id", "pad_id", "top_k", "top_p", "temperature",
-        "length_penalty", "repetition_penalty", "min_tokens", "presence_penalty", "frequency_penalty", "seed",
-        "return_log_probs", "return_context_logits", "return_generation_logits", "beam_width", "stream",
-        "prompt_embedding_table", "prompt_vocab_size", "prompt_table_extra_id", "embedding_bias_words",
-        "embedding_bias_weights", "num_draft_tokens", "use_draft_logits", "lora_task_id", "lora_weights",
-        "lora_config", "exclude_input_in_output", "return_perf_metrics", "guided_decoding_guide_type",
-        "guided_decoding_guide", "return_num_input_tokens", "return_num_output_tokens"},
+        "text_input",
+        "decoder_text_input",
+        "image_input",
+        "image_bytes_input",
+        "image_url_input",
+        "video_bytes_input",
+        "max_tokens",
+        "bad_words",
+        "stop_words",
+        "end_id",
+        "pad_id",
+        "top_k",
+        "top_p",
+        "temperature",
+        "length_penalty",
+        "repetition_penalty",
+        "min_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "return_log_probs",
+        "return_context_logits",
+        "return_generation_logits",
+        "beam_width",
+        "stream",
+        "prompt_embedding_table",
+        "prompt_vocab_size",
+        "prompt_table_extra_id",
+        "embedding_bias_words",
+        "embedding_bias_weights",
+        "num_draft_tokens",
+        "use_draft_logits",
+        "lora_task_id",
+        "lora_weights",
+        "lora_config",
+        "exclude_input_in_output",
+        "return_perf_metrics",
+        "guided_decoding_guide_type",
+        "guided_decoding_guide",
+        "return_num_input_tokens",
+        "return_num_output_tokens",
+    },
     ("tensorrt_llm_bls", "output"): {
-        "text_output", "cum_log_probs", "output_log_probs", "context_logits", "generation_logits", "batch_index",
-        "sequence_index", "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
-        "arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns", "acceptance_rate",
-        "total_accepted_draft_tokens", "total_draft_tokens", "num_input_tokens", "num_output_tokens"},
+        "text_output",
+        "cum_log_probs",
+        "output_log_probs",
+        "context_logits",
+        "generation_logits",
+        "batch_index",
+        "sequence_index",
+        "kv_cache_alloc_new_blocks",
+        "kv_cache_reused_blocks",
+        "kv_cache_alloc_total_blocks",
+        "arrival_time_ns",
+        "first_scheduled_time_ns",
+        "first_token_time_ns",
+        "last_token_time_ns",
+        "acceptance_rate",
+        "total_accepted_draft_tokens",
+        "total_draft_tokens",
+        "num_input_tokens",
+        "num_output_tokens",
+    },
 }
 
 
@@ -160,8 +303,10 @@ def ensemble_routing_problems(configs: dict) -> list[str]:
                 dtype, dims, source = produced[tensor]
                 wanted = inputs[model_tensor]
                 if dtype != wanted.data_type or not dims_compatible(dims, list(wanted.dims)):
-                    problems.append(f"{step.model_name}.{model_tensor} <- {tensor} ({source}): "
-                                    f"{dtype}{dims} vs {wanted.data_type}{list(wanted.dims)}")
+                    problems.append(
+                        f"{step.model_name}.{model_tensor} <- {tensor} ({source}): "
+                        f"{dtype}{dims} vs {wanted.data_type}{list(wanted.dims)}"
+                    )
         required = {name for name, t in inputs.items() if not t.optional}
         problems += [f"{step.model_name}: required input {name} unmapped" for name in required - set(step.input_map)]
         for model_tensor, tensor in step.output_map.items():
@@ -196,11 +341,21 @@ def assert_upstream_contracts(configs: dict) -> None:
 
 
 def test_export_writes_a_parseable_repository_filled_from_engine_and_config(sealed_engine, tmp_path):
-    serving = ServingConfig(decoupled=True, kv_cache_free_gpu_mem_fraction=0.85, enable_kv_cache_reuse=True,
-                            enable_chunked_context=True, batch_scheduler_policy="max_utilization",
-                            multi_block_mode=False, max_queue_delay_microseconds=250,
-                            preprocessing_instance_count=3, postprocessing_instance_count=2,
-                            tensorrt_llm_bls=True, bls_instance_count=4, triton_max_batch_size=8, max_queue_size=64)
+    serving = ServingConfig(
+        decoupled=True,
+        kv_cache_free_gpu_mem_fraction=0.85,
+        enable_kv_cache_reuse=True,
+        enable_chunked_context=True,
+        batch_scheduler_policy="max_utilization",
+        multi_block_mode=False,
+        max_queue_delay_microseconds=250,
+        preprocessing_instance_count=3,
+        postprocessing_instance_count=2,
+        tensorrt_llm_bls=True,
+        bls_instance_count=4,
+        triton_max_batch_size=8,
+        max_queue_size=64,
+    )
     record = export_triton_repository(sealed_engine, tmp_path / "repo", serving, node=H100_1_2_1, mount="/models")
     configs = parse_all(tmp_path / "repo")
     assert sorted(configs) == ["ensemble", "postprocessing", "preprocessing", "tensorrt_llm", "tensorrt_llm_bls"]
@@ -225,8 +380,10 @@ def test_export_writes_a_parseable_repository_filled_from_engine_and_config(seal
     trt_inputs = declared(trt, "input")
     assert trt_inputs["seed"].data_type == pb2_type("TYPE_UINT64") and trt_inputs["min_tokens"].optional
     assert not {"random_seed", "min_length"} & set(trt_inputs)
-    assert all(trt_inputs[name].HasField("reshape") and not trt_inputs[name].reshape.shape
-               for name in ("stop", "streaming", "seed", "min_tokens", "input_lengths", "request_output_len"))
+    assert all(
+        trt_inputs[name].HasField("reshape") and not trt_inputs[name].reshape.shape
+        for name in ("stop", "streaming", "seed", "min_tokens", "input_lengths", "request_output_len")
+    )
     assert declared(trt, "output")["context_logits"].data_type == pb2_type("TYPE_FP32")  # no logits_dtype: float32
     for model in ("ensemble", "tensorrt_llm_bls"):
         assert {"seed", "min_tokens"} <= set(declared(configs[model], "input")), model
@@ -241,9 +398,15 @@ def test_export_writes_a_parseable_repository_filled_from_engine_and_config(seal
     assert parameter(configs["preprocessing"], "tokenizer_dir") == "/models/tokenizer"
 
     ensemble = configs["ensemble"]
-    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["preprocessing", "tensorrt_llm", "postprocessing"]
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        "preprocessing",
+        "tensorrt_llm",
+        "postprocessing",
+    ]
     pre_step, trt_step, _ = ensemble.ensemble_scheduling.step
-    assert pre_step.output_map["REQUEST_OUTPUT_LEN"] == trt_step.input_map["request_output_len"] == "_REQUEST_OUTPUT_LEN"
+    assert (
+        pre_step.output_map["REQUEST_OUTPUT_LEN"] == trt_step.input_map["request_output_len"] == "_REQUEST_OUTPUT_LEN"
+    )
     assert trt_step.input_map["seed"] == "seed" and trt_step.input_map["min_tokens"] == "min_tokens"
     # every tensor the ensemble routes exists on the model it routes to
     for step in ensemble.ensemble_scheduling.step:
@@ -264,19 +427,24 @@ def test_export_writes_a_parseable_repository_filled_from_engine_and_config(seal
 
 
 def test_streaming_off_and_defaults(sealed_engine, tmp_path):
-    export_triton_repository(sealed_engine, tmp_path / "repo", ServingConfig(decoupled=False, triton_image="img:tag"),
-                             node=H100_1_2_1)
+    export_triton_repository(
+        sealed_engine, tmp_path / "repo", ServingConfig(decoupled=False, triton_image="img:tag"), node=H100_1_2_1
+    )
     configs = parse_all(tmp_path / "repo")
     assert sorted(configs) == ["ensemble", "postprocessing", "preprocessing", "tensorrt_llm"]
     assert_upstream_contracts(configs)
     assert configs["tensorrt_llm"].model_transaction_policy.decoupled is False
     assert configs["tensorrt_llm"].dynamic_batching.default_queue_policy.max_queue_size == 0  # 0 = unbounded
     assert configs["tensorrt_llm"].max_batch_size == 16  # the engine's build.max_batch_size
-    assert json.loads((tmp_path / "repo" / MANIFEST_NAME).read_text())["export"]["triton_container"]["image"] == "img:tag"
+    assert (
+        json.loads((tmp_path / "repo" / MANIFEST_NAME).read_text())["export"]["triton_container"]["image"] == "img:tag"
+    )
 
 
 def test_export_refuses_another_node(sealed_engine, tmp_path):
-    with pytest.raises(FoundryError, match="engine built with TRT-LLM 1.2.1 on compute 9.0; this node has 1.1.0 on compute 8.9"):
+    with pytest.raises(
+        FoundryError, match="engine built with TRT-LLM 1.2.1 on compute 9.0; this node has 1.1.0 on compute 8.9"
+    ):
         export_triton_repository(sealed_engine, tmp_path / "repo", ServingConfig(), node=NodeTarget("1.1.0", "8.9"))
     assert not (tmp_path / "repo").exists()
 
@@ -307,8 +475,12 @@ def test_export_refuses_a_reference_engine(tmp_path):
 
 
 def test_export_refuses_too_large_triton_batch(sealed_engine, tmp_path):
-    with pytest.raises(FoundryError, match="serving.triton_max_batch_size = 32 exceeds the engine's max_batch_size = 16"):
-        export_triton_repository(sealed_engine, tmp_path / "repo", ServingConfig(triton_max_batch_size=32), node=H100_1_2_1)
+    with pytest.raises(
+        FoundryError, match="serving.triton_max_batch_size = 32 exceeds the engine's max_batch_size = 16"
+    ):
+        export_triton_repository(
+            sealed_engine, tmp_path / "repo", ServingConfig(triton_max_batch_size=32), node=H100_1_2_1
+        )
 
 
 def test_triton_release_table():
@@ -333,7 +505,9 @@ def test_triton_release_table():
 def test_logits_dtype_follows_the_engine_and_stays_consistent(tmp_path):
     """The backend takes the logits type from its context/generation_logits outputs; an fp16-logits engine gets
     TYPE_FP16 there and in the ensemble/BLS outputs that pass them through."""
-    (tmp_path / "config.json").write_text(json.dumps({"pretrained_config": {"logits_dtype": "float16"}, "build_config": {}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"pretrained_config": {"logits_dtype": "float16"}, "build_config": {}})
+    )
     logits = engine_logits_type(tmp_path)
     assert logits == "FP16"
     serving = ServingConfig()
@@ -349,7 +523,9 @@ def test_logits_dtype_follows_the_engine_and_stays_consistent(tmp_path):
     assert_upstream_contracts(configs)
     for model in ("tensorrt_llm", "ensemble", "tensorrt_llm_bls"):
         assert declared(configs[model], "output")["generation_logits"].data_type == pb2.TYPE_FP16, model
-    (tmp_path / "config.json").write_text(json.dumps({"pretrained_config": {"logits_dtype": "int8"}, "build_config": {}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"pretrained_config": {"logits_dtype": "int8"}, "build_config": {}})
+    )
     with pytest.raises(FoundryError, match="logits_dtype 'int8' has no Triton type"):
         engine_logits_type(tmp_path)
 

@@ -29,8 +29,13 @@ def fake_trtllm(tmp_path, monkeypatch):
 
 
 def trtllm_build(tmp_path, **fields) -> BuildConfig:
-    defaults = {"max_seq_len": 1024, "max_input_len": 512, "max_batch_size": 4, "max_num_tokens": 2048,
-                "timing_cache_dir": str(tmp_path / "timing-cache")}
+    defaults = {
+        "max_seq_len": 1024,
+        "max_input_len": 512,
+        "max_batch_size": 4,
+        "max_num_tokens": 2048,
+        "timing_cache_dir": str(tmp_path / "timing-cache"),
+    }
     return BuildConfig(backend="trtllm", **{**defaults, **fields})
 
 
@@ -76,18 +81,33 @@ def test_timing_cache_is_reused_by_the_next_build_of_the_same_model_and_gpu(tmp_
 
 def test_tensor_parallel_checkpoint_builds_one_engine_per_rank(tmp_path, fake_trtllm):
     checkpoint = write_trtllm_checkpoint(tmp_path / "ckpt", tp_size=2)
-    info = TrtllmBuilder(h100_node(gpu_count=2)).build(checkpoint, tmp_path / "engine", trtllm_build(tmp_path, workers=2))
+    info = TrtllmBuilder(h100_node(gpu_count=2)).build(
+        checkpoint, tmp_path / "engine", trtllm_build(tmp_path, workers=2)
+    )
     assert info["world_size"] == 2 and info["tp_size"] == 2
     assert sorted(p.name for p in (tmp_path / "engine").glob("rank*.engine")) == ["rank0.engine", "rank1.engine"]
 
 
 def test_every_emitted_flag_is_in_the_1_2_fixture():
     spec = json.loads(FLAGS_FIXTURE.read_text())
-    for fields in ({}, {"strip_plan": True, "use_paged_context_fmha": False, "remove_input_padding": False,
-                        "gemm_plugin": "disable", "max_num_tokens": 4096}):
+    for fields in (
+        {},
+        {
+            "strip_plan": True,
+            "use_paged_context_fmha": False,
+            "remove_input_padding": False,
+            "gemm_plugin": "disable",
+            "max_num_tokens": 4096,
+        },
+    ):
         build = BuildConfig(backend="trtllm", **fields)
-        argv = trtllm_build_argv(__import__("pathlib").Path("/c"), __import__("pathlib").Path("/o"), build, None,
-                                 __import__("pathlib").Path("/o/t"))
+        argv = trtllm_build_argv(
+            __import__("pathlib").Path("/c"),
+            __import__("pathlib").Path("/o"),
+            build,
+            None,
+            __import__("pathlib").Path("/o/t"),
+        )
         flags = [a for a in argv[1:] if a.startswith("--")]
         assert set(flags) <= set(spec["flags"]), set(flags) - set(spec["flags"])
         for flag in flags:
@@ -137,16 +157,37 @@ def test_trtllm_build_of_another_installation_is_refused(tmp_path, fake_trtllm, 
         ({"quant_algo": "W4A8_AWQ"}, {}, {}, "quant_algo 'W4A8_AWQ' is not supported"),
         ({"quant_algo": "INT8"}, {}, {}, "quant_algo 'INT8' is not supported"),
         ({"kv_cache_quant_algo": "NVFP4"}, {}, {}, "kv_cache_quant_algo 'NVFP4' is not supported"),
-        ({"dtype": "bfloat16"}, {"gemm_plugin": "float16"}, {}, "build.gemm_plugin = float16 but the checkpoint's dtype is bfloat16"),
-        ({}, {"gpt_attention_plugin": "bfloat16"}, {}, "build.gpt_attention_plugin = bfloat16 but the checkpoint's dtype is float16"),
+        (
+            {"dtype": "bfloat16"},
+            {"gemm_plugin": "float16"},
+            {},
+            "build.gemm_plugin = float16 but the checkpoint's dtype is bfloat16",
+        ),
+        (
+            {},
+            {"gpt_attention_plugin": "bfloat16"},
+            {},
+            "build.gpt_attention_plugin = bfloat16 but the checkpoint's dtype is float16",
+        ),
         ({}, {"gemm_plugin": "fp8"}, {}, "build.gemm_plugin = fp8 needs an FP8 checkpoint"),
         ({"quant_algo": "FP8"}, {}, {"capability": "8.0"}, "FP8 quantization needs compute capability >= 8.9"),
-        ({"quant_algo": "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"}, {}, {"capability": "10.0"},
-         "SmoothQuant plugins, which do not support compute capability >= 10.0"),
-        ({}, {"use_paged_context_fmha": False, "max_num_tokens": 256}, {}, "build.max_num_tokens = 256 < build.max_input_len = 512"),
+        (
+            {"quant_algo": "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"},
+            {},
+            {"capability": "10.0"},
+            "SmoothQuant plugins, which do not support compute capability >= 10.0",
+        ),
+        (
+            {},
+            {"use_paged_context_fmha": False, "max_num_tokens": 256},
+            {},
+            "build.max_num_tokens = 256 < build.max_input_len = 512",
+        ),
     ],
 )
-def test_bad_input_is_refused_before_trtllm_build_runs(tmp_path, fake_trtllm, checkpoint_fields, build_fields, node_fields, message):
+def test_bad_input_is_refused_before_trtllm_build_runs(
+    tmp_path, fake_trtllm, checkpoint_fields, build_fields, node_fields, message
+):
     checkpoint = write_trtllm_checkpoint(tmp_path / "ckpt", **checkpoint_fields)
     build = trtllm_build(tmp_path, **build_fields)
     with pytest.raises(FoundryError, match=message):
@@ -173,7 +214,9 @@ def test_tp_pp_mismatch_in_mapping(tmp_path, fake_trtllm):
 )
 def test_environment_check_says_what_was_found_and_what_is_needed(tmp_path, fake_trtllm, node, found):
     with pytest.raises(NotSupportedError, match=found) as error:
-        TrtllmBuilder(node).build(write_trtllm_checkpoint(tmp_path / "ckpt"), tmp_path / "engine", trtllm_build(tmp_path))
+        TrtllmBuilder(node).build(
+            write_trtllm_checkpoint(tmp_path / "ckpt"), tmp_path / "engine", trtllm_build(tmp_path)
+        )
     assert "TensorRT-LLM 1.2.x release container" in str(error.value)
     assert not fake_trtllm.exists()
 
@@ -191,19 +234,24 @@ def test_this_machine_refuses_the_trtllm_backend():
 
 
 def test_config_validates_trtllm_and_serving_fields():
-    with pytest.raises(FoundryError, match="build: Value error, max_input_len \\(600\\) must be <= max_seq_len \\(512\\)"):
+    with pytest.raises(
+        FoundryError, match="build: Value error, max_input_len \\(600\\) must be <= max_seq_len \\(512\\)"
+    ):
         parse_config({"build": {"max_seq_len": 512, "max_input_len": 600}})
     with pytest.raises(FoundryError, match="build.gpt_attention_plugin"):
         parse_config({"build": {"gpt_attention_plugin": "disable"}})
     with pytest.raises(FoundryError, match="build.multi_block_mode: unknown key"):
         parse_config({"build": {"multi_block_mode": True}})
-    with pytest.raises(FoundryError, match="serving.triton_max_batch_size \\(16\\) exceeds build.max_batch_size \\(8\\)"):
+    with pytest.raises(
+        FoundryError, match="serving.triton_max_batch_size \\(16\\) exceeds build.max_batch_size \\(8\\)"
+    ):
         parse_config({"serving": {"triton_max_batch_size": 16}})
     with pytest.raises(FoundryError, match="serving.enable_kv_cache_reuse needs build.use_paged_context_fmha"):
         parse_config({"build": {"use_paged_context_fmha": False}, "serving": {"enable_kv_cache_reuse": True}})
 
 
 # ---- compatibility guard --------------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def built_engine(tmp_path, fake_trtllm):
@@ -217,7 +265,9 @@ def built_engine(tmp_path, fake_trtllm):
 def test_guard_refuses_another_trtllm_version_or_gpu_with_the_precise_mismatch(built_engine):
     info = json.loads((built_engine / ENGINE_INFO).read_text())
     check_engine_compatible(info, NodeTarget("1.2.1", "9.0"), built_engine)  # the building node itself
-    with pytest.raises(FoundryError, match="engine built with TRT-LLM 1.2.1 on compute 9.0; this node has 1.1.0 on compute 8.9"):
+    with pytest.raises(
+        FoundryError, match="engine built with TRT-LLM 1.2.1 on compute 9.0; this node has 1.1.0 on compute 8.9"
+    ):
         guard_trtllm_engine(built_engine, info, NodeTarget("1.1.0", "8.9"))
     with pytest.raises(FoundryError, match="this node has 1.2.1 on compute 8.0"):
         guard_trtllm_engine(built_engine, info, NodeTarget("1.2.1", "8.0"))

@@ -37,10 +37,17 @@ def workspace(tmp_path_factory, tiny_llama_hf_dir):
     install_fake_trtllm_build(bin_dir)
     install_fake_trtllm_serve(bin_dir)
     node = install_fake_node(root / "node")
-    env = {**os.environ, "FOUNDRY_STATE_DIR": str(root / "state"), "PYTHONUNBUFFERED": "1",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": f"{node}{os.pathsep}{ROOT}",
-           "FAKE_TRTLLM_ARGV_LOG": str(root / "build-argv.json"), "FAKE_TRTLLM_SERVE_ARGV_LOG": str(root / "serve-argv.jsonl"),
-           "FAKE_TRTLLM_MODE": "ok", "FAKE_TRTLLM_VERSION": "1.2.1"}
+    env = {
+        **os.environ,
+        "FOUNDRY_STATE_DIR": str(root / "state"),
+        "PYTHONUNBUFFERED": "1",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": f"{node}{os.pathsep}{ROOT}",
+        "FAKE_TRTLLM_ARGV_LOG": str(root / "build-argv.json"),
+        "FAKE_TRTLLM_SERVE_ARGV_LOG": str(root / "serve-argv.jsonl"),
+        "FAKE_TRTLLM_MODE": "ok",
+        "FAKE_TRTLLM_VERSION": "1.2.1",
+    }
     env.pop("ZENML_CONFIG_PATH", None)
     return root, env, tiny_llama_hf_dir
 
@@ -49,15 +56,33 @@ def config_file(root: Path, source_dir: Path, name: str, **runtime) -> Path:
     config = {
         "model": {"name": MODEL, "source": {"kind": "hf_dir", "path": str(source_dir)}},
         "calibration": {"num_samples": 4, "seq_len": 32, "alpha": 0.8},
-        "evaluation": {"num_samples": 2, "seq_len": 32, "generation_prompts": 2, "generation_prompt_len": 8,
-                       "generation_tokens": 4, "top_logprobs": 1},
+        "evaluation": {
+            "num_samples": 2,
+            "seq_len": 32,
+            "generation_prompts": 2,
+            "generation_prompt_len": 8,
+            "generation_tokens": 4,
+            "top_logprobs": 1,
+        },
         "build": {"backend": "trtllm", "max_seq_len": 128, "max_batch_size": 4, "max_num_tokens": 512},
         "runtime": {"served_by": "trtllm_serve", "startup_timeout_s": 120, "shutdown_grace_s": 5, **runtime},
-        "benchmark": {"num_requests": 2, "warmup_requests": 0, "input_len": {"min": 8, "max": 12},
-                      "output_len": {"min": 3, "max": 4}, "concurrency": [1], "baseline": False, "telemetry": False},
+        "benchmark": {
+            "num_requests": 2,
+            "warmup_requests": 0,
+            "input_len": {"min": 8, "max": 12},
+            "output_len": {"min": 3, "max": 4},
+            "concurrency": [1],
+            "baseline": False,
+            "telemetry": False,
+        },
         # random weights: the relative gates only (the sanity gate would rightly refuse this model)
-        "gates": {"max_perplexity_ratio": None, "max_mean_kld": None, "min_top1_agreement": None,
-                  "min_token_agreement": 0.5, "max_continuation_perplexity_ratio": 1.5},
+        "gates": {
+            "max_perplexity_ratio": None,
+            "max_mean_kld": None,
+            "min_top1_agreement": None,
+            "min_token_agreement": 0.5,
+            "max_continuation_perplexity_ratio": 1.5,
+        },
     }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -65,8 +90,14 @@ def config_file(root: Path, source_dir: Path, name: str, **runtime) -> Path:
 
 
 def run_cli(env: dict, *args: str, extra_env: dict | None = None, timeout_s: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env={**env, **(extra_env or {})},
-                          capture_output=True, text=True, timeout=timeout_s)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        env={**env, **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 def fake_servers_running(root: Path) -> list[str]:
@@ -97,8 +128,13 @@ def test_trtllm_engine_is_served_benchmarked_evaluated_and_promoted(promoted):
     assert registry.production_version(MODEL) == "1"
     tags = registry.version_tags(MODEL, "1")
     assert tags["backend"] == "trtllm" and tags["served_by"] == "trtllm-serve 1.2.1 (TensorRT backend)"
-    quality = json.loads(Path(registry.client.download_artifacts(registry.client.get_model_version(MODEL, "1").run_id,
-                                                                  "reports/quality.json", str(root))).read_text())
+    quality = json.loads(
+        Path(
+            registry.client.download_artifacts(
+                registry.client.get_model_version(MODEL, "1").run_id, "reports/quality.json", str(root)
+            )
+        ).read_text()
+    )
     assert quality["engine_backend"] == "trtllm" and quality["engine_content_hash"] == tags["engine_content_hash"]
     assert quality["perplexity_ratio"] is None  # no logits from a served TensorRT engine
     generation = quality["generation"]
@@ -125,19 +161,37 @@ def test_export_triton_exports_the_promoted_version(promoted):
 @pytest.mark.parametrize(
     "case, runtime, extra_env, fragments",
     [
-        ("never-healthy", {"startup_timeout_s": 8}, {"FAKE_TRTLLM_SERVE_MODE": "never_healthy"},
-         ["did not answer", "/health", "within 8 s", "this fake never finishes"]),
-        ("dies-mid-benchmark", {}, {"FAKE_TRTLLM_SERVE_MODE": "die_after:1"},
-         ["died during the benchmark", "exit code 1"]),
-        ("short-stream", {}, {"FAKE_TRTLLM_SERVE_MODE": "short_stream"},
-         ["usage.completion_tokens", "completion rate"]),
+        (
+            "never-healthy",
+            {"startup_timeout_s": 8},
+            {"FAKE_TRTLLM_SERVE_MODE": "never_healthy"},
+            ["did not answer", "/health", "within 8 s", "this fake never finishes"],
+        ),
+        (
+            "dies-mid-benchmark",
+            {},
+            {"FAKE_TRTLLM_SERVE_MODE": "die_after:1"},
+            ["died during the benchmark", "exit code 1"],
+        ),
+        (
+            "short-stream",
+            {},
+            {"FAKE_TRTLLM_SERVE_MODE": "short_stream"},
+            ["usage.completion_tokens", "completion rate"],
+        ),
     ],
 )
 def test_a_failing_server_promotes_nothing_and_leaves_no_process(promoted, case, runtime, extra_env, fragments):
     root, env, source, first = promoted
     assert first.returncode == 0
-    result = run_cli(env, "--config", str(config_file(root, source, case, **runtime)), "--run-name", f"trtllm-{case}",
-                     extra_env=extra_env)
+    result = run_cli(
+        env,
+        "--config",
+        str(config_file(root, source, case, **runtime)),
+        "--run-name",
+        f"trtllm-{case}",
+        extra_env=extra_env,
+    )
     message = result.stderr
     assert result.returncode in (2, 4), result.stdout[-3000:] + message[-3000:]
     for fragment in fragments:
@@ -154,8 +208,9 @@ def test_a_taken_port_is_refused_with_the_fix(promoted):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1] if taken.getsockname()[1] >= 1024 else pytest.skip("privileged port")
-        result = run_cli(env, "--config", str(config_file(root, source, "port-taken", port=port)),
-                         "--run-name", "trtllm-port-taken")
+        result = run_cli(
+            env, "--config", str(config_file(root, source, "port-taken", port=port)), "--run-name", "trtllm-port-taken"
+        )
     assert result.returncode == 4, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"port {port} on 127.0.0.1 is already in use" in result.stderr and "runtime.port" in result.stderr
     assert Registry(sqlite_tracking_uri(root / "state")).production_version(MODEL) == "1"

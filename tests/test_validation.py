@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from foundry.data import MIN_OVERLAP_CHARS, builtin_documents, evaluation_paragraph_hashes, load_documents, normalize_text, paragraphs
+from foundry.data import (
+    MIN_OVERLAP_CHARS,
+    builtin_documents,
+    evaluation_paragraph_hashes,
+    load_documents,
+    normalize_text,
+    paragraphs,
+)
 from foundry.errors import FoundryError
 from foundry.validation import (
     DataValidationResult,
@@ -24,7 +31,9 @@ def evaluation_hashes():
 
 def run(documents, tokenizer, evaluation_hashes, tokens_needed=64, **bounds):
     return validate_calibration_documents(
-        documents_frame(documents, tokenizer, evaluation_hashes), tokens_needed=tokens_needed, **{**BOUNDS, **bounds},
+        documents_frame(documents, tokenizer, evaluation_hashes),
+        tokens_needed=tokens_needed,
+        **{**BOUNDS, **bounds},
     )
 
 
@@ -45,8 +54,14 @@ def test_builtin_calibration_documents_pass(smollm2_tokenizer, evaluation_hashes
 
 def test_bad_documents_fail_each_expectation_and_the_message_names_them(smollm2_tokenizer, evaluation_hashes):
     evaluation_text = builtin_documents("evaluation")[0]
-    documents = ["A fine calibration paragraph about lists.", None, "", "tiny", "a FINE calibration   paragraph about lists.",
-                 evaluation_text.upper()]
+    documents = [
+        "A fine calibration paragraph about lists.",
+        None,
+        "",
+        "tiny",
+        "a FINE calibration   paragraph about lists.",
+        evaluation_text.upper(),
+    ]
     result = run(documents, smollm2_tokenizer, evaluation_hashes, tokens_needed=10**6)
     assert not result.success
     assert failed_names(result) == {
@@ -61,7 +76,9 @@ def test_bad_documents_fail_each_expectation_and_the_message_names_them(smollm2_
         raise_on_failure(result, "calibration data (jsonl)")
     message = str(error.value)
     assert "calibration data (jsonl): data validation" in message and "failed 5 of 6" in message
-    assert "no calibration was run" in message and "expect_column_values_to_be_between(evaluation_paragraphs)" in message
+    assert (
+        "no calibration was run" in message and "expect_column_values_to_be_between(evaluation_paragraphs)" in message
+    )
     page = render_validation_html(result)
     assert page.count("<b>FAIL</b>") == 5 and "1 shared with the evaluation set" in page
 

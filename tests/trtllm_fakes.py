@@ -21,7 +21,7 @@ from foundry.compat import GpuInfo, TrtllmEnvironment
 
 FLAGS_FIXTURE = Path(__file__).parent / "fixtures" / "trtllm_build_1_2_flags.json"
 
-FAKE_TRTLLM_BUILD = r'''#!{python}
+FAKE_TRTLLM_BUILD = r"""#!{python}
 import argparse, json, os, sys
 from pathlib import Path
 
@@ -76,7 +76,7 @@ if args.output_timing_cache:
     reused = bool(args.input_timing_cache) and Path(args.input_timing_cache).is_file()
     Path(args.output_timing_cache).write_bytes(b"timing cache" + (b" (reused)" if reused else b""))
 print("Total time of building all engines: 00:00:01")
-'''
+"""
 
 
 def install_fake_trtllm_build(bin_dir: Path) -> Path:
@@ -168,8 +168,9 @@ def install_fake_node(directory: Path, trtllm_version: str = "1.2.1", tensorrt_v
     return directory
 
 
-def h100_node(gpu_count: int = 1, trtllm_version: str = "1.2.1", capability: str = "9.0",
-              memory_used=None) -> TrtllmEnvironment:
+def h100_node(
+    gpu_count: int = 1, trtllm_version: str = "1.2.1", capability: str = "9.0", memory_used=None
+) -> TrtllmEnvironment:
     """A TensorRT-LLM 1.2.x release-container node with H100s, described instead of probed."""
     return TrtllmEnvironment(
         trtllm_version=trtllm_version,
@@ -181,16 +182,31 @@ def h100_node(gpu_count: int = 1, trtllm_version: str = "1.2.1", capability: str
     )
 
 
-def write_trtllm_checkpoint(directory: Path, tp_size: int = 1, pp_size: int = 1, dtype: str = "float16",
-                            quant_algo: str | None = "W8A8_SQ_PER_CHANNEL", kv_cache_quant_algo: str | None = None,
-                            max_position_embeddings: int = 2048, rank_files: int | None = None) -> Path:
+def write_trtllm_checkpoint(
+    directory: Path,
+    tp_size: int = 1,
+    pp_size: int = 1,
+    dtype: str = "float16",
+    quant_algo: str | None = "W8A8_SQ_PER_CHANNEL",
+    kv_cache_quant_algo: str | None = None,
+    max_position_embeddings: int = 2048,
+    rank_files: int | None = None,
+) -> Path:
     """A TensorRT-LLM checkpoint as ModelOpt 0.47 exports it (config fields; rank files as placeholders)."""
     directory.mkdir(parents=True, exist_ok=True)
     world = tp_size * pp_size
     config = {
-        "architecture": "LlamaForCausalLM", "dtype": dtype, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "hidden_size": 64, "intermediate_size": 128, "vocab_size": 49152,
-        "max_position_embeddings": max_position_embeddings, "hidden_act": "silu", "rotary_base": 100000.0,
+        "architecture": "LlamaForCausalLM",
+        "dtype": dtype,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "vocab_size": 49152,
+        "max_position_embeddings": max_position_embeddings,
+        "hidden_act": "silu",
+        "rotary_base": 100000.0,
         "mapping": {"world_size": world, "tp_size": tp_size, "pp_size": pp_size},
         "quantization": {"quant_algo": quant_algo, "kv_cache_quant_algo": kv_cache_quant_algo},
     }

@@ -21,8 +21,20 @@ from foundry.bench.runner import ConcurrencyLoad, run_benchmark
 from foundry.bench.workload import Request, WorkloadDescription, synthetic_workload
 
 __all__ = [
-    "BenchmarkReport", "ComparisonRow", "ConcurrencyLoad", "LatencyStats", "LevelSummary",
-    "MachineInfo", "Request", "RequestRecord", "WorkloadDescription", "compare_reports",
-    "load_records_csv", "load_report_json", "run_benchmark", "save_records_csv",
-    "save_report_json", "synthetic_workload",
+    "BenchmarkReport",
+    "ComparisonRow",
+    "ConcurrencyLoad",
+    "LatencyStats",
+    "LevelSummary",
+    "MachineInfo",
+    "Request",
+    "RequestRecord",
+    "WorkloadDescription",
+    "compare_reports",
+    "load_records_csv",
+    "load_report_json",
+    "run_benchmark",
+    "save_records_csv",
+    "save_report_json",
+    "synthetic_workload",
 ]

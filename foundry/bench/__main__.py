@@ -10,7 +10,6 @@ Needs only torch, transformers, pydantic, numpy (no pandas, zenml or mlflow): ru
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -18,12 +17,19 @@ from typing import Sequence
 import torch
 
 from foundry.bench.metrics import (
-    BenchmarkReport, ComparisonRow, compare_reports, save_comparison_json, save_records_csv, save_report_json,
+    BenchmarkReport,
+    ComparisonRow,
+    save_comparison_json,
+    save_records_csv,
+    save_report_json,
 )
 from foundry.bench.report import render_html
 from foundry.bench.session import LoadPlan, already_open, run_session
 from foundry.bench.workload import (
-    dataset_workload, describe_requests, synthetic_workload, synthetic_workload_with_description,
+    dataset_workload,
+    describe_requests,
+    synthetic_workload,
+    synthetic_workload_with_description,
 )
 from foundry.errors import FoundryError
 
@@ -33,17 +39,28 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m foundry.bench", description=__doc__)
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--engine-dir", type=Path, help="built engine directory (reference; trtllm with --served-by trtllm_serve)")
+    target.add_argument(
+        "--engine-dir", type=Path, help="built engine directory (reference; trtllm with --served-by trtllm_serve)"
+    )
     target.add_argument("--hf-dir", type=Path, help="HF model directory, benchmarked with transformers")
     target.add_argument("--endpoint", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000 (SSE streaming)")
     target.add_argument("--trtllm-report", type=Path, help="normalize a trtllm-bench --report_json file")
-    parser.add_argument("--served-by", choices=["in_process", "foundry_server", "trtllm_serve"], default=None,
-                        help="--engine-dir: run the engine behind its server (needs --tokenizer), as the pipeline does")
+    parser.add_argument(
+        "--served-by",
+        choices=["in_process", "foundry_server", "trtllm_serve"],
+        default=None,
+        help="--engine-dir: run the engine behind its server (needs --tokenizer), as the pipeline does",
+    )
     parser.add_argument("--endpoint-model", help="`model` field sent to --endpoint")
     parser.add_argument("--endpoint-vocab-size", type=int, help="vocab size for synthetic prompts sent to --endpoint")
     parser.add_argument("--baseline-hf-dir", type=Path, help="also run the same workload on HF transformers")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--hf-dtype", choices=sorted(_DTYPES), default="float32", help="dtype of HF models and of the reference runtime's compute")
+    parser.add_argument(
+        "--hf-dtype",
+        choices=sorted(_DTYPES),
+        default="float32",
+        help="dtype of HF models and of the reference runtime's compute",
+    )
     parser.add_argument("--mode", choices=["concurrency", "request_rate"], default="concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rate", type=float, nargs="+", help="request rates (requests/s) for --mode request_rate")
@@ -67,7 +84,9 @@ def load_reference_engine(engine_dir: Path, device: str, dtype_name: str = "floa
     try:  # imported only when used
         from foundry.runtime.reference import ReferenceEngine
     except ImportError as error:
-        raise FoundryError(f"--engine-dir needs foundry.runtime.reference, which cannot be imported: {error}") from error
+        raise FoundryError(
+            f"--engine-dir needs foundry.runtime.reference, which cannot be imported: {error}"
+        ) from error
 
     return ReferenceEngine.load(engine_dir, compute_dtype=_DTYPES[dtype_name], device=device)
 
@@ -86,12 +105,16 @@ def engine_vocab_size(engine) -> int:
 
 
 def format_summary(report: BenchmarkReport) -> str:
-    header = (f"{'backend':<16}{'level':>18}{'ok/fail':>9}{'out tok/s':>11}{'TTFT p50':>10}{'TTFT p99':>10}"
-              f"{'TPOT p50':>10}{'TPOT p99':>10}{'goodput':>9}{'MBU':>7}")
+    header = (
+        f"{'backend':<16}{'level':>18}{'ok/fail':>9}{'out tok/s':>11}{'TTFT p50':>10}{'TTFT p99':>10}"
+        f"{'TPOT p50':>10}{'TPOT p99':>10}{'goodput':>9}{'MBU':>7}"
+    )
     lines = [header]
     for lv in report.levels:
+
         def ms(stats, field):
             return f"{getattr(stats, field):.2f}" if stats else "–"
+
         goodput = f"{lv.goodput_req_s:.2f}" if lv.goodput_req_s is not None else "–"
         mbu = f"{lv.mbu:.1%}" if lv.mbu is not None else "–"
         lines.append(
@@ -100,8 +123,11 @@ def format_summary(report: BenchmarkReport) -> str:
             f"{ms(lv.tpot, 'p50_ms'):>10}{ms(lv.tpot, 'p99_ms'):>10}{goodput:>9}{mbu:>7}"
         )
     if report.slo is not None:
-        best = (f"{report.max_output_tok_s_within_slo:.1f} tok/s at {report.best_level_within_slo}"
-                if report.max_output_tok_s_within_slo is not None else "no level meets it")
+        best = (
+            f"{report.max_output_tok_s_within_slo:.1f} tok/s at {report.best_level_within_slo}"
+            if report.max_output_tok_s_within_slo is not None
+            else "no level meets it"
+        )
         lines.append(f"max throughput within SLO {report.slo.model_dump(exclude_none=True)}: {best}")
     return "\n".join(lines)
 
@@ -109,13 +135,16 @@ def format_summary(report: BenchmarkReport) -> str:
 def format_comparison(rows: Sequence[ComparisonRow]) -> str:
     lines = ["concurrency  speedup_output_tok_s  ttft_p50_ratio  tpot_p50_ratio   (engine / baseline)"]
     for r in rows:
-        lines.append(f"{(r.concurrency if r.request_rate is None else f'{r.request_rate:g}/s'):>11}  {r.speedup_output_tok_s or float('nan'):>20.2f}"
-                     f"  {r.ttft_p50_ratio or float('nan'):>14.2f}  {r.tpot_p50_ratio or float('nan'):>14.2f}")
+        lines.append(
+            f"{(r.concurrency if r.request_rate is None else f'{r.request_rate:g}/s'):>11}  {r.speedup_output_tok_s or float('nan'):>20.2f}"
+            f"  {r.ttft_p50_ratio or float('nan'):>14.2f}  {r.tpot_p50_ratio or float('nan'):>14.2f}"
+        )
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, report: BenchmarkReport, baseline: BenchmarkReport | None,
-                  comparison: list[ComparisonRow] | None) -> None:
+def write_outputs(
+    out: Path, report: BenchmarkReport, baseline: BenchmarkReport | None, comparison: list[ComparisonRow] | None
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_report_json(report, out / "report.json")
     save_records_csv(report.records, out / "requests.csv")
@@ -152,12 +181,27 @@ def build_workload(args: argparse.Namespace, vocab_size: int, special_ids):
     input_dist, output_dist = _dist(args.input_dist, "input"), _dist(args.output_dist, "output")
     if input_dist is None and output_dist is None:
         return synthetic_workload_with_description(
-            args.seed, args.num_requests, args.warmup_requests, *args.input_len, *args.output_len,
-            vocab_size=vocab_size, special_ids=special_ids)
-    requests = synthetic_workload(args.seed, args.num_requests + args.warmup_requests, *args.input_len,
-                                  *args.output_len, vocab_size, special_ids, input_dist, output_dist)
-    description = describe_requests(requests, args.warmup_requests, source="synthetic", seed=args.seed,
-                                    vocab_size=vocab_size)
+            args.seed,
+            args.num_requests,
+            args.warmup_requests,
+            *args.input_len,
+            *args.output_len,
+            vocab_size=vocab_size,
+            special_ids=special_ids,
+        )
+    requests = synthetic_workload(
+        args.seed,
+        args.num_requests + args.warmup_requests,
+        *args.input_len,
+        *args.output_len,
+        vocab_size,
+        special_ids,
+        input_dist,
+        output_dist,
+    )
+    description = describe_requests(
+        requests, args.warmup_requests, source="synthetic", seed=args.seed, vocab_size=vocab_size
+    )
     description.input_len_distribution = (input_dist or {"distribution": "uniform"})["distribution"]
     description.output_len_distribution = (output_dist or {"distribution": "uniform"})["distribution"]
     return requests, description
@@ -165,9 +209,17 @@ def build_workload(args: argparse.Namespace, vocab_size: int, special_ids):
 
 def load_plan(args: argparse.Namespace) -> LoadPlan:
     gpu_index = torch.cuda.current_device() if args.device == "cuda" and torch.cuda.is_available() else 0
-    return LoadPlan(concurrency=args.concurrency, warmup_requests=args.warmup_requests, mode=args.mode,
-                    request_rates=args.rate, max_concurrency=args.max_concurrency, arrival_seed=args.seed,
-                    slo=args.slo, telemetry=not args.no_telemetry, gpu_index=gpu_index)
+    return LoadPlan(
+        concurrency=args.concurrency,
+        warmup_requests=args.warmup_requests,
+        mode=args.mode,
+        request_rates=args.rate,
+        max_concurrency=args.max_concurrency,
+        arrival_seed=args.seed,
+        slo=args.slo,
+        telemetry=not args.no_telemetry,
+        gpu_index=gpu_index,
+    )
 
 
 def _served_engine(args: argparse.Namespace):
@@ -187,8 +239,17 @@ def _served_engine(args: argparse.Namespace):
     except ValueError as error:
         raise FoundryError(f"--served-by: {error}") from None
     args.out.mkdir(parents=True, exist_ok=True)
-    opened = open_engine(args.engine_dir, info, None, runtime, args.tokenizer, args.out / "server.log",
-                         args.engine_dir.name, eos_ids=[tokenizer.eos_token_id], device=args.device)
+    opened = open_engine(
+        args.engine_dir,
+        info,
+        None,
+        runtime,
+        args.tokenizer,
+        args.out / "server.log",
+        args.engine_dir.name,
+        eos_ids=[tokenizer.eos_token_id],
+        device=args.device,
+    )
     return opened, len(tokenizer), list(tokenizer.all_special_ids)
 
 
@@ -224,12 +285,20 @@ def run(args: argparse.Namespace) -> tuple[BenchmarkReport, BenchmarkReport | No
     def baseline():
         engine = load_hf_engine(args.baseline_hf_dir, args.device, args.hf_dtype)
         if engine_vocab_size(engine) != vocab_size:
-            raise FoundryError(f"baseline vocab_size {engine_vocab_size(engine)} != engine vocab_size "
-                               f"{vocab_size}: the same token ids would mean different prompts")
+            raise FoundryError(
+                f"baseline vocab_size {engine_vocab_size(engine)} != engine vocab_size "
+                f"{vocab_size}: the same token ids would mean different prompts"
+            )
         return engine
 
-    results = run_session(opened, requests, workload, load_plan(args), model_name,
-                          baseline=baseline if args.baseline_hf_dir is not None else None)
+    results = run_session(
+        opened,
+        requests,
+        workload,
+        load_plan(args),
+        model_name,
+        baseline=baseline if args.baseline_hf_dir is not None else None,
+    )
     return results.engine, results.baseline, (results.comparison if results.baseline is not None else None)
 
 
@@ -240,10 +309,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_outputs(args.out, report, baseline, comparison)
         if report.telemetry is not None:
             t = report.telemetry
-            print(f"gpu telemetry: {t['status']}" + (f" ({t['reason']})" if t.get("reason") else
-                  f" {t['gpu_name']} cc {t['compute_capability']} peak mem {t['memory_used_peak_mib']:.0f} MiB, "
-                  f"util mean {t['gpu_utilization_mean_pct']}%, power max {t['power_max_w']} W, "
-                  f"peak bandwidth {t['peak_bandwidth_gb_s']} GB/s"))
+            print(
+                f"gpu telemetry: {t['status']}"
+                + (
+                    f" ({t['reason']})"
+                    if t.get("reason")
+                    else f" {t['gpu_name']} cc {t['compute_capability']} peak mem {t['memory_used_peak_mib']:.0f} MiB, "
+                    f"util mean {t['gpu_utilization_mean_pct']}%, power max {t['power_max_w']} W, "
+                    f"peak bandwidth {t['peak_bandwidth_gb_s']} GB/s"
+                )
+            )
     except FoundryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

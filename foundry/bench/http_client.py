@@ -54,8 +54,8 @@ class _ChunkedDecoder:
             if len(self.buffer) < line_end + 2 + size + 2:
                 break
             start = line_end + 2
-            out.append(self.buffer[start:start + size])
-            self.buffer = self.buffer[start + size + 2:]
+            out.append(self.buffer[start : start + size])
+            self.buffer = self.buffer[start + size + 2 :]
         return b"".join(out)
 
 
@@ -64,8 +64,15 @@ class OpenAICompletionsTarget:
 
     backend = "openai-http"
 
-    def __init__(self, url: str, model: str | None = None, timeout_s: float = 600.0,
-                 extra_body: dict | None = None, backend: str | None = None, send_schedule: bool = False):
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        timeout_s: float = 600.0,
+        extra_body: dict | None = None,
+        backend: str | None = None,
+        send_schedule: bool = False,
+    ):
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise FoundryError(f"endpoint {url!r}: need http(s)://host[:port][/v1/completions]")
@@ -110,12 +117,15 @@ class OpenAICompletionsTarget:
 
             if current_scheduled_s.get() is not None:
                 schedule = f"X-Foundry-Scheduled-S: {current_scheduled_s.get()!r}\r\n"
-        head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{schedule}"
-                f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode()
+        head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{schedule}"
+            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        ).encode()
         try:
             reader, writer = await asyncio.open_connection(
-                self.host, self.port, ssl=ssl.create_default_context() if self.tls else None, limit=1 << 20)
+                self.host, self.port, ssl=ssl.create_default_context() if self.tls else None, limit=1 << 20
+            )
         except OSError as error:
             raise EndpointError(f"cannot connect to {self.host}:{self.port}: {error}") from None
         try:
@@ -142,8 +152,7 @@ class OpenAICompletionsTarget:
         while True:
             data = await reader.read(65536)
             if not data:
-                raise EndpointError(f"stream dropped after {len(tokens)} of {request.output_tokens} tokens "
-                                    "(no [DONE])")
+                raise EndpointError(f"stream dropped after {len(tokens)} of {request.output_tokens} tokens (no [DONE])")
             if decoder is not None:
                 data = decoder.feed(data)
             buffer += data
@@ -151,15 +160,16 @@ class OpenAICompletionsTarget:
                 cut = _event_end(buffer)
                 if cut is None:
                     break
-                event, buffer = buffer[:cut[0]], buffer[cut[1]:]
+                event, buffer = buffer[: cut[0]], buffer[cut[1] :]
                 for line in event.splitlines():
                     if not line.startswith(b"data:"):
                         continue  # comments, event:, id:, retry:
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
                         if usage_tokens is not None and usage_tokens != len(tokens):
-                            raise EndpointError(f"usage.completion_tokens={usage_tokens} but {len(tokens)} "
-                                                "tokens were streamed")
+                            raise EndpointError(
+                                f"usage.completion_tokens={usage_tokens} but {len(tokens)} tokens were streamed"
+                            )
                         return tokens
                     try:
                         message = json.loads(payload)
@@ -224,8 +234,9 @@ class OpenAICompletionsClient:
     `return_token_ids`); a server that returns only text is refused, since text cannot be compared
     token by token."""
 
-    def __init__(self, url: str, model: str | None, served_by: str, timeout_s: float = 600.0,
-                 extra_body: dict | None = None):
+    def __init__(
+        self, url: str, model: str | None, served_by: str, timeout_s: float = 600.0, extra_body: dict | None = None
+    ):
         self.target = OpenAICompletionsTarget(url, model=model, timeout_s=timeout_s)
         self.url = f"http://{self.target.host}:{self.target.port}{self.target.path}"
         self.model = model
@@ -256,14 +267,18 @@ class OpenAICompletionsClient:
             with opener.open(request, timeout=self.timeout_s) as response:
                 body = json.loads(response.read())
         except urllib.error.HTTPError as error:
-            raise EndpointError(f"{self.served_by}: HTTP {error.code}: {error.read()[:500].decode(errors='replace')}") from None
+            raise EndpointError(
+                f"{self.served_by}: HTTP {error.code}: {error.read()[:500].decode(errors='replace')}"
+            ) from None
         except (urllib.error.URLError, OSError, ValueError) as error:
             raise EndpointError(f"{self.served_by}: {self.url} failed: {error}") from None
         choice = (body.get("choices") or [{}])[0]
         token_ids = choice.get("token_ids")
         if not isinstance(token_ids, list):
-            raise EndpointError(f"{self.served_by}: the completion carries no token_ids (text only); the evaluation "
-                                "compares tokens — serve with token ids (trtllm-serve: detokenize false)")
+            raise EndpointError(
+                f"{self.served_by}: the completion carries no token_ids (text only); the evaluation "
+                "compares tokens — serve with token ids (trtllm-serve: detokenize false)"
+            )
         logprobs = choice.get("logprobs") or {}
         sampled = logprobs.get("token_logprobs") or None
         top = None
@@ -271,8 +286,12 @@ class OpenAICompletionsClient:
             parsed = [{_token_id_key(k): v for k, v in (entry or {}).items()} for entry in logprobs["top_logprobs"]]
             if all(None not in entry for entry in parsed):
                 top = parsed
-        return Continuation([int(t) for t in token_ids], top, choice.get("finish_reason"),
-                            [float(v) for v in sampled] if sampled else None)
+        return Continuation(
+            [int(t) for t in token_ids],
+            top,
+            choice.get("finish_reason"),
+            [float(v) for v in sampled] if sampled else None,
+        )
 
     def continue_prompts(self, prompts, max_tokens: int, stop_at_eos: bool, top_logprobs: int):
         return [self.complete(prompt, max_tokens, stop_at_eos, top_logprobs) for prompt in prompts]

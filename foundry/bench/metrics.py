@@ -21,12 +21,12 @@ Percentiles use numpy's linear interpolation (`np.percentile(method="linear")`).
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
 from typing import Sequence
 
-import csv
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -247,8 +247,13 @@ def latency_stats(values_ms: Sequence[float]) -> LatencyStats | None:
     values = np.asarray(values_ms, dtype=np.float64)
     p50, p90, p95, p99 = np.percentile(values, [50, 90, 95, 99], method=PERCENTILE_METHOD)
     return LatencyStats(
-        p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95), p99_ms=float(p99),
-        min_ms=float(values.min()), max_ms=float(values.max()), mean_ms=float(values.mean()),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p95_ms=float(p95),
+        p99_ms=float(p99),
+        min_ms=float(values.min()),
+        max_ms=float(values.max()),
+        mean_ms=float(values.mean()),
         count=int(values.size),
     )
 
@@ -300,8 +305,12 @@ def level_meets_slo_p99(level: LevelSummary, slo: SLO) -> bool:
     return True
 
 
-def decode_mbu(level: LevelSummary, model_bytes: ModelBytes | None, peak_bandwidth_gb_s: float | None,
-               records: Sequence[RequestRecord]) -> tuple[float | None, float | None]:
+def decode_mbu(
+    level: LevelSummary,
+    model_bytes: ModelBytes | None,
+    peak_bandwidth_gb_s: float | None,
+    records: Sequence[RequestRecord],
+) -> tuple[float | None, float | None]:
     """(MBU, achieved GB/s) for one sequence at TPOT p50; None where an input is unknown."""
     if model_bytes is None or level.tpot is None or level.tpot.p50_ms <= 0:
         return None, None
@@ -320,11 +329,13 @@ def apply_slo(level: LevelSummary, records: Sequence[RequestRecord], slo: SLO | 
     if slo is None:
         return level
     good = sum(1 for r in records if request_meets_slo(r, slo))
-    return level.model_copy(update={
-        "goodput_req_s": good / level.duration_s if level.duration_s > 0 else 0.0,
-        "slo_attainment": good / len(records) if records else 0.0,
-        "meets_slo_p99": level_meets_slo_p99(level, slo),
-    })
+    return level.model_copy(
+        update={
+            "goodput_req_s": good / level.duration_s if level.duration_s > 0 else 0.0,
+            "slo_attainment": good / len(records) if records else 0.0,
+            "meets_slo_p99": level_meets_slo_p99(level, slo),
+        }
+    )
 
 
 def max_throughput_within_slo(levels: Sequence[LevelSummary]) -> tuple[float | None, str | None]:

@@ -33,7 +33,9 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], left_columns: int = 1) -> str:
     head = "".join(f'<th class="{"l" if i < left_columns else ""}">{_esc(h)}</th>' for i, h in enumerate(headers))
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if i < left_columns else ""}">{_esc(c)}</td>' for i, c in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(f'<td class="{"l" if i < left_columns else ""}">{_esc(c)}</td>' for i, c in enumerate(row))
+        + "</tr>"
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -50,17 +52,40 @@ def _levels_table(report: BenchmarkReport) -> str:
         return "yes" if lv.meets_slo_p99 else "NO"
 
     rows = [
-        [lv.label, lv.num_requests, lv.completed,
-         f'{lv.failed} ({lv.failure_rate:.1%})', _fmt(lv.duration_s, 3), lv.total_output_tokens,
-         _fmt(lv.output_token_throughput_tok_s, 1), _fmt(lv.request_throughput_req_s, 3),
-         _fmt(lv.goodput_req_s, 3), "–" if lv.slo_attainment is None else f"{lv.slo_attainment:.1%}", slo_cell(lv),
-         "–" if lv.mbu is None else f"{lv.mbu:.1%}", _fmt(lv.achieved_bandwidth_gb_s, 1),
-         f"{lv.warmup_requests} ({lv.warmup_failed} failed)"]
+        [
+            lv.label,
+            lv.num_requests,
+            lv.completed,
+            f"{lv.failed} ({lv.failure_rate:.1%})",
+            _fmt(lv.duration_s, 3),
+            lv.total_output_tokens,
+            _fmt(lv.output_token_throughput_tok_s, 1),
+            _fmt(lv.request_throughput_req_s, 3),
+            _fmt(lv.goodput_req_s, 3),
+            "–" if lv.slo_attainment is None else f"{lv.slo_attainment:.1%}",
+            slo_cell(lv),
+            "–" if lv.mbu is None else f"{lv.mbu:.1%}",
+            _fmt(lv.achieved_bandwidth_gb_s, 1),
+            f"{lv.warmup_requests} ({lv.warmup_failed} failed)",
+        ]
         for lv in report.levels
     ]
-    headers = ["load level", "requests", "completed", "failed", "duration s", "output tokens",
-               "output tok/s", "requests/s", "goodput req/s", "SLO attainment", "p99 within SLO",
-               "MBU", "achieved GB/s", "warmup"]
+    headers = [
+        "load level",
+        "requests",
+        "completed",
+        "failed",
+        "duration s",
+        "output tokens",
+        "output tok/s",
+        "requests/s",
+        "goodput req/s",
+        "SLO attainment",
+        "p99 within SLO",
+        "MBU",
+        "achieved GB/s",
+        "warmup",
+    ]
     errors = [f"<li class='bad'>{_esc(lv.label)}: {_esc(e)}</li>" for lv in report.levels for e in lv.errors]
     return _table(headers, rows) + (f"<ul>{''.join(errors)}</ul>" if errors else "")
 
@@ -74,8 +99,10 @@ def _percentile_table(level: LevelSummary) -> str:
 
 
 def _report_section(report: BenchmarkReport, role: str) -> str:
-    parts = [f"<h2>{_esc(role)}: backend <code>{_esc(report.backend)}</code>, model {_esc(report.model)}</h2>",
-             _levels_table(report)]
+    parts = [
+        f"<h2>{_esc(role)}: backend <code>{_esc(report.backend)}</code>, model {_esc(report.model)}</h2>",
+        _levels_table(report),
+    ]
     for level in report.levels:
         parts.append(f"<h3>{_esc(report.backend)} — {_esc(level.label)}</h3>")
         parts.append(_percentile_table(level))
@@ -84,17 +111,34 @@ def _report_section(report: BenchmarkReport, role: str) -> str:
 
 def _comparison_section(rows: Sequence[ComparisonRow]) -> str:
     table_rows = [
-        [r.concurrency if r.request_rate is None else f"{r.request_rate:g}/s", _fmt(r.engine_output_tok_s, 1), _fmt(r.baseline_output_tok_s, 1),
-         _fmt(r.speedup_output_tok_s), _fmt(r.ttft_p50_ratio), _fmt(r.ttft_p99_ratio),
-         _fmt(r.tpot_p50_ratio), _fmt(r.tpot_p99_ratio)]
+        [
+            r.concurrency if r.request_rate is None else f"{r.request_rate:g}/s",
+            _fmt(r.engine_output_tok_s, 1),
+            _fmt(r.baseline_output_tok_s, 1),
+            _fmt(r.speedup_output_tok_s),
+            _fmt(r.ttft_p50_ratio),
+            _fmt(r.ttft_p99_ratio),
+            _fmt(r.tpot_p50_ratio),
+            _fmt(r.tpot_p99_ratio),
+        ]
         for r in rows
     ]
     engine, baseline = (rows[0].engine_backend, rows[0].baseline_backend) if rows else ("engine", "baseline")
-    headers = ["load level", f"{engine} tok/s", f"{baseline} tok/s", "speedup tok/s",
-               "TTFT p50 ratio", "TTFT p99 ratio", "TPOT p50 ratio", "TPOT p99 ratio"]
-    note = (f"<p class='note'>All ratios are {_esc(engine)} / {_esc(baseline)}: speedup &gt; 1 means "
-            f"{_esc(engine)} produces more output tokens per second; latency ratios &lt; 1 mean "
-            f"{_esc(engine)} is faster.</p>")
+    headers = [
+        "load level",
+        f"{engine} tok/s",
+        f"{baseline} tok/s",
+        "speedup tok/s",
+        "TTFT p50 ratio",
+        "TTFT p99 ratio",
+        "TPOT p50 ratio",
+        "TPOT p99 ratio",
+    ]
+    note = (
+        f"<p class='note'>All ratios are {_esc(engine)} / {_esc(baseline)}: speedup &gt; 1 means "
+        f"{_esc(engine)} produces more output tokens per second; latency ratios &lt; 1 mean "
+        f"{_esc(engine)} is faster.</p>"
+    )
     return f"<h2>Comparison ({_esc(engine)} vs {_esc(baseline)})</h2>{note}{_table(headers, table_rows)}"
 
 
@@ -110,12 +154,21 @@ def _plot_series(axes, report: BenchmarkReport, linestyle: str) -> None:
     axes[0].plot(x, [lv.output_token_throughput_tok_s for lv in levels], linestyle, marker="o", label=report.backend)
     for ax, attr in ((axes[1], "ttft"), (axes[2], "tpot")):
         for field, marker in (("p50_ms", "o"), ("p99_ms", "^")):
-            ax.plot(x, [_stat(getattr(lv, attr), field) or float("nan") for lv in levels], linestyle,
-                    marker=marker, label=f"{report.backend} {field[:3]}")
+            ax.plot(
+                x,
+                [_stat(getattr(lv, attr), field) or float("nan") for lv in levels],
+                linestyle,
+                marker=marker,
+                label=f"{report.backend} {field[:3]}",
+            )
     # the latency-throughput curve: each load level is one point
-    axes[3].plot([lv.output_token_throughput_tok_s for lv in levels],
-                 [_stat(lv.tpot, "p99_ms") or float("nan") for lv in levels], linestyle, marker="^",
-                 label=f"{report.backend} TPOT p99")
+    axes[3].plot(
+        [lv.output_token_throughput_tok_s for lv in levels],
+        [_stat(lv.tpot, "p99_ms") or float("nan") for lv in levels],
+        linestyle,
+        marker="^",
+        label=f"{report.backend} TPOT p99",
+    )
 
 
 def render_chart_svg(report: BenchmarkReport, baseline: BenchmarkReport | None = None) -> str:
@@ -143,7 +196,7 @@ def render_chart_svg(report: BenchmarkReport, baseline: BenchmarkReport | None =
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg")
     svg = buffer.getvalue()
-    return svg[svg.find("<svg"):]  # drop the XML prolog so it inlines in HTML
+    return svg[svg.find("<svg") :]  # drop the XML prolog so it inlines in HTML
 
 
 def _slo_section(reports: Sequence[BenchmarkReport]) -> str:
@@ -151,21 +204,39 @@ def _slo_section(reports: Sequence[BenchmarkReport]) -> str:
     for r in reports:
         if r.slo is None:
             continue
-        best = (f"{r.max_output_tok_s_within_slo:.1f} tok/s at {r.best_level_within_slo}"
-                if r.max_output_tok_s_within_slo is not None else "no level meets the SLO")
-        rows.append([r.backend, ", ".join(f"{k} ≤ {v:g}" for k, v in r.slo.model_dump(exclude_none=True).items()), best])
+        best = (
+            f"{r.max_output_tok_s_within_slo:.1f} tok/s at {r.best_level_within_slo}"
+            if r.max_output_tok_s_within_slo is not None
+            else "no level meets the SLO"
+        )
+        rows.append(
+            [r.backend, ", ".join(f"{k} ≤ {v:g}" for k, v in r.slo.model_dump(exclude_none=True).items()), best]
+        )
     if not rows:
         return "<p class='note'>No SLO configured: goodput and max throughput within SLO are not computed.</p>"
-    return ("<h2>SLO (p99, MLPerf rule) and goodput</h2><p class='note'>Goodput counts completed requests "
-            "meeting every limit per request (vLLM); a level is within the SLO when its p99s are under the "
-            "limits and nothing failed.</p>" + _table(["backend", "SLO", "max throughput within SLO"], rows, 3))
+    return (
+        "<h2>SLO (p99, MLPerf rule) and goodput</h2><p class='note'>Goodput counts completed requests "
+        "meeting every limit per request (vLLM); a level is within the SLO when its p99s are under the "
+        "limits and nothing failed.</p>" + _table(["backend", "SLO", "max throughput within SLO"], rows, 3)
+    )
 
 
 def _telemetry_section(reports: Sequence[BenchmarkReport]) -> str:
     rows = []
-    fields = ("gpu_name", "compute_capability", "memory_total_mib", "memory_used_peak_mib", "gpu_utilization_mean_pct",
-              "gpu_utilization_max_pct", "power_mean_w", "power_max_w", "sm_clock_max_mhz", "memory_clock_max_mhz",
-              "peak_bandwidth_gb_s", "samples")
+    fields = (
+        "gpu_name",
+        "compute_capability",
+        "memory_total_mib",
+        "memory_used_peak_mib",
+        "gpu_utilization_mean_pct",
+        "gpu_utilization_max_pct",
+        "power_mean_w",
+        "power_max_w",
+        "sm_clock_max_mhz",
+        "memory_clock_max_mhz",
+        "peak_bandwidth_gb_s",
+        "samples",
+    )
     for r in reports:
         t = r.telemetry
         if t is None:
@@ -181,20 +252,36 @@ def _telemetry_section(reports: Sequence[BenchmarkReport]) -> str:
 
 def _workload_section(report: BenchmarkReport) -> str:
     w = report.workload
-    rows = [["source", w.source], ["seed", w.seed], ["timed requests per level", w.num_requests],
-            ["warmup requests per level (excluded)", w.warmup_requests],
-            ["input length (tokens)", f"{w.input_len_min}–{w.input_len_max}"],
-            ["output length (tokens, exact)", f"{w.output_len_min}–{w.output_len_max}"],
-            ["length distributions (input / output)", f"{w.input_len_distribution} / {w.output_len_distribution}"],
-            ["vocab size", w.vocab_size], ["workload hash", w.workload_hash]]
+    rows = [
+        ["source", w.source],
+        ["seed", w.seed],
+        ["timed requests per level", w.num_requests],
+        ["warmup requests per level (excluded)", w.warmup_requests],
+        ["input length (tokens)", f"{w.input_len_min}–{w.input_len_max}"],
+        ["output length (tokens, exact)", f"{w.output_len_min}–{w.output_len_max}"],
+        ["length distributions (input / output)", f"{w.input_len_distribution} / {w.output_len_distribution}"],
+        ["vocab size", w.vocab_size],
+        ["workload hash", w.workload_hash],
+    ]
     return "<h2>Workload</h2>" + _table(["", "value"], rows, left_columns=2)
 
 
 def _machine_section(reports: Sequence[BenchmarkReport]) -> str:
-    rows = [[r.backend, r.machine.device_name, r.machine.cpu_count, r.machine.torch_threads,
-             r.machine.torch_version, r.machine.platform, r.created_at] for r in reports]
+    rows = [
+        [
+            r.backend,
+            r.machine.device_name,
+            r.machine.cpu_count,
+            r.machine.torch_threads,
+            r.machine.torch_version,
+            r.machine.platform,
+            r.created_at,
+        ]
+        for r in reports
+    ]
     return "<h2>Machine</h2>" + _table(
-        ["backend", "device", "CPUs", "torch threads", "torch", "platform", "run at (UTC)"], rows, left_columns=6)
+        ["backend", "device", "CPUs", "torch threads", "torch", "platform", "run at (UTC)"], rows, left_columns=6
+    )
 
 
 def render_html(
@@ -221,5 +308,7 @@ def render_html(
         _telemetry_section(reports),
         _machine_section(reports),
     ]
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>"
+    )

@@ -25,7 +25,7 @@ import platform
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -33,7 +33,13 @@ import numpy as np
 import torch
 
 from foundry.bench.metrics import (
-    SLO, BenchmarkReport, MachineInfo, ModelBytes, RequestRecord, decode_mbu, max_throughput_within_slo,
+    SLO,
+    BenchmarkReport,
+    MachineInfo,
+    ModelBytes,
+    RequestRecord,
+    decode_mbu,
+    max_throughput_within_slo,
     summarize_level,
 )
 from foundry.bench.workload import Request, WorkloadDescription, describe_requests
@@ -94,12 +100,18 @@ class EngineTarget:
             return tokens
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, self.engine.generate, request.input_ids, request.output_tokens, on_token)
+            self._executor, self.engine.generate, request.input_ids, request.output_tokens, on_token
+        )
 
 
 async def send_request(
-    target: AsyncTarget, request: Request, scheduled_s: float, epoch_s: float, concurrency: int,
-    load_mode: str = "concurrency", request_rate: float | None = None,
+    target: AsyncTarget,
+    request: Request,
+    scheduled_s: float,
+    epoch_s: float,
+    concurrency: int,
+    load_mode: str = "concurrency",
+    request_rate: float | None = None,
 ) -> RequestRecord:
     """Run one request to completion; an exception from the target becomes a failed record."""
     arrivals_s: list[float] = []
@@ -249,8 +261,13 @@ def machine_info(target: Engine | None = None) -> MachineInfo:
     )
 
 
-def _validate_run(requests: Sequence[Request], concurrency_levels: Sequence[int], warmup_requests: int,
-                  mode: str, request_rates: Sequence[float] | None) -> None:
+def _validate_run(
+    requests: Sequence[Request],
+    concurrency_levels: Sequence[int],
+    warmup_requests: int,
+    mode: str,
+    request_rates: Sequence[float] | None,
+) -> None:
     if mode not in LOAD_MODES:
         raise FoundryError(f"unknown load mode {mode!r}; use one of {LOAD_MODES}")
     if mode == "concurrency":
@@ -286,8 +303,13 @@ def garbage_collection_frozen():
         gc.unfreeze()
 
 
-def load_levels(mode: str, concurrency_levels: Sequence[int], request_rates: Sequence[float] | None,
-                max_concurrency: int | None, arrival_seed: int) -> list:
+def load_levels(
+    mode: str,
+    concurrency_levels: Sequence[int],
+    request_rates: Sequence[float] | None,
+    max_concurrency: int | None,
+    arrival_seed: int,
+) -> list:
     if mode == "concurrency":
         return [ConcurrencyLoad(c) for c in concurrency_levels]
     return [RequestRateLoad(rate, seed=arrival_seed, max_concurrency=max_concurrency) for rate in request_rates]
@@ -349,8 +371,14 @@ def run_benchmark(
         peak_bandwidth_gb_s = telemetry_summary.peak_bandwidth_gb_s
     levels, all_records = [], []
     for load, warmup_records, records in results:
-        level = summarize_level(records, load.concurrency, load_mode=load.name, warmup_records=warmup_records,
-                                request_rate=load.request_rate, slo=slo)
+        level = summarize_level(
+            records,
+            load.concurrency,
+            load_mode=load.name,
+            warmup_records=warmup_records,
+            request_rate=load.request_rate,
+            slo=slo,
+        )
         mbu, achieved = decode_mbu(level, model_bytes, peak_bandwidth_gb_s, records)
         levels.append(level.model_copy(update={"mbu": mbu, "achieved_bandwidth_gb_s": achieved}))
         all_records.extend(records)
@@ -398,4 +426,6 @@ def engine_model_bytes(engine) -> ModelBytes | None:
         return None
     if not (layers and kv_heads and head):
         return None
-    return ModelBytes(weight_bytes=int(weight_bytes), kv_bytes_per_token=int(2 * layers * kv_heads * head * dtype_bytes))
+    return ModelBytes(
+        weight_bytes=int(weight_bytes), kv_bytes_per_token=int(2 * layers * kv_heads * head * dtype_bytes)
+    )

@@ -78,7 +78,11 @@ def parse_completion_request(body: object, tokenizer) -> CompletionParams:
     if body.get("n", 1) != 1 or body.get("best_of", 1) != 1:
         raise CompletionRequestError("n/best_of: only 1 is supported")
     temperature = body.get("temperature")
-    if temperature not in (None, 0, 0.0) or body.get("top_k", -1) not in (-1, 1) or body.get("top_p", 1) not in (1, 1.0):
+    if (
+        temperature not in (None, 0, 0.0)
+        or body.get("top_k", -1) not in (-1, 1)
+        or body.get("top_p", 1) not in (1, 1.0)
+    ):
         raise CompletionRequestError("sampling: only greedy decoding is served (temperature 0 or unset)")
     stream = bool(body.get("stream", False))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
@@ -88,12 +92,21 @@ def parse_completion_request(body: object, tokenizer) -> CompletionParams:
     min_tokens = body.get("min_tokens") or 0
     if not isinstance(min_tokens, int) or isinstance(min_tokens, bool) or min_tokens < 0:
         raise CompletionRequestError(f"min_tokens: must be an integer >= 0, got {min_tokens!r}")
-    return CompletionParams(ids, max_tokens, stream, include_usage, bool(body.get("ignore_eos", False)),
-                            min_tokens, logprobs, bool(body.get("detokenize", True)))
+    return CompletionParams(
+        ids,
+        max_tokens,
+        stream,
+        include_usage,
+        bool(body.get("ignore_eos", False)),
+        min_tokens,
+        logprobs,
+        bool(body.get("detokenize", True)),
+    )
 
 
-async def stream_engine_tokens(engine, input_ids: Sequence[int], max_tokens: int,
-                               start_s: float | None = None) -> AsyncIterator[int]:
+async def stream_engine_tokens(
+    engine, input_ids: Sequence[int], max_tokens: int, start_s: float | None = None
+) -> AsyncIterator[int]:
     """Tokens of `engine` as an async iterator: `agenerate` if the engine has it, else its blocking
     `generate` in a thread whose on_token hands each token to the loop. `start_s` (synthetic
     engines only) anchors the exact schedule at the client's scheduled send time."""
@@ -139,7 +152,7 @@ class TextDecoder:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
             return ""
-        new, self.text = text[len(self.text):], text
+        new, self.text = text[len(self.text) :], text
         return new
 
 
@@ -162,8 +175,12 @@ def legacy_logprobs(engine, prompt: Sequence[int], tokens: Sequence[int], k: int
     from foundry.generation_quality import logprobs_of
 
     sampled, top = logprobs_of(engine, prompt, tokens, k)
-    return {"tokens": [f"token_id:{t}" for t in tokens], "token_logprobs": sampled, "text_offset": [],
-            "top_logprobs": [{f"token_id:{t}": lp for t, lp in entry.items()} for entry in top] if k > 1 else []}
+    return {
+        "tokens": [f"token_id:{t}" for t in tokens],
+        "token_logprobs": sampled,
+        "text_offset": [],
+        "top_logprobs": [{f"token_id:{t}": lp for t, lp in entry.items()} for entry in top] if k > 1 else [],
+    }
 
 
 def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule: bool = False):
@@ -195,8 +212,11 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
             return error(400, str(exc))
         requested_model = body.get("model")
         if requested_model not in (None, model_name):
-            return error(404, f"model {requested_model!r} is not served here; this server serves {model_name!r}",
-                         "model_not_found")
+            return error(
+                404,
+                f"model {requested_model!r} is not served here; this server serves {model_name!r}",
+                "model_not_found",
+            )
         ids, max_tokens = params.prompt_ids, params.max_tokens
         start_s = None
         if anchor_to_client_schedule and request.headers.get("x-foundry-scheduled-s"):
@@ -208,9 +228,21 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
             return not params.ignore_eos and token in eos_ids and count >= params.min_tokens
 
         def chunk(text: str, token_ids: list[int], finish_reason: str | None, logprobs=None) -> dict:
-            return {"id": completion_id, "object": "text_completion", "created": created, "model": model_name,
-                    "choices": [{"index": 0, "text": text if params.detokenize else "", "token_ids": token_ids,
-                                 "logprobs": logprobs, "finish_reason": finish_reason}]}
+            return {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model_name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": text if params.detokenize else "",
+                        "token_ids": token_ids,
+                        "logprobs": logprobs,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+            }
 
         usage = lambda n: {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}  # noqa: E731
 
@@ -222,7 +254,11 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
                     decoder.add(token)
                     if stops_after(token, len(tokens)):
                         break
-                logprobs = await asyncio.to_thread(legacy_logprobs, engine, ids, tokens, params.logprobs) if params.logprobs else None
+                logprobs = (
+                    await asyncio.to_thread(legacy_logprobs, engine, ids, tokens, params.logprobs)
+                    if params.logprobs
+                    else None
+                )
             except Exception as exc:
                 return error(500, f"{type(exc).__name__}: {exc}", "server_error")
             finish = "stop" if len(tokens) < max_tokens else "length"
@@ -259,8 +295,13 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
 
     async def emissions(_request):
         written = written_log.by_prompt()
-        return JSONResponse({"emissions": [entry | {"written_s": written.get(tuple(entry["prompt"]), [])}
-                                           for entry in engine.emission_log()]})
+        return JSONResponse(
+            {
+                "emissions": [
+                    entry | {"written_s": written.get(tuple(entry["prompt"]), [])} for entry in engine.emission_log()
+                ]
+            }
+        )
 
     routes = [
         Route("/v1/completions", completions, methods=["POST"]),
@@ -272,28 +313,48 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
     return Starlette(routes=routes)
 
 
-def serve(engine, model_name: str, tokenizer=None, host: str = "127.0.0.1", port: int = 8000,
-          log_level: str = "warning", anchor_to_client_schedule: bool = False) -> None:
+def serve(
+    engine,
+    model_name: str,
+    tokenizer=None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "warning",
+    anchor_to_client_schedule: bool = False,
+) -> None:
     import uvicorn
 
-    uvicorn.run(build_app(engine, model_name, tokenizer, anchor_to_client_schedule), host=host, port=port, log_level=log_level,
-                backlog=4096, timeout_keep_alive=30, access_log=False)
+    uvicorn.run(
+        build_app(engine, model_name, tokenizer, anchor_to_client_schedule),
+        host=host,
+        port=port,
+        log_level=log_level,
+        backlog=4096,
+        timeout_keep_alive=30,
+        access_log=False,
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m foundry.bench.server", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m foundry.bench.server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--engine-dir", type=Path, help="reference engine (TensorRT-LLM checkpoint) directory")
     source.add_argument("--hf-dir", type=Path, help="HF model directory (transformers)")
-    source.add_argument("--synthetic", metavar="TTFT_MS,ITL_MS[,SPREAD_MS]", help="AsyncSyntheticEngine with exact delays")
+    source.add_argument(
+        "--synthetic", metavar="TTFT_MS,ITL_MS[,SPREAD_MS]", help="AsyncSyntheticEngine with exact delays"
+    )
     parser.add_argument("--tokenizer", type=Path, help="HF tokenizer directory for text prompts/outputs")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model-name", default=None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--anchor-to-client-schedule", action="store_true",
-                        help="synthetic only, same host: start each schedule at the client's X-Foundry-Scheduled-S")
+    parser.add_argument(
+        "--anchor-to-client-schedule",
+        action="store_true",
+        help="synthetic only, same host: start each schedule at the client's X-Foundry-Scheduled-S",
+    )
     args = parser.parse_args(argv)
     if args.anchor_to_client_schedule and not args.synthetic:
         parser.error("--anchor-to-client-schedule applies only to --synthetic")
@@ -310,7 +371,9 @@ def load_engine_from_args(args: argparse.Namespace):
                 raise ValueError(f"{len(values)} numbers")
             ttft_ms, itl_ms, spread_ms = (values + [0.0])[:3]
         except ValueError:
-            raise FoundryError(f"--synthetic: write TTFT_MS,ITL_MS[,TTFT_SPREAD_MS] (e.g. 200,20), got {args.synthetic!r}") from None
+            raise FoundryError(
+                f"--synthetic: write TTFT_MS,ITL_MS[,TTFT_SPREAD_MS] (e.g. 200,20), got {args.synthetic!r}"
+            ) from None
         engine = AsyncSyntheticEngine(ttft_ms=ttft_ms, itl_ms=itl_ms, ttft_spread_ms=spread_ms)
         return engine, engine.name
     if args.engine_dir is not None:
@@ -335,10 +398,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FoundryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"serving {engine.backend} {args.model_name or name} on http://{args.host}:{args.port}/v1/completions",
-          flush=True)
-    serve(engine, args.model_name or name, tokenizer, args.host, args.port,
-          anchor_to_client_schedule=args.anchor_to_client_schedule)
+    print(
+        f"serving {engine.backend} {args.model_name or name} on http://{args.host}:{args.port}/v1/completions",
+        flush=True,
+    )
+    serve(
+        engine,
+        args.model_name or name,
+        tokenizer,
+        args.host,
+        args.port,
+        anchor_to_client_schedule=args.anchor_to_client_schedule,
+    )
     return 0
 
 

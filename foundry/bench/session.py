@@ -36,9 +36,13 @@ class LoadPlan:
     def from_config(cls, benchmark) -> "LoadPlan":
         """From a foundry.config.BenchmarkConfig."""
         return cls(
-            concurrency=list(benchmark.concurrency), warmup_requests=benchmark.warmup_requests, mode=benchmark.mode,
-            request_rates=benchmark.request_rates, max_concurrency=benchmark.max_concurrency,
-            arrival_seed=benchmark.seed, slo=benchmark.slo.model_dump(exclude_none=True) or None,
+            concurrency=list(benchmark.concurrency),
+            warmup_requests=benchmark.warmup_requests,
+            mode=benchmark.mode,
+            request_rates=benchmark.request_rates,
+            max_concurrency=benchmark.max_concurrency,
+            arrival_seed=benchmark.seed,
+            slo=benchmark.slo.model_dump(exclude_none=True) or None,
             telemetry=benchmark.telemetry,
         )
 
@@ -65,30 +69,52 @@ def _measure(target, requests, workload, plan: LoadPlan, model_name: str) -> Ben
 
         telemetry = GPUTelemetry(plan.gpu_index)
     return run_benchmark(
-        target, requests, plan.concurrency, plan.warmup_requests, model=model_name, workload=workload,
-        mode=plan.mode, request_rates=plan.request_rates, max_concurrency=plan.max_concurrency,
-        arrival_seed=plan.arrival_seed, slo=plan.slo, telemetry=telemetry, model_bytes=engine_model_bytes(target),
+        target,
+        requests,
+        plan.concurrency,
+        plan.warmup_requests,
+        model=model_name,
+        workload=workload,
+        mode=plan.mode,
+        request_rates=plan.request_rates,
+        max_concurrency=plan.max_concurrency,
+        arrival_seed=plan.arrival_seed,
+        slo=plan.slo,
+        telemetry=telemetry,
+        model_bytes=engine_model_bytes(target),
     )
 
 
-def run_session(engine: ContextManager[ServedEngine], requests: Sequence[Request], workload: WorkloadDescription,
-                plan: LoadPlan, model_name: str, baseline: Callable[[], object] | None = None,
-                dataset_fingerprint: str | None = None) -> BenchmarkResults:
+def run_session(
+    engine: ContextManager[ServedEngine],
+    requests: Sequence[Request],
+    workload: WorkloadDescription,
+    plan: LoadPlan,
+    model_name: str,
+    baseline: Callable[[], object] | None = None,
+    dataset_fingerprint: str | None = None,
+) -> BenchmarkResults:
     """Measure the engine (its context is closed — a server stopped — before the baseline loads, so
     one model is in memory at a time), then the baseline on the same requests, and compare."""
     with engine as opened:
         report = _measure(opened.target, requests, workload, plan, model_name)
         opened.require_alive("the benchmark")
-    report = report.model_copy(update={"served_by": opened.served_by, "engine_content_hash": opened.engine_content_hash})
+    report = report.model_copy(
+        update={"served_by": opened.served_by, "engine_content_hash": opened.engine_content_hash}
+    )
     baseline_report, comparison = None, []
     if baseline is not None:
         baseline_report = _measure(baseline(), requests, workload, plan, model_name)
         baseline_report = baseline_report.model_copy(update={"served_by": "in-process hf-transformers"})
         comparison = compare_reports(report, baseline_report)
     return BenchmarkResults(
-        engine=report, baseline=baseline_report, comparison=comparison,
-        headline=benchmark_headline(report, comparison), served_by=opened.served_by,
-        engine_content_hash=opened.engine_content_hash, dataset_fingerprint=dataset_fingerprint,
+        engine=report,
+        baseline=baseline_report,
+        comparison=comparison,
+        headline=benchmark_headline(report, comparison),
+        served_by=opened.served_by,
+        engine_content_hash=opened.engine_content_hash,
+        dataset_fingerprint=dataset_fingerprint,
     )
 
 

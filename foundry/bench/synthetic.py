@@ -33,10 +33,18 @@ class SyntheticEngine:
     """Implements the Engine protocol. Greedy rule: next token = (previous token + 1) mod vocab,
     and `logits` puts its maximum on exactly that token, so generate() is truly greedy."""
 
-    def __init__(self, ttft_ms: float, itl_ms: float, backend: str = "synthetic", vocab_size: int = 256,
-                 ttft_spread_ms: float = 0.0):
+    def __init__(
+        self,
+        ttft_ms: float,
+        itl_ms: float,
+        backend: str = "synthetic",
+        vocab_size: int = 256,
+        ttft_spread_ms: float = 0.0,
+    ):
         if ttft_ms < 0 or itl_ms < 0 or ttft_spread_ms < 0:
-            raise FoundryError(f"ttft_ms, itl_ms, ttft_spread_ms must be >= 0, got {ttft_ms}, {itl_ms}, {ttft_spread_ms}")
+            raise FoundryError(
+                f"ttft_ms, itl_ms, ttft_spread_ms must be >= 0, got {ttft_ms}, {itl_ms}, {ttft_spread_ms}"
+            )
         self.ttft_ms = ttft_ms
         # TTFT of a request = ttft_ms + ttft_spread_ms × frac(first prompt token × golden ratio): known
         # exactly per request (ttft_for), and at high concurrency it spreads the first tokens (and so
@@ -111,8 +119,9 @@ class AsyncSyntheticEngine(SyntheticEngine):
     event loop: hundreds of concurrent requests then cost no threads (the in-process harness and the
     HTTP server both use it when present)."""
 
-    async def agenerate(self, input_ids: Sequence[int], max_new_tokens: int,
-                        start_s: float | None = None) -> AsyncIterator[int]:
+    async def agenerate(
+        self, input_ids: Sequence[int], max_new_tokens: int, start_s: float | None = None
+    ) -> AsyncIterator[int]:
         """`start_s` (time.perf_counter) anchors the schedule; default: now."""
         start_s = time.perf_counter() if start_s is None else start_s
         if not input_ids:

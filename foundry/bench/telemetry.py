@@ -150,14 +150,21 @@ class GPUTelemetry:
 
         memory = values("memory_used_mib")
         return TelemetrySummary(
-            status="ok", gpu_index=self.gpu_index, **self._static,
+            status="ok",
+            gpu_index=self.gpu_index,
+            **self._static,
             memory_used_start_mib=memory[0] if memory else None,
-            memory_used_peak_mib=peak("memory_used_mib"), memory_used_mean_mib=mean("memory_used_mib"),
-            gpu_utilization_mean_pct=mean("gpu_util"), gpu_utilization_max_pct=peak("gpu_util"),
+            memory_used_peak_mib=peak("memory_used_mib"),
+            memory_used_mean_mib=mean("memory_used_mib"),
+            gpu_utilization_mean_pct=mean("gpu_util"),
+            gpu_utilization_max_pct=peak("gpu_util"),
             memory_utilization_mean_pct=mean("mem_util"),
-            power_mean_w=mean("power_w"), power_max_w=peak("power_w"),
-            sm_clock_mean_mhz=mean("sm_clock_mhz"), sm_clock_max_mhz=peak("sm_clock_mhz"),
-            samples=len(self._samples), interval_s=self.interval_s,
+            power_mean_w=mean("power_w"),
+            power_max_w=peak("power_w"),
+            sm_clock_mean_mhz=mean("sm_clock_mhz"),
+            sm_clock_max_mhz=peak("sm_clock_mhz"),
+            samples=len(self._samples),
+            interval_s=self.interval_s,
         )
 
 

@@ -23,8 +23,15 @@ from foundry.bench.workload import WorkloadDescription
 from foundry.errors import FoundryError
 from foundry.hashing import sha256_json
 
-_PERCENTILE_KEYS = {"p50_ms": "p50", "p90_ms": "p90", "p95_ms": "p95", "p99_ms": "p99",
-                    "min_ms": "minimum", "max_ms": "maximum", "mean_ms": "average"}
+_PERCENTILE_KEYS = {
+    "p50_ms": "p50",
+    "p90_ms": "p90",
+    "p95_ms": "p95",
+    "p99_ms": "p99",
+    "min_ms": "minimum",
+    "max_ms": "maximum",
+    "mean_ms": "average",
+}
 
 
 def _get(data: dict, path: str, source: Path):
@@ -69,29 +76,49 @@ def normalize_trtllm_bench_report(data: object, source: Path | str = "<report>")
     level = LevelSummary(
         load_mode="trtllm-bench",
         concurrency=int(round(concurrency)) if isinstance(concurrency, (int, float)) else 0,
-        num_requests=num_requests, completed=num_requests, failed=0, failure_rate=0.0,
-        duration_s=duration_s, total_output_tokens=int(round(avg_output * num_requests)),
-        ttft=ttft, tpot=tpot, e2e=e2e, itl=None,
+        num_requests=num_requests,
+        completed=num_requests,
+        failed=0,
+        failure_rate=0.0,
+        duration_s=duration_s,
+        total_output_tokens=int(round(avg_output * num_requests)),
+        ttft=ttft,
+        tpot=tpot,
+        e2e=e2e,
+        itl=None,
         output_token_throughput_tok_s=output_tok_s,
         request_throughput_req_s=_number(data, "performance.request_throughput_req_s", source),
-        errors=[] if streaming else ["report has no streaming_metrics (run trtllm-bench with --streaming for TTFT/TPOT)"],
+        errors=[]
+        if streaming
+        else ["report has no streaming_metrics (run trtllm-bench with --streaming for TTFT/TPOT)"],
     )
     engine = data.get("engine") or {}
     workload = WorkloadDescription(
         source=f"trtllm-bench:{data.get('dataset', {}).get('dataset_path', source.name) if isinstance(data.get('dataset'), dict) else source.name}",
-        seed=None, num_requests=num_requests, warmup_requests=0,
-        input_len_min=int(avg_input), input_len_max=int(math.ceil(avg_input)),
-        output_len_min=int(avg_output), output_len_max=int(math.ceil(avg_output)),
-        vocab_size=None, workload_hash=sha256_json(data.get("dataset") or {"avg_input": avg_input, "avg_output": avg_output}),
-        input_len_distribution="dataset-average", output_len_distribution="dataset-average",
+        seed=None,
+        num_requests=num_requests,
+        warmup_requests=0,
+        input_len_min=int(avg_input),
+        input_len_max=int(math.ceil(avg_input)),
+        output_len_min=int(avg_output),
+        output_len_max=int(math.ceil(avg_output)),
+        vocab_size=None,
+        workload_hash=sha256_json(data.get("dataset") or {"avg_input": avg_input, "avg_output": avg_output}),
+        input_len_distribution="dataset-average",
+        output_len_distribution="dataset-average",
     )
     return BenchmarkReport(
         backend=f"tensorrt-llm:{engine.get('backend', 'unknown')}",
         model=str(engine.get("model", "")),
         workload=workload,
         levels=[level],
-        machine=MachineInfo(cpu_count=None, torch_version="n/a", device_name=str(engine.get("version", "trtllm-bench")),
-                            torch_threads=0, platform="trtllm-bench report"),
+        machine=MachineInfo(
+            cpu_count=None,
+            torch_version="n/a",
+            device_name=str(engine.get("version", "trtllm-bench")),
+            torch_threads=0,
+            platform="trtllm-bench report",
+        ),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         target=f"trtllm-bench report {source.name}",
     )

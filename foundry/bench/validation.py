@@ -25,8 +25,12 @@ class ResultsValidation:
     completion_rate_by_level: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"success": self.success, "failures": self.failures, "checked_rows": self.checked_rows,
-                "completion_rate_by_level": self.completion_rate_by_level}
+        return {
+            "success": self.success,
+            "failures": self.failures,
+            "checked_rows": self.checked_rows,
+            "completion_rate_by_level": self.completion_rate_by_level,
+        }
 
 
 def _level_key(row) -> str:
@@ -59,35 +63,51 @@ def validate_benchmark_results(frame, min_completion_rate: float = 1.0) -> Resul
     def run(name: str, data, expectations) -> None:
         if len(data) == 0:
             return
-        batch = context.data_sources.add_pandas(f"{name}_src").add_dataframe_asset(name) \
+        batch = (
+            context.data_sources.add_pandas(f"{name}_src")
+            .add_dataframe_asset(name)
             .add_batch_definition_whole_dataframe("all")
+        )
         suite = context.suites.add(gx.ExpectationSuite(name=f"benchmark_{name}"))
         for expectation in expectations:
             suite.add_expectation(expectation)
         result = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"v_{name}", data=batch, suite=suite)).run(batch_parameters={"dataframe": data})
+            gx.ValidationDefinition(name=f"v_{name}", data=batch, suite=suite)
+        ).run(batch_parameters={"dataframe": data})
         for item in result.results:
             if not item.success:
                 config = item.expectation_config
                 observed = item.result.get("partial_unexpected_list") or item.result.get("observed_value")
-                failures.append(f"{name}: {config.type} {config.kwargs.get('column', '')} failed "
-                                f"(unexpected: {str(observed)[:200]})")
+                failures.append(
+                    f"{name}: {config.type} {config.kwargs.get('column', '')} failed "
+                    f"(unexpected: {str(observed)[:200]})"
+                )
 
     e = gx.expectations
-    run("completed_requests", completed, [
-        *(e.ExpectColumnValuesToNotBeNull(column=c) for c in ("ttft_ms", "e2e_ms", "scheduled_s", "end_s")),
-        *(e.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in ("ttft_ms", "e2e_ms")),
-        e.ExpectColumnValuesToBeInSet(column="tokens_match", value_set=[True]),
-    ])
-    run("multi_token_requests", multi, [
-        e.ExpectColumnValuesToNotBeNull(column="tpot_ms"),
-        e.ExpectColumnValuesToBeBetween(column="tpot_ms", min_value=0),
-    ])
+    run(
+        "completed_requests",
+        completed,
+        [
+            *(e.ExpectColumnValuesToNotBeNull(column=c) for c in ("ttft_ms", "e2e_ms", "scheduled_s", "end_s")),
+            *(e.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in ("ttft_ms", "e2e_ms")),
+            e.ExpectColumnValuesToBeInSet(column="tokens_match", value_set=[True]),
+        ],
+    )
+    run(
+        "multi_token_requests",
+        multi,
+        [
+            e.ExpectColumnValuesToNotBeNull(column="tpot_ms"),
+            e.ExpectColumnValuesToBeBetween(column="tpot_ms", min_value=0),
+        ],
+    )
     run("levels", levels, [e.ExpectColumnValuesToBeBetween(column="completion_rate", min_value=min_completion_rate)])
     if len(levels) and (levels["completion_rate"] < min_completion_rate).any():
         bad = levels[levels["completion_rate"] < min_completion_rate]
-        failures.append("completion rate below " f"{min_completion_rate:.0%}: "
-                        + ", ".join(f"{r.level} {r.completion_rate:.1%}" for r in bad.itertuples()))
+        failures.append(
+            "completion rate below "
+            f"{min_completion_rate:.0%}: " + ", ".join(f"{r.level} {r.completion_rate:.1%}" for r in bad.itertuples())
+        )
     return ResultsValidation(not failures, failures, len(frame), {k: float(v) for k, v in rates.items()})
 
 
@@ -96,6 +116,10 @@ def require_valid_results(frame, min_completion_rate: float = 1.0) -> ResultsVal
     if not outcome.success:
         errors = [] if "error" not in frame.columns else sorted({str(e) for e in frame["error"].dropna() if str(e)})
         why = ("\nfailed requests said: " + "; ".join(errors[:3])) if errors else ""
-        raise FoundryError("benchmark results failed validation:\n  - " + "\n  - ".join(outcome.failures) + why
-                           + "\n(see the per-request table; lower benchmark.min_completion_rate to accept failures)")
+        raise FoundryError(
+            "benchmark results failed validation:\n  - "
+            + "\n  - ".join(outcome.failures)
+            + why
+            + "\n(see the per-request table; lower benchmark.min_completion_rate to accept failures)"
+        )
     return outcome

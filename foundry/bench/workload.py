@@ -7,12 +7,11 @@ Two sources produce the same `Request` list and `WorkloadDescription`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Sequence
-
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -72,8 +71,14 @@ LENGTH_DISTRIBUTIONS = ("fixed", "uniform", "normal")
 
 
 def sample_lengths(
-    rng: np.random.Generator, size: int, low: int, high: int, distribution: str = "uniform",
-    mean: float | None = None, std: float | None = None, name: str = "length",
+    rng: np.random.Generator,
+    size: int,
+    low: int,
+    high: int,
+    distribution: str = "uniform",
+    mean: float | None = None,
+    std: float | None = None,
+    name: str = "length",
 ) -> np.ndarray:
     """`size` integer lengths in [low, high]: fixed (low == high), uniform (inclusive), or normal(mean,
     std) truncated to the bounds by redrawing samples that fall outside (never clipped onto them)."""
@@ -125,8 +130,12 @@ def synthetic_workload(
         input_lens = rng.integers(input_len_min, input_len_max, endpoint=True, size=num_requests)
         output_lens = rng.integers(output_len_min, output_len_max, endpoint=True, size=num_requests)
     else:
-        input_lens = sample_lengths(rng, num_requests, input_len_min, input_len_max, name="input_len", **(input_dist or {}))
-        output_lens = sample_lengths(rng, num_requests, output_len_min, output_len_max, name="output_len", **(output_dist or {}))
+        input_lens = sample_lengths(
+            rng, num_requests, input_len_min, input_len_max, name="input_len", **(input_dist or {})
+        )
+        output_lens = sample_lengths(
+            rng, num_requests, output_len_min, output_len_max, name="output_len", **(output_dist or {})
+        )
     return [
         Request(
             request_id=index,
@@ -184,8 +193,14 @@ def synthetic_workload_with_description(
     if warmup_requests < 0:
         raise FoundryError(f"warmup_requests must be >= 0, got {warmup_requests}")
     requests = synthetic_workload(
-        seed, num_requests + warmup_requests, input_len_min, input_len_max,
-        output_len_min, output_len_max, vocab_size, special_ids,
+        seed,
+        num_requests + warmup_requests,
+        input_len_min,
+        input_len_max,
+        output_len_min,
+        output_len_max,
+        vocab_size,
+        special_ids,
     )
     description = WorkloadDescription(
         source="synthetic",
@@ -246,7 +261,9 @@ def load_trtllm_dataset(path: Path | str, tokenizer=None) -> list[Request]:
                     raise FoundryError(f"{where}: prompt tokenizes to no tokens")
             else:
                 raise FoundryError(f"{where}: needs input_ids or prompt")
-            requests.append(Request(request_id=len(requests), input_ids=[int(i) for i in ids], output_tokens=output_tokens))
+            requests.append(
+                Request(request_id=len(requests), input_ids=[int(i) for i in ids], output_tokens=output_tokens)
+            )
     if not requests:
         raise FoundryError(f"{path}: the dataset has no requests")
     return requests
@@ -256,7 +273,9 @@ def write_trtllm_dataset(requests: Sequence[Request], path: Path | str) -> None:
     """Write requests as trtllm-bench JSONL (so the same workload can be replayed with trtllm-bench)."""
     with Path(path).open("w") as handle:
         for r in requests:
-            handle.write(json.dumps({"task_id": r.request_id, "input_ids": r.input_ids, "output_tokens": r.output_tokens}) + "\n")
+            handle.write(
+                json.dumps({"task_id": r.request_id, "input_ids": r.input_ids, "output_tokens": r.output_tokens}) + "\n"
+            )
 
 
 def require_requests_fit(requests: Sequence[Request], max_seq_len: int, path: Path | str) -> None:
@@ -272,24 +291,32 @@ def require_requests_fit(requests: Sequence[Request], max_seq_len: int, path: Pa
         )
 
 
-def dataset_workload(path: Path | str, warmup_requests: int, num_requests: int | None = None,
-                     tokenizer=None, vocab_size: int | None = None,
-                     max_seq_len: int | None = None) -> tuple[list[Request], WorkloadDescription]:
+def dataset_workload(
+    path: Path | str,
+    warmup_requests: int,
+    num_requests: int | None = None,
+    tokenizer=None,
+    vocab_size: int | None = None,
+    max_seq_len: int | None = None,
+) -> tuple[list[Request], WorkloadDescription]:
     """The first `warmup_requests` lines warm up, the next `num_requests` (default: all) are timed."""
     requests = load_trtllm_dataset(path, tokenizer)
     if max_seq_len is not None:
         require_requests_fit(requests, max_seq_len, path)
     wanted = warmup_requests + (num_requests if num_requests is not None else len(requests) - warmup_requests)
     if len(requests) < wanted or wanted <= warmup_requests:
-        raise FoundryError(f"{path}: has {len(requests)} requests, need {warmup_requests} warmup + at least 1 timed"
-                           + (f" ({num_requests} asked)" if num_requests is not None else ""))
+        raise FoundryError(
+            f"{path}: has {len(requests)} requests, need {warmup_requests} warmup + at least 1 timed"
+            + (f" ({num_requests} asked)" if num_requests is not None else "")
+        )
     requests = requests[:wanted]
     if vocab_size is not None:
         too_big = [r.request_id for r in requests if max(r.input_ids) >= vocab_size]
         if too_big:
             raise FoundryError(f"{path}: requests {too_big[:5]} hold token ids >= the model's vocab_size {vocab_size}")
-    description = describe_requests(requests, warmup_requests, source=f"trtllm-bench-dataset:{Path(path).name}",
-                                    vocab_size=vocab_size)
+    description = describe_requests(
+        requests, warmup_requests, source=f"trtllm-bench-dataset:{Path(path).name}", vocab_size=vocab_size
+    )
     description.input_len_distribution = description.output_len_distribution = "dataset"
     return requests, description
 
@@ -303,12 +330,19 @@ def _distribution(length_range) -> dict | None:
     return spec
 
 
-def workload_from_config(config, vocab_size: int, special_ids: Sequence[int] = (), tokenizer=None,
-                         max_seq_len: int | None = None):
+def workload_from_config(
+    config, vocab_size: int, special_ids: Sequence[int] = (), tokenizer=None, max_seq_len: int | None = None
+):
     """Build the workload of a `foundry.config.BenchmarkConfig`; returns (requests, description)."""
     if getattr(config, "dataset", None):
-        return dataset_workload(config.dataset, config.warmup_requests, config.num_requests,
-                                tokenizer=tokenizer, vocab_size=vocab_size, max_seq_len=max_seq_len)
+        return dataset_workload(
+            config.dataset,
+            config.warmup_requests,
+            config.num_requests,
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            max_seq_len=max_seq_len,
+        )
     input_dist, output_dist = _distribution(config.input_len), _distribution(config.output_len)
     if input_dist is None and output_dist is None:
         return synthetic_workload_with_description(
@@ -323,14 +357,29 @@ def workload_from_config(config, vocab_size: int, special_ids: Sequence[int] = (
             special_ids=special_ids,
         )
     requests = synthetic_workload(
-        config.seed, config.num_requests + config.warmup_requests, config.input_len.min, config.input_len.max,
-        config.output_len.min, config.output_len.max, vocab_size, special_ids, input_dist, output_dist,
+        config.seed,
+        config.num_requests + config.warmup_requests,
+        config.input_len.min,
+        config.input_len.max,
+        config.output_len.min,
+        config.output_len.max,
+        vocab_size,
+        special_ids,
+        input_dist,
+        output_dist,
     )
     description = WorkloadDescription(
-        source="synthetic", seed=config.seed, num_requests=config.num_requests,
-        warmup_requests=config.warmup_requests, input_len_min=config.input_len.min,
-        input_len_max=config.input_len.max, output_len_min=config.output_len.min,
-        output_len_max=config.output_len.max, vocab_size=vocab_size, workload_hash=workload_hash(requests),
-        input_len_distribution=config.input_len.distribution, output_len_distribution=config.output_len.distribution,
+        source="synthetic",
+        seed=config.seed,
+        num_requests=config.num_requests,
+        warmup_requests=config.warmup_requests,
+        input_len_min=config.input_len.min,
+        input_len_max=config.input_len.max,
+        output_len_min=config.output_len.min,
+        output_len_max=config.output_len.max,
+        vocab_size=vocab_size,
+        workload_hash=workload_hash(requests),
+        input_len_distribution=config.input_len.distribution,
+        output_len_distribution=config.output_len.distribution,
     )
     return requests, description

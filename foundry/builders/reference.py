@@ -13,11 +13,11 @@ import torch
 
 import foundry
 from foundry.builders.base import ENGINE_INFO, load_engine
-from foundry.runtime._trtllm_checkpoint import SUPPORTED_KV_CACHE_QUANT_ALGOS, SUPPORTED_QUANT_ALGOS
 from foundry.checkpoint import require_context_fits
-from foundry.trtllm_checkpoint import read_checkpoint_config
 from foundry.config import BuildConfig
 from foundry.errors import FoundryError
+from foundry.runtime._trtllm_checkpoint import SUPPORTED_KV_CACHE_QUANT_ALGOS, SUPPORTED_QUANT_ALGOS
+from foundry.trtllm_checkpoint import read_checkpoint_config
 
 _SMOKE_PROMPT_IDS = [1, 2, 3, 4, 5, 6, 7, 8]
 
@@ -33,7 +33,9 @@ class ReferenceBuilder:
     def build(self, checkpoint_dir: Path, output_dir: Path, build: BuildConfig) -> dict:
         started = time.perf_counter()
         checkpoint_config = read_checkpoint_config(checkpoint_dir)
-        require_context_fits(checkpoint_config.get("max_position_embeddings"), build.max_seq_len, checkpoint_dir / "config.json")
+        require_context_fits(
+            checkpoint_config.get("max_position_embeddings"), build.max_seq_len, checkpoint_dir / "config.json"
+        )
         output_dir.mkdir(parents=True, exist_ok=True)
         for source in sorted(checkpoint_dir.iterdir()):
             if source.name == "config.json" or source.suffix == ".safetensors":

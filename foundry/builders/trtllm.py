@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import foundry
+from foundry import trtllm_checkpoint as fmt
 from foundry.builders.base import ENGINE_INFO
 from foundry.checkpoint import require_context_fits
 from foundry.compat import TrtllmEnvironment
 from foundry.config import BuildConfig
 from foundry.errors import FoundryError, NotSupportedError
-from foundry import trtllm_checkpoint as fmt
 from foundry.hashing import content_hash, file_hashes, sha256_text
 from foundry.trtllm_checkpoint import read_checkpoint_config
 
@@ -44,7 +44,8 @@ FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada / Hopper and newer
 SMOOTHQUANT_PLUGIN_MAX_COMPUTE_CAPABILITY = (10, 0)  # the SmoothQuant plugins stop before Blackwell
 _GPU_OOM = re.compile(
     r"out of memory|CUDA_ERROR_OUT_OF_MEMORY|cudaErrorMemoryAllocation|OutOfMemoryError|"
-    r"Requested amount of GPU memory .* could not be allocated", re.IGNORECASE
+    r"Requested amount of GPU memory .* could not be allocated",
+    re.IGNORECASE,
 )
 _HOST_OOM = re.compile(r"std::bad_alloc|MemoryError|Cannot allocate memory", re.IGNORECASE)
 _MEMORY_SAMPLE_SECONDS = 0.5
@@ -83,7 +84,9 @@ def checkpoint_world_size(checkpoint_dir: Path, config: dict) -> int:
     return world
 
 
-def validate_build_request(checkpoint_dir: Path, config: dict, build: BuildConfig, environment: TrtllmEnvironment) -> int:
+def validate_build_request(
+    checkpoint_dir: Path, config: dict, build: BuildConfig, environment: TrtllmEnvironment
+) -> int:
     """Everything checkable before trtllm-build starts; returns the world size (number of engines)."""
     path = checkpoint_dir / "config.json"
     world = checkpoint_world_size(checkpoint_dir, config)
@@ -108,8 +111,7 @@ def validate_build_request(checkpoint_dir: Path, config: dict, build: BuildConfi
         )
     if kv_algo not in SUPPORTED_KV_CACHE_QUANT_ALGOS:
         raise NotSupportedError(
-            f"{path}: quantization.kv_cache_quant_algo {kv_algo!r} is not supported "
-            f"(supported: INT8, FP8 or none)"
+            f"{path}: quantization.kv_cache_quant_algo {kv_algo!r} is not supported (supported: INT8, FP8 or none)"
         )
     for knob in ("gemm_plugin", "gpt_attention_plugin"):
         value = getattr(build, knob)
@@ -130,8 +132,12 @@ def validate_build_request(checkpoint_dir: Path, config: dict, build: BuildConfi
             f"{path}: FP8 quantization needs compute capability >= 8.9; this node's GPU "
             f"({environment.gpus[0].name}) is compute {capability}: build on Ada/Hopper or re-calibrate with int8_sq"
         )
-    if "_SQ_" in (quant_algo or "") and quant_algo.endswith("_PLUGIN") and capability \
-            and _capability_tuple(capability) >= SMOOTHQUANT_PLUGIN_MAX_COMPUTE_CAPABILITY:
+    if (
+        "_SQ_" in (quant_algo or "")
+        and quant_algo.endswith("_PLUGIN")
+        and capability
+        and _capability_tuple(capability) >= SMOOTHQUANT_PLUGIN_MAX_COMPUTE_CAPABILITY
+    ):
         # tensorrt_llm/builder.py: set_smooth_quant_plugins raises "SmoothQuant is not supported on SM>=100"
         raise NotSupportedError(
             f"{path}: quant_algo {quant_algo} runs on TensorRT-LLM's SmoothQuant plugins, which do not support "
@@ -148,8 +154,13 @@ def validate_build_request(checkpoint_dir: Path, config: dict, build: BuildConfi
     return world
 
 
-def trtllm_build_argv(checkpoint_dir: Path, output_dir: Path, build: BuildConfig,
-                      input_timing_cache: Path | None, output_timing_cache: Path) -> list[str]:
+def trtllm_build_argv(
+    checkpoint_dir: Path,
+    output_dir: Path,
+    build: BuildConfig,
+    input_timing_cache: Path | None,
+    output_timing_cache: Path,
+) -> list[str]:
     """The trtllm-build 1.2.x command line for this build config (flags: tests/fixtures/trtllm_build_1_2_flags.json)."""
 
     def switch(value: bool) -> str:
@@ -157,22 +168,38 @@ def trtllm_build_argv(checkpoint_dir: Path, output_dir: Path, build: BuildConfig
 
     argv = [
         "trtllm-build",
-        "--checkpoint_dir", str(checkpoint_dir),
-        "--output_dir", str(output_dir),
-        "--max_batch_size", str(build.max_batch_size),
-        "--max_input_len", str(build.resolved_max_input_len),
-        "--max_seq_len", str(build.max_seq_len),
-        "--max_num_tokens", str(build.max_num_tokens),
-        "--max_beam_width", str(build.max_beam_width),
-        "--kv_cache_type", "paged",
-        "--gemm_plugin", build.gemm_plugin,
-        "--gpt_attention_plugin", build.gpt_attention_plugin,
-        "--context_fmha", switch(build.context_fmha),
-        "--use_paged_context_fmha", switch(build.use_paged_context_fmha),
-        "--remove_input_padding", switch(build.remove_input_padding),
-        "--workers", str(build.workers),
-        "--output_timing_cache", str(output_timing_cache),
-        "--log_level", "info",
+        "--checkpoint_dir",
+        str(checkpoint_dir),
+        "--output_dir",
+        str(output_dir),
+        "--max_batch_size",
+        str(build.max_batch_size),
+        "--max_input_len",
+        str(build.resolved_max_input_len),
+        "--max_seq_len",
+        str(build.max_seq_len),
+        "--max_num_tokens",
+        str(build.max_num_tokens),
+        "--max_beam_width",
+        str(build.max_beam_width),
+        "--kv_cache_type",
+        "paged",
+        "--gemm_plugin",
+        build.gemm_plugin,
+        "--gpt_attention_plugin",
+        build.gpt_attention_plugin,
+        "--context_fmha",
+        switch(build.context_fmha),
+        "--use_paged_context_fmha",
+        switch(build.use_paged_context_fmha),
+        "--remove_input_padding",
+        switch(build.remove_input_padding),
+        "--workers",
+        str(build.workers),
+        "--output_timing_cache",
+        str(output_timing_cache),
+        "--log_level",
+        "info",
     ]
     if input_timing_cache is not None:
         argv += ["--input_timing_cache", str(input_timing_cache)]
@@ -261,7 +288,9 @@ def explain_failure(returncode: int, log_path: Path, build: BuildConfig, world: 
 def check_engine_output(output_dir: Path, world: int, environment: TrtllmEnvironment) -> dict:
     config_path = output_dir / ENGINE_CONFIG
     if not config_path.is_file():
-        raise FoundryError(f"{config_path}: trtllm-build exited 0 but wrote no engine config; see {output_dir / BUILD_LOG}")
+        raise FoundryError(
+            f"{config_path}: trtllm-build exited 0 but wrote no engine config; see {output_dir / BUILD_LOG}"
+        )
     engine_config = json.loads(config_path.read_text())
     for key in ("version", "pretrained_config", "build_config"):
         if key not in engine_config:
@@ -271,8 +300,11 @@ def check_engine_output(output_dir: Path, world: int, environment: TrtllmEnviron
             f"{config_path}: engine version {engine_config['version']} but tensorrt_llm {environment.trtllm_version} "
             "is installed: trtllm-build on PATH belongs to another installation"
         )
-    missing = [f"rank{r}.engine" for r in range(world)
-               if not (output_dir / f"rank{r}.engine").is_file() or (output_dir / f"rank{r}.engine").stat().st_size == 0]
+    missing = [
+        f"rank{r}.engine"
+        for r in range(world)
+        if not (output_dir / f"rank{r}.engine").is_file() or (output_dir / f"rank{r}.engine").stat().st_size == 0
+    ]
     if missing:
         raise FoundryError(
             f"{output_dir}: engine files missing or empty: {missing} of {world} rank(s); a rank's build died "
@@ -310,7 +342,9 @@ class TrtllmBuilder:
         cache_store = timing_cache_path(build, checkpoint_config, environment)
         reused_cache = build.reuse_timing_cache and cache_store.is_file()
         argv = trtllm_build_argv(
-            checkpoint_dir, output_dir, build,
+            checkpoint_dir,
+            output_dir,
+            build,
             input_timing_cache=cache_store if reused_cache else None,
             output_timing_cache=output_dir / TIMING_CACHE,
         )

@@ -7,22 +7,24 @@ names the file, field or tensor.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from foundry.errors import FoundryError, NotSupportedError
-
 from foundry.trtllm_checkpoint import (
     CONFIG_NAME,
     FP8,  # per-tensor E4M3 weights and activations (emulated on CPU)
     KV_CACHE_QUANT_ALGOS,
-    W8A8_SQ_PER_CHANNEL as SMOOTHQUANT_PER_CHANNEL,
-    W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN as SMOOTHQUANT_PER_TOKEN,  # foundry/smoothquant_per_token.py's layout
-    read_checkpoint_config,
     rank_weights_name,
+    read_checkpoint_config,
+)
+from foundry.trtllm_checkpoint import (
+    W8A8_SQ_PER_CHANNEL as SMOOTHQUANT_PER_CHANNEL,
+)
+from foundry.trtllm_checkpoint import (
+    W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN as SMOOTHQUANT_PER_TOKEN,  # foundry/smoothquant_per_token.py's layout
 )
 
 WEIGHTS_NAME = rank_weights_name(0)
@@ -84,7 +86,9 @@ def refuse_unsupported_features(config: dict, path: Path) -> None:
     quantization = config.get("quantization") or {}
     quant_algo = quantization.get("quant_algo")
     if quant_algo not in SUPPORTED_QUANT_ALGOS:
-        raise NotSupportedError(f"{path}: quantization.quant_algo not supported by the reference backend: {quant_algo}; {UNSUPPORTED_HINT}")
+        raise NotSupportedError(
+            f"{path}: quantization.quant_algo not supported by the reference backend: {quant_algo}; {UNSUPPORTED_HINT}"
+        )
     kv_algo = quantization.get("kv_cache_quant_algo")
     if kv_algo not in SUPPORTED_KV_CACHE_QUANT_ALGOS:
         raise NotSupportedError(
@@ -177,7 +181,9 @@ def expected_tensors(config: LlamaCheckpointConfig) -> dict[str, tuple[tuple[int
     return expected
 
 
-def _merge_tensor(name: str, parts: list[torch.Tensor], full_shape: tuple[int, ...], config: LlamaCheckpointConfig, path: Path):
+def _merge_tensor(
+    name: str, parts: list[torch.Tensor], full_shape: tuple[int, ...], config: LlamaCheckpointConfig, path: Path
+):
     """One tensor of a tp>1 checkpoint rebuilt from its per-rank parts (the tp=1 layout)."""
     if name.endswith((".per_channel_scale", ".smoother")) and len(full_shape) == 2:
         # (1, N) rows of the per-token layout: merged as the vectors they are
@@ -187,8 +193,10 @@ def _merge_tensor(name: str, parts: list[torch.Tensor], full_shape: tuple[int, .
         if not all(torch.equal(parts[0], p) for p in parts[1:]):
             raise FoundryError(f"{path}: replicated tensor {name} differs between ranks; re-export the checkpoint")
         return parts[0]
-    linear = next((l for l in COLUMN_PARALLEL + ROW_PARALLEL if f".{l}." in name), None)
-    if name.endswith((".attention.qkv.weight", ".attention.qkv.weights_scaling_factor", ".attention.qkv.per_channel_scale")):
+    linear = next((kind for kind in COLUMN_PARALLEL + ROW_PARALLEL if f".{kind}." in name), None)
+    if name.endswith(
+        (".attention.qkv.weight", ".attention.qkv.weights_scaling_factor", ".attention.qkv.per_channel_scale")
+    ):
         # each rank holds [q_r; k_r; v_r] for its share of the heads
         q_rows = config.num_heads * config.head_size // config.tp_size
         kv_rows = config.num_kv_heads * config.head_size // config.tp_size
@@ -211,14 +219,19 @@ def load_tensors(checkpoint_dir: Path, config: LlamaCheckpointConfig) -> dict[st
         expected = expected_tensors(config)
         ranks = [_read_rank(checkpoint_dir, config, rank, expected) for rank in range(config.tp_size)]
         path = checkpoint_dir / "rank*.safetensors"
-        tensors = {name: _merge_tensor(name, [r[name] for r in ranks], shape, config, path) for name, (shape, _) in expected.items()}
+        tensors = {
+            name: _merge_tensor(name, [r[name] for r in ranks], shape, config, path)
+            for name, (shape, _) in expected.items()
+        }
         for name, (shape, dtype) in expected.items():
             _check_tensor(path, name, tensors[name], shape, dtype)
         return tensors
     return _read_rank(checkpoint_dir, config, 0, expected_tensors(config), check_shapes=True)
 
 
-def _read_rank(checkpoint_dir: Path, config: LlamaCheckpointConfig, rank: int, expected: dict, check_shapes: bool = False):
+def _read_rank(
+    checkpoint_dir: Path, config: LlamaCheckpointConfig, rank: int, expected: dict, check_shapes: bool = False
+):
     from safetensors import safe_open
 
     path = checkpoint_dir / f"rank{rank}.safetensors"
@@ -244,14 +257,18 @@ def _read_rank(checkpoint_dir: Path, config: LlamaCheckpointConfig, rank: int, e
     except FoundryError:
         raise
     except Exception as error:  # safetensors raises its own error types for truncated/corrupt files
-        raise FoundryError(f"{path}: cannot be read as safetensors ({error}); the file is truncated or corrupt — re-export it") from error
+        raise FoundryError(
+            f"{path}: cannot be read as safetensors ({error}); the file is truncated or corrupt — re-export it"
+        ) from error
     if check_shapes:
         for name, (shape, dtype) in expected.items():
             _check_tensor(path, name, tensors[name], shape, dtype)
     return tensors
 
 
-def _check_tensor(path: Path, name: str, tensor: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | None) -> None:
+def _check_tensor(
+    path: Path, name: str, tensor: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | None
+) -> None:
     if tuple(tensor.shape) != shape:
         raise FoundryError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, config.json implies {shape}")
     if dtype is not None and tensor.dtype != dtype:

@@ -103,7 +103,7 @@ class HFEngine:
                 do_sample=False,
                 streamer=TokenCallbackStreamer(on_token),
             )
-        return output[0, prompt.shape[1]:].tolist()
+        return output[0, prompt.shape[1] :].tolist()
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

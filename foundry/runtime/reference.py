@@ -192,8 +192,14 @@ class RotaryTable:
 class KVCache:
     """Preallocated per-request keys/values: [layers] × [batch, kv_heads, capacity, head_size]."""
 
-    def __init__(self, config: LlamaCheckpointConfig, batch: int, capacity: int, dtype: torch.dtype,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        config: LlamaCheckpointConfig,
+        batch: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ):
         shape = (batch, config.num_kv_heads, capacity, config.head_size)
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
@@ -224,7 +230,9 @@ class DecoderLayer:
         self.kv_width = config.num_kv_heads * config.head_size
         self.kv_quantizer = None
         if config.kv_cache_quant_algo is not None:
-            self.kv_quantizer = KVQuantizer(config.kv_cache_quant_algo, tensors[f"{prefix}.attention.kv_cache_scaling_factor"])
+            self.kv_quantizer = KVQuantizer(
+                config.kv_cache_quant_algo, tensors[f"{prefix}.attention.kv_cache_scaling_factor"]
+            )
 
     def attention(self, x: torch.Tensor, rotary: RotaryTable, cache: KVCache | None, start: int) -> torch.Tensor:
         batch, seq_len, _ = x.shape
@@ -277,8 +285,13 @@ class ReferenceEngine:
 
     backend = "reference"
 
-    def __init__(self, config: LlamaCheckpointConfig, tensors: dict[str, torch.Tensor], compute_dtype: torch.dtype,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        config: LlamaCheckpointConfig,
+        tensors: dict[str, torch.Tensor],
+        compute_dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ):
         self.config = config
         self.compute_dtype = compute_dtype
         self.device = torch.device(device)
@@ -300,8 +313,9 @@ class ReferenceEngine:
         self.rotary.cos, self.rotary.sin = self.rotary.cos.to(self.device), self.rotary.sin.to(self.device)
 
     @classmethod
-    def load(cls, checkpoint_dir: Path, compute_dtype: torch.dtype = torch.float32,
-             device: torch.device | str = "cpu") -> "ReferenceEngine":
+    def load(
+        cls, checkpoint_dir: Path, compute_dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> "ReferenceEngine":
         checkpoint_dir = Path(checkpoint_dir)
         if compute_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise FoundryError(f"compute_dtype {compute_dtype} is not a floating dtype the reference backend runs")
