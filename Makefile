@@ -24,6 +24,8 @@ run: $(STAMP)
 	$(PY) run.py run --config configs/default.yaml
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q tests
 
 # On demand (deselected from `make test` by pyproject's addopts): the dashboard in headless Chromium.
