@@ -25,6 +25,7 @@ import torch
 
 from foundry.errors import FoundryError
 from foundry.hashing import sha256_json
+from foundry.modelopt_recipes import kv_cache_quant_cfg, make_forward_loop, quantized_linears
 from foundry.quality import evaluate_quality
 from foundry.smoothquant_per_token import PerTokenActivations, resmooth_gate_and_up
 
@@ -56,8 +57,6 @@ def per_channel_max_config(kv_cache: str = "none") -> dict:
     exactly the statistics pass ModelOpt's `smoothquant` runs before smoothing."""
     import modelopt.torch.quantization as mtq
 
-    from foundry.calibrate import kv_cache_quant_cfg
-
     config = copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG)
     entries = [entry for entry in config["quant_cfg"] if entry.get("quantizer_name") == "*input_quantizer"]
     if len(entries) != 1 or "cfg" not in entries[0]:
@@ -70,23 +69,9 @@ def per_channel_max_config(kv_cache: str = "none") -> dict:
     return config
 
 
-def quantized_linears(model) -> list[tuple[str, torch.nn.Module]]:
-    from modelopt.torch.quantization.utils import is_quantized_linear
-
-    return [
-        (name, module)
-        for name, module in model.named_modules()
-        if is_quantized_linear(module)
-        and module.input_quantizer.is_enabled
-        and hasattr(module.input_quantizer, "_amax")
-    ]
-
-
 def collect_statistics(model, calibration_ids: torch.Tensor, kv_cache: str = "none"):
     """One forward pass over the statistics windows; returns the model with per-channel input amax."""
     import modelopt.torch.quantization as mtq
-
-    from foundry.calibrate import make_forward_loop
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from foundry import alpha_search
 from foundry.errors import FoundryError, NotSupportedError
+from foundry.modelopt_recipes import kv_cache_quant_cfg, make_forward_loop
 from foundry.smoothquant_per_token import PerTokenActivations, convert_checkpoint_to_per_token, resmooth_gate_and_up
 
 SUPPORTED_QUANTIZATIONS = ("int8_sq", "fp8", "int4_awq", "none")
@@ -35,7 +37,6 @@ ACTIVATION_SCALINGS = ("per_tensor", "per_token")  # int8_sq: static per-tensor 
 # float16 with only a warning; refusing float32 is more honest than writing a float16 checkpoint
 # under a float32 name.
 EXPORT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-CALIBRATION_BATCH_SIZE = 4  # windows per forward: bounded memory, few Python round trips
 
 
 def smoothquant_config(alpha: float) -> dict:
@@ -51,15 +52,6 @@ def smoothquant_config(alpha: float) -> dict:
     config = copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG)
     config["algorithm"] = {"method": "smoothquant", "alpha": float(alpha)}
     return config
-
-
-def kv_cache_quant_cfg(kv_cache: str) -> list[dict]:
-    """ModelOpt quant_cfg entries for the K/V outputs (`*[kv]_bmm_quantizer`); ModelOpt 0.47 ships
-    FP8_KV_CFG, and INT8 is the same entry with 8 integer bits (TRT-LLM's INT8 KV cache)."""
-    if kv_cache == "none":
-        return []
-    num_bits = {"int8": 8, "fp8": (4, 3)}[kv_cache]
-    return [{"quantizer_name": "*[kv]_bmm_quantizer", "cfg": {"num_bits": num_bits, "axis": None}}]
 
 
 AWQ_GROUP_SIZES = (128, 64)  # TensorRT-LLM W4A16_AWQ group sizes; ModelOpt's preset uses 128
@@ -170,17 +162,6 @@ def load_hf_model_fp32(hf_checkpoint_dir: Path):
             "by calibrate (Llama family only for now)"
         )
     return model.eval()
-
-
-def make_forward_loop(calibration_ids: torch.Tensor, batch_size: int = CALIBRATION_BATCH_SIZE):
-    """The callable ModelOpt calls with the model to collect activation statistics."""
-
-    def forward_loop(model) -> None:
-        with torch.no_grad():
-            for start in range(0, calibration_ids.shape[0], batch_size):
-                model(input_ids=calibration_ids[start : start + batch_size], use_cache=False)
-
-    return forward_loop
 
 
 def quantize_smoothquant(model, calibration_ids: torch.Tensor, alpha: float):
@@ -339,7 +320,6 @@ def calibrate_to_trtllm_checkpoint(
     import modelopt
     import modelopt.torch.quantization as mtq
 
-    from foundry import alpha_search
     from foundry.diagnostics import linear_diagnostics
 
     hf_checkpoint_dir, output_dir = Path(hf_checkpoint_dir), Path(output_dir)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from foundry.errors import FoundryError
+from foundry.modelopt_recipes import quantized_linears
 from foundry.runtime._trtllm_checkpoint import LINEAR_NAMES, ROW_PARALLEL
 from foundry.trtllm_checkpoint import W8A8_SQ_PER_CHANNEL as STATIC_QUANT_ALGO
 from foundry.trtllm_checkpoint import W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN as PER_TOKEN_QUANT_ALGO
@@ -114,8 +115,6 @@ class PerTokenActivations:
     numerics of the per-token checkpoint, for scoring alphas and for parity tests."""
 
     def __init__(self, model):
-        from foundry.alpha_search import quantized_linears
-
         self.quantizers = [module.input_quantizer for _, module in quantized_linears(model)]
         self.saved: list[tuple[torch.Tensor, object]] = []
 

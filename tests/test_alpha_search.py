@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import foundry.calibrate as calibrate_module
 from foundry import alpha_search
 from foundry.alpha_search import AlphaSweep, render_sweep_html, score_alphas
 from foundry.calibrate import (
@@ -57,9 +56,9 @@ def test_split_refuses_too_few_windows():
 
 def test_statistics_are_collected_once(tiny_llama_hf_dir, windows, monkeypatch):
     passes = []
-    original = calibrate_module.make_forward_loop
+    original = alpha_search.make_forward_loop
     monkeypatch.setattr(
-        calibrate_module, "make_forward_loop", lambda ids, **kw: passes.append(ids.shape) or original(ids, **kw)
+        alpha_search, "make_forward_loop", lambda ids, **kw: passes.append(ids.shape) or original(ids, **kw)
     )
     sweep, _ = score_alphas(load_hf_model_fp32(tiny_llama_hf_dir), windows[:4], windows[4:], ALPHAS)
     assert passes == [torch.Size([4, 32])]
