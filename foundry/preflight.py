@@ -51,10 +51,31 @@ def check_calibration_data(config: FoundryConfig) -> None:
     load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)
 
 
+def require_writable_state() -> None:
+    """The state directory (ZenML store, MLflow DB, artifacts) must be writable, or every step fails late."""
+    import os
+
+    from foundry.errors import InfrastructureError
+    from foundry.state import STATE_DIR_ENV, state_dir
+
+    try:
+        state = state_dir()
+    except OSError as error:
+        raise InfrastructureError(
+            f"the state directory cannot be created ({error}); set ${STATE_DIR_ENV} to a writable path"
+        ) from None
+    if not os.access(state, os.W_OK | os.X_OK):
+        raise InfrastructureError(
+            f"{state}: the state directory is not writable; fix its permissions or set "
+            f"${STATE_DIR_ENV} to a writable path"
+        )
+
+
 def run_preflight(config_path: str | Path, base_dir: Path | None = None) -> Preflight:
     """Load and check everything cheap. Relative paths (the config file's own and those inside it)
     resolve against `base_dir`, the caller's working directory."""
     base_dir = base_dir or Path.cwd()
+    require_writable_state()
     config_path = Path(config_path).expanduser()
     config = load_config(config_path if config_path.is_absolute() else base_dir / config_path)
     config = config.with_paths_resolved(base_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
-from foundry.errors import FoundryError
+from foundry.errors import FoundryError, InfrastructureError
 
 PRODUCTION_ALIAS = "production"
 
@@ -57,12 +58,45 @@ def log_to_active_run(params: dict, metrics: dict[str, float], json_artifacts: d
     return run.info.run_id
 
 
+LOCK_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+class _RetryingClient:
+    """MlflowClient whose calls retry while the SQLite tracking database is locked (concurrent runs
+    on one state directory), then fail naming the database and the fix."""
+
+    def __init__(self, client: MlflowClient, tracking_uri: str) -> None:
+        self._client, self._tracking_uri = client, tracking_uri
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            for delay_s in (*LOCK_RETRY_DELAYS_S, None):
+                try:
+                    return attribute(*args, **kwargs)
+                except MlflowException as error:
+                    if "database is locked" not in str(error) or delay_s is None:
+                        if "database is locked" in str(error):
+                            raise InfrastructureError(
+                                f"the MLflow tracking database {self._tracking_uri} stayed locked for "
+                                f"{sum(LOCK_RETRY_DELAYS_S):g} s ({name}); another process holds it — retry when it "
+                                "finishes, or use a tracking server for concurrent runs"
+                            ) from None
+                        raise
+                    time.sleep(delay_s)
+
+        return call
+
+
 class Registry:
     """Thin, explicit wrapper over MlflowClient for the operations the pipeline and CLI need."""
 
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = _RetryingClient(MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri), tracking_uri)
 
     def ensure_registered_model(self, model_name: str) -> None:
         try:

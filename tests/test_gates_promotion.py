@@ -199,3 +199,31 @@ def test_rollback_goes_to_the_production_before(registry):
             registry, "m", version, lambda: None, action="promote (gates passed)", reason="r", gate="passed"
         )
     assert rollback_target(registry, "m") == v1
+
+
+def test_a_locked_tracking_database_is_retried_then_named(registry, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from foundry import registry as registry_module
+    from foundry.errors import InfrastructureError
+
+    monkeypatch.setattr(registry_module, "LOCK_RETRY_DELAYS_S", (0.0, 0.0))
+    calls = []
+
+    def locked_then_free(*_args, **_kwargs):
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    monkeypatch.setattr(registry.client._client, "search_registered_models", locked_then_free)
+    assert registry.client.search_registered_models() == "ok" and len(calls) == 3
+    monkeypatch.setattr(
+        registry.client._client,
+        "search_registered_models",
+        lambda: (_ for _ in ()).throw(MlflowException("database is locked")),
+    )
+    import pytest as _pytest
+
+    with _pytest.raises(InfrastructureError, match="stayed locked"):
+        registry.client.search_registered_models()
