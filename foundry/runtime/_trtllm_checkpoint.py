@@ -37,6 +37,11 @@ ROW_PARALLEL = ("attention.dense", "mlp.proj")  # split along in_features
 DEFAULT_ROTARY_BASE = 10000.0  # TensorRT-LLM's default when config.json has no rotary_base
 LINEAR_NAMES = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
 UNSUPPORTED_HINT = "use the trtllm builder"
+# rotary_scaling types the runtime executes, with the fields each needs (TensorRT-LLM / HF names).
+SUPPORTED_ROTARY_SCALING = {
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "linear": ("factor",),
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class LlamaCheckpointConfig:
     share_embedding_table: bool
     kv_cache_quant_algo: str | None = None
     tp_size: int = 1
+    rotary_scaling: dict | None = None  # {"type": "llama3" | "linear", ...}
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """[out_features, in_features] of each linear, in TensorRT-LLM's names."""
@@ -106,9 +112,20 @@ def refuse_unsupported_features(config: dict, path: Path) -> None:
         "hidden_act": (config.get("hidden_act"), "silu"),
         "bias": (bool(config.get("bias", False)), False),
         "rotary_pct": (float(config.get("rotary_pct", 1.0)), 1.0),
-        "rotary_scaling": (config.get("rotary_scaling"), None),
         "residual_mlp": (bool(config.get("residual_mlp", False)), False),
     }
+    scaling = config.get("rotary_scaling")
+    if scaling is not None:
+        kind = scaling.get("type") or scaling.get("rope_type")
+        needed = SUPPORTED_ROTARY_SCALING.get(kind)
+        if needed is None:
+            raise NotSupportedError(
+                f"{path}: rotary_scaling type {kind!r} not supported by the reference backend (supports "
+                f"{', '.join(SUPPORTED_ROTARY_SCALING)} or none); {UNSUPPORTED_HINT}"
+            )
+        missing = [key for key in needed if key not in scaling]
+        if missing:
+            raise FoundryError(f"{path}: rotary_scaling type {kind!r} lacks {missing}; re-export the checkpoint")
     for field, (value, supported) in checks.items():
         if value != supported:
             raise NotSupportedError(
@@ -137,7 +154,14 @@ def parse_config(checkpoint_dir: Path) -> LlamaCheckpointConfig:
         share_embedding_table=bool(config.get("share_embedding_table", False)),
         kv_cache_quant_algo=(config.get("quantization") or {}).get("kv_cache_quant_algo"),
         tp_size=int((config.get("mapping") or {}).get("tp_size", 1)),
+        rotary_scaling=_rotary_scaling(config.get("rotary_scaling")),
     )
+
+
+def _rotary_scaling(scaling: dict | None) -> dict | None:
+    if not scaling:
+        return None
+    return {**scaling, "type": scaling.get("type") or scaling.get("rope_type")}
 
 
 def expected_tensors(config: LlamaCheckpointConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:

@@ -8,6 +8,8 @@ several threads can generate on one engine at once.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Sequence
 
@@ -168,12 +170,33 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def scaled_inverse_frequency(inverse_frequency: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    """RoPE frequencies under the checkpoint's `rotary_scaling` (TensorRT-LLM's names, HF's values):
+    `llama3` (Llama 3.1/3.2: low frequencies divided by `factor`, a smooth ramp between) and `linear`
+    (every frequency divided by `factor`), as transformers' _compute_llama3_parameters and
+    _compute_linear_scaling_rope_parameters compute them. Other types are refused at load."""
+    if scaling is None:
+        return inverse_frequency
+    factor = float(scaling["factor"])
+    if scaling["type"] == "linear":
+        return inverse_frequency / factor
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_context = float(scaling["original_max_position_embeddings"])
+    wavelength = 2 * math.pi / inverse_frequency
+    scaled = torch.where(wavelength > old_context / low, inverse_frequency / factor, inverse_frequency)
+    smooth = (old_context / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelength < old_context / high) * ~(wavelength > old_context / low)
+    return torch.where(medium, smoothed, scaled)
+
+
 class RotaryTable:
     """cos/sin for every position up to max_positions (GPT-NeoX layout: halves, not interleaved)."""
 
-    def __init__(self, head_size: int, rotary_base: float, max_positions: int, dtype: torch.dtype):
-        inverse_frequency = 1.0 / (
-            rotary_base ** (torch.arange(0, head_size, 2, dtype=torch.int64).float() / head_size)
+    def __init__(self, head_size: int, rotary_base: float, max_positions: int, dtype: torch.dtype,
+                 scaling: dict | None = None):
+        inverse_frequency = scaled_inverse_frequency(
+            1.0 / (rotary_base ** (torch.arange(0, head_size, 2, dtype=torch.int64).float() / head_size)), scaling
         )
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inverse_frequency)
         angles = torch.cat((angles, angles), dim=-1)
@@ -309,7 +332,8 @@ class ReferenceEngine:
         self.lm_head = FloatLinear(lm_head, compute_dtype)  # ModelOpt excludes lm_head from quantization
         self.final_norm = tensors["transformer.ln_f.weight"].to(compute_dtype)
         self.layers = [DecoderLayer(tensors, i, config, compute_dtype) for i in range(config.num_layers)]
-        self.rotary = RotaryTable(config.head_size, config.rotary_base, config.max_positions, compute_dtype)
+        self.rotary = RotaryTable(config.head_size, config.rotary_base, config.max_positions, compute_dtype,
+                                  config.rotary_scaling)
         self.rotary.cos, self.rotary.sin = self.rotary.cos.to(self.device), self.rotary.sin.to(self.device)
 
     @classmethod
