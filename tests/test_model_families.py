@@ -14,8 +14,14 @@ from foundry.errors import NotSupportedError
 from foundry.runtime.reference import ReferenceEngine
 from tests.conftest import save_fp16_exact_copy
 
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +30,17 @@ def llama3_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
-                         rope_parameters=LLAMA3_ROPE, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_parameters=LLAMA3_ROPE,
+        tie_word_embeddings=False,
+    )
     out = tmp_path_factory.mktemp("llama3")
     LlamaForCausalLM(config).eval().save_pretrained(out)
     exact = save_fp16_exact_copy(out, tmp_path_factory.mktemp("llama3_fp16_exact"))
@@ -39,7 +53,9 @@ def test_llama3_rope_scaling_is_exported_and_executed_like_hf(llama3_dir, tmp_pa
     calibrate_to_trtllm_checkpoint(llama3_dir, torch.zeros(0, 0, dtype=torch.int64), out, "none", 0.8, "float16")
     exported = json.loads((out / "config.json").read_text())
     scaling = exported["rotary_scaling"]
-    assert scaling["type"] == "llama3" and scaling["factor"] == 8.0 and scaling["original_max_position_embeddings"] == 32
+    assert (
+        scaling["type"] == "llama3" and scaling["factor"] == 8.0 and scaling["original_max_position_embeddings"] == 32
+    )
     assert exported["rotary_base"] == 500000.0
     engine = ReferenceEngine.load(out)
     hf = load_hf_model_fp32(llama3_dir)
@@ -48,8 +64,10 @@ def test_llama3_rope_scaling_is_exported_and_executed_like_hf(llama3_dir, tmp_pa
         expected = hf(ids).logits
     got = engine.logits(ids)
     assert torch.allclose(got, expected, atol=2e-3, rtol=1e-3), (got - expected).abs().max()
-    assert engine.generate(ids[0, :40].tolist(), 8) == hf.generate(ids[:, :40], max_new_tokens=8, do_sample=False,
-                                                                     min_new_tokens=8)[0, 40:].tolist()
+    assert (
+        engine.generate(ids[0, :40].tolist(), 8)
+        == hf.generate(ids[:, :40], max_new_tokens=8, do_sample=False, min_new_tokens=8)[0, 40:].tolist()
+    )
 
 
 def test_an_unsupported_rope_scaling_is_refused_not_ignored(llama3_dir, tmp_path):

@@ -151,13 +151,12 @@ def test_forced_promotion_rollback_and_history(first_run, state_dir, registry, t
     )
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert registry.production_version(MODEL) == str(failed)
-    agree = run_cli(state_dir, "status")
-    assert agree.returncode == 0 and f"(MLflow version {failed})" in agree.stdout, agree.stdout
 
     back = run_cli(state_dir, "rollback", "--model", MODEL, "--reason", "hotfix regressed p99")
     assert back.returncode == 0, back.stdout + back.stderr
     assert registry.production_version(MODEL) == before
-    assert run_cli(state_dir, "status").returncode == 0
+    agree = run_cli(state_dir, "status")  # both moves kept MLflow and ZenML together
+    assert agree.returncode == 0 and f"(MLflow version {before})" in agree.stdout, agree.stdout
 
     history = run_cli(state_dir, "history", "--model", MODEL)
     assert history.returncode == 0, history.stderr
@@ -176,3 +175,46 @@ def test_forced_promotion_rollback_and_history(first_run, state_dir, registry, t
     assert unknown.returncode == 2 and "has no version 999" in unknown.stderr
     missing_reason = run_cli(state_dir, "rollback", "--model", MODEL)
     assert missing_reason.returncode == 2 and "--reason" in missing_reason.stderr
+
+
+def test_a_kill_between_the_two_moves_is_detected_and_repaired(first_run, state_dir, registry):
+    """A (cached) run SIGKILLed inside the injectable pause between the MLflow alias move and the
+    ZenML stage move: `status` finds the journaled intent, `status --repair` finishes it."""
+    import os
+    import signal
+    import time
+
+    from foundry.promotion import PAUSE_ENV
+
+    env = {**os.environ, "FOUNDRY_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1", PAUSE_ENV: "300"}
+    env.pop("ZENML_CONFIG_PATH", None)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "--config", str(SMOKE), "--run-name", "e2e-killed"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline, seen = time.monotonic() + 600, []
+    for line in process.stdout:
+        seen.append(line)
+        if "between the MLflow and the ZenML move" in line or time.monotonic() > deadline:
+            break
+    assert "between the MLflow and the ZenML move" in seen[-1], "".join(seen[-40:])
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    moved_to = registry.list_versions(MODEL)[-1].version  # MLflow moved, ZenML did not
+    assert registry.production_version(MODEL) == str(moved_to)
+
+    detected = run_cli(state_dir, "status")
+    assert detected.returncode == 1, detected.stdout + detected.stderr
+    assert (
+        f"INTERRUPTED production move to version {moved_to}" in detected.stdout and "status --repair" in detected.stdout
+    )
+    repaired = run_cli(state_dir, "status", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert f"finished the interrupted move of {MODEL} to version {moved_to}" in repaired.stdout
+    assert f"(MLflow version {moved_to})" in repaired.stdout
+    assert registry.version_tags(MODEL, str(moved_to))["gate"] == "passed"

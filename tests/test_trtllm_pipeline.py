@@ -173,12 +173,6 @@ def test_export_triton_exports_the_promoted_version(promoted):
             {"FAKE_TRTLLM_SERVE_MODE": "die_after:1"},
             ["died during the benchmark", "exit code 1"],
         ),
-        (
-            "short-stream",
-            {},
-            {"FAKE_TRTLLM_SERVE_MODE": "short_stream"},
-            ["usage.completion_tokens", "completion rate"],
-        ),
     ],
 )
 def test_a_failing_server_promotes_nothing_and_leaves_no_process(promoted, case, runtime, extra_env, fragments):
@@ -202,16 +196,55 @@ def test_a_failing_server_promotes_nothing_and_leaves_no_process(promoted, case,
     assert fake_servers_running(root) == []
 
 
-def test_a_taken_port_is_refused_with_the_fix(promoted):
-    root, env, source, first = promoted
+@pytest.fixture()
+def promoted_engine(promoted, monkeypatch):
+    """The promoted engine's directory and info, with the fake trtllm-serve on this process's PATH."""
+    root, env, _, result = promoted
+    assert result.returncode == 0
+    registry = Registry(sqlite_tracking_uri(root / "state"))
+    engine_dir = Path(registry.client.get_model_version(MODEL, "1").source)
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setenv("PYTHONPATH", env["PYTHONPATH"])
+    return root, engine_dir, json.loads((engine_dir / "engine.json").read_text())
+
+
+def test_a_server_streaming_fewer_tokens_fails_those_requests(promoted_engine, monkeypatch, tmp_path):
+    from foundry.bench.session import LoadPlan, run_session
+    from foundry.bench.workload import synthetic_workload_with_description
+    from foundry.config import RuntimeConfig
+    from foundry.serving import open_engine
+
+    root, engine_dir, info = promoted_engine
+    monkeypatch.setenv("FAKE_TRTLLM_SERVE_MODE", "short_stream")
+    requests, workload = synthetic_workload_with_description(0, 2, 0, 6, 8, 4, 4, vocab_size=1000)
+    opened = open_engine(
+        engine_dir,
+        info,
+        "h",
+        RuntimeConfig(served_by="trtllm_serve", startup_timeout_s=120),
+        engine_dir / "tokenizer",
+        tmp_path / "serve.log",
+        MODEL,
+    )
+    results = run_session(opened, requests, workload, LoadPlan([1], 0, telemetry=False), MODEL)
+    level = results.engine.levels[0]
+    assert (level.completed, level.failed) == (0, 2)
+    assert any("usage.completion_tokens=4 but 3 tokens were streamed" in error for error in level.errors), level.errors
+    assert fake_servers_running(root) == []
+
+
+def test_a_taken_port_is_refused_with_the_fix(promoted_engine, tmp_path):
+    from foundry.config import RuntimeConfig
+    from foundry.server_process import ServerStartError
+    from foundry.serving import open_engine
+
+    root, engine_dir, info = promoted_engine
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1] if taken.getsockname()[1] >= 1024 else pytest.skip("privileged port")
-        result = run_cli(
-            env, "--config", str(config_file(root, source, "port-taken", port=port)), "--run-name", "trtllm-port-taken"
-        )
-    assert result.returncode == 4, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr and "runtime.port" in result.stderr
-    assert Registry(sqlite_tracking_uri(root / "state")).production_version(MODEL) == "1"
+        port = taken.getsockname()[1]
+        runtime = RuntimeConfig(served_by="trtllm_serve", port=port) if port >= 1024 else pytest.skip("privileged port")
+        with pytest.raises(ServerStartError, match=f"port {port} on 127.0.0.1 is already in use.*runtime.port"):
+            with open_engine(engine_dir, info, "h", runtime, engine_dir / "tokenizer", tmp_path / "s.log", MODEL):
+                pass
     assert fake_servers_running(root) == []

@@ -9,7 +9,6 @@ several threads can generate on one engine at once.
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Sequence
 
@@ -193,8 +192,9 @@ def scaled_inverse_frequency(inverse_frequency: torch.Tensor, scaling: dict | No
 class RotaryTable:
     """cos/sin for every position up to max_positions (GPT-NeoX layout: halves, not interleaved)."""
 
-    def __init__(self, head_size: int, rotary_base: float, max_positions: int, dtype: torch.dtype,
-                 scaling: dict | None = None):
+    def __init__(
+        self, head_size: int, rotary_base: float, max_positions: int, dtype: torch.dtype, scaling: dict | None = None
+    ):
         inverse_frequency = scaled_inverse_frequency(
             1.0 / (rotary_base ** (torch.arange(0, head_size, 2, dtype=torch.int64).float() / head_size)), scaling
         )
@@ -332,8 +332,9 @@ class ReferenceEngine:
         self.lm_head = FloatLinear(lm_head, compute_dtype)  # ModelOpt excludes lm_head from quantization
         self.final_norm = tensors["transformer.ln_f.weight"].to(compute_dtype)
         self.layers = [DecoderLayer(tensors, i, config, compute_dtype) for i in range(config.num_layers)]
-        self.rotary = RotaryTable(config.head_size, config.rotary_base, config.max_positions, compute_dtype,
-                                  config.rotary_scaling)
+        self.rotary = RotaryTable(
+            config.head_size, config.rotary_base, config.max_positions, compute_dtype, config.rotary_scaling
+        )
         self.rotary.cos, self.rotary.sin = self.rotary.cos.to(self.device), self.rotary.sin.to(self.device)
 
     @classmethod
