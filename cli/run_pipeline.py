@@ -118,6 +118,8 @@ def run_pipeline(options: RunOptions) -> int:
     except FoundryError as error:
         fail_with(error)
     config = checked.config
+    for caveat in checked.caveats:
+        click.secho(f"warning: {caveat}", fg="yellow", err=True)
     ensure_stack(state)
     try:
         _check_before_the_run(config, options.compare_with)

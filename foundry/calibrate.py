@@ -96,7 +96,11 @@ def quantization_config(quantization: str, alpha: float, kv_cache: str = "none",
     return config
 
 
-def check_supported(calibration, build_backend: str, hf_config=None) -> None:
+# HF model_type → ModelOpt 0.47's decoder_type (model_utils.MODEL_NAME_TO_TYPE: Mistral is "llama").
+MODEL_TYPE_DECODERS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen"}
+
+
+def check_supported(calibration, build_backend: str, hf_config=None, max_seq_len: int | None = None) -> None:
     """Everything about a calibration request that can be refused before any calibration runs:
     the quantization / KV-cache variant on the chosen build backend, the architecture, and a
     tensor-parallel size that must divide the heads. `hf_config` (a transformers config or a
@@ -130,9 +134,22 @@ def check_supported(calibration, build_backend: str, hf_config=None) -> None:
         return
     get = hf_config.get if isinstance(hf_config, dict) else (lambda key, default=None: getattr(hf_config, key, default))
     model_type = get("model_type")
-    if model_type != "llama":
+    if model_type not in MODEL_TYPE_DECODERS:
         raise NotSupportedError(
-            f"model: model_type {model_type!r} is not supported by calibrate for {quantization} (Llama family only for now)"
+            f"model: model_type {model_type!r} is not supported by calibrate for {quantization} "
+            f"(supported: {', '.join(MODEL_TYPE_DECODERS)})"
+        )
+    window = get("sliding_window")
+    if (
+        window is not None
+        and get("use_sliding_window", True) is not False
+        and max_seq_len
+        and int(window) < max_seq_len
+    ):
+        raise NotSupportedError(
+            f"model: sliding_window {window} < build.max_seq_len {max_seq_len} is not supported: the reference runtime and "
+            "a trtllm-build engine served without max_attention_window attend to the whole context, so answers past "
+            f"{window} tokens would differ from the model's; set build.max_seq_len <= {window}"
         )
     num_heads = int(get("num_attention_heads"))
     num_kv_heads = int(get("num_key_value_heads") or num_heads)
@@ -150,16 +167,31 @@ def check_supported(calibration, build_backend: str, hf_config=None) -> None:
         awq_group_size(hf_config, tp_size)
 
 
+def known_caveats(calibration, hf_config: dict) -> list[str]:
+    """Combinations that run but that upstream does not vouch for: said before any work, then left
+    to the quality gates, which measure exactly this engine against its unquantized model."""
+    scaling = (
+        (hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}) if isinstance(hf_config, dict) else {}
+    )
+    llama3 = hf_config.get("model_type") == "llama" and (scaling.get("rope_type") or scaling.get("type")) == "llama3"
+    if llama3 and calibration.quantization == "int8_sq":
+        return [
+            "ModelOpt's support matrix (examples/llm_ptq/README.md) marks int8 SmoothQuant unsupported for "
+            "Llama 3.x; it runs here and the quality gates decide — fp8 is ModelOpt's recommended path on Hopper"
+        ]
+    return []
+
+
 def load_hf_model_fp32(hf_checkpoint_dir: Path):
     from transformers import AutoModelForCausalLM
 
     if not (hf_checkpoint_dir / "config.json").is_file():
         raise FoundryError(f"{hf_checkpoint_dir / 'config.json'}: missing; pass an HF checkpoint directory")
     model = AutoModelForCausalLM.from_pretrained(str(hf_checkpoint_dir), dtype=torch.float32)
-    if model.config.model_type != "llama":
+    if model.config.model_type not in MODEL_TYPE_DECODERS:
         raise NotSupportedError(
             f"{hf_checkpoint_dir / 'config.json'}: model_type {model.config.model_type!r} is not supported "
-            "by calibrate (Llama family only for now)"
+            f"by calibrate (supported: {', '.join(MODEL_TYPE_DECODERS)})"
         )
     return model.eval()
 
@@ -210,6 +242,10 @@ def fix_exported_config(config: dict, hf_config) -> list[str]:
     if hf_eps is not None and config.get("norm_epsilon") != hf_eps:
         fixes.append(f"norm_epsilon: {config.get('norm_epsilon')!r} -> {hf_eps}")
         config["norm_epsilon"] = hf_eps
+    if getattr(hf_config, "model_type", None) == "qwen2" and config.get("qwen_type") != "qwen2":
+        # TensorRT-LLM's QWen model reads qwen_type; ModelOpt's own config (without tensorrt_llm) omits it
+        fixes.append(f"qwen_type: {config.get('qwen_type')!r} -> 'qwen2'")
+        config["qwen_type"] = "qwen2"
     return fixes
 
 
@@ -236,7 +272,7 @@ def export_trtllm_checkpoint(model, output_dir: Path, export_dtype: str, tp_size
         warnings.simplefilter("ignore")
         export_tensorrt_llm_checkpoint(
             model,
-            decoder_type="llama",
+            decoder_type=MODEL_TYPE_DECODERS[model.config.model_type],
             dtype=EXPORT_DTYPES[export_dtype],
             export_dir=output_dir,
             inference_tensor_parallel=tp_size,

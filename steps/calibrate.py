@@ -37,7 +37,7 @@ def calibrate_checkpoint(
     """ModelOpt calibration (SmoothQuant with an optional alpha search, FP8, INT4-AWQ or none, KV-cache
     quantization, tensor parallelism) → TensorRT-LLM checkpoint, plus the sweep and diagnostics page."""
     hf_config = read_hf_config(checkpoint.path)
-    check_supported(calibration, build.backend, hf_config)
+    check_supported(calibration, build.backend, hf_config, build.max_seq_len)
     require_context_fits(hf_config.get("max_position_embeddings"), build.max_seq_len, checkpoint.path / "config.json")
     statistics_ids, held_out_ids = alpha_search.split_calibration_windows(
         torch.from_numpy(calibration_windows), calibration.num_samples

@@ -28,7 +28,11 @@ from foundry.trtllm_checkpoint import (
 )
 
 WEIGHTS_NAME = rank_weights_name(0)
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+# ModelOpt 0.47 writes the HF class name as `architecture`. Qwen2 adds a q/k/v bias
+# (attention.qkv.bias, q;k;v concatenated); Mistral is Llama without biases (a sliding window is
+# refused at ingest where it would matter: the engines here attend to the full context).
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+QKV_BIAS_ARCHITECTURES = ("Qwen2ForCausalLM",)
 SUPPORTED_QUANT_ALGOS = (None, SMOOTHQUANT_PER_CHANNEL, SMOOTHQUANT_PER_TOKEN, FP8)
 SUPPORTED_KV_CACHE_QUANT_ALGOS = KV_CACHE_QUANT_ALGOS
 MAX_TP_SIZE = 64  # tensor-parallel ranks are merged back into one model at load time
@@ -61,6 +65,7 @@ class LlamaCheckpointConfig:
     kv_cache_quant_algo: str | None = None
     tp_size: int = 1
     rotary_scaling: dict | None = None  # {"type": "llama3" | "linear", ...}
+    qkv_bias: bool = False  # Qwen2
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """[out_features, in_features] of each linear, in TensorRT-LLM's names."""
@@ -155,6 +160,7 @@ def parse_config(checkpoint_dir: Path) -> LlamaCheckpointConfig:
         kv_cache_quant_algo=(config.get("quantization") or {}).get("kv_cache_quant_algo"),
         tp_size=int((config.get("mapping") or {}).get("tp_size", 1)),
         rotary_scaling=_rotary_scaling(config.get("rotary_scaling")),
+        qkv_bias=config.get("architecture") in QKV_BIAS_ARCHITECTURES,
     )
 
 
@@ -184,6 +190,8 @@ def expected_tensors(config: LlamaCheckpointConfig) -> dict[str, tuple[tuple[int
             # TensorRT-LLM reads kv_cache_scaling_factor; ModelOpt also writes the K and V ones.
             for scale in ("kv_cache_scaling_factor", "k_cache_scaling_factor", "v_cache_scaling_factor"):
                 expected[f"{prefix}.attention.{scale}"] = ((1,), None)
+        if config.qkv_bias:
+            expected[f"{prefix}.attention.qkv.bias"] = ((config.linear_shapes()["attention.qkv"][0],), None)
         for linear, (out_features, in_features) in config.linear_shapes().items():
             name = f"{prefix}.{linear}"
             if config.quant_algo == FP8:

@@ -245,6 +245,8 @@ class DecoderLayer:
         self.input_norm = tensors[f"{prefix}.input_layernorm.weight"].to(compute_dtype)
         self.post_norm = tensors[f"{prefix}.post_layernorm.weight"].to(compute_dtype)
         self.qkv = make_linear(f"{prefix}.attention.qkv")
+        bias = tensors.get(f"{prefix}.attention.qkv.bias")
+        self.qkv_bias = bias.to(compute_dtype) if config.qkv_bias and bias is not None else None
         self.dense = make_linear(f"{prefix}.attention.dense")
         self.fc = make_linear(f"{prefix}.mlp.fc")  # HF gate_proj: the SiLU-activated branch
         self.gate = make_linear(f"{prefix}.mlp.gate")  # HF up_proj: the linear branch
@@ -260,7 +262,10 @@ class DecoderLayer:
     def attention(self, x: torch.Tensor, rotary: RotaryTable, cache: KVCache | None, start: int) -> torch.Tensor:
         batch, seq_len, _ = x.shape
         config = self.config
-        q, k, v = self.qkv(x).split((self.q_width, self.kv_width, self.kv_width), dim=-1)
+        qkv = self.qkv(x)
+        if self.qkv_bias is not None:
+            qkv = qkv + self.qkv_bias
+        q, k, v = qkv.split((self.q_width, self.kv_width, self.kv_width), dim=-1)
         q = q.view(batch, seq_len, config.num_heads, config.head_size).transpose(1, 2)
         k = k.view(batch, seq_len, config.num_kv_heads, config.head_size).transpose(1, 2)
         v = v.view(batch, seq_len, config.num_kv_heads, config.head_size).transpose(1, 2)
