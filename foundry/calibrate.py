@@ -242,10 +242,13 @@ def fix_exported_config(config: dict, hf_config) -> list[str]:
     if hf_eps is not None and config.get("norm_epsilon") != hf_eps:
         fixes.append(f"norm_epsilon: {config.get('norm_epsilon')!r} -> {hf_eps}")
         config["norm_epsilon"] = hf_eps
-    if getattr(hf_config, "model_type", None) == "qwen2" and config.get("qwen_type") != "qwen2":
-        # TensorRT-LLM's QWen model reads qwen_type; ModelOpt's own config (without tensorrt_llm) omits it
-        fixes.append(f"qwen_type: {config.get('qwen_type')!r} -> 'qwen2'")
-        config["qwen_type"] = "qwen2"
+    if getattr(hf_config, "model_type", None) == "qwen2":
+        # TensorRT-LLM's QWen model reads qwen_type (and attn_bias for the q/k/v bias); ModelOpt's own
+        # config (written when tensorrt_llm is not importable, as here) omits both
+        for field, value in (("qwen_type", "qwen2"), ("attn_bias", True)):
+            if config.get(field) != value:
+                fixes.append(f"{field}: {config.get(field)!r} -> {value!r}")
+                config[field] = value
     return fixes
 
 

@@ -207,3 +207,32 @@ def test_a_qwen2_checkpoint_runs_the_pipeline_to_a_registered_version(qwen2_dir,
     assert registry.production_version("tiny-qwen2") == "1"
     tags = registry.version_tags("tiny-qwen2", "1")
     assert tags["backend"] == "reference" and tags["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
+
+
+FAMILY_FIXTURE = Path(__file__).parent / "fixtures" / "trtllm_1_2_checkpoint_families.json"
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "mistral"])
+def test_exported_checkpoint_has_what_trtllm_1_2_reads(family, llama3_dir, qwen2_dir, mistral_dir, tmp_path):
+    from safetensors import safe_open
+
+    spec = json.loads(FAMILY_FIXTURE.read_text())
+    directory = {"llama3": llama3_dir, "qwen2": qwen2_dir, "mistral": mistral_dir}[family]
+    key = "llama" if family == "llama3" else family
+    out = tmp_path / "ckpt"
+    calibrate_to_trtllm_checkpoint(directory, torch.zeros(0, 0, dtype=torch.int64), out, "none", 0.8, "float16")
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == spec["architectures"][key]
+    for field in spec["required_fields"]["all"] + spec["required_fields"].get(key, []):
+        assert field in config, field
+    for field, value in spec["field_values"].get(key, {}).items():
+        assert config[field] == value, field
+    if family == "llama3":
+        assert set(spec["rotary_scaling_llama3"]) <= set(config["rotary_scaling"])
+        assert (config["rotary_scaling"].get("type") or config["rotary_scaling"].get("rope_type")) == "llama3"
+    with safe_open(str(out / "rank0.safetensors"), "pt") as handle:
+        names = set(handle.keys())
+    assert set(spec["model_tensors"]) <= names
+    for layer in range(config["num_hidden_layers"]):
+        for suffix in spec["layer_tensors"]["all"] + spec["layer_tensors"].get(key, []):
+            assert f"transformer.layers.{layer}.{suffix}" in names, suffix
