@@ -206,7 +206,10 @@ def read_source_config(source: CheckpointSource) -> tuple[dict, Path]:
         _require_no_custom_code(config, path, source.trust_remote_code)
         _require_supported_architecture(config.get("architectures"), path / "config.json")
         _require_not_prequantized(config, path)
-        _llama_config(config, path)
+        hf_config = _llama_config(config, path)
+        _tokenizer_files(path)
+        if _safetensors_files(path):  # headers only: every tensor present with its shape, the tokenizer fits
+            _check_weights_metadata(path, hf_config)
         return config, path / "config.json"
     architecture, _ = _inspect_gguf(path)
     metadata, _, _ = _read_gguf_header(path)
@@ -450,13 +453,7 @@ def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict
 
     safetensors_files = _safetensors_files(directory)
     if safetensors_files:
-        headers = {path: _read_safetensors_header(path) for path in safetensors_files}
-        _check_weight_dtypes(headers)
-        _check_index(directory, headers)
-        found = {
-            name: (tuple(entry["shape"]), path) for path, header in headers.items() for name, entry in header.items()
-        }
-        _check_tensor_set(hf_config, found, directory)
+        headers = _check_weights_metadata(directory, hf_config)
         for path in safetensors_files:  # one shard in memory at a time
             _require_finite(_load_safetensors(path), path)
         for path in safetensors_files:
@@ -501,6 +498,19 @@ def _llama_config(config: dict, directory: Path):
             f"{directory / 'config.json'}: transformers cannot build a config from it ({type(error).__name__}: "
             f"{error}); check model_type and the Llama fields"
         ) from None
+
+
+def _check_weights_metadata(directory: Path, hf_config) -> dict[Path, dict]:
+    """What the safetensors headers alone can prove (cheap enough for preflight): readable, complete,
+    float dtypes, a consistent index, exactly the tensors the architecture needs with their shapes,
+    and a tokenizer that fits the embedding. Returns the headers."""
+    headers = {path: _read_safetensors_header(path) for path in _safetensors_files(directory)}
+    _check_weight_dtypes(headers)
+    _check_index(directory, headers)
+    found = {name: (tuple(entry["shape"]), path) for path, header in headers.items() for name, entry in header.items()}
+    _check_tensor_set(hf_config, found, directory)
+    _require_tokenizer_fits(_tokenizer_length(directory), hf_config.vocab_size, directory)
+    return headers
 
 
 def _expected_tensors(hf_config) -> tuple[dict[str, tuple[int, ...]], set[str]]:

@@ -52,6 +52,18 @@ def evaluation_paragraph_hashes(evaluation_documents: list[str]) -> frozenset[st
     return frozenset().union(*(paragraph_hashes(text) for text in evaluation_documents))
 
 
+def require_no_evaluation_paragraphs(documents: list, what: str) -> None:
+    """Refuse calibration documents that hold paragraphs of the evaluation text (hashing only, no
+    tokenizer: cheap enough to run before any work; the GX suite records the same check in the run)."""
+    held_out = evaluation_paragraph_hashes(builtin_documents("evaluation"))
+    shared = [i for i, d in enumerate(documents) if isinstance(d, str) and paragraph_hashes(d) & held_out]
+    if shared:
+        raise FoundryError(
+            f"{what}: {len(shared)} document(s) (first: #{shared[0] + 1}) contain paragraphs of the evaluation text; "
+            "evaluation must be held out — remove them (no calibration was run)"
+        )
+
+
 def builtin_documents(split: Split) -> list[str]:
     """The pydoc topics of one split. Topics share paragraphs (`def` and `function` repeat whole
     sections), so a calibration topic keeps only the paragraphs no evaluation topic holds."""

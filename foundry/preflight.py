@@ -16,7 +16,7 @@ from pathlib import Path
 from foundry.calibrate import check_supported, known_caveats
 from foundry.checkpoint import read_source_config, require_context_fits, source_fingerprint
 from foundry.config import FoundryConfig, load_config
-from foundry.data import load_documents
+from foundry.data import load_documents, require_no_evaluation_paragraphs
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ def check_calibration_data(config: FoundryConfig) -> None:
     calibration = config.calibration
     if calibration.source == "hf_dataset" and not Path(str(calibration.path)).exists():
         return  # a hub name: loaded (or refused offline) by the pipeline's validation step
-    load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)
+    documents = load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)
+    require_no_evaluation_paragraphs(documents, f"calibration data {calibration.path or calibration.source}")
 
 
 def require_writable_state() -> None:
