@@ -23,11 +23,10 @@ def _registry():
     return stack_registry()
 
 
-def _move(model_name: str, version: str, action: str, reason: str) -> None:
+def _move(registry, model_name: str, version: str, action: str, reason: str) -> None:
     from foundry.promotion import move_production
     from steps.tracking import move_zenml_production
 
-    registry = _registry()
     try:
         version, _, _ = registry.engine_dir(model_name, version)  # the model and the version exist
         if registry.production_version(model_name) == version:
@@ -53,7 +52,7 @@ def _move(model_name: str, version: str, action: str, reason: str) -> None:
 @click.option("--version", required=True, help="MLflow model version to promote")
 @REASON_OPTION
 def promote(model_name: str, version: str, reason: str) -> None:
-    _move(model_name, version, "promote (forced, gates bypassed)", reason)
+    _move(_registry(), model_name, version, "promote (forced, gates bypassed)", reason)
 
 
 @click.command(help="Move production back: to the previous production version (from the history) or --to-version N.")
@@ -63,12 +62,13 @@ def promote(model_name: str, version: str, reason: str) -> None:
 def rollback(model_name: str, to_version: str | None, reason: str) -> None:
     from foundry.promotion import rollback_target
 
+    registry = _registry()
     if to_version is None:
         try:
-            to_version = rollback_target(_registry(), model_name)
+            to_version = rollback_target(registry, model_name)
         except FoundryError as error:
             fail_with(error)
-    _move(model_name, to_version, "rollback", reason)
+    _move(registry, model_name, to_version, "rollback", reason)
 
 
 @click.command(help="Every production change of a model: when, what, from → to, who, why, the gate decision.")

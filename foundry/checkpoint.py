@@ -202,14 +202,10 @@ def read_source_config(source: CheckpointSource) -> tuple[dict, Path]:
     config.json of an hf_dir (with its cheap checks), or a GGUF header. No weights are read."""
     path = resolve_source_path(source)
     if source.kind == "hf_dir" or path.is_dir():
-        config = read_hf_config(path)
-        _require_no_custom_code(config, path, source.trust_remote_code)
-        _require_supported_architecture(config.get("architectures"), path / "config.json")
-        _require_not_prequantized(config, path)
-        hf_config = _llama_config(config, path)
-        _tokenizer_files(path)
-        if _safetensors_files(path):  # headers only: every tensor present with its shape, the tokenizer fits
+        config, hf_config, _ = _check_hf_dir_config(path)
+        if _safetensors_files(path):  # headers only: every tensor present with its shape
             _check_weights_metadata(path, hf_config)
+        _require_tokenizer_fits(_tokenizer_length(path), hf_config.vocab_size, path)
         return config, path / "config.json"
     architecture, _ = _inspect_gguf(path)
     metadata, _, _ = _read_gguf_header(path)
@@ -442,14 +438,19 @@ def _save_plain_config(config, out: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict:
-    # Cheap checks first (config, custom code, files, headers), tensor contents last.
+def _check_hf_dir_config(directory: Path) -> tuple[dict, object, list[str]]:
+    """config.json and the tokenizer files of an HF directory, checked from metadata alone:
+    (config dict, transformers config, tokenizer file names)."""
     config = read_hf_config(directory)
-    _require_no_custom_code(config, directory, source.trust_remote_code)
+    _require_no_custom_code(config, directory)
     _require_supported_architecture(config.get("architectures"), directory / "config.json")
     _require_not_prequantized(config, directory)
-    hf_config = _llama_config(config, directory)
-    tokenizer_files = _tokenizer_files(directory)
+    return config, _llama_config(config, directory), _tokenizer_files(directory)
+
+
+def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict:
+    # Cheap checks first (config, custom code, files, headers), tensor contents last.
+    config, hf_config, tokenizer_files = _check_hf_dir_config(directory)
 
     safetensors_files = _safetensors_files(directory)
     if safetensors_files:
@@ -478,13 +479,7 @@ def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict
     for name in tokenizer_files + ["generation_config.json"]:
         if (directory / name).is_file():
             shutil.copyfile(directory / name, out / name)
-    if config.get("auto_map"):  # trusted custom code travels with its config
-        for code_file in sorted(directory.glob("*.py")):
-            shutil.copyfile(code_file, out / code_file.name)
-
-    facts = _model_facts(hf_config, parameter_count, dtype=dtype, source_dtype=source_dtype)
-    facts["requires_remote_code"] = bool(config.get("auto_map"))
-    return facts
+    return _model_facts(hf_config, parameter_count, dtype=dtype, source_dtype=source_dtype)
 
 
 def _llama_config(config: dict, directory: Path):
@@ -502,14 +497,13 @@ def _llama_config(config: dict, directory: Path):
 
 def _check_weights_metadata(directory: Path, hf_config) -> dict[Path, dict]:
     """What the safetensors headers alone can prove (cheap enough for preflight): readable, complete,
-    float dtypes, a consistent index, exactly the tensors the architecture needs with their shapes,
-    and a tokenizer that fits the embedding. Returns the headers."""
+    float dtypes, a consistent index, exactly the tensors the architecture needs with their shapes.
+    Returns the headers."""
     headers = {path: _read_safetensors_header(path) for path in _safetensors_files(directory)}
     _check_weight_dtypes(headers)
     _check_index(directory, headers)
     found = {name: (tuple(entry["shape"]), path) for path, header in headers.items() for name, entry in header.items()}
     _check_tensor_set(hf_config, found, directory)
-    _require_tokenizer_fits(_tokenizer_length(directory), hf_config.vocab_size, directory)
     return headers
 
 
@@ -608,7 +602,7 @@ def read_hf_config(directory: Path) -> dict:
     return config
 
 
-def _require_no_custom_code(config: dict, directory: Path, trust_remote_code: bool) -> None:
+def _require_no_custom_code(config: dict, directory: Path) -> None:
     """Custom modelling code is never run: calibration, the reference runtime and TensorRT-LLM execute
     their own implementation of the architecture, so the checkpoint's code would be silently ignored."""
     if config.get("auto_map"):

@@ -81,7 +81,6 @@ def run_preflight(config_path: str | Path, base_dir: Path | None = None) -> Pref
     config_path = Path(config_path).expanduser()
     config = load_config(config_path if config_path.is_absolute() else base_dir / config_path)
     config = config.with_paths_resolved(base_dir)
-    check_supported(config.calibration, config.build.backend)
     model_config, config_file = read_source_config(config.model.source)
     check_supported(config.calibration, config.build.backend, model_config, config.build.max_seq_len)
     require_context_fits(model_config.get("max_position_embeddings"), config.build.max_seq_len, config_file)

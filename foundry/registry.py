@@ -78,15 +78,15 @@ class _RetryingClient:
                 try:
                     return attribute(*args, **kwargs)
                 except MlflowException as error:
-                    if "database is locked" not in str(error) or delay_s is None:
-                        if "database is locked" in str(error):
-                            raise InfrastructureError(
-                                f"the MLflow tracking database {self._tracking_uri} stayed locked for "
-                                f"{sum(LOCK_RETRY_DELAYS_S):g} s ({name}); another process holds it — retry when it "
-                                "finishes, or use a tracking server for concurrent runs"
-                            ) from None
+                    if "database is locked" not in str(error):
                         raise
-                    time.sleep(delay_s)
+                    if delay_s is None:
+                        raise InfrastructureError(
+                            f"the MLflow tracking database {self._tracking_uri} stayed locked for "
+                            f"{sum(LOCK_RETRY_DELAYS_S):g} s ({name}); another process holds it — retry when it "
+                            "finishes, or use a tracking server for concurrent runs"
+                        ) from None
+                time.sleep(delay_s)
 
         return call
 

@@ -188,12 +188,13 @@ class ManagedServer:
         return text[-chars:]
 
 
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server: never via a proxy
+# The servers measured here are local or named endpoints: never reached through an HTTP proxy.
+NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _healthy(url: str) -> bool:
     try:
-        with _NO_PROXY.open(url, timeout=2.0) as response:
+        with NO_PROXY_OPENER.open(url, timeout=2.0) as response:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False

@@ -21,7 +21,7 @@ from foundry.bench.http_client import OpenAICompletionsClient, OpenAICompletions
 from foundry.config import RuntimeConfig
 from foundry.errors import FoundryError
 from foundry.generation_quality import InProcessContinuations
-from foundry.server_process import ManagedServer, expand_command, free_port
+from foundry.server_process import NO_PROXY_OPENER, ManagedServer, expand_command, free_port
 from foundry.trtllm_serve import REQUEST_EXTRAS, trtllm_serve_argv
 
 
@@ -86,11 +86,9 @@ def _server_argv(
 def server_version(base_url: str) -> str | None:
     """trtllm-serve's `GET /version` ({"version": "1.2.1"}), None if it does not answer."""
     import json
-    import urllib.request
 
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(base_url + "/version", timeout=5) as response:
+        with NO_PROXY_OPENER.open(base_url + "/version", timeout=5) as response:
             return str(json.loads(response.read()).get("version")) or None
     except (OSError, ValueError, AttributeError):
         return None

@@ -1,4 +1,3 @@
-from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
@@ -70,7 +69,8 @@ def benchmark_engine(
     frames = [records_dataframe(results.engine.records).assign(backend=results.engine.backend)]
     if results.baseline is not None:
         frames.append(records_dataframe(results.baseline.records).assign(backend=results.baseline.backend))
-    validation = require_valid_results(pd.concat(frames, ignore_index=True), benchmark.min_completion_rate)
+    requests_frame = pd.concat(frames, ignore_index=True)
+    validation = require_valid_results(requests_frame, benchmark.min_completion_rate)
     results = results.model_copy(update={"validation": validation.as_dict()})
     log_metadata(
         metadata={
@@ -82,4 +82,4 @@ def benchmark_engine(
         }
     )
     html = render_html(results.engine, baseline=results.baseline, comparison=results.comparison)
-    return results, pd.concat(frames, ignore_index=True), HTMLString(html), server_log_text(Path(log_path))
+    return results, requests_frame, HTMLString(html), server_log_text(log_path)

@@ -1,4 +1,3 @@
-from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -72,4 +71,4 @@ def evaluate_engine_quality(
     if generation is not None:
         headline |= {f"generation_{k}": v for k, v in generation.model_dump().items() if isinstance(v, float)}
     log_metadata(metadata={"quality": headline, "served_by": served.served_by})
-    return report, HTMLString(render_quality_html(report)), server_log_text(Path(log_path))
+    return report, HTMLString(render_quality_html(report)), server_log_text(log_path)

@@ -212,14 +212,9 @@ def test_text_prompts_use_the_tokenizer(tiny_llama_hf_dir):
     from foundry.bench.server import parse_completion_request
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_hf_dir)
-    ids, max_tokens, stream, usage = parse_completion_request(
-        {"prompt": "Hello world", "max_tokens": 3, "stream": True}, tokenizer
-    )
-    assert ids == tokenizer.encode("Hello world", add_special_tokens=False) and (max_tokens, stream, usage) == (
-        3,
-        True,
-        False,
-    )
+    params = parse_completion_request({"prompt": "Hello world", "max_tokens": 3, "stream": True}, tokenizer)
+    assert params.prompt_ids == tokenizer.encode("Hello world", add_special_tokens=False)
+    assert (params.max_tokens, params.stream, params.include_usage) == (3, True, False)
 
 
 def test_harness_over_http_checks_token_counts(fast_server):

@@ -27,25 +27,16 @@ LLAMA3_ROPE = {
 @pytest.fixture(scope="module")
 def llama3_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     """Llama-3.1-style: GQA, llama3 RoPE scaling (original context 32 so positions past it are scaled)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+    return _tiny(
+        tmp_path_factory,
+        smollm2_tokenizer,
+        "llama3",
+        "LlamaConfig",
+        seed=0,
         num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
         rope_parameters=LLAMA3_ROPE,
         tie_word_embeddings=False,
     )
-    out = tmp_path_factory.mktemp("llama3")
-    LlamaForCausalLM(config).eval().save_pretrained(out)
-    exact = save_fp16_exact_copy(out, tmp_path_factory.mktemp("llama3_fp16_exact"))
-    smollm2_tokenizer.save_pretrained(exact)
-    return exact
 
 
 def test_llama3_rope_scaling_is_exported_and_executed_like_hf(llama3_dir, tmp_path):
@@ -80,20 +71,21 @@ def test_an_unsupported_rope_scaling_is_refused_not_ignored(llama3_dir, tmp_path
         ReferenceEngine.load(out)
 
 
-def _tiny(tmp_path_factory, tokenizer, name: str, config_class: str, **fields) -> Path:
+def _tiny(tmp_path_factory, tokenizer, name: str, config_class: str, seed: int = 1, **fields) -> Path:
+    """A 2-layer random model of `config_class` with float16-exact weights and SmolLM2's tokenizer."""
     import transformers
 
-    torch.manual_seed(1)
-    config = getattr(transformers, config_class)(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        **fields,
-    )
+    torch.manual_seed(seed)
+    shape = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
+    config = getattr(transformers, config_class)(**(shape | fields))
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     out = tmp_path_factory.mktemp(name)
     model.save_pretrained(out)

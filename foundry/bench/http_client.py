@@ -262,9 +262,10 @@ class OpenAICompletionsClient:
 
         data = json.dumps(self.request_body(prompt, max_tokens, stop_at_eos, top_logprobs)).encode()
         request = urllib.request.Request(self.url, data=data, headers={"Content-Type": "application/json"})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        from foundry.server_process import NO_PROXY_OPENER
+
         try:
-            with opener.open(request, timeout=self.timeout_s) as response:
+            with NO_PROXY_OPENER.open(request, timeout=self.timeout_s) as response:
                 body = json.loads(response.read())
         except urllib.error.HTTPError as error:
             raise EndpointError(

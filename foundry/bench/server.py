@@ -51,9 +51,6 @@ class CompletionParams:
     logprobs: int = 0
     detokenize: bool = True
 
-    def __iter__(self):  # (ids, max_tokens, stream, include_usage), as callers unpacked it before
-        return iter((self.prompt_ids, self.max_tokens, self.stream, self.include_usage))
-
 
 def parse_completion_request(body: object, tokenizer) -> CompletionParams:
     """The parameters of an OpenAI /v1/completions body, each checked with a message naming the field."""
