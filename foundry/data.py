@@ -8,6 +8,7 @@ split is the same on every machine.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ def evaluation_paragraph_hashes(evaluation_documents: list[str]) -> frozenset[st
 def require_no_evaluation_paragraphs(documents: list, what: str) -> None:
     """Refuse calibration documents that hold paragraphs of the evaluation text (hashing only, no
     tokenizer: cheap enough to run before any work; the GX suite records the same check in the run)."""
-    held_out = evaluation_paragraph_hashes(builtin_documents("evaluation"))
+    held_out = builtin_evaluation_paragraph_hashes()
     shared = [i for i, d in enumerate(documents) if isinstance(d, str) and paragraph_hashes(d) & held_out]
     if shared:
         raise FoundryError(
@@ -65,17 +66,29 @@ def require_no_evaluation_paragraphs(documents: list, what: str) -> None:
 
 
 def builtin_documents(split: Split) -> list[str]:
-    """The pydoc topics of one split. Topics share paragraphs (`def` and `function` repeat whole
-    sections), so a calibration topic keeps only the paragraphs no evaluation topic holds."""
+    """The pydoc topics of one split (computed once per process; a fresh list for each caller)."""
+    return list(_builtin_split(split))
+
+
+@functools.cache
+def builtin_evaluation_paragraph_hashes() -> frozenset[str]:
+    """Normalized paragraph hashes of the built-in evaluation split, once per process: the
+    contamination check of preflight, the data validation and the calibration split all use them."""
+    return evaluation_paragraph_hashes(list(_builtin_split("evaluation")))
+
+
+@functools.cache
+def _builtin_split(split: Split) -> tuple[str, ...]:
+    """Topics share paragraphs (`def` and `function` repeat whole sections), so a calibration topic
+    keeps only the paragraphs no evaluation topic holds."""
     from pydoc_data.topics import topics
 
     # Several topic names share one text: bucket by the normalized text's hash, not the name, so
     # identical texts always land in the same split, and keep each text once.
     by_hash = {normalized_hash(text): text for _, text in sorted(topics.items()) if text.strip()}
-    evaluation = [text for digest, text in sorted(by_hash.items()) if int(digest, 16) % _BUCKETS == _EVAL_BUCKET]
     if split == "evaluation":
-        return evaluation
-    held_out = evaluation_paragraph_hashes(evaluation)
+        return tuple(text for digest, text in sorted(by_hash.items()) if int(digest, 16) % _BUCKETS == _EVAL_BUCKET)
+    held_out = builtin_evaluation_paragraph_hashes()
     calibration = []
     for digest, text in sorted(by_hash.items()):
         if int(digest, 16) % _BUCKETS == _EVAL_BUCKET:
@@ -83,7 +96,7 @@ def builtin_documents(split: Split) -> list[str]:
         kept = "\n\n".join(p for p in paragraphs(text) if not paragraph_hashes(p) & held_out)
         if kept.strip():
             calibration.append(kept)
-    return calibration
+    return tuple(calibration)
 
 
 def read_utf8(path: Path, what: str) -> str:

@@ -19,7 +19,7 @@ def validate_calibration_data(
     `calibration_data_fingerprint` (the data's SHA-256) is an input so that it enters the cache key."""
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
     documents = data.load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)
-    evaluation_paragraphs = data.evaluation_paragraph_hashes(data.builtin_documents("evaluation"))
+    evaluation_paragraphs = data.builtin_evaluation_paragraph_hashes()
     frame = validation.documents_frame(documents, tokenizer, evaluation_paragraphs)
     result = validation.validate_calibration_documents(
         frame,
