@@ -1,16 +1,25 @@
-"""The reference backend: executes a TensorRT-LLM Llama checkpoint in plain PyTorch.
+"""The reference backend: executes a TensorRT-LLM checkpoint (Llama, Qwen2, Mistral) in plain PyTorch.
 
-It reproduces the checkpoint's quantization semantics (TensorRT-LLM `W8A8_SQ_PER_CHANNEL`, as
-exported by ModelOpt 0.47, its per-token form `W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN`, FP8, INT8/FP8 KV) so a checkpoint can be proven numerically sound, and benchmarked, where
-TensorRT-LLM is absent. Weights are read-only after load; every request owns its KV cache, so
-several threads can generate on one engine at once.
+It reproduces the checkpoint's quantization semantics (TensorRT-LLM `W8A8_SQ_PER_CHANNEL` as
+exported by ModelOpt 0.47, its per-token form `W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN`, FP8, INT8/FP8
+KV cache) on CPU and CUDA, so a checkpoint can be proven numerically sound, benchmarked and served
+where TensorRT-LLM is absent.
+
+Two ways in:
+* `logits(ids)`: a full-sequence forward without a cache (quality scoring; the KV values are
+  rounded through the checkpoint's KV quantization, exactly what a quantized cache would hold).
+* `generate` / `agenerate` / `submit`: requests go to one continuous-batching scheduler
+  (`scheduler.py`) over one preallocated KV pool (`kv_pool.py`); decode runs batched, captured in
+  CUDA graphs on a GPU (`decode_runner.py`). Many threads or coroutines may call at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,136 +34,13 @@ from foundry.runtime._trtllm_checkpoint import (
     parse_config,
 )
 from foundry.runtime.base import TokenCallback
+from foundry.runtime.kv_pool import KVPool, PoolShape, dequantize_kv, quantize_kv
+from foundry.runtime.linears import FloatLinear, Fp8Linear, SmoothQuantLinear, SmoothQuantPerTokenLinear
+from foundry.runtime.scheduler import BatchScheduler, EngineOptions, GenerationRequest
 
-INT8_MAX = 127.0  # ModelOpt quantizes activations to the narrow range [-127, 127]
-
-
-class FloatLinear:
-    """y = x W^T with the weight held in the compute dtype."""
-
-    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype):
-        self.weight = weight.to(compute_dtype).contiguous()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
-
-
-class SmoothQuantLinear:
-    """TensorRT-LLM W8A8_SQ_PER_CHANNEL: int8 weights with a per-output-channel scale, activations
-    smoothed by `prequant_scaling_factor`, then quantized per tensor with a static scale.
-
-    y = (round(x * s_pre / s_act) ∘ W_int8^T) * s_act * s_w, with the rounding and clamp of
-    ModelOpt's fake quantizer (round half to even, clamp to ±127) so parity with it holds.
-    The GEMM is a true int8 × int8 → int32 `torch._int_mm` (exact integer accumulation). It beat an
-    fp32 matmul over dequantized weights with the same quantization on the 2-core CI CPU, SmolLM2:
-    128-token prefill 188 vs 352 ms, 16-in/33-out generate 1.20 vs 1.91 s (2 threads); 261 vs
-    563 ms and 1.74 vs 2.83 s (1 thread). On Hopper GPUs int8 cuBLAS is slower than bf16 (see
-    measurements.md), so a GPU path should revisit this choice.
-    """
-
-    def __init__(self, tensors: dict[str, torch.Tensor], name: str, compute_dtype: torch.dtype):
-        weight = tensors[f"{name}.weight"]
-        # [in, out] view of the [out, in] row-major weight: the column-major B operand oneDNN prefers.
-        self.weight_int8_t = weight.t()
-        self.in_features = weight.shape[1]
-        self.prequant_scale = tensors[f"{name}.prequant_scaling_factor"].float()
-        self.activation_scale = tensors[f"{name}.activation_scaling_factor"].float().reshape(())
-        self.inverse_activation_scale = 1.0 / self.activation_scale
-        # act scale × weight scale, applied once to the int32 accumulator
-        self.output_scale = (self.activation_scale * tensors[f"{name}.weights_scaling_factor"].float()).contiguous()
-        self.compute_dtype = compute_dtype
-
-    def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
-        smoothed = x.float() * self.prequant_scale
-        scaled = smoothed * self.inverse_activation_scale
-        return scaled.round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        leading_shape = x.shape[:-1]
-        x_int8 = self.quantize_activation(x).reshape(-1, self.in_features)
-        accumulator = torch._int_mm(x_int8, self.weight_int8_t)
-        y = accumulator.float() * self.output_scale
-        return y.reshape(*leading_shape, -1).to(self.compute_dtype)
-
-
-class SmoothQuantPerTokenLinear:
-    """TensorRT-LLM W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN (tensorrt_llm/quantization/layers.py):
-    int8 weights with `per_channel_scale`; the input, divided by `smoother` where the layer has one
-    (dense, proj; qkv/fc/gate have theirs folded into the preceding norm), is quantized per token
-    at run time: s_t = amax(|x_t|) / 127 (amax floored at 1e-6 like the kernel), round to nearest
-    even, saturate to ±127. y = (q ∘ W_int8^T) · s_t · s_w, on the same torch._int_mm as above."""
-
-    AMAX_FLOOR = 1e-6
-
-    def __init__(self, tensors: dict[str, torch.Tensor], name: str, compute_dtype: torch.dtype):
-        weight = tensors[f"{name}.weight"]
-        self.weight_int8_t = weight.t()
-        self.in_features = weight.shape[1]
-        smoother = tensors.get(f"{name}.smoother")
-        self.inverse_smoother = None if smoother is None else (1.0 / smoother.float()).reshape(-1)
-        self.weight_scale = tensors[f"{name}.per_channel_scale"].float().reshape(-1)
-        self.compute_dtype = compute_dtype
-
-    def quantize_activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(int8 codes, per-token scale [..., 1])."""
-        x = x.float()
-        if self.inverse_smoother is not None:
-            x = x * self.inverse_smoother
-        token_scale = x.abs().amax(dim=-1, keepdim=True).clamp_(min=self.AMAX_FLOOR) / INT8_MAX
-        return (x / token_scale).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8), token_scale
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        leading_shape = x.shape[:-1]
-        x_int8, token_scale = self.quantize_activation(x)
-        accumulator = torch._int_mm(x_int8.reshape(-1, self.in_features), self.weight_int8_t)
-        y = accumulator.float() * token_scale.reshape(-1, 1) * self.weight_scale
-        return y.reshape(*leading_shape, -1).to(self.compute_dtype)
-
-
-FP8_E4M3_MAX = 448.0
-
-
-def fake_quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """E4M3 round trip with a static per-tensor scale (saturating at ±448), in float32."""
-    return (x.float() / scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).float() * scale
-
-
-def fake_quantize_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 round trip (round half to even, narrow range ±127) with a static scale, in float32."""
-    return (x.float() / scale).round_().clamp_(-INT8_MAX, INT8_MAX) * scale
-
-
-class Fp8Linear:
-    """TensorRT-LLM FP8 (ModelOpt FP8_DEFAULT_CFG): E4M3 weight with one per-tensor scale, activations
-    cast to E4M3 with a static per-tensor scale. Emulated: the E4M3 values are exact in float32, so
-    y = (fp8(x / s_a) · fp8(W)^T) · s_a · s_w computed in float32 matches an FP8 GEMM with float32
-    accumulation up to summation order. No speed claim: CPUs have no FP8 GEMM."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor], name: str, compute_dtype: torch.dtype):
-        self.weight = tensors[f"{name}.weight"].float()  # E4M3 codes, exactly representable
-        self.activation_scale = tensors[f"{name}.activation_scaling_factor"].float().reshape(())
-        self.output_scale = self.activation_scale * tensors[f"{name}.weights_scaling_factor"].float().reshape(())
-        self.compute_dtype = compute_dtype
-
-    def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """E4M3 codes of x (as float32)."""
-        return (x.float() / self.activation_scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).float()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (F.linear(self.quantize_activation(x), self.weight) * self.output_scale).to(self.compute_dtype)
-
-
-class KVQuantizer:
-    """TensorRT-LLM's quantized KV cache: K (after RoPE) and V stored as INT8 or FP8 with the layer's
-    one `kv_cache_scaling_factor`. Emulated: values are round-tripped at write time and kept
-    dequantized, so attention reads exactly what a quantized cache holds (no memory saving)."""
-
-    def __init__(self, algo: str, scale: torch.Tensor):
-        self.scale = scale.float().reshape(())
-        self.function = {"INT8": fake_quantize_int8, "FP8": fake_quantize_fp8}[algo]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.function(x, self.scale).to(x.dtype)
+# Masked attention scores: finite, so a row with nothing to attend (a padding row of the decode
+# batch) stays finite instead of producing NaN that could be written into the pool.
+MASKED_SCORE = -1e30
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -204,34 +90,20 @@ class RotaryTable:
         self.sin = angles.sin().to(dtype)
         self.max_positions = max_positions
 
+    def to(self, device: torch.device) -> "RotaryTable":
+        self.cos, self.sin = self.cos.to(device), self.sin.to(device)
+        return self
+
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [rows, 1, 1, head_size] for one position per row (decode)."""
+        return self.cos[positions][:, None, None, :], self.sin[positions][:, None, None, :]
+
     def apply(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """x: [batch, heads, seq, head_size] at positions start .. start+seq-1."""
         seq_len = x.shape[2]
         cos = self.cos[start : start + seq_len]
         sin = self.sin[start : start + seq_len]
         return x * cos + rotate_half(x) * sin
-
-
-class KVCache:
-    """Preallocated per-request keys/values: [layers] × [batch, kv_heads, capacity, head_size]."""
-
-    def __init__(
-        self,
-        config: LlamaCheckpointConfig,
-        batch: int,
-        capacity: int,
-        dtype: torch.dtype,
-        device: torch.device | str = "cpu",
-    ):
-        shape = (batch, config.num_kv_heads, capacity, config.head_size)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
-
-    def update(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor):
-        end = start + keys.shape[2]
-        self.keys[layer][:, :, start:end] = keys
-        self.values[layer][:, :, start:end] = values
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 class DecoderLayer:
@@ -253,37 +125,84 @@ class DecoderLayer:
         self.proj = make_linear(f"{prefix}.mlp.proj")  # HF down_proj
         self.q_width = config.num_heads * config.head_size
         self.kv_width = config.num_kv_heads * config.head_size
-        self.kv_quantizer = None
+        self.kv_scale = None
         if config.kv_cache_quant_algo is not None:
-            self.kv_quantizer = KVQuantizer(
-                config.kv_cache_quant_algo, tensors[f"{prefix}.attention.kv_cache_scaling_factor"]
-            )
+            self.kv_scale = tensors[f"{prefix}.attention.kv_cache_scaling_factor"].float().reshape(())
 
-    def attention(self, x: torch.Tensor, rotary: RotaryTable, cache: KVCache | None, start: int) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[batch, seq, hidden] → q [batch, heads, seq, head], k and v [batch, kv_heads, seq, head]."""
         batch, seq_len, _ = x.shape
         config = self.config
-        qkv = self.qkv(x)
+        qkv = self.qkv(rms_norm(x, self.input_norm, config.norm_epsilon))
         if self.qkv_bias is not None:
             qkv = qkv + self.qkv_bias
         q, k, v = qkv.split((self.q_width, self.kv_width, self.kv_width), dim=-1)
         q = q.view(batch, seq_len, config.num_heads, config.head_size).transpose(1, 2)
         k = k.view(batch, seq_len, config.num_kv_heads, config.head_size).transpose(1, 2)
         v = v.view(batch, seq_len, config.num_kv_heads, config.head_size).transpose(1, 2)
-        q, k = rotary.apply(q, start), rotary.apply(k, start)
-        if self.kv_quantizer is not None:  # what the cache holds, also for the prompt's own attention
-            k, v = self.kv_quantizer(k), self.kv_quantizer(v)
-        if cache is not None:
-            k, v = cache.update(self.index, start, k, v)
-        # Prefill always starts at position 0 and decode feeds one token, so "causal" (top-left
-        # aligned in SDPA) is right for seq_len > 1 and no mask is needed for seq_len == 1.
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=seq_len > 1, enable_gqa=True)
-        return self.dense(attended.transpose(1, 2).reshape(batch, seq_len, self.q_width))
+        return q, k, v
 
-    def __call__(self, x: torch.Tensor, rotary: RotaryTable, cache: KVCache | None, start: int) -> torch.Tensor:
-        epsilon = self.config.norm_epsilon
-        x = x + self.attention(rms_norm(x, self.input_norm, epsilon), rotary, cache, start)
-        h = rms_norm(x, self.post_norm, epsilon)
+    def _round_trip_kv(self, x: torch.Tensor) -> torch.Tensor:
+        """What a quantized KV cache gives back for x (identity without KV quantization)."""
+        if self.kv_scale is None:
+            return x
+        return dequantize_kv(quantize_kv(x, self.config.kv_cache_quant_algo, self.kv_scale), self.kv_scale, x.dtype)
+
+    def _finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Output projection, residual, MLP, residual. attended: [batch, heads, seq, head]."""
+        batch, _, seq_len, _ = attended.shape
+        x = x + self.dense(attended.transpose(1, 2).reshape(batch, seq_len, self.q_width))
+        h = rms_norm(x, self.post_norm, self.config.norm_epsilon)
         return x + self.proj(F.silu(self.fc(h)) * self.gate(h))
+
+    def forward_full(self, x: torch.Tensor, rotary: "RotaryTable") -> torch.Tensor:
+        """Whole sequences from position 0, no cache (scoring)."""
+        q, k, v = self._qkv(x)
+        q, k = rotary.apply(q, 0), rotary.apply(k, 0)
+        k, v = self._round_trip_kv(k), self._round_trip_kv(v)  # what the cache would hold
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=x.shape[1] > 1, enable_gqa=True)
+        return self._finish(x, attended)
+
+    def forward_prefill(self, x: torch.Tensor, rotary: "RotaryTable", pool: KVPool, slot: int, start: int):
+        """One prompt chunk [1, seq, hidden] at positions start.. of the request in `slot`."""
+        seq_len = x.shape[1]
+        q, k, v = self._qkv(x)
+        q, k = rotary.apply(q, start), rotary.apply(k, start)
+        pool.write_span(self.index, slot, start, k[0], v[0])
+        keys, values = pool.read_span(self.index, slot, start + seq_len)
+        if start == 0:  # top-left aligned causal mask is right when the chunk starts the sequence
+            attended = F.scaled_dot_product_attention(q, keys, values, is_causal=seq_len > 1, enable_gqa=True)
+        else:  # a later chunk sees the whole cached prefix and itself causally
+            query_positions = torch.arange(start, start + seq_len, device=x.device)
+            allowed = torch.arange(start + seq_len, device=x.device)[None, :] <= query_positions[:, None]
+            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=True)
+        return self._finish(x, attended)
+
+    def forward_decode(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        pool: KVPool,
+        positions: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        """One token per row [rows, 1, hidden]; row b is slot b at positions[b]. Static shapes and no
+        host synchronization, so the whole step can be captured in a CUDA graph."""
+        rows = x.shape[0]
+        config = self.config
+        q, k, v = self._qkv(x)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        pool.write_rows(self.index, positions, k[:, :, 0], v[:, :, 0])
+        keys, values = pool.read_rows(self.index, rows, allowed.shape[1])
+        # Grouped-query attention without repeating K/V: each KV head's query group in one matmul.
+        group = config.num_heads // config.num_kv_heads
+        grouped_q = q.reshape(rows, config.num_kv_heads, group, config.head_size)
+        scores = torch.matmul(grouped_q, keys.transpose(-1, -2)).float() / math.sqrt(config.head_size)
+        scores = scores.masked_fill(~allowed[:, None, None, :], MASKED_SCORE)
+        probabilities = torch.softmax(scores, dim=-1).to(values.dtype)
+        attended = torch.matmul(probabilities, values).reshape(rows, config.num_heads, 1, config.head_size)
+        return self._finish(x, attended)
 
 
 def _require_unit_scale_to_int(tensors: dict[str, torch.Tensor], prefix: str) -> None:
@@ -309,7 +228,8 @@ def _linear_factory(config: LlamaCheckpointConfig, tensors: dict[str, torch.Tens
 
 
 class ReferenceEngine:
-    """Greedy generation and scoring of a TensorRT-LLM Llama checkpoint in PyTorch."""
+    """A TensorRT-LLM checkpoint executed in PyTorch: full-sequence scoring, and greedy generation
+    through one continuous-batching scheduler (started on the first request)."""
 
     backend = "reference"
 
@@ -319,48 +239,53 @@ class ReferenceEngine:
         tensors: dict[str, torch.Tensor],
         compute_dtype: torch.dtype,
         device: torch.device | str = "cpu",
+        options: EngineOptions | None = None,
     ):
         self.config = config
         self.compute_dtype = compute_dtype
         self.device = torch.device(device)
-        if self.device.type != "cpu":
-            if self.device.type == "cuda" and not torch.cuda.is_available():
-                raise FoundryError(f"device {device!r} requested but torch.cuda.is_available() is False")
-            if config.quant_algo in (SMOOTHQUANT_PER_CHANNEL, SMOOTHQUANT_PER_TOKEN) and self.device.type == "cuda":
-                raise FoundryError(
-                    "not supported: the W8A8 SmoothQuant path uses torch._int_mm, which on CUDA needs more than "
-                    "16 rows (decode feeds 1); run SmoothQuant checkpoints on device 'cpu'"
-                )
-            tensors = {name: tensor.to(self.device) for name, tensor in tensors.items()}
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise FoundryError(f"device {str(device)!r} requested but torch.cuda.is_available() is False")
+        if self.device.type not in ("cpu", "cuda"):
+            raise FoundryError(f"device {str(device)!r}: the reference runtime runs on 'cpu' or 'cuda'")
+        self.options = options or EngineOptions()
+        self.max_seq_len = self.options.resolved_max_seq_len(config.max_positions)
+        tensors = {name: tensor.to(self.device) for name, tensor in tensors.items()}
         self.embedding = tensors["transformer.vocab_embedding.weight"].to(compute_dtype)
         lm_head = self.embedding if config.share_embedding_table else tensors["lm_head.weight"]
         self.lm_head = FloatLinear(lm_head, compute_dtype)  # ModelOpt excludes lm_head from quantization
         self.final_norm = tensors["transformer.ln_f.weight"].to(compute_dtype)
         self.layers = [DecoderLayer(tensors, i, config, compute_dtype) for i in range(config.num_layers)]
+        # one position past max_seq_len: the pool's scratch column (padding rows of a decode step)
         self.rotary = RotaryTable(
-            config.head_size, config.rotary_base, config.max_positions, compute_dtype, config.rotary_scaling
-        )
-        self.rotary.cos, self.rotary.sin = self.rotary.cos.to(self.device), self.rotary.sin.to(self.device)
+            config.head_size,
+            config.rotary_base,
+            max(config.max_positions, self.max_seq_len + 1),
+            compute_dtype,
+            config.rotary_scaling,
+        ).to(self.device)
+        self._scheduler: BatchScheduler | None = None
+        self._scheduler_lock = threading.Lock()
 
     @classmethod
     def load(
-        cls, checkpoint_dir: Path, compute_dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        cls,
+        checkpoint_dir: Path,
+        compute_dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        options: EngineOptions | None = None,
     ) -> "ReferenceEngine":
         checkpoint_dir = Path(checkpoint_dir)
         if compute_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise FoundryError(f"compute_dtype {compute_dtype} is not a floating dtype the reference backend runs")
         config = parse_config(checkpoint_dir)
-        return cls(config, load_tensors(checkpoint_dir, config), compute_dtype, device=device)
+        return cls(config, load_tensors(checkpoint_dir, config), compute_dtype, device=device, options=options)
 
     @property
     def quant_algo(self) -> str | None:
         return self.config.quant_algo
 
-    def _hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None, start: int) -> torch.Tensor:
-        x = F.embedding(input_ids, self.embedding)
-        for layer in self.layers:
-            x = layer(x, self.rotary, cache, start)
-        return rms_norm(x, self.final_norm, self.config.norm_epsilon)
+    # --- the model: scoring, prefill and decode --------------------------------------------------
 
     def _check_length(self, total_tokens: int) -> None:
         if total_tokens > self.config.max_positions:
@@ -369,35 +294,99 @@ class ReferenceEngine:
                 f"({self.config.max_positions}); shorten the prompt or max_new_tokens"
             )
 
+    def _final(self, hidden: torch.Tensor) -> torch.Tensor:
+        return rms_norm(hidden, self.final_norm, self.config.norm_epsilon)
+
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.ndim != 2:
             raise FoundryError(f"input_ids: need [batch, seq] token ids, got shape {tuple(input_ids.shape)}")
         self._check_length(input_ids.shape[1])
         with torch.inference_mode():
-            hidden = self._hidden_states(input_ids.long().to(self.device), cache=None, start=0)
-            return self.lm_head(hidden).float()
+            x = F.embedding(input_ids.long().to(self.device), self.embedding)
+            for layer in self.layers:
+                x = layer.forward_full(x, self.rotary)
+            return self.lm_head(self._final(x)).float()
+
+    def new_pool(self, slots: int) -> KVPool:
+        config = self.config
+        shape = PoolShape(config.num_layers, slots, config.num_kv_heads, self.max_seq_len, config.head_size)
+        scales = [layer.kv_scale for layer in self.layers] if config.kv_cache_quant_algo else None
+        return KVPool(shape, self.compute_dtype, self.device, config.kv_cache_quant_algo, scales)
+
+    def prefill(self, pool: KVPool, slot: int, token_ids: Sequence[int], start: int) -> torch.Tensor:
+        """Run one prompt chunk into the pool; the greedy next token after it (a 0-d device tensor)."""
+        x = F.embedding(torch.tensor([list(token_ids)], device=self.device), self.embedding)
+        for layer in self.layers:
+            x = layer.forward_prefill(x, self.rotary, pool, slot, start)
+        # lm_head only on the last position: the vocab GEMM is the costliest one here
+        return self.lm_head(self._final(x[:, -1])).argmax(dim=-1)[0]
+
+    def decode(self, pool: KVPool, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """One greedy step for rows 0..len(tokens)-1 (= pool slots) reading kv_len cached columns.
+        Pure tensor code: no host sync, fixed shapes, so it can be graphed or compiled."""
+        x = F.embedding(tokens[:, None], self.embedding)
+        cos, sin = self.rotary.at(positions)
+        allowed = torch.arange(kv_len, device=tokens.device)[None, :] <= positions[:, None]
+        for layer in self.layers:
+            x = layer.forward_decode(x, cos, sin, pool, positions, allowed)
+        return self.lm_head(self._final(x[:, 0])).argmax(dim=-1)
+
+    # --- serving: everything goes through the one scheduler --------------------------------------
+
+    @property
+    def scheduler(self) -> BatchScheduler:
+        with self._scheduler_lock:
+            if self._scheduler is None:
+                self._scheduler = BatchScheduler(self, self.options)
+            return self._scheduler
+
+    def submit(
+        self,
+        input_ids: Sequence[int],
+        max_new_tokens: int,
+        on_token: TokenCallback | None = None,
+        stop_token_ids: Sequence[int] = (),
+        on_done=None,
+    ) -> GenerationRequest:
+        """Queue one request; returns its handle at once (cancel(), result())."""
+        return self.scheduler.submit(input_ids, max_new_tokens, on_token, stop_token_ids, on_done)
 
     def generate(
-        self, input_ids: Sequence[int], max_new_tokens: int, on_token: TokenCallback | None = None
+        self,
+        input_ids: Sequence[int],
+        max_new_tokens: int,
+        on_token: TokenCallback | None = None,
+        stop_token_ids: Sequence[int] = (),
     ) -> list[int]:
-        prompt = [int(token) for token in input_ids]
-        if not prompt:
-            raise FoundryError("input_ids: the prompt is empty; greedy decoding needs at least one token")
         if max_new_tokens <= 0:
             return []
-        self._check_length(len(prompt) + max_new_tokens)
-        generated: list[int] = []
-        with torch.inference_mode():
-            cache = KVCache(self.config, 1, len(prompt) + max_new_tokens, self.compute_dtype, self.device)
-            hidden = self._hidden_states(torch.tensor([prompt], device=self.device), cache, start=0)
-            position = len(prompt)
-            while True:
-                # lm_head only on the last position: the vocab GEMM is the costliest one here
-                token = int(self.lm_head(hidden[:, -1]).argmax(dim=-1))
-                generated.append(token)
-                if on_token is not None:
-                    on_token(token)
-                if len(generated) == max_new_tokens:
-                    return generated
-                hidden = self._hidden_states(torch.tensor([[token]], device=self.device), cache, start=position)
-                position += 1
+        return self.submit(input_ids, max_new_tokens, on_token, stop_token_ids).result()
+
+    async def agenerate(
+        self, input_ids: Sequence[int], max_new_tokens: int, stop_token_ids: Sequence[int] = ()
+    ) -> AsyncIterator[int]:
+        """Tokens as they are produced; leaving the loop early cancels the request (frees its slot)."""
+        if max_new_tokens <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        finished = object()
+        request = self.submit(
+            input_ids,
+            max_new_tokens,
+            on_token=lambda token: loop.call_soon_threadsafe(queue.put_nowait, token),
+            stop_token_ids=stop_token_ids,
+            on_done=lambda: loop.call_soon_threadsafe(queue.put_nowait, finished),
+        )
+        try:
+            while (item := await queue.get()) is not finished:
+                yield item
+            request.raise_error()
+        finally:
+            request.cancel()
+
+    def close(self) -> None:
+        with self._scheduler_lock:
+            if self._scheduler is not None:
+                self._scheduler.close()
+                self._scheduler = None

@@ -1,0 +1,130 @@
+"""y = ((A_int8 · W_int8ᵀ) as int32, exact) · row_scale · col_scale, in the output dtype.
+
+The one int8 GEMM of the W8A8 SmoothQuant linears. On CPU: `torch._int_mm` (oneDNN) and the
+scaling in float32. On CUDA: a Triton kernel written here, because the library kernel does not
+serve this case on Hopper: cuBLAS int8 (`torch._int_mm`) refuses fewer than 17 rows (decode feeds
+one per sequence) and measured 4–6× slower than a bf16 GEMM on an H200 (docs/benchmark-definitions
+and shared measurements). The kernel accumulates in int32 (exact, like the CPU path) and applies
+the scales in the epilogue in the same order as the CPU code, so both devices compute the same
+function up to the final rounding to the compute dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # Triton ships with CUDA builds of torch; CPU-only installs run the CPU path
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the torch build
+    triton = None
+
+
+def int8_matmul_scaled(
+    a_int8: torch.Tensor,
+    w_int8: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    col_scale: torch.Tensor,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """a_int8 [M, K], w_int8 [N, K] (row-major, as the checkpoint stores it), row_scale [M] or None,
+    col_scale [N] float32 → [M, N] in out_dtype."""
+    if a_int8.is_cuda:
+        if triton is None:
+            raise RuntimeError("W8A8 on CUDA needs Triton (it ships with CUDA builds of torch)")
+        return _triton_int8_matmul_scaled(a_int8, w_int8, row_scale, col_scale, out_dtype)
+    accumulator = torch._int_mm(a_int8, w_int8.t())
+    y = accumulator.float()
+    if row_scale is not None:
+        y = y * row_scale.reshape(-1, 1)
+    return (y * col_scale).to(out_dtype)
+
+
+if triton is not None:
+
+    def _configs():
+        # Small M (decode) is bound by reading the weight: narrow N tiles so every SM has work, and
+        # deep K pipelines. Large M (prefill) is bound by the int8 tensor cores: wide tiles.
+        small = [
+            triton.Config({"BLOCK_M": 16, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+            for n, k, w, s in ((32, 256, 4, 4), (64, 256, 4, 4), (32, 512, 4, 3), (64, 128, 4, 5), (16, 512, 2, 4))
+        ]
+        large = [
+            triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": 128}, num_warps=w, num_stages=4)
+            for m, n, w in ((64, 64, 4), (64, 128, 4), (128, 128, 8), (128, 64, 4))
+        ]
+        return small + large
+
+    def _prune(configs, named_args, **kwargs):
+        m_bucket = named_args["M_BUCKET"]
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m_bucket)]
+        return kept or configs[:1]
+
+    @triton.autotune(configs=_configs(), key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune})
+    @triton.jit
+    def _int8_gemm_kernel(
+        a_ptr,
+        w_ptr,
+        out_ptr,
+        row_scale_ptr,
+        col_scale_ptr,
+        M,
+        N,
+        K,
+        stride_am,
+        stride_wn,
+        stride_om,
+        M_BUCKET,
+        HAS_ROW_SCALE: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
+        w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]  # a [BLOCK_K, BLOCK_N] tile of Wᵀ
+        accumulator = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0)
+            w = tl.load(w_ptrs, mask=(offs_n[None, :] < N) & (offs_k[:, None] < k_left), other=0)
+            accumulator = tl.dot(a, w, accumulator, out_dtype=tl.int32)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        y = accumulator.to(tl.float32)
+        if HAS_ROW_SCALE:
+            y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
+        y = y * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+        out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+        tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+    def _triton_int8_matmul_scaled(a_int8, w_int8, row_scale, col_scale, out_dtype):
+        a_int8 = a_int8.contiguous()
+        M, K = a_int8.shape
+        N = w_int8.shape[0]
+        out = torch.empty((M, N), dtype=out_dtype, device=a_int8.device)
+        m_bucket = min(128, triton.next_power_of_2(M))
+
+        def grid(meta):
+            return (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))
+
+        _int8_gemm_kernel[grid](
+            a_int8,
+            w_int8,
+            out,
+            row_scale if row_scale is not None else col_scale,
+            col_scale,
+            M,
+            N,
+            K,
+            a_int8.stride(0),
+            w_int8.stride(0),
+            out.stride(0),
+            m_bucket,
+            HAS_ROW_SCALE=row_scale is not None,
+        )
+        return out

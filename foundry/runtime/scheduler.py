@@ -1,0 +1,275 @@
+"""Continuous (in-flight) batching for the reference engine: one scheduler thread owns the model.
+
+Each iteration of the loop (as vLLM's and TensorRT-LLM's in-flight batchers do):
+1. admit waiting requests into free KV slots (FIFO); a request with no free slot waits, and its
+   `waiting_reason` says so;
+2. prefill: prompt chunks of admitted requests, up to `prefill_chunk_tokens` tokens this
+   iteration (a long prompt takes several iterations, so running requests keep decoding);
+3. decode: one batched greedy step for every request past its prompt;
+4. retire finished and cancelled requests, freeing their slots.
+Tokens reach each request's callback from this thread as they are produced. A request that cannot
+ever fit (longer than the engine's max_seq_len) is refused at submit with the reason.
+
+Written here rather than taken from vLLM / TensorRT-LLM: both schedulers are bound to their own
+model executors and CUDA kernels (paged attention), which the reference runtime does not use.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from foundry.errors import FoundryError
+from foundry.runtime.decode_runner import DecodeRunner
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The reference engine's serving knobs (build.engine in the config; engine.json records them)."""
+
+    max_batch_size: int = 8  # KV slots = requests decoded together
+    max_seq_len: int | None = None  # tokens per slot (prompt + output); None: min(2048, the checkpoint's)
+    prefill_chunk_tokens: int = 512  # prompt tokens prefilled per iteration, across requests
+    cuda_graphs: bool = True  # CUDA only: decode steps replayed from captured graphs
+    graph_batch_sizes: tuple[int, ...] = ()  # decode batch buckets; () = powers of two and steps of 8..
+    torch_compile: bool = False  # CUDA only: compile the decode step (inductor) before capturing it
+    kv_cache_memory_fraction: float | None = None  # CUDA only: size the slots from free GPU memory
+
+    def resolved_max_seq_len(self, checkpoint_max_positions: int) -> int:
+        return min(self.max_seq_len or 2048, checkpoint_max_positions)
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    """One request in the engine, and the caller's handle on it."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    on_token: Callable[[int], None] | None = None
+    stop_token_ids: frozenset = frozenset()
+    on_done: Callable[[], None] | None = None
+    request_id: int = 0
+    tokens: list[int] = field(default_factory=list)
+    slot: int | None = None
+    prefilled: int = 0  # prompt tokens already in the cache
+    error: BaseException | None = None
+    waiting_reason: str | None = None
+    submitted_s: float = field(default_factory=time.perf_counter)
+    _cancelled: bool = False
+    _done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def decoding(self) -> bool:
+        return self.slot is not None and self.prefilled == len(self.prompt)
+
+    @property
+    def next_position(self) -> int:
+        """Where the last produced token goes in the cache (it is fed back at the next step)."""
+        return len(self.prompt) + len(self.tokens) - 1
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed at the next iteration. No-op once finished."""
+        self._cancelled = True
+
+    def result(self, timeout_s: float | None = None) -> list[int]:
+        if not self._done.wait(timeout_s):
+            raise TimeoutError(f"request {self.request_id} not finished after {timeout_s} s")
+        self.raise_error()
+        return list(self.tokens)
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _wants_more(self) -> bool:
+        if len(self.tokens) >= self.max_new_tokens:
+            return False
+        return not (self.tokens and self.tokens[-1] in self.stop_token_ids)
+
+
+class BatchScheduler:
+    def __init__(self, model, options: EngineOptions):
+        self.model = model
+        self.options = options
+        self.slots = self._slot_count(model, options)
+        self.pool = model.new_pool(self.slots)
+        self.runner = DecodeRunner(model, self.pool, options)
+        self._free_slots = list(range(self.slots))
+        self._waiting: collections.deque[GenerationRequest] = collections.deque()
+        self._running: list[GenerationRequest] = []
+        self._ids = itertools.count(1)
+        self._wakeup = threading.Condition()
+        self._closed = False
+        self.iterations = 0
+        self._thread = threading.Thread(target=self._loop, name="foundry-scheduler", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _slot_count(model, options: EngineOptions) -> int:
+        if options.kv_cache_memory_fraction is None or model.device.type != "cuda":
+            return options.max_batch_size
+        free_bytes, _ = torch.cuda.mem_get_info(model.device)
+        probe = model.new_pool(1)
+        per_slot = probe.nbytes
+        del probe
+        slots = int(free_bytes * options.kv_cache_memory_fraction // per_slot)
+        if slots < 1:
+            raise FoundryError(
+                f"build.engine.kv_cache_memory_fraction {options.kv_cache_memory_fraction}: "
+                f"{free_bytes / 2**30:.1f} GiB free holds no KV slot of {per_slot / 2**30:.2f} GiB; "
+                "raise the fraction or lower build.max_seq_len"
+            )
+        return min(slots, options.max_batch_size)
+
+    # --- caller side -------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        max_new_tokens: int,
+        on_token: Callable[[int], None] | None = None,
+        stop_token_ids: Sequence[int] = (),
+        on_done: Callable[[], None] | None = None,
+    ) -> GenerationRequest:
+        prompt = [int(token) for token in prompt]
+        if not prompt:
+            raise FoundryError("input_ids: the prompt is empty; greedy decoding needs at least one token")
+        if max_new_tokens < 1:
+            raise FoundryError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        max_seq_len = self.pool.shape.max_seq_len
+        if len(prompt) + max_new_tokens > max_seq_len:
+            raise FoundryError(
+                f"request of {len(prompt)} prompt + {max_new_tokens} new tokens exceeds the engine's max_seq_len "
+                f"{max_seq_len}; shorten it or build the engine with a larger build.max_seq_len"
+            )
+        request = GenerationRequest(
+            prompt, max_new_tokens, on_token, frozenset(int(t) for t in stop_token_ids), on_done, next(self._ids)
+        )
+        with self._wakeup:
+            if self._closed:
+                raise FoundryError("the engine is closed")
+            self._waiting.append(request)
+            self._wakeup.notify()
+        return request
+
+    def close(self) -> None:
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify()
+        self._thread.join(timeout=60)
+
+    def stats(self) -> dict:
+        with self._wakeup:
+            waiting = list(self._waiting)
+        return {
+            "slots": self.slots,
+            "free_slots": len(self._free_slots),
+            "running": len(self._running),
+            "waiting": len(waiting),
+            "waiting_reasons": sorted({r.waiting_reason for r in waiting if r.waiting_reason}),
+            "iterations": self.iterations,
+            "kv_pool_bytes": self.pool.nbytes,
+            **self.runner.stats(),
+        }
+
+    # --- the scheduler thread ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while self._wait_for_work():
+                self._admit()
+                try:
+                    self._prefill()
+                    self._decode()
+                except Exception as error:  # the model failed: these requests end, the engine lives on
+                    for request in self._running:
+                        request.error = request.error or FoundryError(f"engine step failed: {error}")
+                self._retire()
+                self.iterations += 1
+        self._fail_all(FoundryError("the engine was closed before this request finished"))
+
+    def _wait_for_work(self) -> bool:
+        with self._wakeup:
+            while not self._closed and not self._running and not self._waiting:
+                self._wakeup.wait()
+            return not self._closed
+
+    def _admit(self) -> None:
+        with self._wakeup:
+            for request in [r for r in self._waiting if r._cancelled]:
+                self._waiting.remove(request)
+                self._finish(request)
+            while self._waiting and self._free_slots:
+                request = self._waiting.popleft()
+                request.slot = self._free_slots.pop(0)  # lowest first: keeps the decode rows dense
+                request.waiting_reason = None
+                self._running.append(request)
+            for request in self._waiting:
+                request.waiting_reason = f"all {self.slots} KV slots are in use (build.engine.max_batch_size)"
+            self._free_slots.sort()
+
+    def _prefill(self) -> None:
+        budget = self.options.prefill_chunk_tokens
+        for request in self._running:
+            if budget <= 0:
+                return
+            if request.decoding or request._cancelled or request.error:
+                continue
+            start = request.prefilled
+            chunk = request.prompt[start : start + budget]
+            next_token = self.model.prefill(self.pool, request.slot, chunk, start)
+            request.prefilled += len(chunk)
+            budget -= len(chunk)
+            if request.decoding:
+                self._emit(request, int(next_token))
+
+    def _decode(self) -> None:
+        rows = [r for r in self._running if r.decoding and r._wants_more() and not r._cancelled and not r.error]
+        if not rows:
+            return
+        by_slot = {r.slot: r for r in rows}
+        step_rows = [
+            (r.tokens[-1], r.next_position) if (r := by_slot.get(slot)) else None for slot in range(max(by_slot) + 1)
+        ]
+        for slot, token in enumerate(self.runner.step(step_rows)):
+            if slot in by_slot:
+                self._emit(by_slot[slot], token)
+
+    def _emit(self, request: GenerationRequest, token: int) -> None:
+        request.tokens.append(token)
+        if request.on_token is not None:
+            try:
+                request.on_token(token)
+            except Exception as error:  # a broken consumer ends its own request only
+                request.error = error
+
+    def _retire(self) -> None:
+        for request in list(self._running):
+            if request._cancelled or request.error or (request.decoding and not request._wants_more()):
+                self._running.remove(request)
+                with self._wakeup:
+                    self._free_slots.append(request.slot)
+                self._finish(request)
+
+    def _finish(self, request: GenerationRequest) -> None:
+        request._done.set()
+        if request.on_done is not None:
+            request.on_done()
+
+    def _fail_all(self, error: FoundryError) -> None:
+        with self._wakeup:
+            pending = self._running + list(self._waiting)
+            self._running, self._waiting = [], collections.deque()
+        for request in pending:
+            request.error = request.error or error
+            self._finish(request)
