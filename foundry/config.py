@@ -426,6 +426,24 @@ class BenchmarkConfig(_Strict):
     slo: SLOConfig = SLOConfig()
     min_completion_rate: float = Field(default=1.0, ge=0.0, le=1.0, description="results validation")
     telemetry: bool = Field(default=True, description="sample the GPU with NVML (absent without a GPU)")
+    # The production engine (the champion), re-measured beside this run's when it can run here.
+    remeasure_champion: bool = Field(default=True, description="interleave the production engine with this one")
+    # 20: on the latency model of tests/test_stats.py (±25 % drift per round, 3 % per side, 5 % per request)
+    # an A/A passes the default 5 % margins in >= 95 % of trials and a 10 %-slower engine fails in >= 95 %.
+    champion_rounds: int = Field(
+        default=20, ge=2, description="interleaved rounds (champion, challenger alternating first) at the lowest load"
+    )
+    champion_max_rounds: int = Field(
+        default=40, ge=2, description="round budget when gates.on_inconclusive is more_rounds (sequential)"
+    )
+
+    @model_validator(mode="after")
+    def _round_budget(self) -> "BenchmarkConfig":
+        if self.champion_max_rounds < self.champion_rounds:
+            raise ValueError(
+                f"champion_max_rounds ({self.champion_max_rounds}) must be >= champion_rounds ({self.champion_rounds})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _positive_concurrency(self) -> "BenchmarkConfig":
@@ -439,6 +457,10 @@ class BenchmarkConfig(_Strict):
         elif self.request_rates is not None or self.max_concurrency is not None:
             raise ValueError("request_rates and max_concurrency apply only to mode 'request_rate'")
         return self
+
+
+RelativeLatencyMetric = Literal["ttft_ms", "tpot_ms", "e2e_ms", "ttft_p99_ms", "tpot_p99_ms", "output_tok_s"]
+RelativeQualityMetric = Literal["mean_kld", "top1_agreement"]
 
 
 class GateConfig(_Strict):
@@ -462,6 +484,33 @@ class GateConfig(_Strict):
     max_ttft_p99_ms: float | None = Field(default=None, gt=0.0)
     max_tpot_p99_ms: float | None = Field(default=None, gt=0.0)
     min_speedup_vs_baseline: float | None = Field(default=None, gt=0.0)
+    # Relative gates: this run against the production engine re-measured in the same run
+    # (foundry/champion.py). Each ends pass / fail / inconclusive from a confidence interval.
+    max_regression_pct: dict[RelativeLatencyMetric, float] = Field(
+        default={"ttft_ms": 5.0, "tpot_ms": 5.0, "output_tok_s": 5.0},
+        description="per latency/throughput metric: how much worse than the champion (%) the interval may reach",
+    )
+    max_quality_regression: dict[RelativeQualityMetric, float] = Field(
+        default={"mean_kld": 0.01, "top1_agreement": 0.01},
+        description="how much worse than the champion: mean_kld in nats/token more, top1_agreement as a fraction less",
+    )
+    confidence: float = Field(default=0.95, ge=0.5, lt=1.0, description="of every champion/challenger interval")
+    on_inconclusive: Literal["fail", "more_rounds"] = Field(
+        default="fail", description="more_rounds: measure more rounds up to benchmark.champion_max_rounds, then decide"
+    )
+
+    @field_validator("max_regression_pct", "max_quality_regression", mode="before")
+    @classmethod
+    def _margins(cls, value, info):
+        if not isinstance(value, dict):
+            return value
+        for metric, margin in value.items():
+            if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+                raise ValueError(f"{metric}: the margin must be a number, got {margin!r}")
+            upper = 100.0 if info.field_name == "max_regression_pct" else 1.0
+            if not 0.0 < margin < upper:
+                raise ValueError(f"{metric}: the margin must lie in (0, {upper:g}), got {margin!r}")
+        return value
 
 
 class FoundryConfig(_Strict):

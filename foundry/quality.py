@@ -38,6 +38,33 @@ class QualityReport(BaseModel):
     served_by: str = "in-process"
     engine_content_hash: str | None = None  # the engine these numbers were measured on
     generation: GenerationQuality | None = None
+    # The production engine (champion) scored on the same windows in the same pass, when it runs in process.
+    champion_pair: PairedQuality | None = None
+
+
+class PairedQuality(BaseModel):
+    """This run's engine (the challenger) and the production engine (the champion), each against the
+    same unquantized model on the same held-out windows: per-window values for intervals, and the
+    positions where only one of them agrees with the unquantized model's top-1 (McNemar's discordant pairs)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    champion_backend: str
+    champion_engine_content_hash: str | None = None
+    num_windows: int
+    num_positions: int
+    challenger_window_kld: list[float]  # mean KLD per window, nats/token
+    champion_window_kld: list[float]
+    challenger_window_top1: list[float]  # top-1 agreement per window (fraction)
+    champion_window_top1: list[float]
+    champion_only_top1: int  # positions where only the champion picks the unquantized model's top-1
+    challenger_only_top1: int
+    champion_perplexity_ratio: float
+    champion_mean_kld: float
+    champion_top1_agreement: float
+
+
+QualityReport.model_rebuild()
 
 
 class _Totals:
@@ -47,6 +74,9 @@ class _Totals:
         self.kld = 0.0
         self.agree = 0
         self.tokens = 0
+        self.window_kld: list[float] = []
+        self.window_top1: list[float] = []
+        self.agree_mask: torch.Tensor | None = None  # [positions]: the last batch's top-1 agreement, flattened
 
     def add(self, reference_logits: torch.Tensor, engine_logits: torch.Tensor, targets: torch.Tensor) -> None:
         ref_logp = F.log_softmax(reference_logits.double(), dim=-1)
@@ -54,9 +84,14 @@ class _Totals:
         index = targets.unsqueeze(-1)
         self.reference_nll -= ref_logp.gather(-1, index).sum().item()
         self.engine_nll -= eng_logp.gather(-1, index).sum().item()
-        self.kld += (ref_logp.exp() * (ref_logp - eng_logp)).sum().item()
-        self.agree += (ref_logp.argmax(-1) == eng_logp.argmax(-1)).sum().item()
+        kld = (ref_logp.exp() * (ref_logp - eng_logp)).sum(-1)  # [windows, positions]
+        agree = ref_logp.argmax(-1) == eng_logp.argmax(-1)
+        self.kld += kld.sum().item()
+        self.agree += agree.sum().item()
         self.tokens += targets.numel()
+        self.window_kld += kld.mean(-1).tolist()
+        self.window_top1 += agree.double().mean(-1).tolist()
+        self.agree_mask = agree.reshape(-1)
 
 
 def _check_finite(logits: torch.Tensor, backend: str) -> None:
@@ -71,12 +106,17 @@ def evaluate_quality(
     eval_data_hash: str,
     batch_size: int = 4,
     engine_backend: str | None = None,
+    champion: Engine | None = None,
 ) -> QualityReport:
     """Score `engine` against `reference` on [num_samples, seq_len] token windows. With no in-process
-    engine (it runs behind a server) only the reference's perplexity is measured here."""
+    engine (it runs behind a server) only the reference's perplexity is measured here. `champion`:
+    the production engine, scored in the same pass on the same windows (`champion_pair`)."""
     if eval_ids.dim() != 2 or eval_ids.shape[1] < 2:
         raise FoundryError(f"evaluation windows must be [num_samples, seq_len >= 2], got {tuple(eval_ids.shape)}")
-    totals = _Totals()
+    if champion is not None and engine is None:
+        raise FoundryError("the champion is compared only with an engine that gives logits in process")
+    totals, champion_totals = _Totals(), _Totals()
+    champion_only = challenger_only = 0
     for start in range(0, eval_ids.shape[0], batch_size):
         batch = eval_ids[start : start + batch_size]
         reference_logits = reference.logits(batch)[:, :-1]
@@ -86,9 +126,31 @@ def evaluate_quality(
             engine_logits = engine.logits(batch)[:, :-1]
             _check_finite(engine_logits, engine.backend)
         totals.add(reference_logits, engine_logits, batch[:, 1:])
+        if champion is not None:
+            champion_logits = champion.logits(batch)[:, :-1]
+            _check_finite(champion_logits, champion.backend)
+            champion_totals.add(reference_logits, champion_logits, batch[:, 1:])
+            champion_only += (champion_totals.agree_mask & ~totals.agree_mask).sum().item()
+            challenger_only += (totals.agree_mask & ~champion_totals.agree_mask).sum().item()
     reference_ppl = math.exp(totals.reference_nll / totals.tokens)
     engine_ppl = math.exp(totals.engine_nll / totals.tokens)
     teacher_forced = engine is not None
+    champion_pair = None
+    if champion is not None:
+        champion_pair = PairedQuality(
+            champion_backend=champion.backend,
+            num_windows=eval_ids.shape[0],
+            num_positions=totals.tokens,
+            challenger_window_kld=totals.window_kld,
+            champion_window_kld=champion_totals.window_kld,
+            challenger_window_top1=totals.window_top1,
+            champion_window_top1=champion_totals.window_top1,
+            champion_only_top1=int(champion_only),
+            challenger_only_top1=int(challenger_only),
+            champion_perplexity_ratio=math.exp(champion_totals.engine_nll / champion_totals.tokens) / reference_ppl,
+            champion_mean_kld=champion_totals.kld / champion_totals.tokens,
+            champion_top1_agreement=champion_totals.agree / champion_totals.tokens,
+        )
     return QualityReport(
         engine_backend=engine.backend if engine is not None else (engine_backend or "served"),
         reference_backend=reference.backend,
@@ -101,6 +163,7 @@ def evaluate_quality(
         mean_kld=totals.kld / totals.tokens if teacher_forced else None,
         top1_agreement=totals.agree / totals.tokens if teacher_forced else None,
         eval_data_hash=eval_data_hash,
+        champion_pair=champion_pair,
     )
 
 

@@ -19,10 +19,14 @@ import numpy as np
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 METHOD = (
-    "ratio challenger/champion per interleaved round, geometric mean over rounds with a 95 % "
-    "percentile-bootstrap interval over rounds "
-    "(2,000 resamples, seeded); non-inferiority: pass if the interval's worse bound is within the margin, "
-    "fail if its better bound is beyond it, else inconclusive"
+    "Per interleaved round (champion and challenger alternating first, same seeded requests), the "
+    "challenger/champion ratio — for per-request latencies the geometric mean over requests of the ratio "
+    "for the same request (paired), for throughput and p99 the round's own value —, then the geometric mean "
+    "over rounds with a {confidence:.0%} percentile-bootstrap interval resampling whole rounds (2,000 "
+    "resamples, seeded); quality: the mean per-window difference (KLD, top-1 agreement) with a bootstrap "
+    "interval over held-out windows and McNemar's exact test on per-position top-1 flips; a relative gate "
+    "passes if the interval's worse bound is within the margin, fails if its better bound is beyond it, "
+    "else is inconclusive."
 )
 
 
@@ -45,16 +49,83 @@ def ratio_interval(
     a, b = np.asarray(champion, dtype=float), np.asarray(challenger, dtype=float)
     if a.shape != b.shape or a.size < 2:
         raise ValueError(f"need paired rounds (>= 2 each), got {a.size} champion and {b.size} challenger values")
-    log_ratios = np.log(b / a)
+    return round_ratio_interval(b / a, confidence, resamples, seed)
+
+
+def round_ratio_interval(
+    round_ratios: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> RatioInterval:
+    """Bootstrap interval of the geometric mean of per-round ratios challenger/champion (rounds
+    resampled whole)."""
+    log_ratios = np.log(np.asarray(round_ratios, dtype=float))
+    if log_ratios.ndim != 1 or log_ratios.size < 2 or not np.all(np.isfinite(log_ratios)):
+        raise ValueError(f"need >= 2 positive finite round ratios, got {list(np.asarray(round_ratios).ravel())}")
     rng = np.random.default_rng(seed)
-    means = log_ratios[rng.integers(0, a.size, size=(resamples, a.size))].mean(axis=1)
+    means = log_ratios[rng.integers(0, log_ratios.size, size=(resamples, log_ratios.size))].mean(axis=1)
     tail = (1.0 - confidence) / 2.0
     return RatioInterval(
         float(np.exp(log_ratios.mean())),
         float(np.exp(np.quantile(means, tail))),
         float(np.exp(np.quantile(means, 1.0 - tail))),
+        int(log_ratios.size),
+    )
+
+
+def paired_round_ratio(challenger: Sequence[float | None], champion: Sequence[float | None]) -> float | None:
+    """One round's ratio for a per-request metric: the geometric mean over requests of
+    challenger/champion for the same request (paired; a request missing on either side is dropped).
+    None when no request has both."""
+    pairs = [
+        (float(b), float(a))
+        for b, a in zip(challenger, champion, strict=True)
+        if a is not None and b is not None and a > 0 and b > 0
+    ]
+    if not pairs:
+        return None
+    return float(np.exp(np.mean([math.log(b / a) for b, a in pairs])))
+
+
+@dataclass(frozen=True)
+class DifferenceInterval:
+    difference: float  # mean over items of challenger - champion
+    low: float
+    high: float
+    items: int
+
+
+def difference_interval(
+    challenger: Sequence[float],
+    champion: Sequence[float],
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> DifferenceInterval:
+    """Bootstrap interval of the mean paired difference challenger - champion (items, e.g. held-out
+    windows, resampled)."""
+    a, b = np.asarray(champion, dtype=float), np.asarray(challenger, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(f"need paired items (>= 2 each), got {a.size} champion and {b.size} challenger values")
+    differences = b - a
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, a.size, size=(resamples, a.size))].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    return DifferenceInterval(
+        float(differences.mean()),
+        float(np.quantile(means, tail)),
+        float(np.quantile(means, 1.0 - tail)),
         int(a.size),
     )
+
+
+def difference_non_inferiority(interval: DifferenceInterval, margin: float, lower_is_better: bool) -> Verdict:
+    """Is the challenger no more than `margin` (in the metric's unit) worse than the champion?"""
+    if lower_is_better:  # KLD: worse = larger difference
+        if interval.high <= margin:
+            return "pass"
+        return "fail" if interval.low > margin else "inconclusive"
+    if interval.low >= -margin:  # top-1 agreement: worse = negative difference
+        return "pass"
+    return "fail" if interval.high < -margin else "inconclusive"
 
 
 def non_inferiority(interval: RatioInterval, margin_pct: float, lower_is_better: bool) -> Verdict:

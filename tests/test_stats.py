@@ -57,3 +57,103 @@ def test_mcnemar_exact():
     assert mcnemar_exact(5, 5) == pytest.approx(1.0)
     assert mcnemar_exact(10, 0) == pytest.approx(2 / 2**10)
     assert mcnemar_exact(12, 3) < 0.05 < mcnemar_exact(8, 4)
+
+
+# ---- the pipeline's decision (foundry.champion) on the same kind of seeded trials -----------------
+# A latency model with the structure of a round: per round a machine drift both sides share (±25 %),
+# per side of a round 3 % (the machine between the two halves), per request 5 %; TTFT, TPOT and the
+# round's output tok/s all follow from it. The decision is the one the gate takes: every metric with
+# a default margin (gates.max_regression_pct) must pass; one fail catches the challenger.
+
+
+def model_rounds(rng, slowdown: float, rounds: int, requests: int = 7):
+    from foundry.bench.rounds import ChampionRounds, SideRound
+
+    base_ttft_ms = 30.0 * rng.uniform(1.0, 2.0, requests)
+    output_tokens = rng.integers(16, 33, requests)
+    sides = {"champion": [], "challenger": []}
+    for index in range(rounds):
+        drift = rng.lognormal(0.0, 0.25)
+        for side, factor in (("champion", 1.0), ("challenger", slowdown)):
+            machine = drift * rng.lognormal(0.0, 0.03) * factor
+            ttft = base_ttft_ms * machine * rng.lognormal(0.0, 0.05, requests)
+            tpot = 40.0 * machine * rng.lognormal(0.0, 0.05, requests)
+            e2e = ttft + tpot * (output_tokens - 1)
+            sides[side].append(
+                SideRound(
+                    side=side,
+                    round_index=index,
+                    ran_first=(index % 2 == 0) == (side == "champion"),
+                    ttft_ms=ttft.tolist(),
+                    tpot_ms=tpot.tolist(),
+                    e2e_ms=e2e.tolist(),
+                    ttft_p99_ms=float(np.percentile(ttft, 99)),
+                    tpot_p99_ms=float(np.percentile(tpot, 99)),
+                    output_tok_s=float(output_tokens.sum() / e2e.sum() * 1e3),
+                    failed_requests=0,
+                    wall_s=float(e2e.sum() / 1e3),
+                )
+            )
+    return ChampionRounds(
+        champion_version="1",
+        champion_engine_content_hash="c" * 64,
+        champion_served_by="model",
+        challenger_served_by="model",
+        concurrency=1,
+        request_ids=list(range(requests)),
+        champion=sides["champion"],
+        challenger=sides["challenger"],
+        wall_s=0.0,
+    )
+
+
+def gate_outcomes(slowdown: float, rounds: int) -> dict[str, int]:
+    from foundry.champion import latency_results
+    from foundry.config import GateConfig
+
+    gates, outcomes = GateConfig(), {"pass": 0, "fail": 0, "inconclusive": 0}
+    for trial in range(TRIALS):
+        judged = [
+            r.verdict
+            for r in latency_results(model_rounds(np.random.default_rng(trial), slowdown, rounds), gates, seed=trial)
+            if r.judged
+        ]
+        assert len(judged) == len(gates.max_regression_pct)
+        outcomes["fail" if "fail" in judged else "inconclusive" if "inconclusive" in judged else "pass"] += 1
+    return outcomes
+
+
+def test_default_rounds_a_a_passes_every_default_margin_in_95_percent_of_trials():
+    from foundry.config import BenchmarkConfig
+
+    outcomes = gate_outcomes(1.0, BenchmarkConfig().champion_rounds)
+    assert outcomes["pass"] / TRIALS >= 0.95, outcomes
+    assert outcomes["fail"] == 0, outcomes
+
+
+def test_default_rounds_catch_a_challenger_10_percent_slower_in_95_percent_of_trials():
+    from foundry.config import BenchmarkConfig
+
+    outcomes = gate_outcomes(1.10, BenchmarkConfig().champion_rounds)
+    assert outcomes["fail"] / TRIALS >= 0.95, outcomes
+    assert outcomes["pass"] == 0, outcomes
+
+
+def test_paired_round_ratio_pairs_by_request_and_drops_missing():
+    from foundry.stats import paired_round_ratio
+
+    assert paired_round_ratio([2.0, 8.0, None], [1.0, 2.0, 5.0]) == pytest.approx((2.0 * 4.0) ** 0.5)
+    assert paired_round_ratio([None], [1.0]) is None
+
+
+def test_difference_interval_and_its_non_inferiority():
+    from foundry.stats import DifferenceInterval, difference_interval, difference_non_inferiority
+
+    interval = difference_interval([0.02, 0.03, 0.025, 0.021], [0.02, 0.029, 0.024, 0.02])
+    assert interval.low <= interval.difference <= interval.high
+    assert difference_non_inferiority(interval, 0.01, lower_is_better=True) == "pass"
+    assert difference_non_inferiority(DifferenceInterval(-0.05, -0.06, -0.04, 8), 0.01, lower_is_better=False) == "fail"
+    assert (
+        difference_non_inferiority(DifferenceInterval(-0.01, -0.02, 0.0, 8), 0.01, lower_is_better=False)
+        == "inconclusive"
+    )

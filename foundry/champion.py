@@ -1,0 +1,446 @@
+"""This run's engine (the challenger) against the production engine (the champion), measured in the
+same run on the same machine, decided with a stated confidence.
+
+* `plan_champion` decides whether the champion can be re-measured here (same backend, the engine on
+  a local path, TensorRT-LLM's node guard passes, the workload fits it), or says why not; an engine
+  identical to the challenger's (same content hash) is measured once.
+* The benchmark step then runs both interleaved in rounds (foundry/bench/rounds.py) and the
+  evaluation scores both on the same held-out windows (foundry/quality.py, `champion_pair`).
+* `compare_with_champion` turns that into one `RelativeResult` per metric: the challenger/champion
+  ratio (latency, throughput) or difference (quality) with its interval and a verdict against the
+  configured margin (gates.max_regression_pct, gates.max_quality_regression). foundry/stats.py holds
+  the statistics; the method is stated in `stats.METHOD`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from foundry.bench.rounds import ChampionRounds, SideRound
+from foundry.config import GateConfig
+from foundry.errors import FoundryError
+from foundry.quality import PairedQuality
+from foundry.stats import (
+    METHOD,
+    difference_interval,
+    difference_non_inferiority,
+    mcnemar_exact,
+    non_inferiority,
+    paired_round_ratio,
+    round_ratio_interval,
+)
+
+Better = Literal["lower", "higher"]
+RelativeVerdict = Literal["pass", "fail", "inconclusive", "not judged"]
+# metric → (better, measured per request (paired by request) or per round, unit of its values)
+LATENCY_METRICS: dict[str, tuple[Better, bool, str]] = {
+    "ttft_ms": ("lower", True, "ms"),
+    "tpot_ms": ("lower", True, "ms"),
+    "e2e_ms": ("lower", True, "ms"),
+    "ttft_p99_ms": ("lower", False, "ms"),
+    "tpot_p99_ms": ("lower", False, "ms"),
+    "output_tok_s": ("higher", False, "tok/s"),
+}
+QUALITY_METRICS: dict[str, tuple[Better, str]] = {
+    "mean_kld": ("lower", "nats/token"),
+    "top1_agreement": ("higher", "fraction"),
+}
+
+
+class ChampionPlan(BaseModel):
+    """Whether (and which) production engine this run re-measures, or why not."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_name: str
+    version: str | None  # the production version when the run looked; None: nothing in production
+    status: Literal["no_production", "re_measure", "same_engine", "not_re_measured"]
+    reason: str
+    engine_dir: str | None = None
+    engine_content_hash: str | None = None
+    backend: str | None = None
+    recorded_metrics: dict[str, float] = {}  # the champion's MLflow metrics from its own run (another day)
+
+    @property
+    def re_measure(self) -> bool:
+        return self.status == "re_measure"
+
+    def summary_line(self, rounds: int | None = None) -> str:
+        """The one console line: what happened to the champion in this run."""
+        if self.status == "no_production":
+            return "no champion: nothing is in production yet"
+        if self.status == "same_engine":
+            return f"champion v{self.version} has this run's engine ({(self.engine_content_hash or '')[:12]}): measured once"
+        if self.status == "not_re_measured":
+            return f"champion v{self.version} not re-measured: {self.reason}"
+        if rounds is None:
+            return f"champion v{self.version} to be re-measured"
+        return f"champion v{self.version} re-measured in {rounds} rounds"
+
+
+def plan_champion(
+    *,
+    model_name: str,
+    production_version: str | None,
+    champion_engine_dir: Path | None,
+    champion_engine_content_hash: str | None,
+    locate_error: str | None,
+    recorded_metrics: dict[str, float],
+    challenger_info: dict,
+    challenger_content_hash: str,
+    remeasure: bool,
+    longest_request_tokens: int,
+    node=None,
+) -> ChampionPlan:
+    """`champion_engine_dir`/`locate_error`: where the registry says the champion's engine is, or why
+    it could not say. `node`: a foundry.compat.NodeTarget for the TensorRT-LLM guard (default: probe)."""
+    base = {"model_name": model_name, "version": production_version, "recorded_metrics": recorded_metrics}
+    if production_version is None:
+        return ChampionPlan(**base, status="no_production", reason="nothing is in production yet")
+    base |= {"engine_content_hash": champion_engine_content_hash}
+    if champion_engine_content_hash == challenger_content_hash:
+        return ChampionPlan(
+            **base,
+            status="same_engine",
+            reason=f"production v{production_version} holds this run's engine: measured once",
+            engine_dir=str(champion_engine_dir) if champion_engine_dir else None,
+            backend=challenger_info.get("backend"),
+        )
+
+    def not_here(why: str, **extra) -> ChampionPlan:
+        return ChampionPlan(**base, status="not_re_measured", reason=why, **extra)
+
+    if not remeasure:
+        return not_here("benchmark.remeasure_champion is false")
+    if locate_error or champion_engine_dir is None:
+        return not_here(locate_error or "the registry names no engine directory")
+    from foundry.builders.base import guard_trtllm_engine, read_engine_info
+
+    try:
+        info = read_engine_info(Path(champion_engine_dir))
+    except (FoundryError, OSError, ValueError) as error:
+        return not_here(f"its engine at {champion_engine_dir} cannot be read ({error})")
+    backend, wanted = info.get("backend"), challenger_info.get("backend")
+    extra = {"engine_dir": str(champion_engine_dir), "backend": backend}
+    if backend != wanted:
+        return not_here(f"its backend is {backend!r}, this run's is {wanted!r}: not comparable on one node", **extra)
+    if backend == "trtllm":
+        try:
+            guard_trtllm_engine(Path(champion_engine_dir), info, node)
+        except FoundryError as error:
+            return not_here(f"the TensorRT-LLM guard refuses it here: {error}", **extra)
+    max_seq_len = info.get("max_seq_len")
+    if max_seq_len is not None and max_seq_len < longest_request_tokens:
+        return not_here(
+            f"its max_seq_len {max_seq_len} is shorter than this workload's longest request ({longest_request_tokens})",
+            **extra,
+        )
+    return ChampionPlan(**base, status="re_measure", reason="runs on this node", **extra)
+
+
+class RelativeResult(BaseModel):
+    """One metric, challenger against champion: estimate, interval, verdict and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metric: str
+    kind: Literal["latency", "quality"]
+    better: Better
+    estimate_kind: Literal["ratio", "difference"]  # challenger/champion, or challenger - champion
+    unit: str  # of the champion/challenger values
+    margin: float | None  # % for ratios, the metric's unit for differences; None: not gated
+    champion: float | None = None
+    challenger: float | None = None
+    estimate: float | None = None
+    low: float | None = None
+    high: float | None = None
+    verdict: RelativeVerdict
+    reason: str
+    champion_per_round: list[float | None] = []
+    challenger_per_round: list[float | None] = []
+    mcnemar_p: float | None = None  # top-1 flips (quality)
+
+    @property
+    def regression(self) -> float | None:
+        """The interval's worse bound as a regression in margin units (% for ratios)."""
+        if self.low is None or self.high is None:
+            return None
+        if self.estimate_kind == "ratio":
+            return (self.high - 1.0) * 100.0 if self.better == "lower" else (1.0 - self.low) * 100.0
+        return self.high if self.better == "lower" else -self.low
+
+    @property
+    def judged(self) -> bool:
+        return self.margin is not None and self.verdict != "not judged"
+
+
+class ChampionComparison(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    plan: ChampionPlan
+    rounds: int = 0
+    rounds_wall_s: float | None = None
+    confidence: float = 0.95
+    results: list[RelativeResult] = []
+    method: str
+    sequential_note: str | None = None
+    quality_note: str | None = None  # why the champion's quality was not re-measured
+
+    @property
+    def headline(self) -> str:
+        return self.plan.summary_line(self.rounds if self.plan.re_measure else None)
+
+    @property
+    def judged(self) -> list[RelativeResult]:
+        return [result for result in self.results if result.judged]
+
+
+def _series(side: SideRound, metric: str) -> list[float | None] | float | None:
+    return getattr(side, metric)
+
+
+def _geomean(values: list[float | None]) -> float | None:
+    import math
+
+    present = [v for v in values if v is not None and v > 0]
+    return math.exp(sum(math.log(v) for v in present) / len(present)) if present else None
+
+
+def _round_values(rounds: ChampionRounds, metric: str) -> tuple[list[float | None], list[float | None], list[float]]:
+    """(champion per round, challenger per round, challenger/champion ratio per round with values)."""
+    per_request = LATENCY_METRICS[metric][1]
+    champion, challenger, ratios = [], [], []
+    for a, b in zip(rounds.champion, rounds.challenger, strict=True):
+        if per_request:
+            champion.append(_geomean(_series(a, metric)))
+            challenger.append(_geomean(_series(b, metric)))
+            ratio = paired_round_ratio(_series(b, metric), _series(a, metric))
+        else:
+            champion.append(_series(a, metric))
+            challenger.append(_series(b, metric))
+            ratio = challenger[-1] / champion[-1] if champion[-1] and challenger[-1] else None
+        if ratio is not None:
+            ratios.append(ratio)
+    return champion, challenger, ratios
+
+
+def _verdict_reason(verdict: str, bound_name: str, bound: float, limit: float, better_bound: float) -> str:
+    if verdict == "pass":
+        return f"pass: the interval's worse bound {bound:.4g} is within {limit:.4g}"
+    if verdict == "fail":
+        return f"FAIL: even the interval's better bound {better_bound:.4g} is beyond {limit:.4g}"
+    return (
+        f"inconclusive: the interval straddles {limit:.4g} ({bound_name} {bound:.4g}); "
+        "more rounds would narrow it (gates.on_inconclusive: more_rounds)"
+    )
+
+
+def latency_results(rounds: ChampionRounds, gates: GateConfig, seed: int = 0) -> list[RelativeResult]:
+    """Every latency/throughput metric from the rounds; those with a margin get a verdict."""
+    results = []
+    for metric, (better, per_request, unit) in LATENCY_METRICS.items():
+        margin = gates.max_regression_pct.get(metric)
+        champion, challenger, ratios = _round_values(rounds, metric)
+        common = dict(
+            metric=metric,
+            kind="latency",
+            better=better,
+            estimate_kind="ratio",
+            unit=unit,
+            margin=margin,
+            champion=_geomean(champion),
+            challenger=_geomean(challenger),
+            champion_per_round=champion,
+            challenger_per_round=challenger,
+        )
+        if len(ratios) < 2:
+            results.append(
+                RelativeResult(
+                    **common,
+                    verdict="inconclusive" if margin is not None else "not judged",
+                    reason=f"{len(ratios)} round(s) with a value on both sides: no interval",
+                )
+            )
+            continue
+        interval = round_ratio_interval(ratios, gates.confidence, seed=seed)
+        pairing = "paired by request, " if per_request else ""
+        measured = (
+            f"challenger/champion {interval.ratio:.4f} ({gates.confidence:.0%} CI {interval.low:.4f}–"
+            f"{interval.high:.4f}; {pairing}{interval.rounds} rounds)"
+        )
+        if margin is None:
+            verdict, why = "not judged", "no margin set (gates.max_regression_pct)"
+        else:
+            lower = better == "lower"
+            verdict = non_inferiority(interval, margin, lower_is_better=lower)
+            limit = 1.0 + margin / 100.0 if lower else 1.0 - margin / 100.0
+            worse, better_bound = (interval.high, interval.low) if lower else (interval.low, interval.high)
+            why = _verdict_reason(verdict, "worse bound", worse, limit, better_bound)
+            why = f"margin {margin:g}% {'slower' if lower else 'less'}; {why}"
+        results.append(
+            RelativeResult(
+                **common,
+                estimate=interval.ratio,
+                low=interval.low,
+                high=interval.high,
+                verdict=verdict,
+                reason=f"{measured}; {why}",
+            )
+        )
+    return results
+
+
+def quality_results(pair: PairedQuality, gates: GateConfig, seed: int = 0) -> list[RelativeResult]:
+    """Mean KLD and top-1 agreement of the challenger minus the champion's, per held-out window,
+    with a bootstrap interval over windows; McNemar's exact test on the top-1 flips per position."""
+    p_value = mcnemar_exact(pair.champion_only_top1, pair.challenger_only_top1)
+    series = {
+        "mean_kld": (pair.champion_window_kld, pair.challenger_window_kld),
+        "top1_agreement": (pair.champion_window_top1, pair.challenger_window_top1),
+    }
+    results = []
+    for metric, (better, unit) in QUALITY_METRICS.items():
+        champion, challenger = series[metric]
+        margin = gates.max_quality_regression.get(metric)
+        flips = (
+            f"; top-1 flips: {pair.champion_only_top1} positions only the champion got, "
+            f"{pair.challenger_only_top1} only the challenger (McNemar exact p = {p_value:.3g})"
+            if metric == "top1_agreement"
+            else ""
+        )
+        common = dict(
+            metric=metric,
+            kind="quality",
+            better=better,
+            estimate_kind="difference",
+            unit=unit,
+            margin=margin,
+            champion=sum(champion) / len(champion),
+            challenger=sum(challenger) / len(challenger),
+            champion_per_round=list(champion),
+            challenger_per_round=list(challenger),
+            mcnemar_p=p_value if metric == "top1_agreement" else None,
+        )
+        if len(champion) < 2:
+            results.append(
+                RelativeResult(
+                    **common,
+                    verdict="inconclusive" if margin is not None else "not judged",
+                    reason=f"one held-out window: no interval{flips}",
+                )
+            )
+            continue
+        interval = difference_interval(challenger, champion, gates.confidence, seed=seed)
+        measured = (
+            f"challenger − champion {interval.difference:+.4g} {unit} ({gates.confidence:.0%} CI "
+            f"{interval.low:+.4g} to {interval.high:+.4g}; {interval.items} windows){flips}"
+        )
+        if margin is None:
+            verdict, why = "not judged", "no margin set (gates.max_quality_regression)"
+        else:
+            lower = better == "lower"
+            verdict = difference_non_inferiority(interval, margin, lower_is_better=lower)
+            limit = margin if lower else -margin
+            worse, better_bound = (interval.high, interval.low) if lower else (interval.low, interval.high)
+            why = f"margin {margin:g} {unit} worse; " + _verdict_reason(
+                verdict, "worse bound", worse, limit, better_bound
+            )
+            if verdict == "inconclusive":
+                why = why.split("; more rounds")[0] + "; more held-out windows would narrow it"
+        results.append(
+            RelativeResult(
+                **common,
+                estimate=interval.difference,
+                low=interval.low,
+                high=interval.high,
+                verdict=verdict,
+                reason=f"{measured}; {why}",
+            )
+        )
+    return results
+
+
+def rounds_to_add(rounds: ChampionRounds, gates: GateConfig, max_rounds: int, batch: int) -> int:
+    """Sequential testing: with gates.on_inconclusive 'more_rounds', while a gated latency metric is
+    inconclusive and the budget allows, `batch` more rounds (at most up to `max_rounds`)."""
+    if gates.on_inconclusive != "more_rounds" or rounds.rounds >= max_rounds:
+        return 0
+    if not any(r.verdict == "inconclusive" for r in latency_results(rounds, gates)):
+        return 0
+    return min(max(batch, 1), max_rounds - rounds.rounds)
+
+
+def _unjudged(plan: ChampionPlan, gates: GateConfig, verdict: RelativeVerdict, reason: str) -> list[RelativeResult]:
+    results = []
+    for metric, margin in gates.max_regression_pct.items():
+        better, _, unit = LATENCY_METRICS[metric]
+        results.append(
+            RelativeResult(
+                metric=metric,
+                kind="latency",
+                better=better,
+                estimate_kind="ratio",
+                unit=unit,
+                margin=margin,
+                verdict=verdict,
+                reason=reason,
+            )
+        )
+    for metric, margin in gates.max_quality_regression.items():
+        better, unit = QUALITY_METRICS[metric]
+        results.append(
+            RelativeResult(
+                metric=metric,
+                kind="quality",
+                better=better,
+                estimate_kind="difference",
+                unit=unit,
+                margin=margin,
+                verdict=verdict,
+                reason=reason,
+            )
+        )
+    return results
+
+
+def compare_with_champion(
+    plan: ChampionPlan,
+    rounds: ChampionRounds | None,
+    pair: PairedQuality | None,
+    gates: GateConfig,
+    quality_note: str | None = None,
+) -> ChampionComparison:
+    """Every relative metric with its verdict. Nothing in production: no relative result. The same
+    engine: each relative gate passes (one engine, measured once). The champion not re-measured:
+    each relative gate is not judged, with the reason (its recorded metrics are context only)."""
+    base = dict(plan=plan, confidence=gates.confidence, method=METHOD.format(confidence=gates.confidence))
+    if plan.status == "no_production":
+        return ChampionComparison(**base)
+    if plan.status == "same_engine":
+        why = f"same engine as champion v{plan.version} ({(plan.engine_content_hash or '')[:12]}): measured once"
+        return ChampionComparison(**base, results=_unjudged(plan, gates, "pass", why))
+    if plan.status == "not_re_measured":
+        why = f"champion v{plan.version} not re-measured: {plan.reason}"
+        return ChampionComparison(**base, results=_unjudged(plan, gates, "not judged", why))
+    if rounds is None:
+        raise FoundryError(
+            f"champion v{plan.version} was to be re-measured but the benchmark carries no rounds; re-run the benchmark"
+        )
+    results = latency_results(rounds, gates)
+    if pair is not None:
+        results += quality_results(pair, gates)
+        quality_note = None
+    else:
+        why = f"champion v{plan.version}'s quality not re-measured: {quality_note or 'no paired evaluation'}"
+        results += [r for r in _unjudged(plan, gates, "not judged", why) if r.kind == "quality"]
+    return ChampionComparison(
+        **base,
+        rounds=rounds.rounds,
+        rounds_wall_s=rounds.wall_s,
+        results=results,
+        sequential_note=rounds.sequential_note,
+        quality_note=quality_note,
+    )
