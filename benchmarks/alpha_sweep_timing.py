@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -30,37 +29,30 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from foundry.calibrate import calibrate_to_trtllm_checkpoint
-    from foundry.checkpoint import embedded_gguf_path, ingest_checkpoint
-    from foundry.config import CheckpointSource
+    from foundry.checkpoint import embedded_gguf_path, ingest_checkpoint, source_fingerprint
+    from foundry.config import CalibrationConfig, CheckpointSource
     from foundry.data import builtin_documents, token_windows
 
     work = Path(tempfile.mkdtemp(prefix="alpha-sweep-"))
     hf_dir = work / "hf"
-    ingest_checkpoint(CheckpointSource(kind="gguf", path=str(embedded_gguf_path())), hf_dir)
+    source = CheckpointSource(kind="gguf", path=str(embedded_gguf_path()))
+    ingest_checkpoint(source, hf_dir, source_fingerprint(source))
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
-    held_out = max(1, math.ceil(args.held_out_fraction * args.num_samples))
+    alphas = [float(a) for a in args.alphas.split(",")]
+    common = dict(num_samples=args.num_samples, seq_len=args.seq_len, activation_scaling=args.activation_scaling)
+    fixed = CalibrationConfig(alpha=0.8, **common)
+    search = CalibrationConfig(alpha=alphas, held_out_fraction=args.held_out_fraction, **common)
+    held_out = search.held_out_windows
     windows = token_windows(
-        builtin_documents("calibration"), tokenizer, args.num_samples + held_out, args.seq_len, "calibration"
+        builtin_documents("calibration"), tokenizer, search.calibration_windows_needed, args.seq_len, "calibration"
     ).input_ids
     statistics_ids, held_out_ids = windows[: args.num_samples], windows[args.num_samples :]
-    alphas = [float(a) for a in args.alphas.split(",")]
 
     started = time.perf_counter()
-    single = calibrate_to_trtllm_checkpoint(
-        hf_dir, statistics_ids, work / "single", "int8_sq", 0.8, "float16", activation_scaling=args.activation_scaling
-    )
+    single = calibrate_to_trtllm_checkpoint(hf_dir, fixed, statistics_ids, work / "single")
     single_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    sweep = calibrate_to_trtllm_checkpoint(
-        hf_dir,
-        statistics_ids,
-        work / "sweep",
-        "int8_sq",
-        alphas,
-        "float16",
-        held_out_ids=held_out_ids,
-        activation_scaling=args.activation_scaling,
-    )
+    sweep = calibrate_to_trtllm_checkpoint(hf_dir, search, statistics_ids, work / "sweep", held_out_ids=held_out_ids)
     sweep_seconds = time.perf_counter() - started
     print(
         json.dumps(

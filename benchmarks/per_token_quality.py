@@ -26,8 +26,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from foundry.calibrate import calibrate_to_trtllm_checkpoint
-    from foundry.checkpoint import embedded_gguf_path, ingest_checkpoint
-    from foundry.config import CheckpointSource
+    from foundry.checkpoint import embedded_gguf_path, ingest_checkpoint, source_fingerprint
+    from foundry.config import CalibrationConfig, CheckpointSource
     from foundry.data import builtin_documents, token_windows
     from foundry.quality import evaluate_quality
     from foundry.runtime.hf import HFEngine
@@ -35,7 +35,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="per-token-quality-"))
     hf_dir = work / "hf"
-    ingest_checkpoint(CheckpointSource(kind="gguf", path=str(embedded_gguf_path())), hf_dir)
+    source = CheckpointSource(kind="gguf", path=str(embedded_gguf_path()))
+    ingest_checkpoint(source, hf_dir, source_fingerprint(source))
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     calibration_ids = token_windows(
         builtin_documents("calibration"), tokenizer, args.num_samples, args.seq_len, "calibration"
@@ -47,9 +48,8 @@ def main() -> None:
     results = {}
     for scaling in ("per_tensor", "per_token"):
         started = time.perf_counter()
-        summary = calibrate_to_trtllm_checkpoint(
-            hf_dir, calibration_ids, work / scaling, "int8_sq", args.alpha, "float16", activation_scaling=scaling
-        )
+        calibration = CalibrationConfig(alpha=args.alpha, activation_scaling=scaling)
+        summary = calibrate_to_trtllm_checkpoint(hf_dir, calibration, calibration_ids, work / scaling)
         engine = ReferenceEngine.load(work / scaling)
         report = evaluate_quality(engine, reference, evaluation.input_ids, "benchmark")
         results[scaling] = {

@@ -27,23 +27,17 @@ def build_smoke_engine(work: Path) -> tuple[Path, Path]:
     from foundry import data
     from foundry.builders.reference import ReferenceBuilder
     from foundry.calibrate import calibrate_to_trtllm_checkpoint
-    from foundry.checkpoint import ingest_checkpoint
-    from foundry.config import BuildConfig, CheckpointSource
+    from foundry.checkpoint import ingest_checkpoint, source_fingerprint
+    from foundry.config import BuildConfig, CalibrationConfig, CheckpointSource
 
     hf_dir, engine_dir = work / "hf", work / "engine"
     if not engine_dir.is_dir():
-        ingest_checkpoint(CheckpointSource(kind="embedded"), hf_dir)
+        source = CheckpointSource(kind="embedded")
+        ingest_checkpoint(source, hf_dir, source_fingerprint(source))
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
         windows = data.token_windows(data.builtin_documents("calibration"), tokenizer, 8, 64, "calibration")
-        calibrate_to_trtllm_checkpoint(
-            hf_checkpoint_dir=hf_dir,
-            calibration_ids=windows.input_ids,
-            output_dir=work / "ckpt",
-            quantization="int8_sq",
-            alpha=[0.6],
-            export_dtype="float16",
-            activation_scaling="per_token",
-        )
+        calibration = CalibrationConfig(alpha=0.6, activation_scaling="per_token")
+        calibrate_to_trtllm_checkpoint(hf_dir, calibration, windows.input_ids, work / "ckpt")
         ReferenceBuilder().build(work / "ckpt", engine_dir, BuildConfig(max_seq_len=512))
     return hf_dir, engine_dir
 

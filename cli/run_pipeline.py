@@ -82,12 +82,12 @@ def _hide_tracebacks_on_console() -> None:
             handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
-def pipeline_parameters(config, fingerprint: str, compare_with_run: str | None = None) -> dict:
+def pipeline_parameters(config, submitted_source_path: str, compare_with_run: str | None = None) -> dict:
     return dict(
         compare_with_run=compare_with_run,
         model_name=config.model.name,
         source=config.model.source,
-        source_fingerprint=fingerprint,
+        submitted_source_path=submitted_source_path,
         calibration=config.calibration,
         evaluation=config.evaluation,
         build=config.build,
@@ -111,10 +111,21 @@ def _check_before_the_run(config, compare_with: str | None) -> None:
         stack_registry().run_metrics_by_name(compare_with)
 
 
+def _stack_tracking_uri(state) -> str:
+    """The active stack's MLflow (the stack made ready first): the registry an mlflow_model source
+    without its own tracking_uri is resolved in, by preflight and by the resolve_source step alike."""
+    from steps.tracking import stack_tracking_uri
+
+    ensure_stack(state)
+    return stack_tracking_uri()
+
+
 def run_pipeline(options: RunOptions) -> int:
     state = prepare_environment()
     try:
-        checked = run_preflight(options.config_path, base_dir=CALLER_CWD)
+        checked = run_preflight(
+            options.config_path, base_dir=CALLER_CWD, stack_tracking_uri=lambda: _stack_tracking_uri(state)
+        )
     except FoundryError as error:
         fail_with(error)
     config = checked.config
@@ -142,7 +153,7 @@ def run_pipeline(options: RunOptions) -> int:
         from foundry.console import pipeline_progress
 
         with pipeline_progress():
-            run = pipeline(**pipeline_parameters(config, checked.source_fingerprint, options.compare_with))
+            run = pipeline(**pipeline_parameters(config, checked.submitted_source_path, options.compare_with))
     except FoundryError as error:
         fail_with(error)
     except Exception as error:

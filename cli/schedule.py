@@ -50,7 +50,7 @@ def schedule(cron: str, config_path: str, schedule_name: str | None) -> None:
         steps=step_placements(config.build, config.calibration.tp_size, stack_model) or None,
     )
     try:
-        pipeline(**pipeline_parameters(config, ""))  # "": the source is resolved by each run
+        pipeline(**pipeline_parameters(config, ""))  # "": the source is resolved (and checked) by each run
     except FoundryError as error:
         fail(str(error), EXIT_INVALID_INPUT)
     except Exception as error:

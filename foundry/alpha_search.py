@@ -32,18 +32,6 @@ from foundry.smoothquant_per_token import PerTokenActivations, resmooth_gate_and
 SCORING_BATCH_SIZE = 4
 
 
-def held_out_windows(calibration) -> int:
-    """Extra calibration windows the alpha search scores (0 for a fixed alpha)."""
-    if not calibration.is_alpha_search:
-        return 0
-    return max(1, math.ceil(calibration.held_out_fraction * calibration.num_samples))
-
-
-def calibration_windows_needed(calibration) -> int:
-    """Statistics windows + held-out windows: what prepare_data cuts and the validation requires."""
-    return calibration.num_samples + held_out_windows(calibration)
-
-
 def split_calibration_windows(windows: torch.Tensor, num_statistics_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
     if windows.shape[0] < num_statistics_windows:
         raise FoundryError(

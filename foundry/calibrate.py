@@ -17,22 +17,21 @@ from pathlib import Path
 import torch
 
 from foundry import alpha_search
+from foundry.builders import BUILDERS
+from foundry.config import CalibrationConfig
 from foundry.errors import FoundryError, NotSupportedError
 from foundry.modelopt_recipes import kv_cache_quant_cfg, make_forward_loop
+from foundry.runtime._trtllm_checkpoint import MAX_TP_SIZE
 from foundry.smoothquant_per_token import PerTokenActivations, convert_checkpoint_to_per_token, resmooth_gate_and_up
-
-SUPPORTED_QUANTIZATIONS = ("int8_sq", "fp8", "int4_awq", "none")
-KV_CACHE_QUANTIZATIONS = ("none", "int8", "fp8")
-from foundry.builders import BUILDERS  # noqa: E402
-from foundry.runtime._trtllm_checkpoint import MAX_TP_SIZE  # noqa: E402
-from foundry.trtllm_checkpoint import (  # noqa: E402
+from foundry.trtllm_checkpoint import (
     EXPORTED_KV_CACHE_QUANT_ALGO,
     EXPORTED_QUANT_ALGO,
     exported_quant_algo,
     read_checkpoint_config,
 )
 
-ACTIVATION_SCALINGS = ("per_tensor", "per_token")  # int8_sq: static per-tensor or dynamic per-token scales
+# The calibration request itself (quantization, KV cache, activation scaling, alpha, export dtype) is
+# validated once, by CalibrationConfig; this module checks it only against a backend and a model.
 # ModelOpt 0.47 `export_tensorrt_llm_checkpoint` converts any dtype other than float16/bfloat16 to
 # float16 with only a warning; refusing float32 is more honest than writing a float16 checkpoint
 # under a float32 name.
@@ -44,11 +43,10 @@ def smoothquant_config(alpha: float) -> dict:
 
     ModelOpt 0.47 takes the algorithm as a dict validated by SmoothQuantCalibConfig
     (`{"method": "smoothquant", "alpha": ...}`); the preset's bare "smoothquant" means alpha 1.0.
+    `alpha` comes from a validated CalibrationConfig (in [0, 1]).
     """
     import modelopt.torch.quantization as mtq
 
-    if not 0.0 <= alpha <= 1.0:
-        raise FoundryError(f"calibration.alpha: {alpha} is outside [0, 1]; SmoothQuant alpha is a fraction")
     config = copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG)
     config["algorithm"] = {"method": "smoothquant", "alpha": float(alpha)}
     return config
@@ -74,7 +72,7 @@ def awq_group_size(hf_config, tp_size: int = 1) -> int:
 
 
 def quantization_config(quantization: str, alpha: float, kv_cache: str = "none", awq_group: int = 128) -> dict:
-    """The ModelOpt config of a variant: preset (deep copy) + KV-cache entries."""
+    """The ModelOpt config of a variant (a CalibrationConfig.quantization): preset (deep copy) + KV-cache entries."""
     import modelopt.torch.quantization as mtq
 
     if quantization == "int8_sq":
@@ -86,12 +84,8 @@ def quantization_config(quantization: str, alpha: float, kv_cache: str = "none",
         for entry in config["quant_cfg"]:
             if entry.get("quantizer_name") == "*weight_quantizer":
                 entry["cfg"] = {**entry["cfg"], "block_sizes": {**entry["cfg"]["block_sizes"], -1: awq_group}}
-    elif quantization == "none":
+    else:  # "none"
         config = {"quant_cfg": [{"quantizer_name": "*", "enable": False}], "algorithm": "max"}
-    else:
-        raise NotSupportedError(
-            f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}"
-        )
     config["quant_cfg"] = list(config["quant_cfg"]) + kv_cache_quant_cfg(kv_cache)
     return config
 
@@ -100,38 +94,41 @@ def quantization_config(quantization: str, alpha: float, kv_cache: str = "none",
 MODEL_TYPE_DECODERS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen"}
 
 
-def check_supported(calibration, build_backend: str, hf_config=None, max_seq_len: int | None = None) -> None:
-    """Everything about a calibration request that can be refused before any calibration runs:
-    the quantization / KV-cache variant on the chosen build backend, the architecture, and a
-    tensor-parallel size that must divide the heads. `hf_config` (a transformers config or a
-    config.json dict) enables the model-dependent checks; run.py's preflight may call it without."""
-    quantization, kv_cache, tp_size = calibration.quantization, calibration.kv_cache, calibration.tp_size
-    if quantization not in SUPPORTED_QUANTIZATIONS:
-        raise NotSupportedError(
-            f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}"
-        )
-    if kv_cache not in KV_CACHE_QUANTIZATIONS:
-        raise NotSupportedError(
-            f"calibration.kv_cache: {kv_cache!r} is not supported; use one of {KV_CACHE_QUANTIZATIONS}"
-        )
-    builder = BUILDERS.get(build_backend)  # "any": the model checks only (calibration itself)
+def check_supported(
+    calibration: CalibrationConfig, build_backend: str, hf_config=None, max_seq_len: int | None = None
+) -> None:
+    """The (already validated) calibration request against what the rest of the run can do: the
+    variant on the chosen build backend and, given `hf_config` (a transformers config or a
+    config.json dict), the architecture, the sliding window and a tensor-parallel size that must
+    divide the heads. Called on checkpoint metadata (foundry.preflight.check_checkpoint), before
+    any weights are read."""
+    check_backend_supports(calibration, build_backend)
+    if hf_config is not None:
+        _check_model_supports(calibration, hf_config, max_seq_len)
+
+
+def check_backend_supports(calibration: CalibrationConfig, build_backend: str) -> None:
+    quantization, kv_cache = calibration.quantization, calibration.kv_cache
+    builder = BUILDERS[build_backend]
     other = "use the trtllm builder" if build_backend == "reference" else "use another quantization"
-    quant_algo = exported_quant_algo(quantization, getattr(calibration, "activation_scaling", "per_tensor"))
-    if builder is not None and quant_algo not in builder.accepted_quant_algos:
+    quant_algo = exported_quant_algo(quantization, calibration.activation_scaling)
+    if quant_algo not in builder.accepted_quant_algos:
         raise NotSupportedError(
             f"calibration.quantization: not supported by the {build_backend} backend: {quantization} ({quant_algo}); {other}"
         )
-    if builder is not None and EXPORTED_KV_CACHE_QUANT_ALGO[kv_cache] not in builder.accepted_kv_cache_quant_algos:
+    if EXPORTED_KV_CACHE_QUANT_ALGO[kv_cache] not in builder.accepted_kv_cache_quant_algos:
         raise NotSupportedError(
             f"calibration.kv_cache: not supported by the {build_backend} backend: {kv_cache} KV cache; {other}"
         )
-    if build_backend == "reference":
-        if tp_size > MAX_TP_SIZE:
-            raise NotSupportedError(
-                f"calibration.tp_size: not supported by the reference backend: tp_size {tp_size}; use the trtllm builder"
-            )
-    if hf_config is None:
-        return
+    if build_backend == "reference" and calibration.tp_size > MAX_TP_SIZE:
+        raise NotSupportedError(
+            f"calibration.tp_size: not supported by the reference backend: tp_size {calibration.tp_size}; "
+            "use the trtllm builder"
+        )
+
+
+def _check_model_supports(calibration: CalibrationConfig, hf_config, max_seq_len: int | None) -> None:
+    quantization, tp_size = calibration.quantization, calibration.tp_size
     get = hf_config.get if isinstance(hf_config, dict) else (lambda key, default=None: getattr(hf_config, key, default))
     model_type = get("model_type")
     if model_type not in MODEL_TYPE_DECODERS:
@@ -187,13 +184,7 @@ def load_hf_model_fp32(hf_checkpoint_dir: Path):
 
     if not (hf_checkpoint_dir / "config.json").is_file():
         raise FoundryError(f"{hf_checkpoint_dir / 'config.json'}: missing; pass an HF checkpoint directory")
-    model = AutoModelForCausalLM.from_pretrained(str(hf_checkpoint_dir), dtype=torch.float32)
-    if model.config.model_type not in MODEL_TYPE_DECODERS:
-        raise NotSupportedError(
-            f"{hf_checkpoint_dir / 'config.json'}: model_type {model.config.model_type!r} is not supported "
-            f"by calibrate (supported: {', '.join(MODEL_TYPE_DECODERS)})"
-        )
-    return model.eval()
+    return AutoModelForCausalLM.from_pretrained(str(hf_checkpoint_dir), dtype=torch.float32).eval()
 
 
 def quantize_smoothquant(model, calibration_ids: torch.Tensor, alpha: float):
@@ -288,73 +279,42 @@ def export_trtllm_checkpoint(model, output_dir: Path, export_dtype: str, tp_size
     return fixes
 
 
-def validate_request(
-    calibration_ids: torch.Tensor,
-    quantization: str,
-    export_dtype: str,
-    kv_cache: str = "none",
-    activation_scaling: str = "per_tensor",
-) -> None:
-    if activation_scaling not in ACTIVATION_SCALINGS:
-        raise FoundryError(f"calibration.activation_scaling: {activation_scaling!r}; use one of {ACTIVATION_SCALINGS}")
-    if activation_scaling == "per_token" and quantization != "int8_sq":
-        raise FoundryError(
-            f"calibration.activation_scaling: per_token applies to int8_sq (SmoothQuant), not {quantization!r}; "
-            "leave it per_tensor"
-        )
-    if quantization not in SUPPORTED_QUANTIZATIONS:
-        raise NotSupportedError(
-            f"calibration.quantization: {quantization!r} is not supported; use one of {SUPPORTED_QUANTIZATIONS}"
-        )
-    if kv_cache not in KV_CACHE_QUANTIZATIONS:
-        raise NotSupportedError(
-            f"calibration.kv_cache: {kv_cache!r} is not supported; use one of {KV_CACHE_QUANTIZATIONS}"
-        )
-    if export_dtype not in EXPORT_DTYPES:
-        raise NotSupportedError(
-            f"calibration.export_dtype: {export_dtype!r} is not supported; ModelOpt 0.47 exports TensorRT-LLM "
-            f"checkpoints only as {sorted(EXPORT_DTYPES)} (it silently turns float32 into float16)"
-        )
-    needs_data = quantization != "none" or kv_cache != "none"
-    if needs_data and (
+def _require_calibration_ids(calibration: CalibrationConfig, calibration_ids: torch.Tensor, held_out_ids) -> None:
+    """The token windows match the request: statistics windows when anything is calibrated, held-out
+    windows when the alpha is searched (the request itself was validated by CalibrationConfig)."""
+    if calibration.needs_calibration_data and (
         calibration_ids.ndim != 2 or calibration_ids.dtype != torch.int64 or calibration_ids.shape[0] < 1
     ):
         raise FoundryError(
             f"calibration_ids: need a [num_samples >= 1, seq_len] int64 tensor, got {tuple(calibration_ids.shape)} "
             f"{calibration_ids.dtype}"
         )
-
-
-def _alpha_list(alpha) -> list[float]:
-    values = [float(alpha)] if isinstance(alpha, int | float) else sorted({float(value) for value in alpha})
-    outside = [value for value in values if not 0.0 <= value <= 1.0]
-    if not values or outside:
-        raise FoundryError(f"calibration.alpha: {alpha!r} must be one value or candidates, all in [0, 1]")
-    return values
+    if calibration.is_alpha_search and (held_out_ids is None or len(held_out_ids) == 0):
+        raise FoundryError(
+            "calibration.alpha: a search needs held-out calibration windows (held_out_ids); "
+            "cut calibration.calibration_windows_needed windows and split them"
+        )
 
 
 def calibrate_to_trtllm_checkpoint(
     hf_checkpoint_dir: Path,
+    calibration: CalibrationConfig,
     calibration_ids: torch.Tensor,
     output_dir: Path,
-    quantization: str,
-    alpha,
-    export_dtype: str,
     *,
-    kv_cache: str = "none",
-    tp_size: int = 1,
     held_out_ids: torch.Tensor | None = None,
     diagnostics: bool = False,
-    activation_scaling: str = "per_tensor",
 ) -> dict:
-    """Quantize (or not) the HF checkpoint and write a TensorRT-LLM checkpoint; returns a summary.
+    """Quantize (or not) the HF checkpoint as `calibration` asks and write a TensorRT-LLM checkpoint;
+    returns a summary.
 
-    `alpha` is one value or several candidates (int8_sq only): several run the alpha search on
-    `held_out_ids` (held-out calibration windows, never evaluation data) with statistics
-    collected once, and the best alpha's model is exported. `diagnostics=True` adds per-linear
-    smoothing / weight / quantization-error rows (int8_sq) under summary["diagnostics"].
-    `activation_scaling="per_token"` (int8_sq): alphas are scored with per-token activation scales
-    and the checkpoint is rewritten into TensorRT-LLM's per-token layout (smoothquant_per_token).
+    `calibration` is validated by its own model and checked against the model by check_supported
+    before the run reaches here. An alpha search (int8_sq, several candidates) scores
+    `held_out_ids` (held-out calibration windows, never evaluation data) with statistics collected
+    once, and the best alpha's model is exported. `diagnostics=True` adds per-linear smoothing /
+    weight / quantization-error rows (int8_sq) under summary["diagnostics"]. Per-token activation
+    scaling (int8_sq): alphas are scored with per-token activation scales and the checkpoint is
+    rewritten into TensorRT-LLM's per-token layout (smoothquant_per_token).
     """
     import modelopt
     import modelopt.torch.quantization as mtq
@@ -362,27 +322,23 @@ def calibrate_to_trtllm_checkpoint(
     from foundry.diagnostics import linear_diagnostics
 
     hf_checkpoint_dir, output_dir = Path(hf_checkpoint_dir), Path(output_dir)
-    validate_request(calibration_ids, quantization, export_dtype, kv_cache, activation_scaling)
-    per_token = activation_scaling == "per_token"
-    alphas = _alpha_list(alpha)
-    if len(alphas) > 1 and quantization != "int8_sq":
-        raise FoundryError(f"calibration.alpha: a search needs quantization int8_sq, got {quantization!r}")
-    if len(alphas) > 1 and held_out_ids is None:
-        raise FoundryError("calibration.alpha: a search needs held-out calibration windows (held_out_ids)")
+    _require_calibration_ids(calibration, calibration_ids, held_out_ids)
+    quantization, kv_cache, tp_size = calibration.quantization, calibration.kv_cache, calibration.tp_size
+    per_token = calibration.activation_scaling == "per_token"
+    alphas = calibration.alpha_candidates()
     model = load_hf_model_fp32(hf_checkpoint_dir)
-    check_supported(_Request(quantization, kv_cache, tp_size), "any", model.config)
 
     started = time.perf_counter()
     sweep = None
     chosen_alpha = alphas[0] if quantization == "int8_sq" else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if len(alphas) > 1:
+        if calibration.is_alpha_search:
             sweep, model = alpha_search.score_alphas(
                 model, calibration_ids, held_out_ids, alphas, kv_cache=kv_cache, per_token=per_token
             )
             chosen_alpha = sweep.best_alpha
-        elif quantization != "none" or kv_cache != "none":
+        elif calibration.needs_calibration_data:
             awq_group = awq_group_size(model.config, tp_size) if quantization == "int4_awq" else 128
             mtq.quantize(
                 model,
@@ -402,7 +358,7 @@ def calibrate_to_trtllm_checkpoint(
             diagnostic_rows = linear_diagnostics(model, sample)
 
     started = time.perf_counter()
-    config_fixes = export_trtllm_checkpoint(model, output_dir, export_dtype, tp_size)
+    config_fixes = export_trtllm_checkpoint(model, output_dir, calibration.export_dtype, tp_size)
     export_seconds = time.perf_counter() - started
 
     exported_quantization = read_checkpoint_config(output_dir).get("quantization") or {}
@@ -410,19 +366,19 @@ def calibrate_to_trtllm_checkpoint(
     if per_token:
         convert_checkpoint_to_per_token(output_dir)
         exported_quantization = read_checkpoint_config(output_dir)["quantization"]
-    calibrated = quantization != "none" or kv_cache != "none"
+    calibrated = calibration.needs_calibration_data
     summary = {
         "quantization": quantization,
         "kv_cache": kv_cache,
         "tp_size": tp_size,
         "quant_algo": exported_quantization.get("quant_algo"),
         "kv_cache_quant_algo": exported_quantization.get("kv_cache_quant_algo"),
-        "activation_scaling": activation_scaling if quantization == "int8_sq" else None,
+        "activation_scaling": calibration.activation_scaling if quantization == "int8_sq" else None,
         "alpha": chosen_alpha,
         "alpha_candidates": alphas if quantization == "int8_sq" else None,
         "num_samples": int(calibration_ids.shape[0]) if calibrated else 0,
         "seq_len": int(calibration_ids.shape[1]) if calibrated else 0,
-        "export_dtype": export_dtype,
+        "export_dtype": calibration.export_dtype,
         "calibration_seconds": round(calibration_seconds, 3),
         "export_seconds": round(export_seconds, 3),
         "modelopt_version": modelopt.__version__,
@@ -433,13 +389,6 @@ def calibrate_to_trtllm_checkpoint(
     if diagnostic_rows is not None:
         summary["diagnostics"] = diagnostic_rows
     return summary
-
-
-class _Request:
-    """The calibration fields `check_supported` reads, for callers without a CalibrationConfig."""
-
-    def __init__(self, quantization: str, kv_cache: str, tp_size: int):
-        self.quantization, self.kv_cache, self.tp_size = quantization, kv_cache, tp_size
 
 
 def check_exported_quantization(output_dir: Path, exported: dict, quantization: str, kv_cache: str) -> None:

@@ -12,6 +12,7 @@ Sources:
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.util
 import json
@@ -21,6 +22,7 @@ import shutil
 import struct
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -135,33 +137,70 @@ def resolve_checkpoint_source(
     * a glob in `path` → the newest match;
     * `mlflow_model` → the registered model version's source (downloaded into `download_dir` when
       it is not a local path), typed hf_dir or gguf by what it is. The registry is
-      `source.tracking_uri`, else `tracking_uri`, else the project's local SQLite registry.
+      `source.tracking_uri`, else `tracking_uri` (the active stack's MLflow, passed in by the caller).
     Everything else is returned unchanged. Call it at run time so scheduled runs see new checkpoints.
     """
-    if source.kind in ("hf_dir", "gguf") and source.path and any(c in source.path for c in GLOB_CHARS):
+    resolved = _resolve(source, tracking_uri, download_dir, fetch=True)
+    assert resolved is not None  # fetch=True always gives a path
+    return resolved
+
+
+def locate_checkpoint_source(source: CheckpointSource, tracking_uri: str | None = None) -> CheckpointSource | None:
+    """resolve_checkpoint_source without fetching anything: None when an mlflow_model version's
+    artifacts are remote (the pipeline downloads and checks them). Cheap enough for preflight."""
+    return _resolve(source, tracking_uri, None, fetch=False)
+
+
+def _resolve(
+    source: CheckpointSource, tracking_uri: str | None, download_dir: Path | None, fetch: bool
+) -> CheckpointSource | None:
+    if source.kind in ("hf_dir", "gguf") and _is_glob(source.path):
         newest = _newest_glob_match(source.path, source.kind)
         return source.model_copy(update={"path": str(newest)})
     if source.kind != "mlflow_model":
         return source
-    from foundry.registry import Registry, sqlite_tracking_uri  # the only module that imports mlflow
+    from foundry.registry import Registry  # the only module that imports mlflow
     from foundry.state import state_dir
 
-    uri = source.tracking_uri or tracking_uri or sqlite_tracking_uri(state_dir())
-    path = Registry(uri).checkpoint_path(
+    path = Registry(registry_tracking_uri(source, tracking_uri)).checkpoint_path(
         source.registered_model,
         alias=source.alias,
         version=source.version,
         download_dir=download_dir or state_dir() / "downloads",
+        fetch=fetch,
     )
+    if path is None:
+        return None
     kind = "hf_dir" if path.is_dir() else "gguf"
     return CheckpointSource(
         kind=kind, path=str(path), allow_pickle=source.allow_pickle, trust_remote_code=source.trust_remote_code
     )
 
 
+def registry_tracking_uri(source: CheckpointSource, tracking_uri: str | None) -> str:
+    """The MLflow registry an mlflow_model source is looked up in: its own tracking_uri, else the
+    active stack's. Never a silent local default: preflight and the pipeline must ask the same one."""
+    uri = source.tracking_uri or tracking_uri
+    if not uri:
+        raise FoundryError(
+            f"model.source: kind 'mlflow_model' ({source.registered_model}) needs a registry; set "
+            "model.source.tracking_uri, or activate a stack with an MLflow experiment tracker "
+            "(`python run.py stack register local --set`)"
+        )
+    return uri
+
+
+def _is_glob(path: str | None) -> bool:
+    return bool(path) and any(c in path for c in GLOB_CHARS)
+
+
 def resolve_source_path(source: CheckpointSource) -> Path:
-    """The file (gguf, embedded) or directory (hf_dir) a source points at, checked to exist."""
-    source = resolve_checkpoint_source(source)
+    """The file (gguf, embedded) or directory (hf_dir) a resolved source points at, checked to exist."""
+    if source.kind == "mlflow_model" or _is_glob(source.path):
+        raise FoundryError(
+            f"model.source: {source.path or source.registered_model} is not resolved yet (kind '{source.kind}'); "
+            "resolve it with resolve_checkpoint_source first"
+        )
     if source.kind == "embedded":
         return embedded_gguf_path()
     path = Path(source.path).expanduser()
@@ -179,7 +218,8 @@ def resolve_source_path(source: CheckpointSource) -> Path:
 
 
 def source_fingerprint(source: CheckpointSource) -> str:
-    """SHA-256 identity of the source bytes: a changed file at the same path gives a new key."""
+    """SHA-256 identity of a resolved source's bytes: a changed file at the same path gives a new key.
+    Reads every byte: the pipeline's resolve_source step computes it once per run."""
     path = resolve_source_path(source)
     if path.is_file():
         return sha256_file(path)
@@ -199,16 +239,12 @@ _GGUF_CONFIG_FIELDS = {
 
 def read_source_config(source: CheckpointSource) -> tuple[dict, Path]:
     """The model's config (HF config.json fields) and the file it came from, from metadata alone:
-    config.json of an hf_dir (with its cheap checks), or a GGUF header. No weights are read."""
+    config.json of an hf_dir with what its headers and tokenizer prove, or a GGUF header. No
+    weights are read, and unchanged files are read once per process (ingest reuses it)."""
     path = resolve_source_path(source)
     if source.kind == "hf_dir" or path.is_dir():
-        config, hf_config, _ = _check_hf_dir_config(path)
-        if _safetensors_files(path):  # headers only: every tensor present with its shape
-            _check_weights_metadata(path, hf_config)
-        _require_tokenizer_fits(_tokenizer_length(path), hf_config.vocab_size, path)
-        return config, path / "config.json"
-    architecture, _ = _inspect_gguf(path)
-    metadata, _, _ = _read_gguf_header(path)
+        return dict(_hf_dir_metadata(path).config), path / "config.json"
+    architecture, _, metadata = _inspect_gguf(path)
     config = {"model_type": architecture}
     for key, field in _GGUF_CONFIG_FIELDS.items():
         if f"{architecture}.{key}" in metadata:
@@ -221,17 +257,17 @@ def read_source_config(source: CheckpointSource) -> tuple[dict, Path]:
 # ---------------------------------------------------------------------------------------------
 
 
-def ingest_checkpoint(source: CheckpointSource, output_dir: Path) -> CheckpointManifest:
-    """Validate `source` and write the normalized HF directory plus manifest into `output_dir`.
+def ingest_checkpoint(source: CheckpointSource, output_dir: Path, fingerprint: str) -> CheckpointManifest:
+    """Validate a resolved `source` and write the normalized HF directory plus manifest into
+    `output_dir`. `fingerprint` is the source's source_fingerprint, computed once by whoever
+    resolved it (the pipeline's resolve_source step): ingest does not hash the source again.
 
     The directory is assembled in a staging folder next to `output_dir` and moved into place
     only when complete, so a failed ingest never leaves a half-written checkpoint behind.
     """
     output_dir = Path(output_dir)
     _require_empty_output(output_dir)
-    source = resolve_checkpoint_source(source)
     source_path = resolve_source_path(source)
-    fingerprint = source_fingerprint(source)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
@@ -285,8 +321,8 @@ def _has_gguf_magic(path: Path) -> bool:
         return False
 
 
-def _inspect_gguf(path: Path) -> tuple[str, str]:
-    """(architecture, quantization note) from the GGUF header, before the expensive dequantization.
+def _inspect_gguf(path: Path) -> tuple[str, str, dict]:
+    """(architecture, quantization note, metadata) from the GGUF header, before the expensive dequantization.
 
     Also proves the file is complete: the tensor data the header describes must fit in the file.
     """
@@ -296,7 +332,7 @@ def _inspect_gguf(path: Path) -> tuple[str, str]:
             "give a .gguf file, or use kind 'hf_dir' for a Hugging Face directory"
         )
     try:
-        metadata, tensors, data_start = _read_gguf_header(path)
+        metadata, tensors, data_start = _read_gguf_header(path, _file_signature(path))
         data_end = data_start + max((offset + nbytes for _, offset, nbytes in tensors), default=0)
     except (struct.error, ValueError, UnicodeDecodeError, KeyError) as error:
         raise FoundryError(
@@ -315,18 +351,20 @@ def _inspect_gguf(path: Path) -> tuple[str, str]:
         )
     tensor_types = Counter(type_name for type_name, _, _ in tensors)
     counts = ", ".join(f"{name} x{count}" for name, count in sorted(tensor_types.items()))
-    return architecture, f"GGUF tensors {counts}, dequantized to float32"
+    return architecture, f"GGUF tensors {counts}, dequantized to float32", metadata
 
 
 # GGUF scalar value types → struct format (type 8 = string, 9 = array are handled separately).
 _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
-def _read_gguf_header(path: Path) -> tuple[dict, list[tuple[str, int, int]], int]:
+@functools.lru_cache(maxsize=8)
+def _read_gguf_header(path: Path, signature: tuple) -> tuple[dict, list[tuple[str, int, int]], int]:
     """Scalar/string metadata, (type name, offset, nbytes) per tensor, and where tensor data starts.
 
     A streaming parse: gguf.GGUFReader materialises every vocabulary string (seconds for a 49k
-    vocabulary), and all we need here is a handful of fields.
+    vocabulary), and all we need here is a handful of fields. Cached per `signature`
+    (_file_signature): preflight and ingest read an unchanged header once per process.
     """
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -380,7 +418,7 @@ def _ingest_gguf(gguf_path: Path, out: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _, quantization_note = _inspect_gguf(gguf_path)
+    _, quantization_note, _ = _inspect_gguf(gguf_path)
     try:
         model, loading_info = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, output_loading_info=True
@@ -448,13 +486,45 @@ def _check_hf_dir_config(directory: Path) -> tuple[dict, object, list[str]]:
     return config, _llama_config(config, directory), _tokenizer_files(directory)
 
 
-def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict:
-    # Cheap checks first (config, custom code, files, headers), tensor contents last.
+@dataclass(frozen=True)
+class _HFDirMetadata:
+    """What an HF directory's metadata proves (config.json, safetensors headers, tokenizer), checked."""
+
+    config: dict
+    hf_config: object
+    tokenizer_files: tuple[str, ...]
+    headers: dict  # safetensors path → header; empty when the weights are pickles
+
+
+def _hf_dir_metadata(directory: Path) -> _HFDirMetadata:
+    """The cheap checks of an HF directory (config, custom code, files, safetensors headers against
+    the architecture, the tokenizer against the embedding), once per process for unchanged files:
+    preflight, the resolve_source step and ingest share them when they run in one process."""
+    signature = tuple((path.name, _file_signature(path)) for path in sorted(directory.iterdir()) if path.is_file())
+    return _read_hf_dir_metadata(directory, signature)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_hf_dir_metadata(directory: Path, signature: tuple) -> _HFDirMetadata:
     config, hf_config, tokenizer_files = _check_hf_dir_config(directory)
+    headers = _check_weights_metadata(directory, hf_config) if _safetensors_files(directory) else {}
+    _require_tokenizer_fits(_tokenizer_length(directory), hf_config.vocab_size, directory)
+    return _HFDirMetadata(config, hf_config, tuple(tokenizer_files), headers)
+
+
+def _file_signature(path: Path) -> tuple[int, int, int, int]:
+    """(inode, size, mtime, ctime): any rewrite of the file changes it (ctime cannot be set back)."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict:
+    # Cheap checks first (config, custom code, files, headers, tokenizer), tensor contents last.
+    metadata = _hf_dir_metadata(directory)
+    config, hf_config, headers = metadata.config, metadata.hf_config, metadata.headers
 
     safetensors_files = _safetensors_files(directory)
     if safetensors_files:
-        headers = _check_weights_metadata(directory, hf_config)
         for path in safetensors_files:  # one shard in memory at a time
             _require_finite(_load_safetensors(path), path)
         for path in safetensors_files:
@@ -474,9 +544,8 @@ def _ingest_hf_dir(source: CheckpointSource, directory: Path, out: Path) -> dict
         parameter_count = sum(t.numel() for t in tensors.values())
         source_dtype = f"{dtype} (converted from pickle)"
 
-    _require_tokenizer_fits(_tokenizer_length(directory), hf_config.vocab_size, directory)
     shutil.copyfile(directory / "config.json", out / "config.json")
-    for name in tokenizer_files + ["generation_config.json"]:
+    for name in metadata.tokenizer_files + ("generation_config.json",):
         if (directory / name).is_file():
             shutil.copyfile(directory / name, out / name)
     return _model_facts(hf_config, parameter_count, dtype=dtype, source_dtype=source_dtype)
@@ -820,9 +889,11 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "embedded_gguf_path",
     "ingest_checkpoint",
+    "locate_checkpoint_source",
     "read_checkpoint_manifest",
     "read_hf_config",
     "read_source_config",
+    "registry_tracking_uri",
     "require_context_fits",
     "resolve_checkpoint_source",
     "resolve_source_path",

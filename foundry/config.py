@@ -7,6 +7,7 @@ field, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -223,6 +224,23 @@ class CalibrationConfig(TextDataConfig):
     @property
     def is_alpha_search(self) -> bool:
         return len(self.alpha_candidates()) > 1
+
+    @property
+    def held_out_windows(self) -> int:
+        """Extra calibration windows the alpha search scores (0 for a fixed alpha)."""
+        if not self.is_alpha_search:
+            return 0
+        return max(1, math.ceil(self.held_out_fraction * self.num_samples))
+
+    @property
+    def calibration_windows_needed(self) -> int:
+        """Statistics windows + held-out windows: what prepare_data cuts and the validation requires."""
+        return self.num_samples + self.held_out_windows
+
+    @property
+    def needs_calibration_data(self) -> bool:
+        """Whether any quantizer is calibrated (weights/activations or the KV cache)."""
+        return self.quantization != "none" or self.kv_cache != "none"
 
 
 class EvaluationConfig(TextDataConfig):

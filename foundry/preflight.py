@@ -2,28 +2,49 @@
 (exit 2) instead of inside the pipeline after ingest and calibration.
 
 What is checked here: the config (strict, foundry/config.py); the variant on the chosen backend;
-the checkpoint's config.json or GGUF header (architecture, custom code, tp_size against the heads,
-build.max_seq_len against max_position_embeddings); the calibration data (exists, UTF-8, parses)
-and the benchmark dataset (parses, every request fits build.max_seq_len). Weights, tokens and
-Great Expectations stay in the pipeline, where they are checked on the bytes actually used.
+the checkpoint's config.json, safetensors headers and tokenizer, or GGUF header (architecture,
+custom code, tensors and shapes, tp_size against the heads, build.max_seq_len against
+max_position_embeddings); the calibration data (exists, UTF-8, parses) and the benchmark dataset
+(parses, every request fits build.max_seq_len). The checkpoint is located, never hashed or
+downloaded here: the pipeline's resolve_source step resolves it once per run (a schedule's runs see
+new checkpoints), runs `check_checkpoint` on what it resolved and hashes its bytes once. Weights,
+tokens and Great Expectations stay in the pipeline, where they are checked on the bytes used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from foundry.calibrate import check_supported, known_caveats
-from foundry.checkpoint import read_source_config, require_context_fits, source_fingerprint
-from foundry.config import FoundryConfig, load_config
+from foundry.checkpoint import locate_checkpoint_source, read_source_config, require_context_fits
+from foundry.config import BuildConfig, CalibrationConfig, CheckpointSource, FoundryConfig, load_config
 from foundry.data import load_documents, require_no_evaluation_paragraphs
 
 
 @dataclass(frozen=True)
 class Preflight:
     config: FoundryConfig
-    source_fingerprint: str
+    # where the checkpoint was located: its path, "embedded", or "" when only the pipeline can fetch it
+    submitted_source_path: str
     caveats: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckpointCheck:
+    config_file: Path  # config.json or the GGUF file: where the model's facts came from
+    caveats: tuple[str, ...]
+
+
+def check_checkpoint(source: CheckpointSource, calibration: CalibrationConfig, build: BuildConfig) -> CheckpointCheck:
+    """A resolved checkpoint's metadata against the (already validated) calibration request and the
+    build: the one owner of these checks, run by preflight on what it located and by the pipeline's
+    resolve_source step on what it resolved. Reads metadata only (cached per process)."""
+    model_config, config_file = read_source_config(source)
+    check_supported(calibration, build.backend, model_config, build.max_seq_len)
+    require_context_fits(model_config.get("max_position_embeddings"), build.max_seq_len, config_file)
+    return CheckpointCheck(config_file=config_file, caveats=tuple(known_caveats(calibration, model_config)))
 
 
 def _tokenizer_for(config: FoundryConfig, config_file: Path):
@@ -35,11 +56,15 @@ def _tokenizer_for(config: FoundryConfig, config_file: Path):
     return AutoTokenizer.from_pretrained(str(config_file.parent), gguf_file=config_file.name)
 
 
-def check_benchmark_dataset(config: FoundryConfig, config_file: Path) -> None:
+def check_benchmark_dataset(config: FoundryConfig, config_file: Path | None) -> None:
+    """`config_file` None: the checkpoint is not here yet (remote registry artifacts), so text
+    prompts cannot be tokenized; the benchmark step checks them."""
     from foundry.bench.workload import load_trtllm_dataset, require_requests_fit
 
     path = Path(config.benchmark.dataset)
     has_prompts = b'"prompt"' in path.read_bytes() if path.is_file() else False
+    if has_prompts and config_file is None:
+        return
     tokenizer = _tokenizer_for(config, config_file) if has_prompts else None
     requests = load_trtllm_dataset(path, tokenizer)
     require_requests_fit(requests, config.build.max_seq_len, path)
@@ -73,22 +98,27 @@ def require_writable_state() -> None:
         )
 
 
-def run_preflight(config_path: str | Path, base_dir: Path | None = None) -> Preflight:
+def run_preflight(
+    config_path: str | Path, base_dir: Path | None = None, stack_tracking_uri: Callable[[], str] | None = None
+) -> Preflight:
     """Load and check everything cheap. Relative paths (the config file's own and those inside it)
-    resolve against `base_dir`, the caller's working directory."""
+    resolve against `base_dir`, the caller's working directory. `stack_tracking_uri` gives the
+    active stack's MLflow, asked only for an mlflow_model source without its own tracking_uri: the
+    same registry the pipeline's resolve_source step asks."""
     base_dir = base_dir or Path.cwd()
     require_writable_state()
     config_path = Path(config_path).expanduser()
     config = load_config(config_path if config_path.is_absolute() else base_dir / config_path)
     config = config.with_paths_resolved(base_dir)
-    model_config, config_file = read_source_config(config.model.source)
-    check_supported(config.calibration, config.build.backend, model_config, config.build.max_seq_len)
-    require_context_fits(model_config.get("max_position_embeddings"), config.build.max_seq_len, config_file)
+    source = config.model.source
+    asks_stack = source.kind == "mlflow_model" and source.tracking_uri is None and stack_tracking_uri is not None
+    located = locate_checkpoint_source(source, tracking_uri=stack_tracking_uri() if asks_stack else None)
+    checked = check_checkpoint(located, config.calibration, config.build) if located is not None else None
     check_calibration_data(config)
     if config.benchmark.dataset:
-        check_benchmark_dataset(config, config_file)
+        check_benchmark_dataset(config, checked.config_file if checked else None)
     return Preflight(
         config=config,
-        source_fingerprint=source_fingerprint(config.model.source),
-        caveats=tuple(known_caveats(config.calibration, model_config)),
+        submitted_source_path=(located.path or located.kind) if located is not None else "",
+        caveats=checked.caveats if checked else (),
     )

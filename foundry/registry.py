@@ -229,14 +229,18 @@ class Registry:
         alias: str | None = None,
         version: int | str | None = None,
         download_dir: Path | None = None,
-    ) -> Path:
+        fetch: bool = True,
+    ) -> Path | None:
         """Local path of a model version's checkpoint: its source when that is a local path,
-        otherwise its artifacts downloaded (once per version) into `download_dir`."""
+        otherwise its artifacts downloaded (once per version) into `download_dir` — or, with
+        `fetch=False` (a cheap look), None."""
         model_version = self.resolve_version(model_name, alias, version)
         source = model_version.source or ""
         local = Path(source[len("file://") :] if source.startswith("file://") else source)
         if (source.startswith("file://") or source.startswith("/")) and local.exists():
             return local
+        if not fetch:
+            return None
         if download_dir is None:
             raise FoundryError(
                 f"model version {model_name}/{model_version.version} lives at {source}; a download_dir is needed"

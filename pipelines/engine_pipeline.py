@@ -31,7 +31,7 @@ from steps import (
 def engine_pipeline(
     model_name: str,
     source: CheckpointSource,
-    source_fingerprint: str,
+    submitted_source_path: str,
     calibration: CalibrationConfig,
     evaluation: EvaluationConfig,
     build: BuildConfig,
@@ -44,7 +44,7 @@ def engine_pipeline(
 ) -> None:
     # Resolved on every run (a glob's newest match, an MLflow model version): content-hashed outputs,
     # so unchanged bytes hit the ingest/calibrate/build cache and changed bytes rebuild.
-    resolved_source, resolved_fingerprint = resolve_source(source, source_fingerprint)
+    resolved_source, resolved_fingerprint = resolve_source(source, submitted_source_path, calibration, build)
     checkpoint = ingest_checkpoint(source=resolved_source, source_fingerprint=resolved_fingerprint)
     # Great Expectations on the raw calibration documents; prepare_data refuses a failed suite, so
     # nothing is calibrated, and the result (with its HTML page) is kept either way.
@@ -54,7 +54,7 @@ def engine_pipeline(
     calibration_windows, evaluation_windows, data_lineage = prepare_data(
         checkpoint, calibration, evaluation, calibration_data_validation, calibration_fingerprint
     )
-    trtllm_checkpoint, _ = calibrate_checkpoint(checkpoint, calibration_windows, calibration, build)
+    trtllm_checkpoint, _ = calibrate_checkpoint(checkpoint, calibration_windows, calibration)
     # Where build/benchmark/evaluate run (a GPU node, the TensorRT-LLM image) is set by stacks/placement.py.
     engine = build_engine(trtllm_checkpoint, build, checkpoint)
     # The engine runs as it will serve (runtime.served_by): in process, or trtllm-serve / a server process.

@@ -7,9 +7,8 @@ from zenml.types import HTMLString
 
 from foundry import alpha_search, diagnostics
 from foundry.artifacts import HFCheckpoint, TrtllmCheckpoint
-from foundry.calibrate import calibrate_to_trtllm_checkpoint, check_supported
-from foundry.checkpoint import read_hf_config, require_context_fits
-from foundry.config import BuildConfig, CalibrationConfig
+from foundry.calibrate import calibrate_to_trtllm_checkpoint
+from foundry.config import CalibrationConfig
 from foundry.state import scratch_dir
 from materializers import ModelDirectoryMaterializer
 
@@ -32,29 +31,22 @@ def _report_html(summary: dict) -> str:
 
 @step(output_materializers={"trtllm_checkpoint": ModelDirectoryMaterializer})
 def calibrate_checkpoint(
-    checkpoint: HFCheckpoint, calibration_windows: np.ndarray, calibration: CalibrationConfig, build: BuildConfig
+    checkpoint: HFCheckpoint, calibration_windows: np.ndarray, calibration: CalibrationConfig
 ) -> tuple[Annotated[TrtllmCheckpoint, "trtllm_checkpoint"], Annotated[HTMLString, "calibration_report"]]:
     """ModelOpt calibration (SmoothQuant with an optional alpha search, FP8, INT4-AWQ or none, KV-cache
-    quantization, tensor parallelism) → TensorRT-LLM checkpoint, plus the sweep and diagnostics page."""
-    hf_config = read_hf_config(checkpoint.path)
-    check_supported(calibration, build.backend, hf_config, build.max_seq_len)
-    require_context_fits(hf_config.get("max_position_embeddings"), build.max_seq_len, checkpoint.path / "config.json")
+    quantization, tensor parallelism) → TensorRT-LLM checkpoint, plus the sweep and diagnostics page.
+    The request was checked against the backend and this checkpoint's metadata by resolve_source."""
     statistics_ids, held_out_ids = alpha_search.split_calibration_windows(
         torch.from_numpy(calibration_windows), calibration.num_samples
     )
     out = scratch_dir("trtllm-checkpoint")
     summary = calibrate_to_trtllm_checkpoint(
-        hf_checkpoint_dir=checkpoint.path,
-        calibration_ids=statistics_ids,
-        output_dir=out,
-        quantization=calibration.quantization,
-        alpha=calibration.alpha_candidates(),
-        export_dtype=calibration.export_dtype,
-        kv_cache=calibration.kv_cache,
-        tp_size=calibration.tp_size,
+        checkpoint.path,
+        calibration,
+        statistics_ids,
+        out,
         held_out_ids=held_out_ids if calibration.is_alpha_search else None,
         diagnostics=calibration.quantization == "int8_sq",
-        activation_scaling=calibration.activation_scaling,
     )
     rows = summary.pop("diagnostics", None)
     report = _report_html({**summary, "diagnostics": rows})

@@ -5,7 +5,6 @@ from transformers import AutoTokenizer
 from zenml import log_metadata, step
 
 from foundry import data
-from foundry.alpha_search import calibration_windows_needed
 from foundry.artifacts import HFCheckpoint
 from foundry.config import CalibrationConfig, EvaluationConfig
 from foundry.validation import DataValidationResult, raise_on_failure
@@ -37,7 +36,7 @@ def prepare_data(
     documents = data.clean_documents(
         data.load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)
     )
-    num_windows = calibration_windows_needed(calibration)
+    num_windows = calibration.calibration_windows_needed
     calib = data.token_windows(documents, tokenizer, num_windows, calibration.seq_len, "calibration")
     held_out = data.token_windows(
         data.builtin_documents("evaluation"), tokenizer, evaluation.num_samples, evaluation.seq_len, "evaluation"
@@ -49,7 +48,7 @@ def prepare_data(
         "calibration_windows_hash": calib.windows_hash,
         "calibration_tokens_available": calib.tokens_available,
         "calibration_statistics_windows": calibration.num_samples,
-        "calibration_held_out_windows": num_windows - calibration.num_samples,
+        "calibration_held_out_windows": calibration.held_out_windows,
         "evaluation_data_hash": held_out.documents_hash,
         "evaluation_windows_hash": held_out.windows_hash,
         "evaluation_tokens_available": held_out.tokens_available,

@@ -11,13 +11,13 @@ from materializers import ModelDirectoryMaterializer
 
 @step(output_materializers=ModelDirectoryMaterializer)
 def ingest_checkpoint(source: CheckpointSource, source_fingerprint: str) -> Annotated[HFCheckpoint, "checkpoint"]:
-    """Validate the checkpoint and normalize it to HF safetensors with a hashed manifest.
+    """Validate the resolved checkpoint and normalize it to HF safetensors with a hashed manifest.
 
-    `source_fingerprint` (SHA-256 of the source bytes, computed by run.py before the run) is a
-    parameter only so that it enters the cache key: same bytes → cache hit, changed bytes → re-ingest.
+    `source_fingerprint` (SHA-256 of the source bytes, computed once by resolve_source) enters the
+    cache key: same bytes → cache hit, changed bytes → re-ingest; ingest records it, never rehashes.
     """
     out = scratch_dir("checkpoint")
-    manifest = checkpoint.ingest_checkpoint(source, out)
+    manifest = checkpoint.ingest_checkpoint(source, out, source_fingerprint)
     log_metadata(
         metadata={
             "checkpoint": {

@@ -5,7 +5,6 @@ from zenml import log_metadata, step
 from zenml.types import HTMLString
 
 from foundry import data, validation
-from foundry.alpha_search import calibration_windows_needed
 from foundry.artifacts import HFCheckpoint
 from foundry.config import CalibrationConfig
 
@@ -23,7 +22,7 @@ def validate_calibration_data(
     frame = validation.documents_frame(documents, tokenizer, evaluation_paragraphs)
     result = validation.validate_calibration_documents(
         frame,
-        tokens_needed=calibration_windows_needed(calibration) * calibration.seq_len,
+        tokens_needed=calibration.calibration_windows_needed * calibration.seq_len,
         max_duplicate_rate=calibration.max_duplicate_rate,
         min_text_chars=calibration.min_text_chars,
         max_text_chars=calibration.max_text_chars,

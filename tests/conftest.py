@@ -34,11 +34,12 @@ def smollm2_tokenizer(smollm2_gguf):
 @pytest.fixture(scope="session")
 def smollm2_hf_dir(tmp_path_factory, smollm2_gguf) -> Path:
     """SmolLM2-135M-Instruct as a plain HF safetensors directory (fp32, dequantized from GGUF)."""
-    from foundry.checkpoint import ingest_checkpoint
+    from foundry.checkpoint import ingest_checkpoint, source_fingerprint
     from foundry.config import CheckpointSource
 
     out = tmp_path_factory.mktemp("smollm2_hf")
-    ingest_checkpoint(CheckpointSource(kind="gguf", path=str(smollm2_gguf)), out)
+    source = CheckpointSource(kind="gguf", path=str(smollm2_gguf))
+    ingest_checkpoint(source, out, source_fingerprint(source))
     return out
 
 

@@ -18,7 +18,7 @@ from foundry.calibrate import (
     load_hf_model_fp32,
     quantize_smoothquant,
 )
-from foundry.config import CalibrationConfig
+from foundry.config import CalibrationConfig, parse_config
 from foundry.diagnostics import headline, linear_diagnostics, render_diagnostics_html
 from foundry.errors import FoundryError
 
@@ -35,17 +35,17 @@ def windows() -> torch.Tensor:
 def sweep_export(tiny_llama_hf_dir, windows, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_sweep")
     summary = calibrate_to_trtllm_checkpoint(
-        tiny_llama_hf_dir, windows[:4], out, "int8_sq", ALPHAS, "float16", held_out_ids=windows[4:], diagnostics=True
+        tiny_llama_hf_dir, CalibrationConfig(alpha=ALPHAS), windows[:4], out, held_out_ids=windows[4:], diagnostics=True
     )
     return out, summary
 
 
 def test_config_alpha_search_spec():
     fixed = CalibrationConfig(alpha=0.8)
-    assert not fixed.is_alpha_search and alpha_search.held_out_windows(fixed) == 0
+    assert not fixed.is_alpha_search and fixed.held_out_windows == 0 and fixed.calibration_windows_needed == 64
     ranged = CalibrationConfig(alpha={"start": 0.6, "stop": 1.0, "step": 0.1}, num_samples=64, held_out_fraction=0.125)
     assert ranged.alpha_candidates() == [0.6, 0.7, 0.8, 0.9, 1.0]
-    assert alpha_search.held_out_windows(ranged) == 8 and alpha_search.calibration_windows_needed(ranged) == 72
+    assert ranged.held_out_windows == 8 and ranged.calibration_windows_needed == 72
     assert CalibrationConfig(alpha=[1.0, 0.5, 0.5]).alpha_candidates() == [0.5, 1.0]
 
 
@@ -99,13 +99,12 @@ def test_search_model_equals_modelopt_smoothquant_at_the_chosen_alpha(
 
 def test_search_needs_held_out_windows_and_int8_sq(tiny_llama_hf_dir, windows, tmp_path):
     with pytest.raises(FoundryError, match="held-out calibration windows"):
-        calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, windows[:4], tmp_path, "int8_sq", ALPHAS, "float16")
-    with pytest.raises(FoundryError, match="a search needs quantization int8_sq"):
-        calibrate_to_trtllm_checkpoint(
-            tiny_llama_hf_dir, windows[:4], tmp_path, "fp8", ALPHAS, "float16", held_out_ids=windows[4:]
-        )
+        calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, CalibrationConfig(alpha=ALPHAS), windows[:4], tmp_path)
+    # the request itself is the config's to validate, once
+    with pytest.raises(FoundryError, match="calibration: .*alpha: a search needs quantization int8_sq"):
+        parse_config({"calibration": {"quantization": "fp8", "alpha": ALPHAS}})
     with pytest.raises(FoundryError, match=r"calibration.alpha.*\[0, 1\]"):
-        calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, windows[:4], tmp_path, "int8_sq", 1.5, "float16")
+        parse_config({"calibration": {"alpha": 1.5}})
 
 
 def test_diagnostics_show_smoothing_and_quantization_error(sweep_export):

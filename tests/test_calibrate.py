@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from foundry.calibrate import calibrate_to_trtllm_checkpoint, smoothquant_config
+from foundry.config import CalibrationConfig, parse_config
 from foundry.data import builtin_documents, token_windows
 from foundry.errors import FoundryError, NotSupportedError
 
@@ -26,7 +27,7 @@ def calibration_ids(smollm2_tokenizer) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def smollm2_sq_export(smollm2_hf_dir, calibration_ids, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("smollm2_sq_fp16")
-    summary = calibrate_to_trtllm_checkpoint(smollm2_hf_dir, calibration_ids, output_dir, "int8_sq", 0.8, "float16")
+    summary = calibrate_to_trtllm_checkpoint(smollm2_hf_dir, CalibrationConfig(alpha=0.8), calibration_ids, output_dir)
     return output_dir, summary
 
 
@@ -38,18 +39,14 @@ def test_smoothquant_config_carries_alpha_without_touching_the_preset():
     assert mtq.INT8_SMOOTHQUANT_CFG["algorithm"] == "smoothquant"  # the preset stays intact
 
 
-def test_unsupported_quantization_names_the_field(tiny_llama_hf_dir, tmp_path):
-    with pytest.raises(NotSupportedError, match="calibration.quantization.*'int3'"):
-        calibrate_to_trtllm_checkpoint(
-            tiny_llama_hf_dir, torch.zeros(1, 8, dtype=torch.int64), tmp_path, "int3", 0.8, "float16"
-        )
+def test_unsupported_quantization_names_the_field():
+    with pytest.raises(FoundryError, match="calibration.quantization.*'int3'"):
+        parse_config({"calibration": {"quantization": "int3"}})
 
 
-def test_float32_export_is_refused_instead_of_silently_written_as_float16(tiny_llama_hf_dir, tmp_path):
-    with pytest.raises(NotSupportedError, match="calibration.export_dtype.*float32"):
-        calibrate_to_trtllm_checkpoint(
-            tiny_llama_hf_dir, torch.zeros(1, 8, dtype=torch.int64), tmp_path, "none", 0.8, "float32"
-        )
+def test_float32_export_is_refused_instead_of_silently_written_as_float16():
+    with pytest.raises(FoundryError, match="calibration.export_dtype.*float32"):
+        parse_config({"calibration": {"quantization": "none", "export_dtype": "float32"}})
 
 
 def test_alpha_changes_the_exported_smoothing(tiny_llama_hf_dir, calibration_ids, tmp_path):
@@ -58,7 +55,7 @@ def test_alpha_changes_the_exported_smoothing(tiny_llama_hf_dir, calibration_ids
     for alpha in (0.5, 1.0):
         output_dir = tmp_path / f"alpha_{alpha}"
         summary = calibrate_to_trtllm_checkpoint(
-            tiny_llama_hf_dir, calibration_ids, output_dir, "int8_sq", alpha, "bfloat16"
+            tiny_llama_hf_dir, CalibrationConfig(alpha=alpha, export_dtype="bfloat16"), calibration_ids, output_dir
         )
         assert summary["alpha"] == alpha
         smoothers[alpha] = read_tensor(output_dir, "transformer.layers.0.attention.qkv.prequant_scaling_factor").float()
@@ -129,7 +126,7 @@ def test_tp_size_must_divide_the_heads_and_the_architecture_must_be_llama(tiny_l
 def test_int4_awq_exports_for_trtllm_with_a_fitting_group_size(tiny_llama_hf_dir, calibration_ids, tmp_path):
     """hidden 64 is not a multiple of ModelOpt's default group 128: group 64 is chosen and written."""
     summary = calibrate_to_trtllm_checkpoint(
-        tiny_llama_hf_dir, calibration_ids[:2, :32], tmp_path, "int4_awq", 0.8, "float16"
+        tiny_llama_hf_dir, CalibrationConfig(quantization="int4_awq"), calibration_ids[:2, :32], tmp_path
     )
     quantization = json.loads((tmp_path / "config.json").read_text())["quantization"]
     assert (summary["quant_algo"], quantization["group_size"], quantization["has_zero_point"]) == (
@@ -143,7 +140,7 @@ def test_int4_awq_exports_for_trtllm_with_a_fitting_group_size(tiny_llama_hf_dir
 @pytest.mark.parametrize(("kv_cache", "kv_algo"), [("int8", "INT8"), ("fp8", "FP8")])
 def test_kv_cache_quantization_is_exported(tiny_llama_hf_dir, calibration_ids, tmp_path, kv_cache, kv_algo):
     summary = calibrate_to_trtllm_checkpoint(
-        tiny_llama_hf_dir, calibration_ids[:2, :32], tmp_path, "int8_sq", 0.8, "float16", kv_cache=kv_cache
+        tiny_llama_hf_dir, CalibrationConfig(kv_cache=kv_cache), calibration_ids[:2, :32], tmp_path
     )
     assert (summary["quant_algo"], summary["kv_cache_quant_algo"]) == ("W8A8_SQ_PER_CHANNEL", kv_algo)
     scale = read_tensor(tmp_path, "transformer.layers.1.attention.kv_cache_scaling_factor")

@@ -43,10 +43,15 @@ def _hf_dir(path: Path) -> CheckpointSource:
     return CheckpointSource(kind="hf_dir", path=str(path))
 
 
+def _ingest(source: CheckpointSource, out: Path) -> CheckpointManifest:
+    """As the pipeline does it: resolve_source hashes the source once, ingest records that hash."""
+    return ingest_checkpoint(source, out, source_fingerprint(source))
+
+
 @pytest.fixture(scope="module")
 def tiny_ingested(tiny_llama_hf_dir, tmp_path_factory) -> tuple[Path, CheckpointManifest]:
     out = tmp_path_factory.mktemp("tiny_ingested") / "checkpoint"
-    return out, ingest_checkpoint(_hf_dir(tiny_llama_hf_dir), out)
+    return out, _ingest(_hf_dir(tiny_llama_hf_dir), out)
 
 
 @pytest.fixture()
@@ -57,7 +62,7 @@ def tiny_copy(tiny_llama_hf_dir, tmp_path) -> Path:
 
 def _fails(source: CheckpointSource, out: Path, *fragments: str, error=FoundryError) -> str:
     with pytest.raises(error) as caught:
-        ingest_checkpoint(source, out)
+        _ingest(source, out)
     message = str(caught.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in: {message}"
@@ -102,7 +107,7 @@ def test_gguf_ingest_layout_and_manifest(smollm2_hf_dir, smollm2_gguf):
 @pytest.mark.slow  # a second full GGUF dequantization (~40 s on 2 cores); hf_dir determinism is always run
 def test_same_gguf_gives_same_content_hash(smollm2_hf_dir, tmp_path):
     # The fixture ingested kind 'gguf'; 'embedded' is the same bytes, so the same content.
-    second = ingest_checkpoint(CheckpointSource(kind="embedded"), tmp_path / "again")
+    second = _ingest(CheckpointSource(kind="embedded"), tmp_path / "again")
     assert second.content_hash == read_checkpoint_manifest(smollm2_hf_dir).content_hash
     assert second.source_kind == "embedded"
 
@@ -145,7 +150,7 @@ def test_manifest_verifies_and_tampering_is_refused(tiny_ingested, tmp_path):
 
 def test_hf_dir_ingest_is_deterministic(tiny_llama_hf_dir, tiny_ingested, tmp_path):
     _, first = tiny_ingested
-    second = ingest_checkpoint(_hf_dir(tiny_llama_hf_dir), tmp_path / "again")
+    second = _ingest(_hf_dir(tiny_llama_hf_dir), tmp_path / "again")
     assert second.content_hash == first.content_hash
     assert second.files == first.files
 
@@ -190,7 +195,7 @@ def test_sharded_hf_dir_round_trip(tiny_llama_hf_dir, tmp_path):
     AutoTokenizer.from_pretrained(tiny_llama_hf_dir).save_pretrained(sharded)
     assert len(list(sharded.glob("*.safetensors"))) > 1
     out = tmp_path / "out"
-    manifest = ingest_checkpoint(_hf_dir(sharded), out)
+    manifest = _ingest(_hf_dir(sharded), out)
     assert "model.safetensors.index.json" in manifest.files
     input_ids = torch.tensor([[1, 2, 3, 4]])
     assert torch.equal(_logits(out, input_ids), _logits(tiny_llama_hf_dir, input_ids))
@@ -280,7 +285,7 @@ def test_pickle_weights_refused_by_default(tiny_copy, tmp_path):
 def test_pickle_weights_converted_when_allowed(tiny_copy, tiny_llama_hf_dir, tmp_path):
     _pickle_only(tiny_copy)
     source = CheckpointSource(kind="hf_dir", path=str(tiny_copy), allow_pickle=True)
-    manifest = ingest_checkpoint(source, tmp_path / "out")
+    manifest = _ingest(source, tmp_path / "out")
     assert "model.safetensors" in manifest.files and "pytorch_model.bin" not in manifest.files
     assert "pickle" in manifest.source_dtype
     input_ids = torch.tensor([[5, 6, 7]])
@@ -350,7 +355,7 @@ def test_non_empty_output_dir_is_refused(tiny_llama_hf_dir, tmp_path):
     out.mkdir()
     (out / "stale.txt").write_text("old")
     with pytest.raises(FoundryError, match="stale|new or empty"):
-        ingest_checkpoint(_hf_dir(tiny_llama_hf_dir), out)
+        _ingest(_hf_dir(tiny_llama_hf_dir), out)
     assert (out / "stale.txt").read_text() == "old"
     assert MANIFEST_NAME not in {p.name for p in out.iterdir()}
 

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from foundry.calibrate import calibrate_to_trtllm_checkpoint, load_hf_model_fp32
+from foundry.config import CalibrationConfig
 from foundry.errors import NotSupportedError
 from foundry.runtime.reference import ReferenceEngine
 from tests.conftest import save_fp16_exact_copy
+
+NO_QUANTIZATION = CalibrationConfig(quantization="none")
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -41,7 +44,7 @@ def llama3_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
 
 def test_llama3_rope_scaling_is_exported_and_executed_like_hf(llama3_dir, tmp_path):
     out = tmp_path / "ckpt"
-    calibrate_to_trtllm_checkpoint(llama3_dir, torch.zeros(0, 0, dtype=torch.int64), out, "none", 0.8, "float16")
+    calibrate_to_trtllm_checkpoint(llama3_dir, NO_QUANTIZATION, torch.zeros(0, 0, dtype=torch.int64), out)
     exported = json.loads((out / "config.json").read_text())
     scaling = exported["rotary_scaling"]
     assert (
@@ -63,7 +66,7 @@ def test_llama3_rope_scaling_is_exported_and_executed_like_hf(llama3_dir, tmp_pa
 
 def test_an_unsupported_rope_scaling_is_refused_not_ignored(llama3_dir, tmp_path):
     out = tmp_path / "ckpt"
-    calibrate_to_trtllm_checkpoint(llama3_dir, torch.zeros(0, 0, dtype=torch.int64), out, "none", 0.8, "float16")
+    calibrate_to_trtllm_checkpoint(llama3_dir, NO_QUANTIZATION, torch.zeros(0, 0, dtype=torch.int64), out)
     config = json.loads((out / "config.json").read_text())
     config["rotary_scaling"] = {"type": "yarn", "factor": 4.0}
     (out / "config.json").write_text(json.dumps(config))
@@ -130,7 +133,7 @@ def test_family_runs_like_hf_unquantized_and_with_smoothquant(
 
     directory = {"qwen2": qwen2_dir, "mistral": mistral_dir}[family]
     out = tmp_path / "ckpt"
-    calibrate_to_trtllm_checkpoint(directory, torch.zeros(0, 0, dtype=torch.int64), out, "none", 0.8, "float16")
+    calibrate_to_trtllm_checkpoint(directory, NO_QUANTIZATION, torch.zeros(0, 0, dtype=torch.int64), out)
     exported = json.loads((out / "config.json").read_text())
     assert exported["architecture"] == {"qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}[family]
     if family == "qwen2":
@@ -147,7 +150,7 @@ def test_family_runs_like_hf_unquantized_and_with_smoothquant(
     )
     # SmoothQuant: calibrated by ModelOpt, executed with int8 semantics; close to the float model
     windows = data.token_windows(data.builtin_documents("calibration"), smollm2_tokenizer, 4, 32, "calibration")
-    calibrate_to_trtllm_checkpoint(directory, windows.input_ids, tmp_path / "sq", "int8_sq", 0.8, "float16")
+    calibrate_to_trtllm_checkpoint(directory, CalibrationConfig(), windows.input_ids, tmp_path / "sq")
     quantized = ReferenceEngine.load(tmp_path / "sq").logits(ids)
     agreement = (quantized.argmax(-1) == expected.argmax(-1)).float().mean().item()
     assert agreement > 0.8, agreement
@@ -155,7 +158,6 @@ def test_family_runs_like_hf_unquantized_and_with_smoothquant(
 
 def test_a_sliding_window_shorter_than_the_context_is_refused_up_front():
     from foundry.calibrate import check_supported
-    from foundry.config import CalibrationConfig
 
     mistral_v01 = {
         "model_type": "mistral",
@@ -212,7 +214,7 @@ def test_exported_checkpoint_has_what_trtllm_1_2_reads(family, llama3_dir, qwen2
     directory = {"llama3": llama3_dir, "qwen2": qwen2_dir, "mistral": mistral_dir}[family]
     key = "llama" if family == "llama3" else family
     out = tmp_path / "ckpt"
-    calibrate_to_trtllm_checkpoint(directory, torch.zeros(0, 0, dtype=torch.int64), out, "none", 0.8, "float16")
+    calibrate_to_trtllm_checkpoint(directory, NO_QUANTIZATION, torch.zeros(0, 0, dtype=torch.int64), out)
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == spec["architectures"][key]
     for field in spec["required_fields"]["all"] + spec["required_fields"].get(key, []):

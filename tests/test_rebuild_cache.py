@@ -123,9 +123,11 @@ def test_mlflow_model_source_resolves_the_registered_version(tmp_path, tiny_llam
     )
     resolved = resolve_checkpoint_source(source)
     assert (resolved.kind, resolved.path) == ("hf_dir", str(tiny_llama_hf_dir))
-    assert source_fingerprint(source) == source_fingerprint(
+    assert source_fingerprint(resolved) == source_fingerprint(
         CheckpointSource(kind="hf_dir", path=str(tiny_llama_hf_dir))
     )
+    with pytest.raises(FoundryError, match="is not resolved yet.*resolve_checkpoint_source"):
+        source_fingerprint(source)  # hashed once, after resolving: never a second lookup
     missing = source.model_copy(update={"alias": "nope"})
     with pytest.raises(FoundryError, match="no model 'trained-llama' with alias 'nope'"):
         resolve_checkpoint_source(missing)

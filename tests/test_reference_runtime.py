@@ -23,6 +23,7 @@ from foundry.calibrate import (
     load_hf_model_fp32,
     quantize_smoothquant,
 )
+from foundry.config import CalibrationConfig
 from foundry.data import builtin_documents, token_windows
 from foundry.errors import FoundryError, NotSupportedError
 from foundry.runtime.base import Engine
@@ -63,7 +64,9 @@ def eval_ids(smollm2_tokenizer) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def plain_engine(fp16_exact_hf_dir, tmp_path_factory) -> ReferenceEngine:
     out = tmp_path_factory.mktemp("plain_ckpt")
-    calibrate_to_trtllm_checkpoint(fp16_exact_hf_dir, torch.zeros(0, 0, dtype=torch.int64), out, "none", 0.8, "float16")
+    calibrate_to_trtllm_checkpoint(
+        fp16_exact_hf_dir, CalibrationConfig(quantization="none"), torch.zeros(0, 0, dtype=torch.int64), out
+    )
     return ReferenceEngine.load(out)
 
 
@@ -246,7 +249,9 @@ def test_smoothquant_generate_streams_valid_tokens(smoothquant, eval_ids):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_llama_hf_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_ckpt")
-    calibrate_to_trtllm_checkpoint(tiny_llama_hf_dir, torch.zeros(0, 0, dtype=torch.int64), out, "none", 0.8, "float16")
+    calibrate_to_trtllm_checkpoint(
+        tiny_llama_hf_dir, CalibrationConfig(quantization="none"), torch.zeros(0, 0, dtype=torch.int64), out
+    )
     return out
 
 
@@ -445,7 +450,7 @@ def test_tensor_parallel_checkpoint_gives_the_tp1_logits(tiny_fp16_exact_dir, ti
     for tp_size in (1, 2):
         out = tmp_path / f"tp{tp_size}"
         calibrate_to_trtllm_checkpoint(
-            tiny_fp16_exact_dir, tiny_windows[:4], out, quantization, 0.8, "float16", tp_size=tp_size
+            tiny_fp16_exact_dir, CalibrationConfig(quantization=quantization, tp_size=tp_size), tiny_windows[:4], out
         )
         engines[tp_size] = ReferenceEngine.load(out)
     assert sorted(p.name for p in (tmp_path / "tp2").glob("rank*.safetensors")) == [

@@ -107,3 +107,51 @@ def test_register_compare_promote_and_roll_back_over_http(server):
     assert promoted.promoted and promoted.previous_production == "1"
     assert registry.production_version("remote-engine") == "2"
     assert [v.version for v in registry.list_versions("remote-engine")] == ["1", "2"]
+
+
+def test_mlflow_model_source_without_tracking_uri_resolves_in_the_stack_registry(
+    server, tiny_llama_hf_dir, tmp_path, monkeypatch
+):
+    """An mlflow_model source without tracking_uri on a stack whose MLflow is remote (artifacts in the
+    server's store, as a training pipeline logs them): preflight and the pipeline's resolve_source
+    step both ask that registry, never the local SQLite one. Preflight only looks (nothing is
+    downloaded); the step fetches, checks and hashes the checkpoint once. Without a registry to
+    ask, preflight says how to give one."""
+    import yaml
+
+    import steps.resolve_source as resolve_step
+    from foundry.checkpoint import source_fingerprint
+    from foundry.config import BuildConfig, CalibrationConfig, CheckpointSource
+    from foundry.errors import FoundryError
+    from foundry.preflight import run_preflight
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("FOUNDRY_STATE_DIR", str(state))  # its local SQLite registry stays empty
+    mlflow.set_tracking_uri(server)
+    mlflow.set_experiment("training")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(tiny_llama_hf_dir), artifact_path="checkpoint")
+    registry = Registry(server)
+    registry.ensure_registered_model("trained-on-remote")
+    registry.client.create_model_version(
+        "trained-on-remote", source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id
+    )
+    registry.client.set_registered_model_alias("trained-on-remote", "latest-trained", "1")
+    source = {"kind": "mlflow_model", "registered_model": "trained-on-remote", "alias": "latest-trained"}
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({"model": {"source": source}, "build": {"max_seq_len": 512}}))
+
+    checked = run_preflight(config_file, base_dir=tmp_path, stack_tracking_uri=lambda: server)
+    assert checked.submitted_source_path == "" and not (state / "downloads").exists()
+    with pytest.raises(FoundryError, match="needs a registry; set model.source.tracking_uri"):
+        run_preflight(config_file, base_dir=tmp_path)
+
+    monkeypatch.setattr(resolve_step, "stack_tracking_uri", lambda: server)
+    logged = []
+    monkeypatch.setattr(resolve_step, "log_metadata", lambda metadata: logged.append(metadata))
+    resolved, fingerprint = resolve_step.resolve_source.entrypoint(
+        CheckpointSource(**source), checked.submitted_source_path, CalibrationConfig(), BuildConfig(max_seq_len=512)
+    )
+    assert resolved.kind == "hf_dir" and resolved.path == str(state / "downloads" / "trained-on-remote-v1")
+    assert fingerprint == source_fingerprint(CheckpointSource(kind="hf_dir", path=str(tiny_llama_hf_dir)))
+    assert logged[0]["checkpoint_source"]["changed_since_submission"] is False

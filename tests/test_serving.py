@@ -15,7 +15,7 @@ from foundry.bench.session import LoadPlan, already_open, run_session
 from foundry.bench.workload import synthetic_workload_with_description
 from foundry.builders.reference import ReferenceBuilder
 from foundry.calibrate import calibrate_to_trtllm_checkpoint
-from foundry.config import BuildConfig, RuntimeConfig
+from foundry.config import BuildConfig, CalibrationConfig, RuntimeConfig
 from foundry.errors import FoundryError
 from foundry.generation_quality import InProcessContinuations, evaluate_generation
 from foundry.runtime.hf import HFEngine
@@ -117,14 +117,7 @@ def reference_engine_dir(tiny_fp16_exact_dir, smollm2_tokenizer, tmp_path_factor
 
     root = tmp_path_factory.mktemp("served-reference")
     windows = data.token_windows(data.builtin_documents("calibration"), smollm2_tokenizer, 4, 32, "calibration")
-    calibrate_to_trtllm_checkpoint(
-        hf_checkpoint_dir=tiny_fp16_exact_dir,
-        calibration_ids=windows.input_ids,
-        output_dir=root / "ckpt",
-        quantization="int8_sq",
-        alpha=[0.8],
-        export_dtype="float16",
-    )
+    calibrate_to_trtllm_checkpoint(tiny_fp16_exact_dir, CalibrationConfig(alpha=0.8), windows.input_ids, root / "ckpt")
     ReferenceBuilder().build(root / "ckpt", root / "engine", BuildConfig(max_seq_len=128))
     return root / "engine"
 

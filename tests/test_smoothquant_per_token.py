@@ -19,7 +19,7 @@ from foundry.calibrate import (
     make_forward_loop,
     quantization_config,
 )
-from foundry.config import CalibrationConfig
+from foundry.config import CalibrationConfig, parse_config
 from foundry.errors import FoundryError, NotSupportedError
 from foundry.runtime.reference import ReferenceEngine
 from foundry.smoothquant_per_token import (
@@ -129,14 +129,7 @@ def test_tensor_parallel_per_token_checkpoint_gives_the_tp1_logits(tiny_fp16_exa
     for tp_size in (1, 2):
         out = tmp_path / f"tp{tp_size}"
         summary = calibrate_to_trtllm_checkpoint(
-            tiny_fp16_exact_dir,
-            windows[:4],
-            out,
-            "int8_sq",
-            0.8,
-            "float16",
-            tp_size=tp_size,
-            activation_scaling="per_token",
+            tiny_fp16_exact_dir, CalibrationConfig(tp_size=tp_size, activation_scaling="per_token"), windows[:4], out
         )
         assert (summary["quant_algo"], summary["activation_scaling"]) == (PER_TOKEN_QUANT_ALGO, "per_token")
         engines[tp_size] = ReferenceEngine.load(out)
@@ -146,13 +139,10 @@ def test_tensor_parallel_per_token_checkpoint_gives_the_tp1_logits(tiny_fp16_exa
 def test_alpha_search_scores_with_per_token_scales(tiny_fp16_exact_dir, windows, tmp_path):
     summary = calibrate_to_trtllm_checkpoint(
         tiny_fp16_exact_dir,
+        CalibrationConfig(alpha=[0.5, 0.9], activation_scaling="per_token"),
         windows[:3],
         tmp_path / "out",
-        "int8_sq",
-        [0.5, 0.9],
-        "float16",
         held_out_ids=windows[3:5],
-        activation_scaling="per_token",
         diagnostics=True,
     )
     assert summary["quant_algo"] == PER_TOKEN_QUANT_ALGO and summary["alpha"] in (0.5, 0.9)
@@ -193,13 +183,7 @@ def test_per_token_needs_int8_sq():
         CalibrationConfig(quantization="fp8", activation_scaling="per_token")
     with pytest.raises(ValueError, match="activation_scaling"):
         CalibrationConfig(activation_scaling="per_row")
-    with pytest.raises(FoundryError, match="calibration.activation_scaling: per_token applies to int8_sq"):
-        calibrate_to_trtllm_checkpoint(
-            "unused",
-            torch.zeros(1, 4, dtype=torch.int64),
-            "unused",
-            "fp8",
-            0.8,
-            "float16",
-            activation_scaling="per_token",
-        )
+    with pytest.raises(
+        FoundryError, match="calibration: .*activation_scaling per_token applies to quantization int8_sq"
+    ):
+        parse_config({"calibration": {"quantization": "fp8", "activation_scaling": "per_token"}})
