@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from foundry.bench.rounds import ChampionRounds, SideRound
+from foundry.builders.base import guard_trtllm_engine, read_engine_info
 from foundry.config import GateConfig
 from foundry.errors import FoundryError
 from foundry.quality import PairedQuality
@@ -81,22 +82,35 @@ class ChampionPlan(BaseModel):
         return f"champion v{self.version} re-measured in {rounds} rounds"
 
 
+class ProductionEngine(BaseModel):
+    """What the registry says about the production version when the run looked (read where MLflow
+    is; the plan is made where the engines run)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_name: str
+    version: str | None  # None: nothing in production
+    engine_dir: str | None = None
+    engine_content_hash: str | None = None
+    locate_error: str | None = None  # why the registry could not name a local engine directory
+    recorded_metrics: dict[str, float] = {}
+
+
 def plan_champion(
-    *,
-    model_name: str,
-    production_version: str | None,
-    champion_engine_dir: Path | None,
-    champion_engine_content_hash: str | None,
-    locate_error: str | None,
-    recorded_metrics: dict[str, float],
+    production: ProductionEngine,
     challenger_info: dict,
     challenger_content_hash: str,
+    *,
     remeasure: bool,
-    longest_request_tokens: int,
+    longest_request_tokens: int = 0,
     node=None,
 ) -> ChampionPlan:
-    """`champion_engine_dir`/`locate_error`: where the registry says the champion's engine is, or why
-    it could not say. `node`: a foundry.compat.NodeTarget for the TensorRT-LLM guard (default: probe)."""
+    """Can the production engine run here beside this run's? `challenger_info`: this run's engine.json;
+    `node`: a foundry.compat.NodeTarget for the TensorRT-LLM guard (default: this node, probed)."""
+    model_name, production_version = production.model_name, production.version
+    champion_engine_dir = Path(production.engine_dir) if production.engine_dir else None
+    champion_engine_content_hash, locate_error = production.engine_content_hash, production.locate_error
+    recorded_metrics = production.recorded_metrics
     base = {"model_name": model_name, "version": production_version, "recorded_metrics": recorded_metrics}
     if production_version is None:
         return ChampionPlan(**base, status="no_production", reason="nothing is in production yet")
@@ -117,8 +131,8 @@ def plan_champion(
         return not_here("benchmark.remeasure_champion is false")
     if locate_error or champion_engine_dir is None:
         return not_here(locate_error or "the registry names no engine directory")
-    from foundry.builders.base import guard_trtllm_engine, read_engine_info
-
+    if not champion_engine_dir.is_dir():
+        return not_here(f"its engine directory {champion_engine_dir} is not reachable from this node")
     try:
         info = read_engine_info(Path(champion_engine_dir))
     except (FoundryError, OSError, ValueError) as error:

@@ -1,4 +1,10 @@
-"""This run against the current production engine: every gate metric side by side, with deltas.
+"""This run against the current production engine, as a reviewer reads it.
+
+Two parts. First, when production's engine was re-measured in this run (foundry/champion.py): each
+relative metric, champion vs challenger with its interval, the per-round (per-window for quality)
+values as a plot, and the verdict with its reason; the method in one sentence. Second, every gate
+metric beside production's *recorded* MLflow metrics — measured in its own run, on another day and
+maybe another machine, so labelled "not re-measured" — with deltas.
 
 ZenML's OSS dashboard has no run-comparison table (that is ZenML Pro), so each run renders this
 report as an HTML artifact. Plain Python: the step (steps/compare.py) fetches the production
@@ -12,12 +18,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from foundry.champion import ChampionComparison, RelativeResult
 from foundry.config import GateConfig
-from foundry.gates import _GATES
+from foundry.gates import ABSOLUTE_GATES
 
 # Metric → which direction is better. Gate metrics first (in gate order), then context metrics.
 GATE_METRICS: dict[str, Literal["lower", "higher"]] = {
-    metric: ("lower" if comparison == "<=" else "higher") for metric, comparison in _GATES.values()
+    metric: ("lower" if comparison == "<=" else "higher") for metric, comparison in ABSOLUTE_GATES.values()
 }
 CONTEXT_METRICS: dict[str, Literal["lower", "higher"]] = {
     "c1_ttft_p50_ms": "lower",
@@ -26,10 +33,12 @@ CONTEXT_METRICS: dict[str, Literal["lower", "higher"]] = {
     "max_output_tok_s": "higher",
     "failed_requests": "lower",
 }
-_GATE_FIELD = {metric: field for field, (metric, _) in _GATES.items()}
+_GATE_FIELD = {metric: field for field, (metric, _) in ABSOLUTE_GATES.items()}
 
 
-class ComparisonRow(BaseModel):
+class RecordedMetricRow(BaseModel):
+    """One metric: this run's value beside another run's recorded MLflow value."""
+
     model_config = ConfigDict(frozen=True)
 
     metric: str
@@ -49,7 +58,7 @@ class ComparisonReport(BaseModel):
     model_name: str
     candidate_label: str
     baseline_label: str | None  # None: no production engine yet
-    rows: list[ComparisonRow]
+    rows: list[RecordedMetricRow]
 
     @property
     def regressions(self) -> list[str]:
@@ -58,7 +67,7 @@ class ComparisonReport(BaseModel):
 
 def _row(
     metric: str, better: Literal["lower", "higher"], gates: GateConfig, candidate: float | None, baseline: float | None
-) -> ComparisonRow:
+) -> RecordedMetricRow:
     field = _GATE_FIELD.get(metric)
     threshold_value = getattr(gates, field) if field else None
     threshold = None
@@ -75,7 +84,7 @@ def _row(
             verdict = "better"
         else:
             verdict = "worse"
-    return ComparisonRow(
+    return RecordedMetricRow(
         metric=metric,
         better=better,
         is_gate_metric=field is not None,
@@ -185,3 +194,125 @@ def render_comparison_html(report: ComparisonReport) -> str:
         f"<th>this run</th><th>production</th><th>Δ</th><th>Δ %</th><th>verdict</th></tr>{rows}</table>"
     )
     return f"<div>{head}{table}{_bars_svg(report)}</div>"
+
+
+# ---- the champion re-measured in this run ---------------------------------------------------------
+
+_VERDICT_COLORS = {"pass": "#e8f5e9", "fail": "#ffebee", "inconclusive": "#fff8e1", "not judged": "#ffffff"}
+
+
+def _interval_text(row: RelativeResult, confidence: float) -> str:
+    if row.estimate is None or row.low is None or row.high is None:
+        return "—"
+    if row.estimate_kind == "ratio":
+        return f"×{row.estimate:.4f} [{row.low:.4f}, {row.high:.4f}]"
+    return f"{row.estimate:+.4g} [{row.low:+.4g}, {row.high:+.4g}]"
+
+
+def _margin_text(row: RelativeResult) -> str:
+    if row.margin is None:
+        return "off"
+    if row.estimate_kind == "ratio":
+        return f"≤ {row.margin:g}% {'slower' if row.better == 'lower' else 'less'}"
+    return f"≤ {row.margin:g} {row.unit} {'more' if row.better == 'lower' else 'less'}"
+
+
+def _per_round_svg(row: RelativeResult, axis: str) -> str:
+    """Champion (grey) and challenger (blue) per round (or per window) as two polylines."""
+    points = [
+        (i, a, b)
+        for i, (a, b) in enumerate(zip(row.champion_per_round, row.challenger_per_round))
+        if a is not None and b is not None
+    ]
+    if len(points) < 2:
+        return ""
+    width, height, pad = 260, 80, 6
+    values = [v for _, a, b in points for v in (a, b)]
+    low, high = min(values), max(values)
+    span = (high - low) or abs(high) or 1.0
+    last = points[-1][0] or 1
+
+    def polyline(index: int, color: str, who: str) -> str:
+        xy = " ".join(
+            f"{pad + (width - 2 * pad) * p[0] / last:.1f},{height - pad - (height - 2 * pad) * (p[index] - low) / span:.1f}"
+            for p in points
+        )
+        return (
+            f"<polyline points='{xy}' fill='none' stroke='{color}' stroke-width='1.5'>"
+            f"<title>{html.escape(row.metric)} {who} per {axis}</title></polyline>"
+        )
+
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+        f"aria-label='{html.escape(row.metric)} per {axis}: champion grey, challenger blue' "
+        "style='background:#fafafa;border:1px solid #eee'>"
+        f"{polyline(1, '#9e9e9e', 'champion')}{polyline(2, '#1976d2', 'challenger')}</svg>"
+    )
+
+
+def render_champion_html(comparison: ChampionComparison) -> str:
+    """The champion section: the headline line, the method, one row per relative metric with the
+    interval, the margin, the per-round plot, the verdict and its reason."""
+    plan = comparison.plan
+    parts = [f"<h2>Champion vs challenger: {html.escape(comparison.headline)}</h2>"]
+    if plan.status == "no_production":
+        return parts[0] + "<p>Nothing is in production yet: there is no champion to compare with.</p>"
+    if plan.status == "not_re_measured":
+        parts.append(
+            "<p><b>Not re-measured.</b> The relative gates are not judged; the table below compares with the "
+            "champion's <i>recorded</i> metrics from its own run (another day, maybe another machine).</p>"
+        )
+    elif plan.status == "same_engine":
+        parts.append("<p>Production holds this very engine (same content hash): it was measured once.</p>")
+    else:
+        detail = (
+            f"{comparison.rounds} interleaved rounds in {comparison.rounds_wall_s:.1f} s"
+            if comparison.rounds_wall_s is not None
+            else f"{comparison.rounds} rounds"
+        )
+        parts.append(f"<p>Measured in this run on this machine: {html.escape(detail)}.</p>")
+    parts.append(f"<p class='note'><b>Method.</b> {html.escape(comparison.method)}</p>")
+    for note in (comparison.sequential_note, comparison.quality_note):
+        if note:
+            parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    if comparison.results:
+        rows = "".join(
+            f"<tr style='background:{_VERDICT_COLORS[r.verdict]}'>"
+            f"<td>{html.escape(r.metric)}</td><td>{r.better} is better</td>"
+            f"<td>{_fmt(r.champion)}</td><td>{_fmt(r.challenger)}</td><td>{html.escape(r.unit)}</td>"
+            f"<td>{html.escape(_interval_text(r, comparison.confidence))}</td><td>{html.escape(_margin_text(r))}</td>"
+            f"<td>{_per_round_svg(r, 'round' if r.kind == 'latency' else 'window')}</td>"
+            f"<td><b>{r.verdict}</b><br><span style='font-size:12px'>{html.escape(r.reason)}</span></td></tr>"
+            for r in comparison.results
+        )
+        parts.append(
+            "<table border='1' cellpadding='4' style='border-collapse:collapse;font:13px sans-serif' "
+            "class='foundry-champion'><tr><th>metric</th><th>direction</th><th>champion</th><th>challenger</th>"
+            f"<th>unit</th><th>challenger vs champion ({comparison.confidence:.0%} CI)</th><th>margin</th>"
+            "<th>per round / window (champion grey, challenger blue)</th><th>verdict and reason</th></tr>"
+            f"{rows}</table>"
+        )
+    return f"<div>{''.join(parts)}</div>"
+
+
+def champion_metadata(comparison: ChampionComparison) -> dict:
+    """The headline numbers for step metadata."""
+    return {
+        "headline": comparison.headline,
+        "status": comparison.plan.status,
+        "champion_version": comparison.plan.version or "none",
+        "rounds": comparison.rounds,
+        "rounds_wall_s": comparison.rounds_wall_s,
+        "metrics": {
+            r.metric: {
+                "champion": r.champion,
+                "challenger": r.challenger,
+                "estimate": r.estimate,
+                "low": r.low,
+                "high": r.high,
+                "margin": r.margin,
+                "verdict": r.verdict,
+            }
+            for r in comparison.results
+        },
+    }

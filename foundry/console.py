@@ -99,6 +99,9 @@ def print_run_summary(
             _fmt(speedups.get(level.concurrency), ".2f", "×"),
         )
     console.print(bench)
+    if benchmark_results.champion_plan is not None:
+        rounds = benchmark_results.champion_rounds
+        console.print(benchmark_results.champion_plan.summary_line(rounds.rounds if rounds else None), soft_wrap=True)
 
     qual = Table(
         title=f"Quality · {quality.engine_backend} served by {quality.served_by} vs unquantized "
@@ -130,15 +133,15 @@ def print_run_summary(
     gate_table = Table(title="Gates")
     for column in ("gate", "threshold", "measured", "result"):
         gate_table.add_column(column)
+    outcome_style = {"pass": "[green]pass", "fail": "[red]FAIL", "inconclusive": "[yellow]INCONCLUSIVE"}
     for result in decision.results:
-        gate_table.add_row(
-            result.name,
-            result.condition,
-            result.detail or _fmt(result.measured, ".4g"),
-            "[green]pass" if result.passed else "[red]FAIL",
-        )
+        if result.relative_to:  # the interval's worse bound as a regression, and the estimate behind it
+            measured = f"worst {_fmt(result.measured, '+.3g', result.margin_unit)}: {result.detail}"
+        else:
+            measured = result.detail or _fmt(result.measured, ".4g")
+        gate_table.add_row(result.name, result.condition, measured, outcome_style[result.outcome])
     for name in decision.unchecked:
-        gate_table.add_row(name, "not set", "", "[dim]unchecked")
+        gate_table.add_row(name, "not set" if "(" not in name else "not judged", "", "[dim]unchecked")
     console.print(gate_table)
 
     if promotion.repaired:

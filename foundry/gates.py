@@ -1,4 +1,6 @@
-"""Promotion gates: each configured threshold against the measured value, pass/fail and why.
+"""Promotion gates: each configured threshold against the measured value, pass/fail and why; and
+the relative gates against the production engine re-measured in the same run (foundry/champion.py),
+each ending pass, fail or inconclusive (an inconclusive gate does not pass).
 
 Latency gates use the worst p99 across the benchmarked concurrency levels and the speedup gate
 the smallest speedup: a gate that passes must hold at every load the run measured.
@@ -6,10 +8,12 @@ the smallest speedup: a gate that passes must hold at every load the run measure
 
 from __future__ import annotations
 
+import html
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from foundry.champion import ChampionComparison
 from foundry.config import GateConfig
 from foundry.quality import QualityReport
 
@@ -22,10 +26,21 @@ class GateResult(BaseModel):
     threshold: float
     measured: float | None  # None: the run did not measure it, which fails the gate
     passed: bool
-    detail: str | None = None  # a gate that is no threshold (engine identity) says why here
+    detail: str | None = None  # a gate that is no threshold (engine identity, relative gates) says why here
+    # Relative gates: the champion compared with; `measured` is the interval's worse bound as a
+    # regression in `margin_unit`, `threshold` the margin; the verdict may be inconclusive.
+    relative_to: str | None = None
+    margin_unit: str = ""
+    verdict: Literal["pass", "fail", "inconclusive"] | None = None
+
+    @property
+    def outcome(self) -> Literal["pass", "fail", "inconclusive"]:
+        return self.verdict or ("pass" if self.passed else "fail")
 
     @property
     def condition(self) -> str:
+        if self.relative_to:
+            return f"worse than {self.relative_to} by <= {self.threshold:g}{self.margin_unit} (interval bound)"
         return (
             "benchmarked = evaluated = registered"
             if self.comparison == "=="
@@ -34,6 +49,8 @@ class GateResult(BaseModel):
 
     @property
     def reason(self) -> str:
+        if self.relative_to and self.detail:
+            return f"{self.name}: {self.detail}"
         if self.detail:
             return f"{self.name}: {self.detail} → {'ok' if self.passed else 'FAILED'}"
         if self.measured is None:
@@ -54,8 +71,8 @@ class GateDecision(BaseModel):
         return [result.reason for result in self.results if not result.passed]
 
 
-# gate field in GateConfig → (metric name in the measurements, comparison)
-_GATES: dict[str, tuple[str, Literal["<=", ">="]]] = {
+# absolute gate field in GateConfig → (metric name in the measurements, comparison)
+ABSOLUTE_GATES: dict[str, tuple[str, Literal["<=", ">="]]] = {
     "max_reference_perplexity": ("reference_perplexity", "<="),
     "max_perplexity_ratio": ("perplexity_ratio", "<="),
     "max_mean_kld": ("mean_kld", "<="),
@@ -116,13 +133,49 @@ def engine_identity_result(
     )
 
 
+def relative_gate_results(comparison: ChampionComparison) -> tuple[list[GateResult], list[str]]:
+    """One result per relative gate the comparison judged; the not-judged ones (nothing in
+    production, the champion not re-measured here) as unchecked entries with the reason."""
+    results, unchecked = [], []
+    relative_to = f"champion v{comparison.plan.version}"
+    for row in comparison.results:
+        field = "max_regression_pct" if row.kind == "latency" else "max_quality_regression"
+        if row.margin is None:
+            continue
+        if not row.judged:
+            unchecked.append(f"{field}.{row.metric} ({row.reason})")
+            continue
+        regression = row.regression
+        results.append(
+            GateResult(
+                name=f"{row.metric} vs champion",
+                comparison="<=",
+                threshold=row.margin,
+                measured=regression,
+                passed=row.verdict == "pass",
+                detail=row.reason,
+                relative_to=relative_to,
+                margin_unit="%" if row.estimate_kind == "ratio" else f" {row.unit}",
+                verdict=row.verdict,
+            )
+        )
+    return results, unchecked
+
+
 def evaluate_gates(
-    gates: GateConfig, measurements: dict[str, float | None], extra_results: list[GateResult] = ()
+    gates: GateConfig,
+    measurements: dict[str, float | None],
+    extra_results: list[GateResult] = (),
+    champion: ChampionComparison | None = None,
 ) -> GateDecision:
     """`measurements` maps metric names (perplexity_ratio, ttft_p99_ms, ...) to measured values;
-    `extra_results` are checks that are no threshold (the engine identity)."""
+    `extra_results` are checks that are no threshold (the engine identity); `champion`: this run
+    against the production engine, for the relative gates."""
     results, unchecked = list(extra_results), []
-    for field, (metric, comparison) in _GATES.items():
+    if champion is not None:
+        results, unchecked = relative_gate_results(champion)
+        results = list(extra_results) + results
+    for field, (metric, comparison) in ABSOLUTE_GATES.items():
         threshold = getattr(gates, field)
         if threshold is None:
             unchecked.append(field)
@@ -132,12 +185,14 @@ def evaluate_gates(
 
 
 def render_gates_html(decision: GateDecision, promoted: bool) -> str:
+    colors = {"pass": "#e8f5e9", "fail": "#ffebee", "inconclusive": "#fff8e1"}
     rows = "".join(
-        f"<tr style='background:{'#e8f5e9' if r.passed else '#ffebee'}'><td>{r.name}</td><td>{r.condition}</td>"
-        f"<td>{'—' if r.measured is None else f'{r.measured:.4g}'}</td><td><b>{'pass' if r.passed else 'FAIL'}</b></td></tr>"
+        f"<tr style='background:{colors[r.outcome]}'><td>{html.escape(r.name)}</td><td>{html.escape(r.condition)}</td>"
+        f"<td>{'—' if r.measured is None else f'{r.measured:.4g}'}</td><td><b>{r.outcome.upper() if r.outcome != 'pass' else 'pass'}</b>"
+        f"{'<br>' + html.escape(r.detail) if r.relative_to and r.detail else ''}</td></tr>"
         for r in decision.results
     )
-    unchecked = ", ".join(decision.unchecked) or "none"
+    unchecked = html.escape("; ".join(decision.unchecked) or "none")
     verdict = "PROMOTED to production" if promoted else "NOT promoted"
     return (
         "<html><body style='font-family:sans-serif'>"

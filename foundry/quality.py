@@ -40,6 +40,7 @@ class QualityReport(BaseModel):
     generation: GenerationQuality | None = None
     # The production engine (champion) scored on the same windows in the same pass, when it runs in process.
     champion_pair: PairedQuality | None = None
+    champion_quality_note: str | None = None  # why the champion's quality was not re-measured
 
 
 class PairedQuality(BaseModel):

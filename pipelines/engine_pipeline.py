@@ -17,6 +17,7 @@ from steps import (
     calibrate_checkpoint,
     compare_with_production,
     evaluate_engine_quality,
+    find_champion,
     fingerprint_data,
     gate_and_promote,
     ingest_checkpoint,
@@ -58,11 +59,13 @@ def engine_pipeline(
     # Where build/benchmark/evaluate run (a GPU node, the TensorRT-LLM image) is set by stacks/placement.py.
     engine = build_engine(trtllm_checkpoint, build, checkpoint)
     # The engine runs as it will serve (runtime.served_by): in process, or trtllm-serve / a server process.
+    # The production engine (the champion), re-measured beside this one where it can run.
+    production_engine = find_champion(model_name)
     benchmark_results, _, _, _ = benchmark_engine(
-        engine, checkpoint, benchmark, runtime, model_name, dataset_fingerprint
+        engine, checkpoint, benchmark, runtime, model_name, dataset_fingerprint, production_engine, gates
     )
     quality_report, _, _ = evaluate_engine_quality(
-        engine, checkpoint, evaluation_windows, data_lineage, evaluation, runtime, model_name
+        engine, checkpoint, evaluation_windows, data_lineage, evaluation, runtime, model_name, production_engine
     )
     registered = register_engine(
         engine,
@@ -75,7 +78,7 @@ def engine_pipeline(
         config_hash,
         model_name,
     )
-    _, compared_production = compare_with_production(
+    _, compared_production, champion_comparison = compare_with_production(
         registered, benchmark_results, quality_report, gates, compare_with_run
     )
-    gate_and_promote(registered, benchmark_results, quality_report, gates, compared_production)
+    gate_and_promote(registered, benchmark_results, quality_report, gates, compared_production, champion_comparison)

@@ -1,3 +1,4 @@
+from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
@@ -8,11 +9,12 @@ from zenml.types import HTMLString
 from foundry.artifacts import EngineArtifact, HFCheckpoint
 from foundry.bench.metrics import records_dataframe
 from foundry.bench.report import render_html
-from foundry.bench.session import BenchmarkResults, LoadPlan, run_session
+from foundry.bench.session import BenchmarkResults, LoadPlan, run_champion_rounds, run_session
 from foundry.bench.validation import require_valid_results
 from foundry.bench.workload import workload_from_config
 from foundry.builders.base import read_engine_info
-from foundry.config import BenchmarkConfig, RuntimeConfig
+from foundry.champion import ProductionEngine, plan_champion, rounds_to_add
+from foundry.config import BenchmarkConfig, GateConfig, RuntimeConfig
 from foundry.runtime.hf import HFEngine
 from foundry.serving import open_engine, server_log_text, tokenizer_dir_of
 from foundry.state import scratch_dir
@@ -27,6 +29,8 @@ def benchmark_engine(
     runtime: RuntimeConfig,
     model_name: str,
     benchmark_dataset_fingerprint: str = "synthetic",
+    production_engine: ProductionEngine | None = None,
+    gates: GateConfig | None = None,
 ) -> tuple[
     Annotated[BenchmarkResults, "benchmark_results"],
     Annotated[pd.DataFrame, "benchmark_requests"],
@@ -35,7 +39,8 @@ def benchmark_engine(
 ]:
     """The engine as it serves (runtime.served_by: in process, or its own server process) and,
     optionally, the HF transformers baseline, on the same workload (seeded synthetic or a trtllm-bench
-    dataset) under the configured load; results validated with GX."""
+    dataset) under the configured load; results validated with GX. When production holds another
+    engine that runs here (the champion), both are then measured interleaved in rounds."""
     info = read_engine_info(engine.path)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
     requests, workload = workload_from_config(
@@ -44,6 +49,14 @@ def benchmark_engine(
         list(tokenizer.all_special_ids),
         tokenizer=tokenizer,
         max_seq_len=info.get("max_seq_len"),
+    )
+    production_engine = production_engine or ProductionEngine(model_name=model_name, version=None)
+    champion = plan_champion(
+        production_engine,
+        info,
+        engine.content_hash,
+        remeasure=benchmark.remeasure_champion,
+        longest_request_tokens=max(len(r.input_ids) + r.output_tokens for r in requests),
     )
     log_path = scratch_dir("server-log") / "benchmark-server.log"
     served = open_engine(
@@ -66,6 +79,43 @@ def benchmark_engine(
         baseline=baseline,
         dataset_fingerprint=benchmark_dataset_fingerprint,
     )
+    rounds = None
+    if champion.re_measure:
+        gates = gates or GateConfig()
+        champion_dir = Path(champion.engine_dir)
+        champion_info = read_engine_info(champion_dir)
+        rounds = run_champion_rounds(
+            open_engine(
+                engine.path,
+                info,
+                engine.content_hash,
+                runtime,
+                tokenizer_dir_of(engine.path, info, checkpoint.path),
+                scratch_dir("server-log") / "challenger-rounds-server.log",
+                model_name,
+                eos_ids=[tokenizer.eos_token_id],
+            ),
+            open_engine(
+                champion_dir,
+                champion_info,
+                champion.engine_content_hash,
+                runtime.model_copy(update={"port": None}),  # two servers at once: the champion's on a free port
+                tokenizer_dir_of(champion_dir, champion_info, checkpoint.path),
+                scratch_dir("server-log") / "champion-rounds-server.log",
+                model_name,
+                eos_ids=[tokenizer.eos_token_id],
+            ),
+            champion.version,
+            requests,
+            workload,
+            LoadPlan.from_config(benchmark),
+            model_name,
+            benchmark.champion_rounds,
+            more_rounds=lambda so_far: rounds_to_add(
+                so_far, gates, benchmark.champion_max_rounds, batch=max(2, benchmark.champion_rounds // 2)
+            ),
+        )
+    results = results.model_copy(update={"champion_plan": champion, "champion_rounds": rounds})
     frames = [records_dataframe(results.engine.records).assign(backend=results.engine.backend)]
     if results.baseline is not None:
         frames.append(records_dataframe(results.baseline.records).assign(backend=results.baseline.backend))
@@ -79,6 +129,7 @@ def benchmark_engine(
             "served_by": results.served_by,
             "engine_content_hash": results.engine_content_hash,
             "benchmark_validation": {"success": validation.success, "rows": validation.checked_rows},
+            "champion": champion.summary_line(rounds.rounds if rounds else None),
         }
     )
     html = render_html(results.engine, baseline=results.baseline, comparison=results.comparison)

@@ -1,3 +1,4 @@
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -7,7 +8,9 @@ from zenml import log_metadata, step
 from zenml.types import HTMLString
 
 from foundry.artifacts import EngineArtifact, HFCheckpoint
+from foundry.builders import load_engine
 from foundry.builders.base import read_engine_info
+from foundry.champion import ProductionEngine, plan_champion
 from foundry.config import EvaluationConfig, RuntimeConfig
 from foundry.generation_quality import evaluate_generation
 from foundry.quality import QualityReport, evaluate_quality, render_quality_html
@@ -25,6 +28,7 @@ def evaluate_engine_quality(
     evaluation: EvaluationConfig,
     runtime: RuntimeConfig,
     model_name: str,
+    production_engine: ProductionEngine | None = None,
 ) -> tuple[
     Annotated[QualityReport, "quality_report"],
     Annotated[HTMLString, "quality_report_html"],
@@ -32,8 +36,15 @@ def evaluate_engine_quality(
 ]:
     """The engine that will be promoted, run the way it serves, against the unquantized HF model on
     held-out windows (never calibration data): teacher-forced where it gives logits (in process),
-    greedy continuations compared for every engine."""
+    greedy continuations compared for every engine. The production engine (the champion), when it
+    runs here in process beside this one, is scored in the same pass on the same windows."""
     info = read_engine_info(engine.path)
+    champion_plan = plan_champion(
+        production_engine or ProductionEngine(model_name=model_name, version=None),
+        info,
+        engine.content_hash,
+        remeasure=True,
+    )
     reference = HFEngine.load(checkpoint.path)
     eos_id = AutoTokenizer.from_pretrained(checkpoint.path).eos_token_id
     windows = torch.from_numpy(evaluation_windows)
@@ -49,8 +60,20 @@ def evaluate_engine_quality(
         model_name,
         eos_ids=[eos_id],
     ) as served:
+        champion, champion_note = None, None
+        if champion_plan.re_measure and served.engine is not None:
+            champion = load_engine(Path(champion_plan.engine_dir))
+        elif champion_plan.re_measure:
+            champion_note = f"this run's engine is {served.served_by}: no logits to compare"
+        elif champion_plan.status == "not_re_measured":
+            champion_note = champion_plan.reason
         report = evaluate_quality(
-            served.engine, reference, windows, data_lineage["evaluation_data_hash"], engine_backend=info["backend"]
+            served.engine,
+            reference,
+            windows,
+            data_lineage["evaluation_data_hash"],
+            engine_backend=info["backend"],
+            champion=champion,
         )
         generation = None
         if prompts:
@@ -65,7 +88,17 @@ def evaluate_engine_quality(
             )
         served.require_alive("the evaluation")
     report = report.model_copy(
-        update={"served_by": served.served_by, "engine_content_hash": engine.content_hash, "generation": generation}
+        update={
+            "served_by": served.served_by,
+            "engine_content_hash": engine.content_hash,
+            "generation": generation,
+            "champion_quality_note": champion_note,
+            "champion_pair": report.champion_pair.model_copy(
+                update={"champion_engine_content_hash": champion_plan.engine_content_hash}
+            )
+            if report.champion_pair
+            else None,
+        }
     )
     headline = {k: v for k, v in report.model_dump(exclude={"generation"}).items() if isinstance(v, float)}
     if generation is not None:

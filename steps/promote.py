@@ -5,6 +5,7 @@ from zenml.enums import ModelStages
 from zenml.types import HTMLString
 
 from foundry.bench.session import BenchmarkResults
+from foundry.champion import ChampionComparison
 from foundry.config import GateConfig
 from foundry.gates import GateDecision, engine_identity_result, evaluate_gates, gate_measurements, render_gates_html
 from foundry.promotion import PromotionResult, finish_pending_move, promote_if_passed
@@ -19,12 +20,14 @@ def gate_and_promote(
     quality_report: QualityReport,
     gates: GateConfig,
     compared_production_version: str = "",
+    champion_comparison: ChampionComparison | None = None,
 ) -> tuple[
     Annotated[PromotionResult, "promotion"],
     Annotated[GateDecision, "gate_decision"],
     Annotated[HTMLString, "gate_report"],
 ]:
-    """Check every gate, and that the benchmark and the evaluation ran on the registered engine; on
+    """Check every gate (the relative ones against the champion re-measured in this run), and that
+    the benchmark and the evaluation ran on the registered engine; on
     pass move MLflow alias `production` and the ZenML model stage together, only if production is
     still the version this run compared against (else it fails: re-run to compare against it)."""
     identity = engine_identity_result(
@@ -36,6 +39,7 @@ def gate_and_promote(
         gates,
         gate_measurements(benchmark_results.headline, quality_report),
         extra_results=[identity] if identity else [],
+        champion=champion_comparison,
     )
     context = get_step_context()
     zenml_model, registry, model_name = context.model, stack_registry(), registered_version["model_name"]
@@ -58,7 +62,8 @@ def gate_and_promote(
             "gate_passed": decision.passed,
             "promoted": result.promoted,
             "gate_results": {
-                r.name: {"threshold": r.condition, "measured": r.measured, "passed": r.passed} for r in decision.results
+                r.name: {"threshold": r.condition, "measured": r.measured, "passed": r.passed, "verdict": r.outcome}
+                for r in decision.results
             },
             "reasons": result.reasons,
         },

@@ -12,8 +12,10 @@ from typing import Callable, ContextManager, Sequence
 from pydantic import BaseModel, ConfigDict
 
 from foundry.bench.metrics import BenchmarkReport, ComparisonRow, compare_reports
+from foundry.bench.rounds import ChampionRounds, run_interleaved_rounds
 from foundry.bench.runner import engine_model_bytes, run_benchmark
 from foundry.bench.workload import Request, WorkloadDescription
+from foundry.champion import ChampionPlan
 from foundry.serving import ServedEngine
 from foundry.summary import benchmark_headline
 
@@ -60,6 +62,9 @@ class BenchmarkResults(BaseModel):
     engine_content_hash: str | None = None
     dataset_fingerprint: str | None = None
     validation: dict | None = None
+    # The production engine: what the run decided about it and, when re-measured, the interleaved rounds.
+    champion_plan: ChampionPlan | None = None
+    champion_rounds: ChampionRounds | None = None
 
 
 def _measure(target, requests, workload, plan: LoadPlan, model_name: str) -> BenchmarkReport:
@@ -116,6 +121,44 @@ def run_session(
         engine_content_hash=opened.engine_content_hash,
         dataset_fingerprint=dataset_fingerprint,
     )
+
+
+def run_champion_rounds(
+    challenger: ContextManager[ServedEngine],
+    champion: ContextManager[ServedEngine],
+    champion_version: str,
+    requests: Sequence[Request],
+    workload: WorkloadDescription,
+    plan: LoadPlan,
+    model_name: str,
+    rounds: int,
+    more_rounds: Callable[[ChampionRounds], int] | None = None,
+) -> ChampionRounds:
+    """The production engine (champion) and this run's (challenger), both open, interleaved in
+    rounds on the same requests at the lowest load: the smallest concurrency level (request-rate
+    mode: one request in flight)."""
+    concurrency = min(plan.concurrency) if plan.mode == "concurrency" else 1
+    with challenger as this_run, champion as production:
+        result = run_interleaved_rounds(
+            this_run.target,
+            production.target,
+            requests,
+            plan.warmup_requests,
+            concurrency,
+            rounds,
+            workload=workload,
+            model_name=model_name,
+            identity={
+                "champion_version": champion_version,
+                "champion_engine_content_hash": production.engine_content_hash,
+                "champion_served_by": production.served_by,
+                "challenger_served_by": this_run.served_by,
+            },
+            more_rounds=more_rounds,
+        )
+        this_run.require_alive("the champion rounds")
+        production.require_alive("the champion rounds")
+    return result
 
 
 @contextlib.contextmanager
