@@ -10,7 +10,7 @@ from foundry.artifacts import EngineArtifact, HFCheckpoint
 from foundry.bench.metrics import records_dataframe
 from foundry.bench.report import render_html
 from foundry.bench.session import BenchmarkResults, LoadPlan, run_champion_rounds, run_session
-from foundry.bench.validation import require_valid_results
+from foundry.bench.results_validation import require_valid_results
 from foundry.bench.workload import workload_from_config
 from foundry.builders.base import read_engine_info
 from foundry.champion import ProductionEngine, plan_champion, rounds_to_add

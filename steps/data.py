@@ -7,7 +7,7 @@ from zenml import log_metadata, step
 from foundry import data
 from foundry.artifacts import HFCheckpoint
 from foundry.config import CalibrationConfig, EvaluationConfig
-from foundry.validation import DataValidationResult, raise_on_failure
+from foundry.data_validation import DataValidationResult, raise_on_failure
 
 
 @step

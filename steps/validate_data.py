@@ -4,7 +4,7 @@ from transformers import AutoTokenizer
 from zenml import log_metadata, step
 from zenml.types import HTMLString
 
-from foundry import data, validation
+from foundry import data, data_validation
 from foundry.artifacts import HFCheckpoint
 from foundry.config import CalibrationConfig
 
@@ -19,8 +19,8 @@ def validate_calibration_data(
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
     documents = data.load_documents(calibration.source, calibration.path, calibration.field, calibration.hf_split)
     evaluation_paragraphs = data.builtin_evaluation_paragraph_hashes()
-    frame = validation.documents_frame(documents, tokenizer, evaluation_paragraphs)
-    result = validation.validate_calibration_documents(
+    frame = data_validation.documents_frame(documents, tokenizer, evaluation_paragraphs)
+    result = data_validation.validate_calibration_documents(
         frame,
         tokens_needed=calibration.calibration_windows_needed * calibration.seq_len,
         max_duplicate_rate=calibration.max_duplicate_rate,
@@ -28,4 +28,4 @@ def validate_calibration_data(
         max_text_chars=calibration.max_text_chars,
     )
     log_metadata(metadata={"calibration_data_validation": result.as_metadata()})
-    return result.to_dict(), HTMLString(validation.render_validation_html(result))
+    return result.to_dict(), HTMLString(data_validation.render_validation_html(result))

@@ -363,7 +363,7 @@ def test_records_csv_carries_derived_metrics_and_round_trips(tmp_path):
 
 
 def test_results_validation_passes_clean_runs_and_names_each_problem():
-    from foundry.bench.validation import validate_benchmark_results
+    from foundry.bench.results_validation import validate_benchmark_results
 
     good = records_dataframe(SLO_RECORDS[:3]).assign(backend="x")
     assert validate_benchmark_results(good).success

@@ -12,14 +12,14 @@ from foundry.data import (
     normalize_text,
     paragraphs,
 )
-from foundry.errors import FoundryError
-from foundry.validation import (
+from foundry.data_validation import (
     DataValidationResult,
     documents_frame,
     raise_on_failure,
     render_validation_html,
     validate_calibration_documents,
 )
+from foundry.errors import FoundryError
 
 BOUNDS = {"max_duplicate_rate": 0.05, "min_text_chars": 5, "max_text_chars": 200_000}
 
