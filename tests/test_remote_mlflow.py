@@ -117,9 +117,10 @@ def test_mlflow_model_source_without_tracking_uri_resolves_in_the_stack_registry
     step both ask that registry, never the local SQLite one. Preflight only looks (nothing is
     downloaded); the step fetches, checks and hashes the checkpoint once. Without a registry to
     ask, preflight says how to give one."""
+    import importlib
+
     import yaml
 
-    import steps.resolve_source as resolve_step
     from foundry.checkpoint import source_fingerprint
     from foundry.config import BuildConfig, CalibrationConfig, CheckpointSource
     from foundry.errors import FoundryError
@@ -146,6 +147,7 @@ def test_mlflow_model_source_without_tracking_uri_resolves_in_the_stack_registry
     with pytest.raises(FoundryError, match="needs a registry; set model.source.tracking_uri"):
         run_preflight(config_file, base_dir=tmp_path)
 
+    resolve_step = importlib.import_module("steps.resolve_source")  # the module (steps/ exports the step by that name)
     monkeypatch.setattr(resolve_step, "stack_tracking_uri", lambda: server)
     logged = []
     monkeypatch.setattr(resolve_step, "log_metadata", lambda metadata: logged.append(metadata))
