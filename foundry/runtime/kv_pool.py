@@ -94,6 +94,12 @@ class KVPool:
         values = self.values[layer][slot : slot + 1, :, :end]
         return self._load(layer, keys), self._load(layer, values)
 
+    def write_slots(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Prompts of several requests from position 0: keys/values [n, kv_heads, seq, head_size]."""
+        seq_len = keys.shape[2]
+        self.keys[layer][slots, :, :seq_len] = self._store(layer, keys)
+        self.values[layer][slots, :, :seq_len] = self._store(layer, values)
+
     def write_rows(self, layer: int, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Decode: row b (= slot b) writes its one new key/value [rows, kv_heads, head_size] at positions[b]."""
         rows = torch.arange(keys.shape[0], device=keys.device)
@@ -105,9 +111,3 @@ class KVPool:
         keys = self.keys[layer][:rows, :, :kv_len]
         values = self.values[layer][:rows, :, :kv_len]
         return self._load(layer, keys), self._load(layer, values)
-
-    def move_slot(self, source: int, target: int, length: int) -> None:
-        """Copy one request's context to another slot (compaction)."""
-        for layer in range(self.shape.num_layers):
-            self.keys[layer][target, :, :length] = self.keys[layer][source, :, :length]
-            self.values[layer][target, :, :length] = self.values[layer][source, :, :length]

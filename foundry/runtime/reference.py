@@ -120,8 +120,14 @@ class DecoderLayer:
         bias = tensors.get(f"{prefix}.attention.qkv.bias")
         self.qkv_bias = bias.to(compute_dtype) if config.qkv_bias and bias is not None else None
         self.dense = make_linear(f"{prefix}.attention.dense")
-        self.fc = make_linear(f"{prefix}.mlp.fc")  # HF gate_proj: the SiLU-activated branch
-        self.gate = make_linear(f"{prefix}.mlp.gate")  # HF up_proj: the linear branch
+        # On CUDA the two MLP input GEMMs run as one when their quantization allows (same input
+        # codes): one weight read and one launch fewer per layer. CPU keeps them apart (tests read them).
+        self.fc_gate = (
+            _fused_fc_gate(config, tensors, prefix, compute_dtype) if _tensors_device(tensors).type == "cuda" else None
+        )
+        self.fc = None if self.fc_gate else make_linear(f"{prefix}.mlp.fc")  # HF gate_proj: the SiLU branch
+        self.gate = None if self.fc_gate else make_linear(f"{prefix}.mlp.gate")  # HF up_proj: the linear branch
+        self.intermediate_size = config.intermediate_size
         self.proj = make_linear(f"{prefix}.mlp.proj")  # HF down_proj
         self.q_width = config.num_heads * config.head_size
         self.kv_width = config.num_kv_heads * config.head_size
@@ -153,7 +159,14 @@ class DecoderLayer:
         batch, _, seq_len, _ = attended.shape
         x = x + self.dense(attended.transpose(1, 2).reshape(batch, seq_len, self.q_width))
         h = rms_norm(x, self.post_norm, self.config.norm_epsilon)
-        return x + self.proj(F.silu(self.fc(h)) * self.gate(h))
+        if self.fc_gate is not None:
+            activated, linear = self.fc_gate(h).split(self.intermediate_size, dim=-1)
+        else:
+            activated, linear = self.fc(h), self.gate(h)
+        return x + self.proj(F.silu(activated) * linear)
+
+    def linears(self) -> list:
+        return [m for m in (self.qkv, self.dense, self.fc_gate, self.fc, self.gate, self.proj) if m is not None]
 
     def forward_full(self, x: torch.Tensor, rotary: "RotaryTable") -> torch.Tensor:
         """Whole sequences from position 0, no cache (scoring)."""
@@ -176,6 +189,16 @@ class DecoderLayer:
             query_positions = torch.arange(start, start + seq_len, device=x.device)
             allowed = torch.arange(start + seq_len, device=x.device)[None, :] <= query_positions[:, None]
             attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=True)
+        return self._finish(x, attended)
+
+    def forward_prefill_batch(self, x: torch.Tensor, rotary: "RotaryTable", pool: KVPool, slots: torch.Tensor):
+        """Whole prompts of several requests from position 0, right-padded to one length. Padding
+        columns land in the pool past each prompt, where decode overwrites them before it reads."""
+        q, k, v = self._qkv(x)
+        q, k = rotary.apply(q, 0), rotary.apply(k, 0)
+        pool.write_slots(self.index, slots, k, v)
+        keys, values = self._round_trip_kv(k), self._round_trip_kv(v)  # what the pool now holds
+        attended = F.scaled_dot_product_attention(q, keys, values, is_causal=x.shape[1] > 1, enable_gqa=True)
         return self._finish(x, attended)
 
     def forward_decode(
@@ -215,6 +238,42 @@ def _require_unit_scale_to_int(tensors: dict[str, torch.Tensor], prefix: str) ->
                 f"tensor {prefix}.{norm}.scale_to_int = {value.tolist()} not supported by the reference backend "
                 "(per-token SmoothQuant needs [1.0]); use the trtllm builder"
             )
+
+
+def _tensors_device(tensors: dict[str, torch.Tensor]) -> torch.device:
+    return next(iter(tensors.values())).device
+
+
+def _fused_fc_gate(config: LlamaCheckpointConfig, tensors: dict[str, torch.Tensor], prefix: str, compute_dtype):
+    """fc and gate as one linear [2 × intermediate, hidden], or None where their activation
+    quantization differs (then fusing would change the integer codes)."""
+    fc, gate = f"{prefix}.mlp.fc", f"{prefix}.mlp.gate"
+    fused = f"{prefix}.mlp.fc_gate"
+
+    def same(suffix: str) -> bool:
+        return torch.equal(tensors[f"{fc}.{suffix}"], tensors[f"{gate}.{suffix}"])
+
+    def cat(suffix: str, dim: int = 0) -> torch.Tensor:
+        return torch.cat([tensors[f"{fc}.{suffix}"], tensors[f"{gate}.{suffix}"]], dim=dim)
+
+    if config.quant_algo is None:
+        return FloatLinear(cat("weight"), compute_dtype)
+    if config.quant_algo == SMOOTHQUANT_PER_TOKEN:  # smoothing folded into the norm: same codes
+        parts = {f"{fused}.weight": cat("weight"), f"{fused}.per_channel_scale": cat("per_channel_scale", 1)}
+        return SmoothQuantPerTokenLinear(parts, fused, compute_dtype)
+    if (
+        config.quant_algo == SMOOTHQUANT_PER_CHANNEL
+        and same("activation_scaling_factor")
+        and same("prequant_scaling_factor")
+    ):
+        parts = {
+            f"{fused}.weight": cat("weight"),
+            f"{fused}.weights_scaling_factor": cat("weights_scaling_factor"),
+            f"{fused}.activation_scaling_factor": tensors[f"{fc}.activation_scaling_factor"],
+            f"{fused}.prequant_scaling_factor": tensors[f"{fc}.prequant_scaling_factor"],
+        }
+        return SmoothQuantLinear(parts, fused, compute_dtype)
+    return None
 
 
 def _linear_factory(config: LlamaCheckpointConfig, tensors: dict[str, torch.Tensor], compute_dtype):
@@ -321,6 +380,19 @@ class ReferenceEngine:
         # lm_head only on the last position: the vocab GEMM is the costliest one here
         return self.lm_head(self._final(x[:, -1])).argmax(dim=-1)[0]
 
+    def prefill_batch(self, pool: KVPool, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """Whole prompts of several requests in one forward; the greedy next token of each [n]."""
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        ids = torch.zeros((len(prompts), max(len(p) for p in prompts)), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = torch.tensor(prompt)
+        x = F.embedding(ids.to(self.device), self.embedding)
+        slot_index = torch.tensor(slots, device=self.device)
+        for layer in self.layers:
+            x = layer.forward_prefill_batch(x, self.rotary, pool, slot_index)
+        last = x[torch.arange(len(prompts), device=self.device), lengths - 1]
+        return self.lm_head(self._final(last)).argmax(dim=-1)
+
     def decode(self, pool: KVPool, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
         """One greedy step for rows 0..len(tokens)-1 (= pool slots) reading kv_len cached columns.
         Pure tensor code: no host sync, fixed shapes, so it can be graphed or compiled."""
@@ -330,6 +402,23 @@ class ReferenceEngine:
         for layer in self.layers:
             x = layer.forward_decode(x, cos, sin, pool, positions, allowed)
         return self.lm_head(self._final(x[:, 0])).argmax(dim=-1)
+
+    def weight_bytes(self) -> int:
+        """Bytes one decode step reads for the weights (as stored on the device)."""
+        tensors = [self.embedding, self.final_norm]
+        if self.lm_head.weight is not self.embedding:
+            tensors.append(self.lm_head.weight)
+        for layer in self.layers:
+            tensors += [layer.input_norm, layer.post_norm]
+            for linear in layer.linears():
+                tensors.append(getattr(linear, "weight", None) if hasattr(linear, "weight") else linear.weight_int8)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V one token of context holds in the pool (1 per element when quantized)."""
+        config = self.config
+        element = 1 if config.kv_cache_quant_algo else torch.empty(0, dtype=self.compute_dtype).element_size()
+        return 2 * config.num_layers * config.num_kv_heads * config.head_size * element
 
     # --- serving: everything goes through the one scheduler --------------------------------------
 

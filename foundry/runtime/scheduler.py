@@ -40,6 +40,7 @@ class EngineOptions:
     graph_batch_sizes: tuple[int, ...] = ()  # decode batch buckets; () = powers of two and steps of 8..
     torch_compile: bool = False  # CUDA only: compile the decode step (inductor) before capturing it
     kv_cache_memory_fraction: float | None = None  # CUDA only: size the slots from free GPU memory
+    batch_prefill: bool | None = None  # whole short prompts prefilled together; None = on CUDA only
 
     def resolved_max_seq_len(self, checkpoint_max_positions: int) -> int:
         return min(self.max_seq_len or 2048, checkpoint_max_positions)
@@ -104,6 +105,8 @@ class BatchScheduler:
         self.slots = self._slot_count(model, options)
         self.pool = model.new_pool(self.slots)
         self.runner = DecodeRunner(model, self.pool, options)
+        on_cuda = model.device.type == "cuda"
+        self.batch_prefill = on_cuda if options.batch_prefill is None else options.batch_prefill
         self._free_slots = list(range(self.slots))
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._running: list[GenerationRequest] = []
@@ -220,11 +223,24 @@ class BatchScheduler:
 
     def _prefill(self) -> None:
         budget = self.options.prefill_chunk_tokens
-        for request in self._running:
+        pending = [r for r in self._running if not r.decoding and not r._cancelled and not r.error]
+        if self.batch_prefill:  # fresh prompts that fit this iteration's budget whole: one forward
+            fresh = []
+            for request in pending:
+                if request.prefilled == 0 and len(request.prompt) <= budget:
+                    fresh.append(request)
+                    budget -= len(request.prompt)
+            if len(fresh) > 1:
+                next_tokens = self.model.prefill_batch(self.pool, [r.slot for r in fresh], [r.prompt for r in fresh])
+                for request, token in zip(fresh, next_tokens.tolist()):
+                    request.prefilled = len(request.prompt)
+                    self._emit(request, int(token))
+                pending = [r for r in pending if r not in fresh]
+            else:
+                budget = self.options.prefill_chunk_tokens
+        for request in pending:
             if budget <= 0:
                 return
-            if request.decoding or request._cancelled or request.error:
-                continue
             start = request.prefilled
             chunk = request.prompt[start : start + budget]
             next_token = self.model.prefill(self.pool, request.slot, chunk, start)
