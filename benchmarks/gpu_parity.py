@@ -153,22 +153,26 @@ def operator_parity(cpu: ReferenceEngine, cuda: ReferenceEngine, hidden: torch.T
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gguf", type=Path, required=True, help="where the joined GGUF is (or goes)")
+    parser.add_argument("--gguf", type=Path, help="where the joined GGUF is (or goes)")
     parser.add_argument("--gguf-parts", type=Path, nargs="*", default=[])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--kernels-only", action="store_true", help="only the int8 GEMM check (no GGUF needed)")
+    parser.add_argument("--skip-kernels", action="store_true")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    kernel_lines = [] if args.skip_kernels else check_int8_kernel()
+    print("\n".join(kernel_lines), flush=True)
+    (args.out / "int8_kernel.md").write_text("\n".join(kernel_lines) + "\n")
+    if args.kernels_only:
+        return 0
     if args.gguf_parts:
         args.gguf.parent.mkdir(parents=True, exist_ok=True)
         with args.gguf.open("wb") as joined:
             for part in args.gguf_parts:
                 with part.open("rb") as piece:
                     shutil.copyfileobj(piece, joined)
-    args.out.mkdir(parents=True, exist_ok=True)
-    kernel_lines = check_int8_kernel()
-    print("\n".join(kernel_lines), flush=True)
-    (args.out / "int8_kernel.md").write_text("\n".join(kernel_lines) + "\n")
     tokenizer, model = load_model(args.gguf)
     text_ids = torch.tensor([tokenizer(TEXT)["input_ids"]])
     amax = calibrate_amax(model, text_ids)
