@@ -433,6 +433,12 @@ class BenchmarkConfig(_Strict):
     output_len: LengthRange = LengthRange(min=16, max=32)
     concurrency: list[int] = Field(default=[1, 2], min_length=1)
     baseline: bool = Field(default=True, description="run the same workload on HF transformers")
+    baseline_batching: Literal["per_request", "static_batch"] = Field(
+        default="static_batch",
+        description="how the HF baseline serves concurrent requests: static_batch (one left-padded model.generate "
+        "per batch, HF at its best at concurrency > 1; a lone request is a batch of 1) or per_request "
+        "(one batch-1 model.generate per request, in concurrent threads)",
+    )
     mode: Literal["concurrency", "request_rate"] = Field(
         default="concurrency",
         description="concurrency: N clients, one request in flight each; "

@@ -9,13 +9,13 @@ from zenml.types import HTMLString
 from foundry.artifacts import EngineArtifact, HFCheckpoint
 from foundry.bench.metrics import records_dataframe
 from foundry.bench.report import render_html
-from foundry.bench.session import BenchmarkResults, LoadPlan, run_champion_rounds, run_session
 from foundry.bench.results_validation import require_valid_results
+from foundry.bench.session import BenchmarkResults, LoadPlan, run_champion_rounds, run_session
 from foundry.bench.workload import workload_from_config
 from foundry.builders.base import read_engine_info
 from foundry.champion import ProductionEngine, plan_champion, rounds_to_add
 from foundry.config import BenchmarkConfig, GateConfig, RuntimeConfig
-from foundry.runtime.hf import HFEngine
+from foundry.runtime.hf import HFEngine, static_batch_size_for
 from foundry.serving import open_engine, server_log_text, tokenizer_dir_of
 from foundry.state import scratch_dir
 
@@ -69,7 +69,17 @@ def benchmark_engine(
         model_name,
         eos_ids=[tokenizer.eos_token_id],
     )
-    baseline = (lambda: HFEngine.load(checkpoint.path)) if benchmark.baseline else None
+    baseline = (
+        (
+            lambda: HFEngine.load(
+                checkpoint.path,
+                batching=benchmark.baseline_batching,
+                max_batch_size=static_batch_size_for(benchmark.concurrency, benchmark.max_concurrency),
+            )
+        )
+        if benchmark.baseline
+        else None
+    )
     results = run_session(
         served,
         requests,

@@ -54,6 +54,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--endpoint-model", help="`model` field sent to --endpoint")
     parser.add_argument("--endpoint-vocab-size", type=int, help="vocab size for synthetic prompts sent to --endpoint")
     parser.add_argument("--baseline-hf-dir", type=Path, help="also run the same workload on HF transformers")
+    parser.add_argument(
+        "--baseline-batching",
+        choices=["per_request", "static_batch"],
+        default="static_batch",
+        help="how HF transformers (--baseline-hf-dir, --hf-dir) serves concurrent requests: static_batch "
+        "(left-padded batches in one model.generate; HF at its best) or per_request (a batch-1 "
+        "model.generate per request, in threads)",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(
         "--hf-dtype",
@@ -91,10 +99,20 @@ def load_reference_engine(engine_dir: Path, device: str, dtype_name: str = "floa
     return ReferenceEngine.load(engine_dir, compute_dtype=_DTYPES[dtype_name], device=device)
 
 
-def load_hf_engine(hf_dir: Path, device: str, dtype_name: str):
+def load_hf_engine(hf_dir: Path, device: str, dtype_name: str, batching: str = "per_request", max_batch_size: int = 32):
     from foundry.runtime.hf import HFEngine
 
-    return HFEngine.load(hf_dir, dtype=_DTYPES[dtype_name], device=device)
+    return HFEngine.load(
+        hf_dir, dtype=_DTYPES[dtype_name], device=device, batching=batching, max_batch_size=max_batch_size
+    )
+
+
+def load_hf_engine_for(args: argparse.Namespace, hf_dir: Path):
+    """The HF engine of the command line, batching as --baseline-batching says, every load level in one batch."""
+    from foundry.runtime.hf import static_batch_size_for
+
+    max_batch_size = static_batch_size_for(args.concurrency, args.max_concurrency)
+    return load_hf_engine(hf_dir, args.device, args.hf_dtype, args.baseline_batching, max_batch_size)
 
 
 def engine_vocab_size(engine) -> int:
@@ -129,11 +147,14 @@ def format_summary(report: BenchmarkReport) -> str:
             else "no level meets it"
         )
         lines.append(f"max throughput within SLO {report.slo.model_dump(exclude_none=True)}: {best}")
+    if report.batching is not None:
+        lines.append(f"{report.backend} batching: {report.batching}")
     return "\n".join(lines)
 
 
 def format_comparison(rows: Sequence[ComparisonRow]) -> str:
-    lines = ["concurrency  speedup_output_tok_s  ttft_p50_ratio  tpot_p50_ratio   (engine / baseline)"]
+    baseline = f"{rows[0].baseline_backend} {rows[0].baseline_batching or ''}".strip() if rows else "baseline"
+    lines = [f"concurrency  speedup_output_tok_s  ttft_p50_ratio  tpot_p50_ratio   (engine / baseline {baseline})"]
     for r in rows:
         lines.append(
             f"{(r.concurrency if r.request_rate is None else f'{r.request_rate:g}/s'):>11}  {r.speedup_output_tok_s or float('nan'):>20.2f}"
@@ -268,7 +289,7 @@ def _target(args: argparse.Namespace):
     if args.engine_dir is not None:
         engine, name = load_reference_engine(args.engine_dir, args.device, args.hf_dtype), args.engine_dir.name
     else:
-        engine, name = load_hf_engine(args.hf_dir, args.device, args.hf_dtype), args.hf_dir.name
+        engine, name = load_hf_engine_for(args, args.hf_dir), args.hf_dir.name
     return already_open(engine), name, engine_vocab_size(engine), getattr(engine, "special_token_ids", ())
 
 
@@ -283,7 +304,7 @@ def run(args: argparse.Namespace) -> tuple[BenchmarkReport, BenchmarkReport | No
     requests, workload = build_workload(args, vocab_size, special_ids)
 
     def baseline():
-        engine = load_hf_engine(args.baseline_hf_dir, args.device, args.hf_dtype)
+        engine = load_hf_engine_for(args, args.baseline_hf_dir)
         if engine_vocab_size(engine) != vocab_size:
             raise FoundryError(
                 f"baseline vocab_size {engine_vocab_size(engine)} != engine vocab_size "

@@ -182,6 +182,9 @@ class BenchmarkReport(BaseModel):
     target: str | None = None  # "in-process" or the endpoint URL
     served_by: str | None = None  # "trtllm-serve 1.2.1 (TensorRT backend)", "in-process reference", a command
     engine_content_hash: str | None = None  # the engine artifact these numbers belong to
+    # How an in-process HF engine served concurrent requests: "per_request" or "static_batch"
+    # (foundry/runtime/hf.py); None for engines without that choice.
+    batching: str | None = None
     # time.perf_counter() (CLOCK_MONOTONIC) at the records' time origin: aligns them with a server's
     # log or telemetry taken on the same host.
     clock_epoch_s: float | None = None
@@ -206,6 +209,7 @@ class ComparisonRow(BaseModel):
     request_rate: float | None = None
     engine_backend: str
     baseline_backend: str
+    baseline_batching: str | None = None  # BenchmarkReport.batching of the baseline
     engine_output_tok_s: float
     baseline_output_tok_s: float
     speedup_output_tok_s: float | None  # engine / baseline
@@ -423,6 +427,7 @@ def compare_reports(engine: BenchmarkReport, baseline: BenchmarkReport) -> list[
                 request_rate=level.request_rate,
                 engine_backend=engine.backend,
                 baseline_backend=baseline.backend,
+                baseline_batching=baseline.batching,
                 engine_output_tok_s=level.output_token_throughput_tok_s,
                 baseline_output_tok_s=base.output_token_throughput_tok_s,
                 speedup_output_tok_s=_ratio(level.output_token_throughput_tok_s, base.output_token_throughput_tok_s),

@@ -100,7 +100,9 @@ def _percentile_table(level: LevelSummary) -> str:
 
 def _report_section(report: BenchmarkReport, role: str) -> str:
     parts = [
-        f"<h2>{_esc(role)}: backend <code>{_esc(report.backend)}</code>, model {_esc(report.model)}</h2>",
+        f"<h2>{_esc(role)}: backend <code>{_esc(report.backend)}</code>, model {_esc(report.model)}"
+        + (f", batching <code>{_esc(report.batching)}</code>" if report.batching else "")
+        + "</h2>",
         _levels_table(report),
     ]
     for level in report.levels:
@@ -139,6 +141,8 @@ def _comparison_section(rows: Sequence[ComparisonRow]) -> str:
         f"{_esc(engine)} produces more output tokens per second; latency ratios &lt; 1 mean "
         f"{_esc(engine)} is faster.</p>"
     )
+    if rows and rows[0].baseline_batching:
+        note += f"<p class='note'>The baseline served concurrent requests <code>{_esc(rows[0].baseline_batching)}</code>.</p>"
     return f"<h2>Comparison ({_esc(engine)} vs {_esc(baseline)})</h2>{note}{_table(headers, table_rows)}"
 
 

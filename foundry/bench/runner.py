@@ -396,6 +396,7 @@ def run_benchmark(
         telemetry=telemetry_summary.model_dump() if telemetry_summary is not None else None,
         model_bytes=model_bytes,
         target=getattr(engine, "url", None) or "in-process",
+        batching=engine.batching if isinstance(getattr(engine, "batching", None), str) else None,
         clock_epoch_s=epoch_s,
         records=all_records,
     )

@@ -8,12 +8,17 @@ Two ways to serve concurrent requests (`batching`):
 * ``static_batch``: HF at its best under concurrency. Concurrent `generate` calls are queued; one
   worker thread takes up to `max_batch_size` of them, left-pads them (with an attention mask) and
   runs them together in ONE `model.generate`. A batch is launched when it holds as many requests as
-  were in flight during the previous batch (in a closed loop of N clients: N), or
-  `batch_window_ms` after its first request arrived, whichever is first; requests that arrive while a
-  batch runs wait for the next one (static batching: no request joins a running batch). Requests of
-  one batch may ask for different output lengths: the batch generates the longest and each request
-  is truncated to its own length; its caller returns as soon as its last token is streamed (its
-  slot stays busy until the batch ends, as in any static batch).
+  were in flight during the previous batch (in a closed loop of N clients: N) and no request came
+  for `batch_quiet_ms`, or `batch_window_ms` after its first request arrived (StaticBatcher);
+  requests that arrive while a batch runs wait for the next one (static batching: no request joins
+  a running batch). A lone request is a batch of 1, the same `model.generate` as per_request.
+  Requests of one batch may ask for different output lengths: the batch generates the longest and
+  each request is truncated to its own length; its caller returns as soon as its last token is
+  streamed (its slot stays busy until the batch ends, as in any static batch). Greedy tokens equal
+  per_request's: the attention mask keeps padding out of attention and out of the position ids.
+
+`HFEngine` defaults to per_request (quality evaluation and scripts call it one request at a time);
+the benchmark's baseline defaults to static_batch (`benchmark.baseline_batching`, `--baseline-batching`).
 """
 
 from __future__ import annotations
@@ -146,26 +151,36 @@ def generate_static_batch(model, device: torch.device, requests: Sequence[BatchR
 class StaticBatcher:
     """Collects concurrent requests into static batches run one at a time by a worker thread.
 
+    A batch is launched when it is full (`max_batch_size`); or when it holds as many requests as
+    were in flight since the previous launch and none has arrived for `batch_quiet_ms` (the quiet
+    period lets a burst of simultaneous arrivals, e.g. N clients starting together, land in one
+    batch even when the previous batch was smaller); or `batch_window_ms` after its first request
+    arrived, whatever it holds.
+
     The worker starts with the first request and exits after `idle_exit_s` without one, so an
-    engine nobody uses holds no thread (and the thread does not keep the model alive)."""
+    engine nobody uses holds no thread (and no reference to the model). It is not a daemon: at
+    interpreter exit it finishes its batch and leaves within `idle_exit_s`."""
 
     def __init__(
         self,
         run_batch: Callable[[list[BatchRequest]], None],
         max_batch_size: int,
         batch_window_ms: float,
-        idle_exit_s: float = 1.0,
+        batch_quiet_ms: float = 2.0,
+        idle_exit_s: float = 0.5,
     ):
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_ms / 1e3
+        self.batch_quiet_s = batch_quiet_ms / 1e3
         self.idle_exit_s = idle_exit_s
         self._condition = threading.Condition()
         self._queue: list[BatchRequest] = []
         self._in_flight = 0  # callers inside run(): queued or in the running batch
-        # In flight since the last launch: how many requests the next batch waits for. The first
-        # batch has no history, so it waits for a full batch or the window.
+        # The most in flight since the last launch: how many requests the next batch waits for.
+        # The first batch has no history, so it waits for a full batch or the window.
         self._peak_in_flight = max_batch_size
+        self._last_arrival_s = 0.0
         self._worker: threading.Thread | None = None
         self.batch_sizes: list[int] = []  # every launched batch's size, for tests and diagnostics
 
@@ -174,9 +189,10 @@ class StaticBatcher:
         with self._condition:
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+            self._last_arrival_s = request.arrival_s
             self._queue.append(request)
             if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="hf-static-batch", daemon=True)
+                self._worker = threading.Thread(target=self._work, name="hf-static-batch")
                 self._worker.start()
             self._condition.notify_all()
         try:
@@ -198,18 +214,22 @@ class StaticBatcher:
                         FoundryError(f"the batch ended after {len(request.tokens)} of {request.max_new_tokens} tokens")
                     )
 
+    def _launch_wait_s(self, now_s: float) -> float:
+        """Seconds until the queued requests should launch as a batch (<= 0: now). Lock held."""
+        if len(self._queue) >= self.max_batch_size:
+            return 0.0
+        window_end_s = self._queue[0].arrival_s + self.batch_window_s
+        if len(self._queue) < min(self.max_batch_size, self._peak_in_flight):
+            return window_end_s - now_s
+        return min(window_end_s, self._last_arrival_s + self.batch_quiet_s) - now_s
+
     def _next_batch(self) -> list[BatchRequest] | None:
         with self._condition:
             if not self._condition.wait_for(lambda: self._queue, timeout=self.idle_exit_s):
                 self._worker = None
                 return None
-            target = max(1, min(self.max_batch_size, self._peak_in_flight))
-            deadline_s = self._queue[0].arrival_s + self.batch_window_s
-            while len(self._queue) < target:
-                remaining_s = deadline_s - time.perf_counter()
-                if remaining_s <= 0:
-                    break
-                self._condition.wait(remaining_s)
+            while (wait_s := self._launch_wait_s(time.perf_counter())) > 0:
+                self._condition.wait(wait_s)
             batch = self._queue[: self.max_batch_size]
             del self._queue[: self.max_batch_size]
             self._peak_in_flight = self._in_flight
@@ -248,13 +268,16 @@ class HFEngine:
         batching: Batching = "per_request",
         max_batch_size: int = 32,
         batch_window_ms: float = 20.0,
+        batch_quiet_ms: float = 2.0,
     ):
         if batching not in BATCHING_MODES:
             raise FoundryError(f"batching {batching!r}: use one of {BATCHING_MODES}")
         if max_batch_size < 1:
             raise FoundryError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if not batch_window_ms >= 0:
-            raise FoundryError(f"batch_window_ms must be >= 0, got {batch_window_ms}")
+        if not (batch_window_ms >= 0 and batch_quiet_ms >= 0):
+            raise FoundryError(
+                f"batch_window_ms and batch_quiet_ms must be >= 0, got {batch_window_ms}, {batch_quiet_ms}"
+            )
         self.model = model
         self.device = device
         self.name = name
@@ -265,7 +288,9 @@ class HFEngine:
         model.generation_config = self._greedy_generation_config(model)
         self.special_token_ids = _special_token_ids(model.config, model.generation_config)
         self.batcher = (
-            StaticBatcher(functools.partial(generate_static_batch, model, device), max_batch_size, batch_window_ms)
+            StaticBatcher(
+                functools.partial(generate_static_batch, model, device), max_batch_size, batch_window_ms, batch_quiet_ms
+            )
             if batching == "static_batch"
             else None
         )
