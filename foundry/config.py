@@ -243,6 +243,31 @@ class CalibrationConfig(TextDataConfig):
         return self.quantization != "none" or self.kv_cache != "none"
 
 
+class TaskConfig(_Strict):
+    """One task-accuracy task run through lm-evaluation-harness (the `[tasks]` extra) on the engine
+    and on the unquantized model, from local files only (nothing is downloaded).
+
+    `format`: `multiple_choice` — a JSONL file of {"question", "choices": [...], "answer": index}
+    rows, scored by loglikelihood (metric `acc`); `generation` — a JSONL file of {"prompt", "answer"}
+    rows, greedy-generated until one of `stop_strings` (metric `exact_match`, case and punctuation ignored);
+    `lm_eval` — an lm-eval task YAML whose dataset is local (`dataset_path: json|csv|parquet|text` with
+    `dataset_kwargs.data_files` relative to the YAML, or a local dataset directory)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the task's name in reports and gates")
+    path: str = Field(min_length=1, description="the JSONL file (multiple_choice, generation) or the task YAML")
+    format: Literal["multiple_choice", "generation", "lm_eval"] = "multiple_choice"
+    metric: str | None = Field(
+        default=None,
+        description="per-item 0/1 metric to score and pair (null: acc, exact_match, or the YAML's first metric)",
+    )
+    num_fewshot: int = Field(default=0, ge=0, le=64)
+    limit: int | None = Field(default=None, ge=2, description="score only the first N items (null: all)")
+    max_gen_toks: int = Field(default=32, ge=1, le=4096, description="generation: most new tokens per item")
+    stop_strings: list[str] = Field(
+        default=["\n"], min_length=1, description="generation: text that ends an answer (the answer is cut before it)"
+    )
+
+
 class EvaluationConfig(TextDataConfig):
     """Held-out text. `num_samples` windows score teacher-forced quality where the engine gives logits
     (the reference backend in process). The first `generation_prompts` windows also give prompts of
@@ -260,6 +285,10 @@ class EvaluationConfig(TextDataConfig):
     top_logprobs: int = Field(
         default=5, ge=0, le=20, description="per-token logprobs asked from the server for the KLD (0 = none)"
     )
+    tasks: list[TaskConfig] = Field(
+        default=[],
+        description="task accuracy through lm-evaluation-harness (pip install -e .[tasks]), engine vs unquantized model",
+    )
 
     @model_validator(mode="after")
     def _prompts_fit(self) -> "EvaluationConfig":
@@ -275,6 +304,25 @@ class EvaluationConfig(TextDataConfig):
         if self.generation_prompts and self.generation_prompt_len >= self.seq_len:
             raise ValueError(f"generation_prompt_len ({self.generation_prompt_len}) must be < seq_len ({self.seq_len})")
         return self
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names_unique(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        names = [task.name for task in tasks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"task names must be unique; {', '.join(repeated)} given more than once")
+        return tasks
+
+    def with_task_paths_resolved(self, base_dir: Path) -> "EvaluationConfig":
+        """Each task's path made absolute against `base_dir` (the caller's working directory)."""
+        tasks = [
+            task.model_copy(update={"path": str(base_dir / Path(task.path).expanduser())})
+            if not Path(task.path).expanduser().is_absolute()
+            else task.model_copy(update={"path": str(Path(task.path).expanduser())})
+            for task in self.tasks
+        ]
+        return self.model_copy(update={"tasks": tasks})
 
 
 class BuildConfig(_Strict):
@@ -518,6 +566,16 @@ class GateConfig(_Strict):
         default={"mean_kld": 0.01, "top1_agreement": 0.01},
         description="how much worse than the champion: mean_kld in nats/token more, top1_agreement as a fraction less",
     )
+    # Task accuracy (evaluation.tasks), per task against the unquantized model on the same items.
+    min_task_score_pct_of_reference: float | None = Field(
+        default=99.0,
+        gt=0.0,
+        le=100.0,
+        description="task score >= this % of the unquantized model's, judged on the interval's lower bound (MLPerf: 99)",
+    )
+    max_task_flips: int | None = Field(
+        default=None, ge=0, description="items whose correctness differs from the unquantized model's, per task"
+    )
     confidence: float = Field(default=0.95, ge=0.5, lt=1.0, description="of every champion/challenger interval")
     on_inconclusive: Literal["fail", "more_rounds"] = Field(
         default="fail", description="more_rounds: measure more rounds up to benchmark.champion_max_rounds, then decide"
@@ -611,6 +669,7 @@ class FoundryConfig(_Strict):
                 "calibration": calibration,
                 "benchmark": self.benchmark.model_copy(update={"dataset": absolute(self.benchmark.dataset)}),
                 "build": self.build.model_copy(update={"timing_cache_dir": absolute(self.build.timing_cache_dir)}),
+                "evaluation": self.evaluation.with_task_paths_resolved(base_dir),
             }
         )
 

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from foundry.champion import ChampionComparison
 from foundry.config import GateConfig
 from foundry.quality import QualityReport
+from foundry.stats import non_inferiority, score_ratio_interval
+from foundry.task_accuracy import TaskAccuracyReport
 
 
 class GateResult(BaseModel):
@@ -108,6 +110,7 @@ def gate_measurements(benchmark_headline: dict, quality: QualityReport) -> dict[
         "continuation_perplexity_ratio": generation.continuation_perplexity_ratio if generation else None,
         "exact_match_rate": generation.exact_match_rate if generation else None,
         "output_length_ratio": generation.output_length_ratio if generation else None,
+        **(quality.tasks.headline() if quality.tasks else {}),
     }
 
 
@@ -162,19 +165,88 @@ def relative_gate_results(comparison: ChampionComparison) -> tuple[list[GateResu
     return results, unchecked
 
 
+def task_gate_results(tasks: TaskAccuracyReport | None, gates: GateConfig) -> tuple[list[GateResult], list[str]]:
+    """Per configured task (evaluation.tasks), against the unquantized model on the same items:
+    `min_task_score_pct_of_reference` as a non-inferiority test on the score ratio's bootstrap
+    interval (pass / fail / inconclusive, like the champion gates), and `max_task_flips` on the
+    number of items whose correctness differs (McNemar's p says which way they lean)."""
+    fields = ("min_task_score_pct_of_reference", "max_task_flips")
+    if tasks is None or not tasks.tasks:
+        return [], []  # no task configured: nothing to judge (not a gate switched off)
+    results, unchecked = [], [field for field in fields if getattr(gates, field) is None]
+    relative_to = "the unquantized model"
+    for task in tasks.tasks:
+        flips = (
+            f"{task.reference_only_correct} item(s) only the unquantized model got right, {task.engine_only_correct} "
+            f"only the engine (McNemar exact p = {task.mcnemar_p:.3g})"
+        )
+        threshold_pct = gates.min_task_score_pct_of_reference
+        if threshold_pct is not None:
+            scores = f"{task.metric} {task.engine_score:.2%} vs {task.reference_score:.2%} on {task.num_items} items"
+            margin_pct = 100.0 - threshold_pct
+            if task.score_ratio is None:
+                verdict, measured = "inconclusive", None
+                detail = (
+                    f"{scores}: the unquantized model scores 0, so no ratio; the task cannot tell the engines apart"
+                )
+            else:
+                interval = score_ratio_interval(task.engine_correct, task.reference_correct, gates.confidence)
+                verdict = non_inferiority(interval, margin_pct, lower_is_better=False)
+                measured = (1.0 - interval.low) * 100.0
+                limit = threshold_pct / 100.0
+                why = {
+                    "pass": f"pass: the interval's lower bound {interval.low:.2%} is >= {limit:.0%}",
+                    "fail": f"FAIL: even the interval's upper bound {interval.high:.2%} is below {limit:.0%}",
+                    "inconclusive": f"inconclusive: the interval straddles {limit:.0%}; more items would narrow it",
+                }[verdict]
+                detail = (
+                    f"{scores}; engine/unquantized {interval.ratio:.2%} ({gates.confidence:.0%} CI "
+                    f"{interval.low:.2%}–{interval.high:.2%}); {flips}; {why}"
+                )
+            results.append(
+                GateResult(
+                    name=f"task {task.name} score",
+                    comparison=">=",
+                    threshold=margin_pct,
+                    measured=measured,
+                    passed=verdict == "pass",
+                    detail=detail,
+                    relative_to=relative_to,
+                    margin_unit="%",
+                    verdict=verdict,
+                )
+            )
+        if gates.max_task_flips is not None:
+            results.append(
+                GateResult(
+                    name=f"task {task.name} flips",
+                    comparison="<=",
+                    threshold=float(gates.max_task_flips),
+                    measured=float(task.flips),
+                    passed=task.flips <= gates.max_task_flips,
+                    detail=f"{task.flips} flip(s) <= {gates.max_task_flips}: {flips}",
+                )
+            )
+    return results, unchecked
+
+
 def evaluate_gates(
     gates: GateConfig,
     measurements: dict[str, float | None],
     extra_results: list[GateResult] = (),
     champion: ChampionComparison | None = None,
+    tasks: TaskAccuracyReport | None = None,
 ) -> GateDecision:
     """`measurements` maps metric names (perplexity_ratio, ttft_p99_ms, ...) to measured values;
     `extra_results` are checks that are no threshold (the engine identity); `champion`: this run
-    against the production engine, for the relative gates."""
+    against the production engine, for the relative gates; `tasks`: task accuracy against the
+    unquantized model (evaluation.tasks)."""
     results, unchecked = list(extra_results), []
     if champion is not None:
         results, unchecked = relative_gate_results(champion)
         results = list(extra_results) + results
+    task_results, task_unchecked = task_gate_results(tasks, gates)
+    results, unchecked = results + task_results, unchecked + task_unchecked
     for field, (metric, comparison) in ABSOLUTE_GATES.items():
         threshold = getattr(gates, field)
         if threshold is None:

@@ -21,6 +21,7 @@ from foundry.calibrate import check_supported, known_caveats
 from foundry.checkpoint import locate_checkpoint_source, read_source_config, require_context_fits
 from foundry.config import BuildConfig, CalibrationConfig, CheckpointSource, FoundryConfig, load_config
 from foundry.data import load_documents, require_no_evaluation_paragraphs
+from foundry.task_accuracy import load_tasks
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def run_preflight(
     located = locate_checkpoint_source(source, tracking_uri=stack_tracking_uri() if asks_stack else None)
     checked = check_checkpoint(located, config.calibration, config.build) if located is not None else None
     check_calibration_data(config)
+    load_tasks(config.evaluation.tasks)  # lm-eval installed, task files local and well-formed
     if config.benchmark.dataset:
         check_benchmark_dataset(config, checked.config_file if checked else None)
     return Preflight(

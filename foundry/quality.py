@@ -4,7 +4,7 @@ Teacher-forced, where the engine gives logits (in process): perplexity ratio, me
 KL(P_ref || P_engine) and top-1 agreement, per next-token position, as llama.cpp's
 `perplexity --kl-divergence` reports them. Aggregate perplexity hides changed answers, so the gates
 look at all three. For every engine, also through its server: the generation-based set of
-foundry/generation_quality.py. The reference's own perplexity is always measured (the sanity gate).
+foundry/generation_quality.py, and task accuracy where tasks are configured (foundry/task_accuracy.py). The reference's own perplexity is always measured (the sanity gate).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from foundry.errors import FoundryError
 from foundry.generation_quality import GenerationQuality, render_generation_html
 from foundry.runtime.base import Engine
+from foundry.task_accuracy import TaskAccuracyReport, render_tasks_html
 
 
 class QualityReport(BaseModel):
@@ -41,6 +42,8 @@ class QualityReport(BaseModel):
     # The production engine (champion) scored on the same windows in the same pass, when it runs in process.
     champion_pair: PairedQuality | None = None
     champion_quality_note: str | None = None  # why the champion's quality was not re-measured
+    # Task accuracy through lm-evaluation-harness (evaluation.tasks): the engine as it serves vs the unquantized model.
+    tasks: TaskAccuracyReport | None = None
 
 
 class PairedQuality(BaseModel):
@@ -193,5 +196,6 @@ def render_quality_html(report: QualityReport) -> str:
         "<table border='1' cellpadding='6' style='border-collapse:collapse'>"
         f"<tr><th>metric</th><th>value</th><th>note</th></tr>{body}</table>"
         + (render_generation_html(report.generation) if report.generation else "")
+        + (render_tasks_html(report.tasks) if report.tasks else "")
         + "</body></html>"
     )

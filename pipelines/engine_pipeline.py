@@ -50,7 +50,9 @@ def engine_pipeline(
     # Great Expectations on the raw calibration documents; prepare_data refuses a failed suite, so
     # nothing is calibrated, and the result (with its HTML page) is kept either way.
     # The data files' bytes, hashed now: a rewritten file at the same path must not hit the cache.
-    calibration_fingerprint, dataset_fingerprint = fingerprint_data(calibration, benchmark)
+    calibration_fingerprint, dataset_fingerprint, task_fingerprint = fingerprint_data(
+        calibration, benchmark, evaluation
+    )
     calibration_data_validation, _ = validate_calibration_data(checkpoint, calibration, calibration_fingerprint)
     calibration_windows, evaluation_windows, data_lineage = prepare_data(
         checkpoint, calibration, evaluation, calibration_data_validation, calibration_fingerprint
@@ -65,7 +67,15 @@ def engine_pipeline(
         engine, checkpoint, benchmark, runtime, model_name, dataset_fingerprint, production_engine, gates
     )
     quality_report, _, _ = evaluate_engine_quality(
-        engine, checkpoint, evaluation_windows, data_lineage, evaluation, runtime, model_name, production_engine
+        engine,
+        checkpoint,
+        evaluation_windows,
+        data_lineage,
+        evaluation,
+        runtime,
+        model_name,
+        production_engine,
+        task_fingerprint,
     )
     registered = register_engine(
         engine,

@@ -17,6 +17,7 @@ from foundry.quality import QualityReport, evaluate_quality, render_quality_html
 from foundry.runtime.hf import HFEngine
 from foundry.serving import open_engine, server_log_text, tokenizer_dir_of
 from foundry.state import scratch_dir
+from foundry.task_accuracy import evaluate_tasks_on
 
 
 @step
@@ -29,6 +30,7 @@ def evaluate_engine_quality(
     runtime: RuntimeConfig,
     model_name: str,
     production_engine: ProductionEngine | None = None,
+    task_data_fingerprint: str = "none",
 ) -> tuple[
     Annotated[QualityReport, "quality_report"],
     Annotated[HTMLString, "quality_report_html"],
@@ -37,7 +39,9 @@ def evaluate_engine_quality(
     """The engine that will be promoted, run the way it serves, against the unquantized HF model on
     held-out windows (never calibration data): teacher-forced where it gives logits (in process),
     greedy continuations compared for every engine. The production engine (the champion), when it
-    runs here in process beside this one, is scored in the same pass on the same windows."""
+    runs here in process beside this one, is scored in the same pass on the same windows. Tasks
+    (evaluation.tasks) run through lm-evaluation-harness on the engine as it serves and on the
+    unquantized model; `task_data_fingerprint` (their files' bytes) keys the step's cache."""
     info = read_engine_info(engine.path)
     champion_plan = plan_champion(
         production_engine or ProductionEngine(model_name=model_name, version=None),
@@ -86,12 +90,24 @@ def evaluate_engine_quality(
                 evaluation.top_logprobs,
                 eos_ids=[eos_id],
             )
+        tasks = None
+        if evaluation.tasks:
+            tasks = evaluate_tasks_on(
+                evaluation.tasks,
+                served,
+                reference,
+                tokenizer_dir_of(engine.path, info, checkpoint.path),
+                model_name,
+                max_length=int(info["max_seq_len"]),
+                request_timeout_s=runtime.request_timeout_s,
+            )
         served.require_alive("the evaluation")
     report = report.model_copy(
         update={
             "served_by": served.served_by,
             "engine_content_hash": engine.content_hash,
             "generation": generation,
+            "tasks": tasks,
             "champion_quality_note": champion_note,
             "champion_pair": report.champion_pair.model_copy(
                 update={"champion_engine_content_hash": champion_plan.engine_content_hash}
@@ -103,5 +119,7 @@ def evaluate_engine_quality(
     headline = {k: v for k, v in report.model_dump(exclude={"generation"}).items() if isinstance(v, float)}
     if generation is not None:
         headline |= {f"generation_{k}": v for k, v in generation.model_dump().items() if isinstance(v, float)}
+    if tasks is not None:
+        headline |= tasks.headline()
     log_metadata(metadata={"quality": headline, "served_by": served.served_by})
     return report, HTMLString(render_quality_html(report)), server_log_text(log_path)

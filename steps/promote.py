@@ -40,6 +40,7 @@ def gate_and_promote(
         gate_measurements(benchmark_results.headline, quality_report),
         extra_results=[identity] if identity else [],
         champion=champion_comparison,
+        tasks=quality_report.tasks,
     )
     context = get_step_context()
     zenml_model, registry, model_name = context.model, stack_registry(), registered_version["model_name"]
