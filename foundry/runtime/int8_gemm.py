@@ -30,9 +30,7 @@ def int8_matmul_scaled(
     """a_int8 [M, K], w_int8 [N, K] (row-major, as the checkpoint stores it), row_scale [M] or None,
     col_scale [N] float32 → [M, N] in out_dtype."""
     if a_int8.is_cuda:
-        if triton is None:
-            raise RuntimeError("W8A8 on CUDA needs Triton (it ships with CUDA builds of torch)")
-        return _triton_int8_matmul_scaled(a_int8, w_int8, row_scale, col_scale, out_dtype)
+        return int8_matmul_scaled_cuda(a_int8, w_int8, row_scale, col_scale, out_dtype)
     accumulator = torch._int_mm(a_int8, w_int8.t())
     y = accumulator.float()
     if row_scale is not None:
@@ -128,3 +126,23 @@ if triton is not None:
             HAS_ROW_SCALE=row_scale is not None,
         )
         return out
+
+
+# A custom op: torch.compile and CUDA-graph capture see one opaque kernel (dynamo cannot trace the
+# Triton autotuner's config pruning), with its output shape from the fake implementation.
+@torch.library.custom_op("foundry::int8_matmul_scaled", mutates_args=())
+def int8_matmul_scaled_cuda(
+    a_int8: torch.Tensor,
+    w_int8: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    col_scale: torch.Tensor,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    if triton is None:
+        raise RuntimeError("W8A8 on CUDA needs Triton (it ships with CUDA builds of torch)")
+    return _triton_int8_matmul_scaled(a_int8, w_int8, row_scale, col_scale, out_dtype)
+
+
+@int8_matmul_scaled_cuda.register_fake
+def _int8_matmul_scaled_shape(a_int8, w_int8, row_scale, col_scale, out_dtype):
+    return a_int8.new_empty((a_int8.shape[0], w_int8.shape[0]), dtype=out_dtype)
