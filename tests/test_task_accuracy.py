@@ -19,6 +19,7 @@ from foundry.errors import FoundryError
 from foundry.gates import evaluate_gates, task_gate_results
 from foundry.runtime.hf import HFEngine
 from foundry.task_accuracy import (
+    LoadedTask,
     TaskAccuracyReport,
     engine_lm,
     evaluate_tasks,
@@ -259,7 +260,7 @@ def test_served_engine_through_lm_eval_completions_model(
 
 
 def _report(engine: list[int], reference: list[int]) -> TaskAccuracyReport:
-    loaded = load_tasks.__globals__["LoadedTask"](
+    loaded = LoadedTask(
         name="t",
         format="multiple_choice",
         path="t.jsonl",
