@@ -107,6 +107,10 @@ def _check_before_the_run(config, compare_with: str | None) -> None:
     # With a step operator the build runs on its GPU node and checks the environment there.
     if Client().active_stack.step_operator is None:
         get_builder(config.build.backend).check_environment()
+        if config.build.device == "cuda":
+            from foundry.builders.reference import require_cuda_device
+
+            require_cuda_device()
     if compare_with:  # an unknown name fails now, not after registration
         stack_registry().run_metrics_by_name(compare_with)
 

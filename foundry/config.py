@@ -331,13 +331,32 @@ class BuildConfig(_Strict):
         default="float32", description="dtype the reference runtime computes in (CPU: float32)"
     )
     max_seq_len: int = Field(default=2048, ge=16)
+    # Both backends: requests batched together (the reference engine's KV slots) and prompt tokens
+    # per scheduler iteration (the reference engine's prefill chunk).
+    max_batch_size: int = Field(default=8, ge=1, le=4096, description="trtllm-build --max_batch_size; KV slots")
+    max_num_tokens: int = Field(
+        default=8192, ge=1, description="trtllm-build --max_num_tokens; reference: prompt tokens per iteration"
+    )
+    # The reference engine (build.backend: reference) on its device.
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="where the reference engine runs")
+    cuda_graphs: bool = Field(default=True, description="cuda: decode steps replayed from captured CUDA graphs")
+    graph_batch_sizes: list[int] = Field(
+        default=[], description="cuda: decode batch buckets captured; [] = 1,2,4,8,16,24,32,48,.. up to max_batch_size"
+    )
+    torch_compile: bool = Field(
+        default=False, description="cuda: compile the decode step with inductor (about a minute per batch bucket)"
+    )
+    kv_cache_memory_fraction: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=0.95,
+        description="cuda: KV slots from this share of free GPU memory (<= max_batch_size)",
+    )
     # trtllm-build 1.2.x knobs (used by build.backend: trtllm; the reference builder ignores them).
     # `--kv_cache_type paged` is always emitted; multi-block mode is a runtime knob (serving.multi_block_mode).
-    max_batch_size: int = Field(default=8, ge=1, le=4096, description="trtllm-build --max_batch_size")
     max_input_len: int | None = Field(
         default=None, ge=1, description="trtllm-build --max_input_len; null = max_seq_len"
     )
-    max_num_tokens: int = Field(default=8192, ge=1, description="trtllm-build --max_num_tokens (tokens per batch)")
     max_beam_width: int = Field(default=1, ge=1, le=64)
     gemm_plugin: Literal["auto", "float16", "bfloat16", "float32", "fp8", "disable"] = Field(
         default="auto", description="auto = the checkpoint's dtype; fp8 only for FP8 checkpoints"
@@ -361,6 +380,31 @@ class BuildConfig(_Strict):
         if self.max_input_len is not None and self.max_input_len > self.max_seq_len:
             raise ValueError(f"max_input_len ({self.max_input_len}) must be <= max_seq_len ({self.max_seq_len})")
         return self
+
+    @model_validator(mode="after")
+    def _engine_knobs_fit(self) -> "BuildConfig":
+        if self.device == "cpu" and self.torch_compile:
+            raise ValueError("torch_compile applies to device cuda only (on CPU the decode step runs eagerly)")
+        if self.device == "cuda" and self.backend == "trtllm":
+            raise ValueError("device applies to the reference backend; a TensorRT-LLM engine always runs on its GPU")
+        too_large = [size for size in self.graph_batch_sizes if not 1 <= size <= self.max_batch_size]
+        if too_large:
+            raise ValueError(
+                f"graph_batch_sizes {too_large}: each must be between 1 and max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+    def reference_engine_options(self) -> dict:
+        """The reference engine's knobs as engine.json records them (foundry.runtime.scheduler.EngineOptions)."""
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_seq_len": self.max_seq_len,
+            "prefill_chunk_tokens": self.max_num_tokens,
+            "cuda_graphs": self.cuda_graphs,
+            "graph_batch_sizes": list(self.graph_batch_sizes),
+            "torch_compile": self.torch_compile,
+            "kv_cache_memory_fraction": self.kv_cache_memory_fraction,
+        }
 
     @property
     def resolved_max_input_len(self) -> int:

@@ -201,8 +201,14 @@ class InProcessContinuations:
 
     def continue_prompts(self, prompts, max_tokens, stop_at_eos, top_logprobs):
         out = []
-        for prompt in prompts:
-            tokens = list(self.engine.generate(list(prompt), max_tokens))
+        stop_ids = self.eos_ids if stop_at_eos else ()
+        submit = getattr(self.engine, "submit", None)
+        if submit is not None:  # every prompt in flight at once: the engine batches them
+            handles = [submit(list(prompt), max_tokens, stop_token_ids=stop_ids) for prompt in prompts]
+            generated = [handle.result() for handle in handles]
+        else:
+            generated = [list(self.engine.generate(list(prompt), max_tokens)) for prompt in prompts]
+        for prompt, tokens in zip(prompts, generated):
             if stop_at_eos:
                 tokens = truncate_at_eos(tokens, self.eos_ids)
             top = sampled = None

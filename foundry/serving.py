@@ -104,7 +104,7 @@ def open_engine(
     log_path: Path,
     model_name: str,
     eos_ids=(),
-    device: str = "cpu",
+    device: str | None = None,
     host: str = "127.0.0.1",
 ) -> Iterator[ServedEngine]:
     """The engine as `runtime.served_by` says, for the duration of the block."""

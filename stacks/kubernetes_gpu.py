@@ -256,10 +256,13 @@ def _trtllm_image(definition: KubernetesGpuStackDefinition) -> str:
     return trtllm_parent_image()
 
 
-def gpu_step_configurations(definition: KubernetesGpuStackDefinition, backend: str = "reference") -> dict[str, dict]:
+def gpu_step_configurations(
+    definition: KubernetesGpuStackDefinition, backend: str = "reference", reference_on_cuda: bool = False
+) -> dict[str, dict]:
     """`pipeline.with_options(steps=...)` for calibrate / build / benchmark on the GPU step operator;
     with the trtllm backend, build, benchmark and evaluate run in the TensorRT-LLM release image
-    (trtllm-build, trtllm-serve) and the evaluation gets a GPU too."""
+    (trtllm-build, trtllm-serve) and the evaluation gets a GPU too; so does a reference engine that
+    runs on CUDA (build.device: cuda), in the CUDA image."""
     from zenml.config import DockerSettings, ResourceSettings
     from zenml.integrations.kubernetes.flavors import KubernetesStepOperatorSettings
     from zenml.integrations.kubernetes.pod_settings import KubernetesPodSettings
@@ -273,7 +276,7 @@ def gpu_step_configurations(definition: KubernetesGpuStackDefinition, backend: s
         "calibrate_checkpoint": definition.cuda_image,
         "build_engine": _trtllm_image(definition),
         "benchmark_engine": _trtllm_image(definition) if served else definition.cuda_image,
-        "evaluate_engine_quality": _trtllm_image(definition),
+        "evaluate_engine_quality": _trtllm_image(definition) if served else definition.cuda_image,
     }
     resources = {
         "calibrate_checkpoint": definition.calibrate_resources,
@@ -282,7 +285,7 @@ def gpu_step_configurations(definition: KubernetesGpuStackDefinition, backend: s
         "evaluate_engine_quality": definition.benchmark_resources,
     }
     configurations = {}
-    for step in GPU_STEPS + (("evaluate_engine_quality",) if served else ()):
+    for step in GPU_STEPS + (("evaluate_engine_quality",) if served or reference_on_cuda else ()):
         r = resources[step]
         configurations[step] = {
             "step_operator": definition.component_name("gpu"),

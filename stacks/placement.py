@@ -18,7 +18,7 @@ from stacks.kubernetes_gpu import TRTLLM_SERVED_STEPS, definition_of_stack, gpu_
 def step_placements(build: BuildConfig, world_size: int, stack_model) -> dict[str, dict]:
     definition = definition_of_stack(stack_model)
     if definition is not None:
-        return gpu_step_configurations(definition, build.backend)
+        return gpu_step_configurations(definition, build.backend, reference_on_cuda=build.device == "cuda")
     if build.backend != "trtllm":
         return {}
     from zenml.enums import StackComponentType

@@ -62,7 +62,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(left-padded batches in one model.generate; HF at its best) or per_request (a batch-1 "
         "model.generate per request, in threads)",
     )
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: the engine's engine.json device, else cpu"
+    )
     parser.add_argument(
         "--hf-dtype",
         choices=sorted(_DTYPES),
@@ -85,18 +87,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input-len", type=int, nargs=2, default=[32, 64], metavar=("MIN", "MAX"))
     parser.add_argument("--output-len", type=int, nargs=2, default=[16, 32], metavar=("MIN", "MAX"))
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = _engine_device(args.engine_dir) if args.engine_dir is not None else "cpu"
+    return args
+
+
+def _engine_device(engine_dir: Path) -> str:
+    from foundry.builders.base import read_engine_info
+
+    try:
+        return read_engine_info(engine_dir).get("device", "cpu")
+    except FoundryError:
+        return "cpu"  # the engine-dir error is reported where the engine loads
 
 
 def load_reference_engine(engine_dir: Path, device: str, dtype_name: str = "float32"):
+    """The engine with its engine.json knobs (batching, graphs, compile), computing in `dtype_name`."""
     try:  # imported only when used
+        from foundry.builders.base import read_engine_info
         from foundry.runtime.reference import ReferenceEngine
+        from foundry.runtime.scheduler import EngineOptions
     except ImportError as error:
         raise FoundryError(
             f"--engine-dir needs foundry.runtime.reference, which cannot be imported: {error}"
         ) from error
 
-    return ReferenceEngine.load(engine_dir, compute_dtype=_DTYPES[dtype_name], device=device)
+    options = EngineOptions.from_engine_info(read_engine_info(engine_dir))
+    return ReferenceEngine.load(engine_dir, compute_dtype=_DTYPES[dtype_name], device=device, options=options)
 
 
 def load_hf_engine(hf_dir: Path, device: str, dtype_name: str, batching: str = "per_request", max_batch_size: int = 32):

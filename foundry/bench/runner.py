@@ -412,17 +412,8 @@ def engine_model_bytes(engine) -> ModelBytes | None:
         layers = getattr(config, "num_hidden_layers", None)
         kv_heads = getattr(config, "num_key_value_heads", None)
         head = getattr(config, "head_dim", None) or (config.hidden_size // config.num_attention_heads)
-    elif hasattr(engine, "layers") and hasattr(engine, "embedding"):
-        tensors = [engine.embedding, engine.final_norm]
-        if engine.lm_head.weight is not engine.embedding:
-            tensors.append(engine.lm_head.weight)
-        for layer in engine.layers:
-            tensors += [layer.input_norm, layer.post_norm]
-            for linear in (layer.qkv, layer.dense, layer.fc, layer.gate, layer.proj):
-                tensors.append(getattr(linear, "weight", None) if hasattr(linear, "weight") else linear.weight_int8_t)
-        weight_bytes = sum(t.numel() * t.element_size() for t in tensors if t is not None)
-        dtype_bytes = torch.empty(0, dtype=engine.compute_dtype).element_size()
-        layers, kv_heads, head = config.num_layers, config.num_kv_heads, config.head_size
+    elif hasattr(engine, "weight_bytes") and hasattr(engine, "kv_bytes_per_token"):  # the reference engine
+        return ModelBytes(weight_bytes=engine.weight_bytes(), kv_bytes_per_token=engine.kv_bytes_per_token())
     else:
         return None
     if not (layers and kv_heads and head):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import threading
@@ -110,8 +111,11 @@ async def stream_engine_tokens(
     agenerate = getattr(engine, "agenerate", None)
     if agenerate is not None:
         kwargs = {"start_s": start_s} if start_s is not None else {}
-        async for token in agenerate(input_ids, max_tokens, **kwargs):
-            yield int(token)
+        # closing the stream early (EOS reached, client gone) closes the engine's iterator, which
+        # cancels the request and frees its KV slot
+        async with contextlib.aclosing(agenerate(input_ids, max_tokens, **kwargs)) as tokens:
+            async for token in tokens:
+                yield int(token)
         return
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -343,7 +347,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--synthetic", metavar="TTFT_MS,ITL_MS[,SPREAD_MS]", help="AsyncSyntheticEngine with exact delays"
     )
     parser.add_argument("--tokenizer", type=Path, help="HF tokenizer directory for text prompts/outputs")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: engine.json's device")
     parser.add_argument("--model-name", default=None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -374,12 +378,12 @@ def load_engine_from_args(args: argparse.Namespace):
         engine = AsyncSyntheticEngine(ttft_ms=ttft_ms, itl_ms=itl_ms, ttft_spread_ms=spread_ms)
         return engine, engine.name
     if args.engine_dir is not None:
-        from foundry.runtime.reference import ReferenceEngine
+        from foundry.builders.base import load_engine
 
-        return ReferenceEngine.load(args.engine_dir, device=args.device), args.engine_dir.name
+        return load_engine(args.engine_dir, device=args.device), args.engine_dir.name
     from foundry.runtime.hf import HFEngine
 
-    return HFEngine.load(args.hf_dir, device=args.device), args.hf_dir.name
+    return HFEngine.load(args.hf_dir, device=args.device or "cpu"), args.hf_dir.name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

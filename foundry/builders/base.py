@@ -40,14 +40,20 @@ def read_engine_info(engine_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_engine(engine_dir: Path, device: str = "cpu") -> Engine:
+def load_engine(engine_dir: Path, device: str | None = None) -> Engine:
+    """The engine in `engine_dir`, on `device` (None: the device its engine.json names)."""
     info = read_engine_info(engine_dir)
     if info["backend"] == "reference":
         import torch
 
         from foundry.runtime.reference import ReferenceEngine
+        from foundry.runtime.scheduler import EngineOptions
 
-        return ReferenceEngine.load(engine_dir, compute_dtype=getattr(torch, info["compute_dtype"]))
+        options = EngineOptions.from_engine_info(info)
+        device = device or info.get("device", "cpu")
+        return ReferenceEngine.load(
+            engine_dir, compute_dtype=getattr(torch, info["compute_dtype"]), device=device, options=options
+        )
     if info["backend"] == "trtllm":
         guard_trtllm_engine(engine_dir, info)
     raise FoundryError(

@@ -15,11 +15,20 @@ import foundry
 from foundry.builders.base import ENGINE_INFO, load_engine
 from foundry.checkpoint import require_context_fits
 from foundry.config import BuildConfig
-from foundry.errors import FoundryError
+from foundry.errors import FoundryError, NotSupportedError
 from foundry.runtime._trtllm_checkpoint import SUPPORTED_KV_CACHE_QUANT_ALGOS, SUPPORTED_QUANT_ALGOS
 from foundry.trtllm_checkpoint import read_checkpoint_config
 
 _SMOKE_PROMPT_IDS = [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def require_cuda_device() -> None:
+    """build.device cuda where the engine will run: refused before any work when there is no GPU."""
+    if not torch.cuda.is_available():
+        raise NotSupportedError(
+            "build.device cuda: this node has no CUDA GPU (torch.cuda.is_available() is False); run on a GPU "
+            "node, on a stack whose step operator has GPUs (stacks/README.md), or set build.device: cpu"
+        )
 
 
 class ReferenceBuilder:
@@ -44,6 +53,8 @@ class ReferenceBuilder:
             "backend": self.backend,
             "compute_dtype": build.compute_dtype,
             "max_seq_len": build.max_seq_len,
+            "device": build.device,
+            "engine": build.reference_engine_options(),
             "quant_algo": (checkpoint_config.get("quantization") or {}).get("quant_algo"),
             "kv_cache_quant_algo": (checkpoint_config.get("quantization") or {}).get("kv_cache_quant_algo"),
             "architecture": checkpoint_config.get("architecture"),
@@ -61,7 +72,7 @@ class ReferenceBuilder:
     @staticmethod
     def _smoke_test(engine_dir: Path) -> None:
         """Load the engine and run one forward: a broken checkpoint fails here, not in the benchmark."""
-        engine = load_engine(engine_dir)
+        engine = load_engine(engine_dir, device="cpu")  # the build node may have no GPU; this is a load check
         logits = engine.logits(torch.tensor([_SMOKE_PROMPT_IDS]))
         if not torch.isfinite(logits).all():
             raise FoundryError(f"{engine_dir}: the built engine produces NaN/Inf logits; the checkpoint is broken")

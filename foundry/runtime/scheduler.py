@@ -31,7 +31,7 @@ from foundry.runtime.decode_runner import DecodeRunner
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """The reference engine's serving knobs (build.engine in the config; engine.json records them)."""
+    """The reference engine's serving knobs (build.* in the config; engine.json records them)."""
 
     max_batch_size: int = 8  # KV slots = requests decoded together
     max_seq_len: int | None = None  # tokens per slot (prompt + output); None: min(2048, the checkpoint's)
@@ -41,6 +41,13 @@ class EngineOptions:
     torch_compile: bool = False  # CUDA only: compile the decode step (inductor) before capturing it
     kv_cache_memory_fraction: float | None = None  # CUDA only: size the slots from free GPU memory
     batch_prefill: bool | None = None  # whole short prompts prefilled together; None = on CUDA only
+
+    @classmethod
+    def from_engine_info(cls, info: dict) -> "EngineOptions":
+        """From engine.json: its `engine` knobs (older engines: max_seq_len only)."""
+        knobs = dict(info.get("engine") or {"max_seq_len": info.get("max_seq_len")})
+        knobs["graph_batch_sizes"] = tuple(knobs.get("graph_batch_sizes") or ())
+        return cls(**knobs)
 
     def resolved_max_seq_len(self, checkpoint_max_positions: int) -> int:
         return min(self.max_seq_len or 2048, checkpoint_max_positions)
@@ -128,7 +135,7 @@ class BatchScheduler:
         slots = int(free_bytes * options.kv_cache_memory_fraction // per_slot)
         if slots < 1:
             raise FoundryError(
-                f"build.engine.kv_cache_memory_fraction {options.kv_cache_memory_fraction}: "
+                f"build.kv_cache_memory_fraction {options.kv_cache_memory_fraction}: "
                 f"{free_bytes / 2**30:.1f} GiB free holds no KV slot of {per_slot / 2**30:.2f} GiB; "
                 "raise the fraction or lower build.max_seq_len"
             )
@@ -190,8 +197,8 @@ class BatchScheduler:
     def _loop(self) -> None:
         with torch.inference_mode():
             while self._wait_for_work():
-                self._admit()
                 try:
+                    self._admit()
                     self._prefill()
                     self._decode()
                 except Exception as error:  # the model failed: these requests end, the engine lives on
@@ -218,7 +225,7 @@ class BatchScheduler:
                 request.waiting_reason = None
                 self._running.append(request)
             for request in self._waiting:
-                request.waiting_reason = f"all {self.slots} KV slots are in use (build.engine.max_batch_size)"
+                request.waiting_reason = f"all {self.slots} KV slots are in use (build.max_batch_size)"
             self._free_slots.sort()
 
     def _prefill(self) -> None:
@@ -280,7 +287,10 @@ class BatchScheduler:
     def _finish(self, request: GenerationRequest) -> None:
         request._done.set()
         if request.on_done is not None:
-            request.on_done()
+            try:
+                request.on_done()
+            except Exception:  # the consumer is gone (e.g. its event loop closed): nobody to tell
+                pass
 
     def _fail_all(self, error: FoundryError) -> None:
         with self._wakeup:
