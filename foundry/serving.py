@@ -116,13 +116,16 @@ def open_engine(
         from foundry.builders import load_engine
 
         engine = load_engine(engine_dir, device=device)
-        yield ServedEngine(
-            served_by=f"in-process {engine.backend}",
-            target=engine,
-            continuations=InProcessContinuations(engine, eos_ids),
-            engine_content_hash=engine_content_hash,
-            engine=engine,
-        )
+        try:
+            yield ServedEngine(
+                served_by=f"in-process {engine.backend}",
+                target=engine,
+                continuations=InProcessContinuations(engine, eos_ids),
+                engine_content_hash=engine_content_hash,
+                engine=engine,
+            )
+        finally:  # stop its scheduler thread, which holds the weights and the KV pool
+            getattr(engine, "close", lambda: None)()
         return
     port = runtime.port or free_port(host)
     argv, description = _server_argv(served_by, runtime, engine_dir, tokenizer_dir, host, port, model_name, engine_info)

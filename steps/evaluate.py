@@ -49,7 +49,7 @@ def evaluate_engine_quality(
         engine.content_hash,
         remeasure=True,
     )
-    reference = HFEngine.load(checkpoint.path)
+    unquantized = HFEngine.load(checkpoint.path)
     eos_id = AutoTokenizer.from_pretrained(checkpoint.path).eos_token_id
     windows = torch.from_numpy(evaluation_windows)
     prompts = windows[: evaluation.generation_prompts, : evaluation.generation_prompt_len].tolist()
@@ -71,19 +71,23 @@ def evaluate_engine_quality(
             champion_note = f"this run's engine is {served.served_by}: no logits to compare"
         elif champion_plan.status == "not_re_measured":
             champion_note = champion_plan.reason
-        report = evaluate_quality(
-            served.engine,
-            reference,
-            windows,
-            data_lineage["evaluation_data_hash"],
-            engine_backend=info["backend"],
-            champion=champion,
-        )
+        try:
+            report = evaluate_quality(
+                served.engine,
+                unquantized,
+                windows,
+                data_lineage["evaluation_data_hash"],
+                engine_backend=info["backend"],
+                champion=champion,
+            )
+        finally:
+            if champion is not None:
+                champion.close()
         generation = None
         if prompts:
             generation = evaluate_generation(
                 served.continuations,
-                reference,
+                unquantized,
                 prompts,
                 evaluation.generation_tokens,
                 evaluation.stop_at_eos,
@@ -95,7 +99,7 @@ def evaluate_engine_quality(
             tasks = evaluate_tasks_on(
                 evaluation.tasks,
                 served,
-                reference,
+                unquantized,
                 tokenizer_dir_of(engine.path, info, checkpoint.path),
                 model_name,
                 max_length=int(info["max_seq_len"]),
