@@ -73,7 +73,7 @@ def main() -> None:
                 "chosen_alpha": sweep["alpha"],
                 "rows": [{k: round(v, 4) for k, v in row.items()} for row in sweep["alpha_sweep"]["rows"]],
                 "statistics_seconds": sweep["alpha_sweep"]["statistics_seconds"],
-                "reference_seconds": sweep["alpha_sweep"]["reference_seconds"],
+                "unquantized_seconds": sweep["alpha_sweep"]["unquantized_seconds"],
             },
             indent=1,
         )

@@ -193,7 +193,7 @@ def cases(work: Path, model_dir: Path) -> dict[str, str | dict]:
             benchmark={"input_len": {"min": 100, "max": 120}, "output_len": {"min": 20, "max": 30}}
         ),
         "not enough evaluation text": with_(evaluation={"num_samples": 5000, "seq_len": 32}),
-        "random weights with sanity gate": with_(gates={"max_reference_perplexity": 50}),
+        "random weights with sanity gate": with_(gates={"max_unquantized_perplexity": 50}),
     }
 
 

@@ -12,7 +12,7 @@ token, and how far pooled ITL p50/p99 and TPOT p99 drift from the truth. The sus
 the highest offered rate whose ITL p50 and TPOT p99 stay within max(1 %, 0.5 ms) of the ITL (pooled
 ITL p99 is printed too: on a shared machine OS scheduling moves single gaps by milliseconds at any
 rate, which is not the client's overhead).
-Also reports, for reference, TTFT through the real uvicorn server without the anchor (that is
+Also reports, for comparison, TTFT through the real uvicorn server without the anchor (that is
 server queueing, not client overhead).
 """
 

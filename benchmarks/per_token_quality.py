@@ -44,14 +44,14 @@ def main() -> None:
     evaluation = token_windows(
         builtin_documents("evaluation"), tokenizer, args.eval_samples, args.eval_seq_len, "evaluation"
     )
-    reference = HFEngine.load(hf_dir)
+    unquantized = HFEngine.load(hf_dir)
     results = {}
     for scaling in ("per_tensor", "per_token"):
         started = time.perf_counter()
         calibration = CalibrationConfig(alpha=args.alpha, activation_scaling=scaling)
         summary = calibrate_to_trtllm_checkpoint(hf_dir, calibration, calibration_ids, work / scaling)
         engine = ReferenceEngine.load(work / scaling)
-        report = evaluate_quality(engine, reference, evaluation.input_ids, "benchmark")
+        report = evaluate_quality(engine, unquantized, evaluation.input_ids, "benchmark")
         results[scaling] = {
             "quant_algo": summary["quant_algo"],
             "perplexity_ratio": round(report.perplexity_ratio, 4),

@@ -107,7 +107,7 @@ class ModelLogits:
 
 
 class CachedLogits:
-    """Reference logits computed once per batch and reused for every alpha."""
+    """The unquantized model's logits computed once per batch and reused for every alpha."""
 
     def __init__(self, engine):
         self.engine, self.backend, self._cache = engine, engine.backend, {}
@@ -129,9 +129,9 @@ class AlphaSweep:
     num_held_out_windows: int
     seq_len: int
     held_out_windows_hash: str
-    reference_perplexity: float
+    unquantized_perplexity: float
     statistics_seconds: float
-    reference_seconds: float
+    unquantized_seconds: float
     sweep_seconds: float = 0.0
     criterion: str = "lowest mean KL divergence vs the unquantized model on held-out calibration windows"
     notes: list[str] = field(default_factory=list)
@@ -160,17 +160,17 @@ def score_alphas(
     if not alphas:
         raise FoundryError("calibration.alpha: no candidate alpha to search")
     started = time.perf_counter()
-    reference = CachedLogits(ModelLogits(model, "hf-fp32"))
+    unquantized = CachedLogits(ModelLogits(model, "hf-fp32"))
     for start in range(0, held_out_ids.shape[0], SCORING_BATCH_SIZE):
-        reference.logits(held_out_ids[start : start + SCORING_BATCH_SIZE])
-    reference_seconds = time.perf_counter() - started
+        unquantized.logits(held_out_ids[start : start + SCORING_BATCH_SIZE])
+    unquantized_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     collect_statistics(model, statistics_ids, kv_cache)
     statistics_seconds = time.perf_counter() - started
 
     held_out_hash = sha256_json(held_out_ids.tolist())
-    rows, best_model, best_kld, reference_perplexity = [], None, math.inf, math.nan
+    rows, best_model, best_kld, unquantized_perplexity = [], None, math.inf, math.nan
     for alpha in alphas:
         started = time.perf_counter()
         candidate = copy.deepcopy(model)
@@ -184,12 +184,12 @@ def score_alphas(
         with PerTokenActivations(candidate) if per_token else contextlib.nullcontext():
             report = evaluate_quality(
                 ModelLogits(candidate, "modelopt-fake-quant"),
-                reference,
+                unquantized,
                 held_out_ids,
                 held_out_hash,
                 SCORING_BATCH_SIZE,
             )
-        reference_perplexity = report.reference_perplexity
+        unquantized_perplexity = report.unquantized_perplexity
         rows.append(
             {
                 "alpha": float(alpha),
@@ -213,9 +213,9 @@ def score_alphas(
         num_held_out_windows=int(held_out_ids.shape[0]),
         seq_len=int(held_out_ids.shape[1]),
         held_out_windows_hash=held_out_hash,
-        reference_perplexity=reference_perplexity,
+        unquantized_perplexity=unquantized_perplexity,
         statistics_seconds=round(statistics_seconds, 3),
-        reference_seconds=round(reference_seconds, 3),
+        unquantized_seconds=round(unquantized_seconds, 3),
     )
     return sweep, best_model
 
@@ -262,7 +262,7 @@ def render_sweep_html(sweep: AlphaSweep) -> str:
         f"<p>Chosen alpha <b>{sweep.best_alpha:g}</b> ({sweep.criterion}). Statistics collected once on "
         f"{sweep.num_statistics_windows} windows ({sweep.statistics_seconds:.1f} s); each alpha scored on "
         f"{sweep.num_held_out_windows} held-out calibration windows × {sweep.seq_len} tokens; fp32 perplexity "
-        f"{sweep.reference_perplexity:.3f}. Total sweep {sweep.sweep_seconds:.1f} s.</p>"
+        f"{sweep.unquantized_perplexity:.3f}. Total sweep {sweep.sweep_seconds:.1f} s.</p>"
         "<table border='1' cellpadding='5' style='border-collapse:collapse'>"
         "<tr><th>alpha</th><th>mean KLD</th><th>top-1 agreement</th><th>perplexity</th><th>perplexity ratio</th></tr>"
         f"{rows}</table>{render_sweep_svg(sweep)}"

@@ -109,8 +109,8 @@ def compare_metrics(
     rows = []
     for metric, better in {**GATE_METRICS, **CONTEXT_METRICS}.items():
         value = candidate.get(metric)
-        reference = (baseline or {}).get(metric)
-        if metric in CONTEXT_METRICS and value is None and reference is None:
+        recorded = (baseline or {}).get(metric)
+        if metric in CONTEXT_METRICS and value is None and recorded is None:
             continue
         rows.append(
             _row(
@@ -118,7 +118,7 @@ def compare_metrics(
                 better,
                 gates,
                 None if value is None else float(value),
-                None if reference is None else float(reference),
+                None if recorded is None else float(recorded),
             )
         )
     return ComparisonReport(

@@ -584,11 +584,11 @@ class GateConfig(_Strict):
 
     The quality gates compare the engine with its own unquantized model, so a broken base model
     (random weights, a wrong tokenizer) quantizes faithfully and passes them all. The absolute
-    `max_reference_perplexity` on the held-out text catches that: random weights score about the
+    `max_unquantized_perplexity` on the held-out text catches that: random weights score about the
     vocabulary size (~49,000 for SmolLM2), the real SmolLM2-135M 17.8 on the default evaluation text.
     """
 
-    max_reference_perplexity: float | None = Field(
+    max_unquantized_perplexity: float | None = Field(
         default=None, gt=1.0, description="sanity gate on the unquantized model itself (held-out perplexity)"
     )
     max_perplexity_ratio: float | None = Field(default=1.10, gt=1.0)
@@ -611,7 +611,7 @@ class GateConfig(_Strict):
         description="how much worse than the champion: mean_kld in nats/token more, top1_agreement as a fraction less",
     )
     # Task accuracy (evaluation.tasks), per task against the unquantized model on the same items.
-    min_task_score_pct_of_reference: float | None = Field(
+    min_task_score_pct_of_unquantized: float | None = Field(
         default=99.0,
         gt=0.0,
         le=100.0,
@@ -718,12 +718,22 @@ class FoundryConfig(_Strict):
         )
 
 
+# Keys renamed so that "reference" names only the backend (build.backend: reference); the old key
+# is refused with its new name (configs are strict: a silently ignored gate would be switched off).
+RENAMED_KEYS: dict[str, str] = {
+    "gates.max_reference_perplexity": "gates.max_unquantized_perplexity",
+    "gates.min_task_score_pct_of_reference": "gates.min_task_score_pct_of_unquantized",
+}
+
+
 def _format_validation_error(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid config ({error.error_count()} problem(s)):"]
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "<top level>"
         message = item["msg"]
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "extra_forbidden" and field in RENAMED_KEYS:
+            message = f"{field} was renamed to {RENAMED_KEYS[field]}; rename the key (the value means the same)"
+        elif item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see configs/default.yaml for every key)"
         value = item.get("input")
         shown = "" if item["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"

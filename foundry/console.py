@@ -105,14 +105,14 @@ def print_run_summary(
 
     qual = Table(
         title=f"Quality · {quality.engine_backend} served by {quality.served_by} vs unquantized "
-        f"{quality.reference_backend}",
+        f"{quality.unquantized_backend}",
         show_header=False,
     )
-    qual.add_row("reference perplexity", f"{quality.reference_perplexity:.3f} (the unquantized model on held-out text)")
+    qual.add_row("unquantized perplexity", f"{quality.unquantized_perplexity:.3f} (held-out text)")
     if quality.perplexity_ratio is not None:
         qual.add_row(
             "perplexity ratio",
-            f"{quality.perplexity_ratio:.4f}  ({quality.engine_perplexity:.3f} / {quality.reference_perplexity:.3f})",
+            f"{quality.perplexity_ratio:.4f}  ({quality.engine_perplexity:.3f} / {quality.unquantized_perplexity:.3f})",
         )
         qual.add_row("mean KL divergence", f"{quality.mean_kld:.4f} nats/token")
         qual.add_row("top-1 agreement", f"{quality.top1_agreement:.2%}")
@@ -126,7 +126,7 @@ def print_run_summary(
         )
         qual.add_row(
             "continuation ppl ratio",
-            f"{generation.continuation_perplexity_ratio:.4f} (engine's text scored by the reference)",
+            f"{generation.continuation_perplexity_ratio:.4f} (engine's text scored by the unquantized model)",
         )
     console.print(qual)
 

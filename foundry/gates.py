@@ -75,7 +75,7 @@ class GateDecision(BaseModel):
 
 # absolute gate field in GateConfig → (metric name in the measurements, comparison)
 ABSOLUTE_GATES: dict[str, tuple[str, Literal["<=", ">="]]] = {
-    "max_reference_perplexity": ("reference_perplexity", "<="),
+    "max_unquantized_perplexity": ("unquantized_perplexity", "<="),
     "max_perplexity_ratio": ("perplexity_ratio", "<="),
     "max_mean_kld": ("mean_kld", "<="),
     "min_top1_agreement": ("top1_agreement", ">="),
@@ -102,7 +102,7 @@ def gate_measurements(benchmark_headline: dict, quality: QualityReport) -> dict[
     generation = quality.generation
     return {
         **benchmark_headline,
-        "reference_perplexity": quality.reference_perplexity,
+        "unquantized_perplexity": quality.unquantized_perplexity,
         "perplexity_ratio": quality.perplexity_ratio,
         "mean_kld": quality.mean_kld,
         "top1_agreement": quality.top1_agreement,
@@ -167,22 +167,22 @@ def relative_gate_results(comparison: ChampionComparison) -> tuple[list[GateResu
 
 def task_gate_results(tasks: TaskAccuracyReport | None, gates: GateConfig) -> tuple[list[GateResult], list[str]]:
     """Per configured task (evaluation.tasks), against the unquantized model on the same items:
-    `min_task_score_pct_of_reference` as a non-inferiority test on the score ratio's bootstrap
+    `min_task_score_pct_of_unquantized` as a non-inferiority test on the score ratio's bootstrap
     interval (pass / fail / inconclusive, like the champion gates), and `max_task_flips` on the
     number of items whose correctness differs (McNemar's p says which way they lean)."""
-    fields = ("min_task_score_pct_of_reference", "max_task_flips")
+    fields = ("min_task_score_pct_of_unquantized", "max_task_flips")
     if tasks is None or not tasks.tasks:
         return [], []  # no task configured: nothing to judge (not a gate switched off)
     results, unchecked = [], [field for field in fields if getattr(gates, field) is None]
     relative_to = "the unquantized model"
     for task in tasks.tasks:
         flips = (
-            f"{task.reference_only_correct} item(s) only the unquantized model got right, {task.engine_only_correct} "
+            f"{task.unquantized_only_correct} item(s) only the unquantized model got right, {task.engine_only_correct} "
             f"only the engine (McNemar exact p = {task.mcnemar_p:.3g})"
         )
-        threshold_pct = gates.min_task_score_pct_of_reference
+        threshold_pct = gates.min_task_score_pct_of_unquantized
         if threshold_pct is not None:
-            scores = f"{task.metric} {task.engine_score:.2%} vs {task.reference_score:.2%} on {task.num_items} items"
+            scores = f"{task.metric} {task.engine_score:.2%} vs {task.unquantized_score:.2%} on {task.num_items} items"
             margin_pct = 100.0 - threshold_pct
             if task.score_ratio is None:
                 verdict, measured = "inconclusive", None
@@ -190,7 +190,7 @@ def task_gate_results(tasks: TaskAccuracyReport | None, gates: GateConfig) -> tu
                     f"{scores}: the unquantized model scores 0, so no ratio; the task cannot tell the engines apart"
                 )
             else:
-                interval = score_ratio_interval(task.engine_correct, task.reference_correct, gates.confidence)
+                interval = score_ratio_interval(task.engine_correct, task.unquantized_correct, gates.confidence)
                 verdict = non_inferiority(interval, margin_pct, lower_is_better=False)
                 measured = (1.0 - interval.low) * 100.0
                 limit = threshold_pct / 100.0

@@ -5,20 +5,20 @@ engine gives. These metrics need only what any server returns, so they are measu
 that is promoted — a TensorRT-LLM engine behind trtllm-serve included — and a champion and a
 challenger of different backends are compared on the same numbers:
 
-* token agreement: the share of continuation positions where engine and reference pick the same
+* token agreement: the share of continuation positions where engine and unquantized model pick the same
   token (position by position over the shorter of the two);
 * first divergence: the position of the first differing token (the continuation length if none);
 * exact match: the share of prompts whose continuations are identical;
-* continuation perplexity: the engine's continuation scored by the reference model, next to the
-  reference's own continuation (ratio ≥ 1: the engine wrote text the reference finds less likely);
+* continuation perplexity: the engine's continuation scored by the unquantized model, next to the
+  unquantized model's own continuation (ratio ≥ 1: the engine wrote text the unquantized model finds less likely);
 * sampled-token logprob gap, where the server returns each token's logprob (`logprobs: 1`, what
-  trtllm-serve's TensorRT backend gives): mean of log P_engine(t) − log P_reference(t) over the
-  engine's own tokens (0 when the engine is the reference);
+  trtllm-serve's TensorRT backend gives): mean of log P_engine(t) − log P_unquantized(t) over the
+  engine's own tokens (0 when the engine is the unquantized model);
 * trajectory KLD, where the server returns top-k logprobs keyed by token id (`logprobs: k > 1`;
   foundry.bench.server, vLLM with return_tokens_as_token_ids; trtllm-serve only for engines that
-  gather generation logits): KL(P_reference || P_engine) along the engine's own continuation, both
+  gather generation logits): KL(P_unquantized || P_engine) along the engine's own continuation, both
   distributions restricted to the engine's top-k tokens and renormalized there;
-* output-length ratio, when stopping at EOS: engine tokens / reference tokens (MLPerf accepts 0.9–1.1).
+* output-length ratio, when stopping at EOS: engine tokens / unquantized-model tokens (MLPerf accepts 0.9–1.1).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from foundry.errors import FoundryError
 
-KLD_METHOD = "KL(P_reference || P_engine) over the engine's top-k tokens per position, both renormalized there"
+KLD_METHOD = "KL(P_unquantized || P_engine) over the engine's top-k tokens per position, both renormalized there"
 
 
 @dataclass(frozen=True)
@@ -69,42 +69,42 @@ class GenerationQuality(BaseModel):
     first_divergence_mean: float
     first_divergence_min: int
     exact_match_rate: float
-    engine_continuation_perplexity: float  # under the reference model
-    reference_continuation_perplexity: float
+    engine_continuation_perplexity: float  # under the unquantized model
+    unquantized_continuation_perplexity: float
     continuation_perplexity_ratio: float
     sampled_logprob_gap: float | None  # None: the server returned no logprobs
     trajectory_kld: float | None  # None: the server returned no top-k logprobs by token id
     trajectory_kld_method: str | None
     output_length_ratio: float | None  # None unless stop_at_eos
     engine_tokens: int
-    reference_tokens: int
+    unquantized_tokens: int
 
 
-def first_divergence(engine: Sequence[int], reference: Sequence[int]) -> int:
-    for position, (a, b) in enumerate(zip(engine, reference)):
+def first_divergence(engine: Sequence[int], unquantized: Sequence[int]) -> int:
+    for position, (a, b) in enumerate(zip(engine, unquantized)):
         if a != b:
             return position
-    return min(len(engine), len(reference))
+    return min(len(engine), len(unquantized))
 
 
-def _continuation_nll(reference, prompt: Sequence[int], continuation: Sequence[int]) -> tuple[float, torch.Tensor]:
-    """Reference NLL of `continuation` after `prompt`, and the reference's log-probabilities at each
-    continuation position ([len, vocab])."""
+def _continuation_nll(unquantized, prompt: Sequence[int], continuation: Sequence[int]) -> tuple[float, torch.Tensor]:
+    """The unquantized model's NLL of `continuation` after `prompt`, and its log-probabilities at each continuation
+    position ([len, vocab])."""
     ids = torch.tensor([list(prompt) + list(continuation)], dtype=torch.long)
-    logp = F.log_softmax(reference.logits(ids)[0].double(), dim=-1)
+    logp = F.log_softmax(unquantized.logits(ids)[0].double(), dim=-1)
     positions = logp[len(prompt) - 1 : len(prompt) - 1 + len(continuation)]
     targets = torch.tensor(list(continuation), dtype=torch.long).unsqueeze(-1)
     return -positions.gather(-1, targets).sum().item(), positions
 
 
-def _topk_kld(reference_logp: torch.Tensor, engine_top: list[dict[int, float]]) -> tuple[float, int]:
+def _topk_kld(unquantized_logp: torch.Tensor, engine_top: list[dict[int, float]]) -> tuple[float, int]:
     total, count = 0.0, 0
-    for position, top in enumerate(engine_top[: reference_logp.shape[0]]):
+    for position, top in enumerate(engine_top[: unquantized_logp.shape[0]]):
         if not top:
             continue
         ids = torch.tensor(list(top), dtype=torch.long)
         q = torch.log_softmax(torch.tensor(list(top.values()), dtype=torch.float64), dim=-1)
-        p = torch.log_softmax(reference_logp[position, ids], dim=-1)
+        p = torch.log_softmax(unquantized_logp[position, ids], dim=-1)
         total += float((p.exp() * (p - q)).sum())
         count += 1
     return total, count
@@ -120,23 +120,23 @@ def truncate_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
 
 def evaluate_generation(
     engine: ContinuationSource,
-    reference,
+    unquantized,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     stop_at_eos: bool = False,
     top_logprobs: int = 0,
     eos_ids: Sequence[int] = (),
 ) -> GenerationQuality:
-    """Compare `engine`'s greedy continuations of `prompts` with the reference (an in-process `Engine`
+    """Compare `engine`'s greedy continuations of `prompts` with the unquantized model (an in-process `Engine`
     with `generate` and `logits`, the unquantized model)."""
     if not prompts:
         raise FoundryError("evaluation.generation_prompts: no prompts to continue")
     produced = engine.continue_prompts(prompts, max_new_tokens, stop_at_eos, top_logprobs)
     if len(produced) != len(prompts):
         raise FoundryError(f"{engine.served_by}: {len(produced)} continuations for {len(prompts)} prompts")
-    agree = compared = exact = engine_tokens = reference_tokens = kld_count = gap_count = 0
+    agree = compared = exact = engine_tokens = unquantized_tokens = kld_count = gap_count = 0
     divergences: list[int] = []
-    engine_nll = reference_nll = kld_total = gap_total = 0.0
+    engine_nll = unquantized_nll = kld_total = gap_total = 0.0
     for prompt, continuation in zip(prompts, produced):
         ours = list(continuation.token_ids)
         if not ours:
@@ -146,7 +146,7 @@ def evaluate_generation(
                 f"{engine.served_by}: returned {len(ours)} tokens for a prompt, asked for exactly {max_new_tokens} "
                 "(ignore_eos); the server truncated or dropped tokens"
             )
-        theirs = list(reference.generate(list(prompt), max_new_tokens))
+        theirs = list(unquantized.generate(list(prompt), max_new_tokens))
         if stop_at_eos:
             theirs = truncate_at_eos(theirs, eos_ids)
         common = min(len(ours), len(theirs))
@@ -154,21 +154,21 @@ def evaluate_generation(
         compared += common
         exact += ours == theirs
         divergences.append(first_divergence(ours, theirs))
-        nll, reference_logp = _continuation_nll(reference, prompt, ours)
+        nll, unquantized_logp = _continuation_nll(unquantized, prompt, ours)
         engine_nll += nll
-        reference_nll += _continuation_nll(reference, prompt, theirs)[0]
+        unquantized_nll += _continuation_nll(unquantized, prompt, theirs)[0]
         engine_tokens += len(ours)
-        reference_tokens += len(theirs)
+        unquantized_tokens += len(theirs)
         if continuation.top_logprobs:
-            total, count = _topk_kld(reference_logp, continuation.top_logprobs)
+            total, count = _topk_kld(unquantized_logp, continuation.top_logprobs)
             kld_total += total
             kld_count += count
         if continuation.token_logprobs:
-            reference_lp = reference_logp.gather(-1, torch.tensor(ours).unsqueeze(-1)).squeeze(-1).tolist()
-            gap_total += sum(e - r for e, r in zip(continuation.token_logprobs, reference_lp))
-            gap_count += min(len(continuation.token_logprobs), len(reference_lp))
+            unquantized_lp = unquantized_logp.gather(-1, torch.tensor(ours).unsqueeze(-1)).squeeze(-1).tolist()
+            gap_total += sum(e - r for e, r in zip(continuation.token_logprobs, unquantized_lp))
+            gap_count += min(len(continuation.token_logprobs), len(unquantized_lp))
     engine_ppl = math.exp(engine_nll / engine_tokens)
-    reference_ppl = math.exp(reference_nll / reference_tokens)
+    unquantized_ppl = math.exp(unquantized_nll / unquantized_tokens)
     return GenerationQuality(
         served_by=engine.served_by,
         num_prompts=len(prompts),
@@ -180,14 +180,14 @@ def evaluate_generation(
         first_divergence_min=min(divergences),
         exact_match_rate=exact / len(prompts),
         engine_continuation_perplexity=engine_ppl,
-        reference_continuation_perplexity=reference_ppl,
-        continuation_perplexity_ratio=engine_ppl / reference_ppl,
+        unquantized_continuation_perplexity=unquantized_ppl,
+        continuation_perplexity_ratio=engine_ppl / unquantized_ppl,
         sampled_logprob_gap=gap_total / gap_count if gap_count else None,
         trajectory_kld=kld_total / kld_count if kld_count else None,
         trajectory_kld_method=KLD_METHOD if kld_count else None,
-        output_length_ratio=engine_tokens / reference_tokens if stop_at_eos else None,
+        output_length_ratio=engine_tokens / unquantized_tokens if stop_at_eos else None,
         engine_tokens=engine_tokens,
-        reference_tokens=reference_tokens,
+        unquantized_tokens=unquantized_tokens,
     )
 
 
@@ -241,12 +241,12 @@ def render_generation_html(report: GenerationQuality) -> str:
         ("first divergence (mean / min)", f"{report.first_divergence_mean:.1f} / {report.first_divergence_min}"),
         ("exact-match rate", f"{report.exact_match_rate:.2%}"),
         (
-            "continuation perplexity under the reference (engine / reference)",
-            f"{report.engine_continuation_perplexity:.3f} / {report.reference_continuation_perplexity:.3f} "
+            "continuation perplexity under the unquantized model (engine / unquantized)",
+            f"{report.engine_continuation_perplexity:.3f} / {report.unquantized_continuation_perplexity:.3f} "
             f"= {report.continuation_perplexity_ratio:.4f}",
         ),
         (
-            "sampled-token logprob gap (engine − reference, nats)",
+            "sampled-token logprob gap (engine − unquantized, nats)",
             "no logprobs returned" if report.sampled_logprob_gap is None else f"{report.sampled_logprob_gap:+.4f}",
         ),
         (

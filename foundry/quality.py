@@ -1,10 +1,10 @@
-"""Quality of an engine against the unquantized reference on held-out text.
+"""Quality of an engine against the unquantized model on held-out text.
 
 Teacher-forced, where the engine gives logits (in process): perplexity ratio, mean KL divergence
-KL(P_ref || P_engine) and top-1 agreement, per next-token position, as llama.cpp's
+KL(P_unquantized || P_engine) and top-1 agreement, per next-token position, as llama.cpp's
 `perplexity --kl-divergence` reports them. Aggregate perplexity hides changed answers, so the gates
 look at all three. For every engine, also through its server: the generation-based set of
-foundry/generation_quality.py, and task accuracy where tasks are configured (foundry/task_accuracy.py). The reference's own perplexity is always measured (the sanity gate).
+foundry/generation_quality.py, and task accuracy where tasks are configured (foundry/task_accuracy.py). The unquantized model's own perplexity is always measured (the sanity gate).
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ class QualityReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     engine_backend: str
-    reference_backend: str
+    unquantized_backend: str
     num_samples: int
     seq_len: int
     num_scored_tokens: int
-    reference_perplexity: float
+    unquantized_perplexity: float
     # Teacher-forced: None when the engine runs behind a server (no logits to compare).
     engine_perplexity: float | None
-    perplexity_ratio: float | None  # engine / reference; 1.0 = no loss
-    mean_kld: float | None  # nats per token, KL(P_reference || P_engine)
+    perplexity_ratio: float | None  # engine / unquantized; 1.0 = no loss
+    mean_kld: float | None  # nats per token, KL(P_unquantized || P_engine)
     top1_agreement: float | None  # fraction of positions where both pick the same next token
     eval_data_hash: str
     served_by: str = "in-process"
@@ -73,7 +73,7 @@ QualityReport.model_rebuild()
 
 class _Totals:
     def __init__(self) -> None:
-        self.reference_nll = 0.0
+        self.unquantized_nll = 0.0
         self.engine_nll = 0.0
         self.kld = 0.0
         self.agree = 0
@@ -82,14 +82,14 @@ class _Totals:
         self.window_top1: list[float] = []
         self.agree_mask: torch.Tensor | None = None  # [positions]: the last batch's top-1 agreement, flattened
 
-    def add(self, reference_logits: torch.Tensor, engine_logits: torch.Tensor, targets: torch.Tensor) -> None:
-        ref_logp = F.log_softmax(reference_logits.double(), dim=-1)
+    def add(self, unquantized_logits: torch.Tensor, engine_logits: torch.Tensor, targets: torch.Tensor) -> None:
+        unquantized_logp = F.log_softmax(unquantized_logits.double(), dim=-1)
         eng_logp = F.log_softmax(engine_logits.double(), dim=-1)
         index = targets.unsqueeze(-1)
-        self.reference_nll -= ref_logp.gather(-1, index).sum().item()
+        self.unquantized_nll -= unquantized_logp.gather(-1, index).sum().item()
         self.engine_nll -= eng_logp.gather(-1, index).sum().item()
-        kld = (ref_logp.exp() * (ref_logp - eng_logp)).sum(-1)  # [windows, positions]
-        agree = ref_logp.argmax(-1) == eng_logp.argmax(-1)
+        kld = (unquantized_logp.exp() * (unquantized_logp - eng_logp)).sum(-1)  # [windows, positions]
+        agree = unquantized_logp.argmax(-1) == eng_logp.argmax(-1)
         self.kld += kld.sum().item()
         self.agree += agree.sum().item()
         self.tokens += targets.numel()
@@ -105,15 +105,15 @@ def _check_finite(logits: torch.Tensor, backend: str) -> None:
 
 def evaluate_quality(
     engine: Engine | None,
-    reference: Engine,
+    unquantized: Engine,
     eval_ids: torch.Tensor,
     eval_data_hash: str,
     batch_size: int = 4,
     engine_backend: str | None = None,
     champion: Engine | None = None,
 ) -> QualityReport:
-    """Score `engine` against `reference` on [num_samples, seq_len] token windows. With no in-process
-    engine (it runs behind a server) only the reference's perplexity is measured here. `champion`:
+    """Score `engine` against `unquantized` on [num_samples, seq_len] token windows. With no in-process
+    engine (it runs behind a server) only the unquantized model's perplexity is measured here. `champion`:
     the production engine, scored in the same pass on the same windows (`champion_pair`)."""
     if eval_ids.dim() != 2 or eval_ids.shape[1] < 2:
         raise FoundryError(f"evaluation windows must be [num_samples, seq_len >= 2], got {tuple(eval_ids.shape)}")
@@ -123,20 +123,20 @@ def evaluate_quality(
     champion_only = challenger_only = 0
     for start in range(0, eval_ids.shape[0], batch_size):
         batch = eval_ids[start : start + batch_size]
-        reference_logits = reference.logits(batch)[:, :-1]
-        _check_finite(reference_logits, reference.backend)
-        engine_logits = reference_logits
+        unquantized_logits = unquantized.logits(batch)[:, :-1]
+        _check_finite(unquantized_logits, unquantized.backend)
+        engine_logits = unquantized_logits
         if engine is not None:
             engine_logits = engine.logits(batch)[:, :-1]
             _check_finite(engine_logits, engine.backend)
-        totals.add(reference_logits, engine_logits, batch[:, 1:])
+        totals.add(unquantized_logits, engine_logits, batch[:, 1:])
         if champion is not None:
             champion_logits = champion.logits(batch)[:, :-1]
             _check_finite(champion_logits, champion.backend)
-            champion_totals.add(reference_logits, champion_logits, batch[:, 1:])
+            champion_totals.add(unquantized_logits, champion_logits, batch[:, 1:])
             champion_only += (champion_totals.agree_mask & ~totals.agree_mask).sum().item()
             challenger_only += (totals.agree_mask & ~champion_totals.agree_mask).sum().item()
-    reference_ppl = math.exp(totals.reference_nll / totals.tokens)
+    unquantized_ppl = math.exp(totals.unquantized_nll / totals.tokens)
     engine_ppl = math.exp(totals.engine_nll / totals.tokens)
     teacher_forced = engine is not None
     champion_pair = None
@@ -151,19 +151,19 @@ def evaluate_quality(
             champion_window_top1=champion_totals.window_top1,
             champion_only_top1=int(champion_only),
             challenger_only_top1=int(challenger_only),
-            champion_perplexity_ratio=math.exp(champion_totals.engine_nll / champion_totals.tokens) / reference_ppl,
+            champion_perplexity_ratio=math.exp(champion_totals.engine_nll / champion_totals.tokens) / unquantized_ppl,
             champion_mean_kld=champion_totals.kld / champion_totals.tokens,
             champion_top1_agreement=champion_totals.agree / champion_totals.tokens,
         )
     return QualityReport(
         engine_backend=engine.backend if engine is not None else (engine_backend or "served"),
-        reference_backend=reference.backend,
+        unquantized_backend=unquantized.backend,
         num_samples=eval_ids.shape[0],
         seq_len=eval_ids.shape[1],
         num_scored_tokens=totals.tokens,
-        reference_perplexity=reference_ppl,
+        unquantized_perplexity=unquantized_ppl,
         engine_perplexity=engine_ppl if teacher_forced else None,
-        perplexity_ratio=engine_ppl / reference_ppl if teacher_forced else None,
+        perplexity_ratio=engine_ppl / unquantized_ppl if teacher_forced else None,
         mean_kld=totals.kld / totals.tokens if teacher_forced else None,
         top1_agreement=totals.agree / totals.tokens if teacher_forced else None,
         eval_data_hash=eval_data_hash,
@@ -182,9 +182,9 @@ def render_quality_html(report: QualityReport) -> str:
             f"{report.engine_backend}",
             f"served by {report.served_by}; engine {(report.engine_content_hash or '?')[:16]}",
         ),
-        ("reference perplexity", f"{report.reference_perplexity:.3f}", report.reference_backend),
+        ("unquantized perplexity", f"{report.unquantized_perplexity:.3f}", report.unquantized_backend),
         ("engine perplexity", _fmt(report.engine_perplexity, ".3f"), "teacher-forced"),
-        ("perplexity ratio (engine / reference)", _fmt(report.perplexity_ratio, ".4f"), ""),
+        ("perplexity ratio (engine / unquantized)", _fmt(report.perplexity_ratio, ".4f"), ""),
         ("mean KL divergence (nats/token)", _fmt(report.mean_kld, ".4f"), ""),
         ("top-1 agreement", _fmt(report.top1_agreement, ".2%"), ""),
         ("scored tokens", f"{report.num_scored_tokens} ({report.num_samples} × {report.seq_len - 1})", ""),
@@ -192,7 +192,7 @@ def render_quality_html(report: QualityReport) -> str:
     ]
     body = "".join(f"<tr><td>{a}</td><td><b>{b}</b></td><td>{c}</td></tr>" for a, b, c in rows)
     return (
-        "<html><body style='font-family:sans-serif'><h2>Quality: engine vs unquantized reference</h2>"
+        "<html><body style='font-family:sans-serif'><h2>Quality: engine vs unquantized model</h2>"
         "<table border='1' cellpadding='6' style='border-collapse:collapse'>"
         f"<tr><th>metric</th><th>value</th><th>note</th></tr>{body}</table>"
         + (render_generation_html(report.generation) if report.generation else "")

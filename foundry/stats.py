@@ -154,24 +154,24 @@ def mcnemar_exact(champion_only: int, challenger_only: int) -> float:
 
 def score_ratio_interval(
     challenger_correct: Sequence[float],
-    reference_correct: Sequence[float],
+    unquantized_correct: Sequence[float],
     confidence: float = 0.95,
     resamples: int = 2000,
     seed: int = 0,
 ) -> RatioInterval:
-    """Bootstrap interval of a task score ratio challenger/reference, items resampled in pairs
+    """Bootstrap interval of a task score ratio challenger/unquantized, items resampled in pairs
     (the same item for both sides). Per-item scores are 0/1 correctness. A resample in which the
-    reference scores nothing has no ratio and is dropped; `rounds` holds the number of items."""
-    a, b = np.asarray(reference_correct, dtype=float), np.asarray(challenger_correct, dtype=float)
+    unquantized side scores nothing has no ratio and is dropped; `rounds` holds the number of items."""
+    a, b = np.asarray(unquantized_correct, dtype=float), np.asarray(challenger_correct, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or a.size < 2:
-        raise ValueError(f"need paired items (>= 2 each), got {a.size} reference and {b.size} challenger values")
+        raise ValueError(f"need paired items (>= 2 each), got {a.size} unquantized and {b.size} challenger values")
     if a.sum() <= 0:
-        raise ValueError("the reference scores 0 on every item: a score ratio is undefined")
+        raise ValueError("the unquantized model scores 0 on every item: a score ratio is undefined")
     rng = np.random.default_rng(seed)
     index = rng.integers(0, a.size, size=(resamples, a.size))
-    reference_sums, challenger_sums = a[index].sum(axis=1), b[index].sum(axis=1)
-    defined = reference_sums > 0
-    ratios = challenger_sums[defined] / reference_sums[defined]
+    unquantized_sums, challenger_sums = a[index].sum(axis=1), b[index].sum(axis=1)
+    defined = unquantized_sums > 0
+    ratios = challenger_sums[defined] / unquantized_sums[defined]
     tail = (1.0 - confidence) / 2.0
     return RatioInterval(
         float(b.sum() / a.sum()),

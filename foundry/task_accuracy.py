@@ -8,14 +8,14 @@ Hugging Face hub and datasets are switched offline while lm-eval runs.
 Two adapters run lm-eval on a foundry engine:
 
 * in process (`EngineLM`): loglikelihood from the engine's `logits([batch, seq]) -> [batch, seq,
-  vocab]`, greedy generation from its `generate`; the unquantized reference (foundry.runtime.hf
+  vocab]`, greedy generation from its `generate`; the unquantized model (foundry.runtime.hf
   HFEngine) goes through the same adapter, so both sides see the same tokens, truncation and batching;
 * served (`served_lm`): lm-eval's own OpenAI completions model (`local-completions`) against the
   engine's server, token ids in, as the evaluation already talks to served engines. Loglikelihood
   through a server needs prompt logprobs echoed back (`echo: true`); a server that does not echo them
   is refused up front (`require_echo_logprobs`), never scored as zero.
 
-Each task's per-item 0/1 correctness on both sides gives the score ratio engine/reference with a
+Each task's per-item 0/1 correctness on both sides gives the score ratio engine/unquantized with a
 bootstrap interval over items (paired) and McNemar's exact test on the items whose correctness flips
 (foundry/stats.py); the gates judge those (foundry/gates.py, `task_gate_results`).
 
@@ -50,7 +50,7 @@ LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 LOGLIKELIHOOD_TYPES = ("multiple_choice", "loglikelihood")
 METHOD = (
     "Each task's items are scored on the engine and on the unquantized model by lm-evaluation-harness "
-    "{version} (0/1 per item); the score ratio engine/reference with a {confidence:.0%} percentile-bootstrap "
+    "{version} (0/1 per item); the score ratio engine/unquantized with a {confidence:.0%} percentile-bootstrap "
     "interval resampling items in pairs (2,000 resamples, seeded); flips are the items whose correctness "
     "differs, with McNemar's exact test on them; the score gate passes if the interval's lower bound is at "
     "least the threshold, fails if its upper bound is below it, else is inconclusive (more items would narrow it)."
@@ -585,27 +585,27 @@ class TaskResult(BaseModel):
     metric: str
     path: str
     num_items: int
-    reference_score: float  # fraction of items right
+    unquantized_score: float  # fraction of items right
     engine_score: float
-    score_ratio: float | None  # engine / reference; None when the reference scores 0
+    score_ratio: float | None  # engine / unquantized; None when the unquantized model scores 0
     ratio_low: float | None
     ratio_high: float | None
     confidence: float
     engine_only_correct: int  # items only the engine gets right
-    reference_only_correct: int  # items only the unquantized model gets right
+    unquantized_only_correct: int  # items only the unquantized model gets right
     mcnemar_p: float
     doc_ids: list[int]
     engine_correct: list[float]
-    reference_correct: list[float]
+    unquantized_correct: list[float]
     engine_wall_s: float
-    reference_wall_s: float
+    unquantized_wall_s: float
 
     @property
     def flips(self) -> int:
-        return self.engine_only_correct + self.reference_only_correct
+        return self.engine_only_correct + self.unquantized_only_correct
 
     @property
-    def score_pct_of_reference(self) -> float | None:
+    def score_pct_of_unquantized(self) -> float | None:
         return None if self.score_ratio is None else 100.0 * self.score_ratio
 
 
@@ -614,7 +614,7 @@ class TaskAccuracyReport(BaseModel):
 
     lm_eval_version: str
     engine_served_by: str
-    reference_backend: str
+    unquantized_backend: str
     max_length: int
     method: str
     tasks: list[TaskResult]
@@ -625,7 +625,7 @@ class TaskAccuracyReport(BaseModel):
         for task in self.tasks:
             out |= {
                 f"task_{task.name}_engine_score": task.engine_score,
-                f"task_{task.name}_reference_score": task.reference_score,
+                f"task_{task.name}_unquantized_score": task.unquantized_score,
                 f"task_{task.name}_flips": float(task.flips),
                 f"task_{task.name}_mcnemar_p": task.mcnemar_p,
             }
@@ -637,27 +637,27 @@ class TaskAccuracyReport(BaseModel):
 def pair_items(
     loaded: LoadedTask,
     engine_items: dict[int, float],
-    reference_items: dict[int, float],
+    unquantized_items: dict[int, float],
     confidence: float = 0.95,
     engine_wall_s: float = 0.0,
-    reference_wall_s: float = 0.0,
+    unquantized_wall_s: float = 0.0,
 ) -> TaskResult:
     """The per-item pairing: score ratio with its bootstrap interval, flips and McNemar's p."""
-    if set(engine_items) != set(reference_items):
+    if set(engine_items) != set(unquantized_items):
         raise FoundryError(
             f"task {loaded.name}: the engine was scored on {len(engine_items)} items, the unquantized model on "
-            f"{len(reference_items)}; they must be the same items"
+            f"{len(unquantized_items)}; they must be the same items"
         )
     doc_ids = sorted(engine_items)
     engine = [engine_items[i] for i in doc_ids]
-    reference = [reference_items[i] for i in doc_ids]
+    unquantized = [unquantized_items[i] for i in doc_ids]
     if len(doc_ids) < 2:
         raise FoundryError(f"task {loaded.name}: {len(doc_ids)} item scored; at least 2 are needed for an interval")
-    engine_only = sum(1 for e, r in zip(engine, reference) if e and not r)
-    reference_only = sum(1 for e, r in zip(engine, reference) if r and not e)
+    engine_only = sum(1 for e, r in zip(engine, unquantized) if e and not r)
+    unquantized_only = sum(1 for e, r in zip(engine, unquantized) if r and not e)
     ratio = low = high = None
-    if sum(reference) > 0:
-        interval = score_ratio_interval(engine, reference, confidence)
+    if sum(unquantized) > 0:
+        interval = score_ratio_interval(engine, unquantized, confidence)
         ratio, low, high = interval.ratio, interval.low, interval.high
     return TaskResult(
         name=loaded.name,
@@ -666,28 +666,28 @@ def pair_items(
         metric=loaded.metric,
         path=loaded.path,
         num_items=len(doc_ids),
-        reference_score=sum(reference) / len(reference),
+        unquantized_score=sum(unquantized) / len(unquantized),
         engine_score=sum(engine) / len(engine),
         score_ratio=ratio,
         ratio_low=low,
         ratio_high=high,
         confidence=confidence,
         engine_only_correct=engine_only,
-        reference_only_correct=reference_only,
-        mcnemar_p=mcnemar_exact(reference_only, engine_only),
+        unquantized_only_correct=unquantized_only,
+        mcnemar_p=mcnemar_exact(unquantized_only, engine_only),
         doc_ids=doc_ids,
         engine_correct=engine,
-        reference_correct=reference,
+        unquantized_correct=unquantized,
         engine_wall_s=engine_wall_s,
-        reference_wall_s=reference_wall_s,
+        unquantized_wall_s=unquantized_wall_s,
     )
 
 
 def evaluate_tasks(
     tasks: Sequence[TaskConfig],
     engine_model,
-    reference_model,
-    reference_backend: str,
+    unquantized_model,
+    unquantized_backend: str,
     max_length: int,
     confidence: float = 0.95,
 ) -> TaskAccuracyReport:
@@ -699,13 +699,13 @@ def evaluate_tasks(
         engine_items = run_task(engine_model, loaded)
         engine_s = time.perf_counter() - started
         started = time.perf_counter()
-        reference_items = run_task(reference_model, loaded)
-        reference_s = time.perf_counter() - started
-        results.append(pair_items(loaded, engine_items, reference_items, confidence, engine_s, reference_s))
+        unquantized_items = run_task(unquantized_model, loaded)
+        unquantized_s = time.perf_counter() - started
+        results.append(pair_items(loaded, engine_items, unquantized_items, confidence, engine_s, unquantized_s))
     return TaskAccuracyReport(
         lm_eval_version=version,
         engine_served_by=getattr(engine_model, "served_by", type(engine_model).__name__),
-        reference_backend=reference_backend,
+        unquantized_backend=unquantized_backend,
         max_length=max_length,
         method=METHOD.format(version=version, confidence=confidence),
         tasks=results,
@@ -715,7 +715,7 @@ def evaluate_tasks(
 def evaluate_tasks_on(
     tasks: Sequence[TaskConfig],
     served,
-    reference,
+    unquantized,
     tokenizer_dir: Path,
     model_name: str,
     max_length: int,
@@ -723,7 +723,7 @@ def evaluate_tasks_on(
 ) -> TaskAccuracyReport:
     """The tasks on an engine opened by foundry.serving.open_engine (`served`): through the in-process
     adapter when it runs in process, else through lm-eval's completions model against its server;
-    the unquantized model (`reference`, an in-process HFEngine) always in process."""
+    the unquantized model (`unquantized`, an in-process HFEngine) always in process."""
     from transformers import AutoTokenizer
 
     loaded = load_tasks(tasks)
@@ -736,7 +736,7 @@ def evaluate_tasks_on(
             probe = tokenizer.encode("The capital of France is Paris.", add_special_tokens=False)
             require_echo_logprobs(base_url, model_name, probe, served.served_by)
         model = served_lm(base_url, model_name, tokenizer_dir, max_length, request_timeout_s, served.served_by)
-    return evaluate_tasks(tasks, model, engine_lm(reference, tokenizer, max_length), reference.backend, max_length)
+    return evaluate_tasks(tasks, model, engine_lm(unquantized, tokenizer, max_length), unquantized.backend, max_length)
 
 
 def render_tasks_html(report: TaskAccuracyReport) -> str:
@@ -751,13 +751,13 @@ def render_tasks_html(report: TaskAccuracyReport) -> str:
         )
         rows.append(
             f"<tr><td>{html.escape(task.name)}</td><td>{html.escape(task.output_type)} / {html.escape(task.metric)}</td>"
-            f"<td>{task.num_items}</td><td>{task.reference_score:.2%}</td><td><b>{task.engine_score:.2%}</b></td>"
-            f"<td>{ratio}</td><td>{task.flips} ({task.reference_only_correct} lost, {task.engine_only_correct} gained; "
+            f"<td>{task.num_items}</td><td>{task.unquantized_score:.2%}</td><td><b>{task.engine_score:.2%}</b></td>"
+            f"<td>{ratio}</td><td>{task.flips} ({task.unquantized_only_correct} lost, {task.engine_only_correct} gained; "
             f"McNemar p = {task.mcnemar_p:.3g})</td></tr>"
         )
     return (
         f"<h3>Task accuracy (lm-evaluation-harness {html.escape(report.lm_eval_version)}): "
-        f"{html.escape(report.engine_served_by)} vs the unquantized model ({html.escape(report.reference_backend)})</h3>"
+        f"{html.escape(report.engine_served_by)} vs the unquantized model ({html.escape(report.unquantized_backend)})</h3>"
         "<table border='1' cellpadding='6' style='border-collapse:collapse'><tr><th>task</th><th>type / metric</th>"
         "<th>items</th><th>unquantized</th><th>engine</th><th>engine / unquantized</th><th>flips</th></tr>"
         + "".join(rows)

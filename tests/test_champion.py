@@ -188,13 +188,13 @@ def test_relative_verdicts_reach_the_gates_and_inconclusive_fails_by_default():
 
 def test_the_champion_is_scored_in_the_same_quality_pass_with_paired_statistics():
     generator = torch.Generator().manual_seed(0)
-    reference = torch.randn(16, 16, generator=generator)
-    champion = reference + 0.05 * torch.randn(16, 16, generator=generator)
-    challenger = reference + 2.0 * torch.randn(16, 16, generator=generator)  # much worse
+    unquantized = torch.randn(16, 16, generator=generator)
+    champion = unquantized + 0.05 * torch.randn(16, 16, generator=generator)
+    challenger = unquantized + 2.0 * torch.randn(16, 16, generator=generator)  # much worse
     windows = torch.randint(0, 16, (12, 24), generator=generator)
     report = evaluate_quality(
         TableEngine(challenger, "new"),
-        TableEngine(reference, "ref"),
+        TableEngine(unquantized, "unq"),
         windows,
         "h",
         champion=TableEngine(champion, "old"),
@@ -208,7 +208,7 @@ def test_the_champion_is_scored_in_the_same_quality_pass_with_paired_statistics(
     assert results["top1_agreement"].mcnemar_p < 0.05
 
     same = evaluate_quality(
-        TableEngine(champion, "a"), TableEngine(reference, "r"), windows, "h", champion=TableEngine(champion, "b")
+        TableEngine(champion, "a"), TableEngine(unquantized, "r"), windows, "h", champion=TableEngine(champion, "b")
     )
     results = {r.metric: r for r in quality_results(same.champion_pair, GateConfig())}
     assert results["mean_kld"].verdict == "pass" and results["top1_agreement"].mcnemar_p == 1.0

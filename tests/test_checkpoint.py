@@ -78,10 +78,10 @@ def test_gguf_ingest_loads_offline_with_identical_logits(smollm2_hf_dir, smollm2
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir)
     input_ids = tokenizer(PROMPT, return_tensors="pt").input_ids
-    reference = AutoModelForCausalLM.from_pretrained(
+    transformers_model = AutoModelForCausalLM.from_pretrained(
         str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32
     )
-    assert torch.equal(_logits(smollm2_hf_dir, input_ids), _logits(reference, input_ids))
+    assert torch.equal(_logits(smollm2_hf_dir, input_ids), _logits(transformers_model, input_ids))
     assert tokenizer.chat_template, "the GGUF's chat template must survive ingest"
 
 

@@ -14,7 +14,7 @@ CANDIDATE = {
     "speedup_output_tok_s": 1.5,
     "c1_output_tok_s": 50.0,
     "failed_requests": 0.0,
-    "reference_perplexity": 9.0,
+    "unquantized_perplexity": 9.0,
 }
 PRODUCTION = {
     "perplexity_ratio": 1.04,
@@ -25,7 +25,7 @@ PRODUCTION = {
     "speedup_output_tok_s": 1.4,
     "c1_output_tok_s": 40.0,
     "failed_requests": 0.0,
-    "reference_perplexity": 9.0,
+    "unquantized_perplexity": 9.0,
 }
 
 
@@ -45,7 +45,7 @@ def test_every_gate_metric_has_a_row_with_delta_and_verdict():
     assert by_metric["tpot_p99_ms"].threshold is None  # gate off
     assert by_metric["mean_kld"].verdict == "same"
     assert by_metric["c1_output_tok_s"].verdict == "better" and not by_metric["c1_output_tok_s"].is_gate_metric
-    assert by_metric["reference_perplexity"].verdict == "same"  # the base model's sanity gate
+    assert by_metric["unquantized_perplexity"].verdict == "same"  # the base model's sanity gate
     assert report.regressions == ["top1_agreement", "ttft_p99_ms"]
 
 

@@ -28,6 +28,14 @@ def _write(tmp_path, text: str) -> Path:
         ("calibration: {quantization: int3}", "'int8_sq', 'fp8', 'int4_awq' or 'none'"),
         ("calibration: {alpha: 1.5}", "calibration.alpha"),
         ("calibraton: {alpha: 0.5}", "calibraton: unknown key"),
+        (
+            "gates: {max_reference_perplexity: 50}",
+            "gates.max_reference_perplexity was renamed to gates.max_unquantized_perplexity",
+        ),
+        (
+            "gates: {min_task_score_pct_of_reference: 99}",
+            "gates.min_task_score_pct_of_reference was renamed to gates.min_task_score_pct_of_unquantized",
+        ),
         ("build: {backend: tensorrt}", "build.backend"),
         ("benchmark: {concurrency: [0]}", "concurrency levels must be >= 1"),
         ("benchmark: {input_len: {min: 10, max: 2}}", "benchmark.input_len"),

@@ -8,7 +8,7 @@ from foundry.promotion import promote_if_passed
 from foundry.registry import Registry, sqlite_tracking_uri
 
 GOOD = {
-    "reference_perplexity": 17.8,
+    "unquantized_perplexity": 17.8,
     "token_agreement": 0.9,
     "continuation_perplexity_ratio": 1.01,
     "perplexity_ratio": 1.02,
@@ -23,7 +23,7 @@ GOOD = {
 def test_all_gates_pass_on_good_measurements():
     decision = evaluate_gates(
         GateConfig(
-            max_reference_perplexity=50,
+            max_unquantized_perplexity=50,
             max_ttft_p99_ms=200,
             max_tpot_p99_ms=30,
             min_speedup_vs_baseline=1.1,
@@ -53,7 +53,7 @@ def test_one_failing_gate_fails_the_decision_and_names_it(metric, value, gate_fi
 
 def test_a_random_weight_model_passes_the_relative_gates_but_not_the_sanity_gate(tiny_llama_hf_dir, smollm2_tokenizer):
     """Quantization faithful to a broken base model is still a broken engine: the relative gates
-    cannot see it, the absolute reference-perplexity gate does."""
+    cannot see it, the absolute unquantized-perplexity gate does."""
     import torch
 
     from foundry import data
@@ -67,10 +67,10 @@ def test_a_random_weight_model_passes_the_relative_gates_but_not_the_sanity_gate
     measurements = gate_measurements({}, quality)
     relative_only = GateConfig()
     assert evaluate_gates(relative_only, measurements).passed
-    decision = evaluate_gates(GateConfig(max_reference_perplexity=50), measurements)
-    assert not decision.passed and quality.reference_perplexity > 10_000
-    assert decision.failure_reasons[0].startswith("reference_perplexity:")
-    assert torch.isfinite(torch.tensor(quality.reference_perplexity))
+    decision = evaluate_gates(GateConfig(max_unquantized_perplexity=50), measurements)
+    assert not decision.passed and quality.unquantized_perplexity > 10_000
+    assert decision.failure_reasons[0].startswith("unquantized_perplexity:")
+    assert torch.isfinite(torch.tensor(quality.unquantized_perplexity))
 
 
 def test_unmeasured_metric_fails_its_gate():

@@ -41,24 +41,24 @@ def test_identical_engines_score_perfectly(windows):
 
 def test_metrics_match_a_hand_computation(windows):
     generator = torch.Generator().manual_seed(1)
-    reference_table = torch.randn(VOCAB, VOCAB, generator=generator)
-    engine_table = reference_table + 0.5 * torch.randn(VOCAB, VOCAB, generator=generator)
-    report = evaluate_quality(TableEngine(engine_table, "eng"), TableEngine(reference_table, "ref"), windows, "h")
+    unquantized_table = torch.randn(VOCAB, VOCAB, generator=generator)
+    engine_table = unquantized_table + 0.5 * torch.randn(VOCAB, VOCAB, generator=generator)
+    report = evaluate_quality(TableEngine(engine_table, "eng"), TableEngine(unquantized_table, "unq"), windows, "h")
 
     inputs, targets = windows[:, :-1].reshape(-1), windows[:, 1:].reshape(-1)
-    ref_logp = F.log_softmax(reference_table[inputs].double(), -1)
+    unquantized_logp = F.log_softmax(unquantized_table[inputs].double(), -1)
     eng_logp = F.log_softmax(engine_table[inputs].double(), -1)
-    ref_ppl = math.exp(-ref_logp[range(len(targets)), targets].mean().item())
+    unquantized_ppl = math.exp(-unquantized_logp[range(len(targets)), targets].mean().item())
     eng_ppl = math.exp(-eng_logp[range(len(targets)), targets].mean().item())
-    kld = (ref_logp.exp() * (ref_logp - eng_logp)).sum(-1).mean().item()
-    agree = (ref_logp.argmax(-1) == eng_logp.argmax(-1)).double().mean().item()
+    kld = (unquantized_logp.exp() * (unquantized_logp - eng_logp)).sum(-1).mean().item()
+    agree = (unquantized_logp.argmax(-1) == eng_logp.argmax(-1)).double().mean().item()
 
-    assert report.reference_perplexity == pytest.approx(ref_ppl)
+    assert report.unquantized_perplexity == pytest.approx(unquantized_ppl)
     assert report.engine_perplexity == pytest.approx(eng_ppl)
-    assert report.perplexity_ratio == pytest.approx(eng_ppl / ref_ppl)
+    assert report.perplexity_ratio == pytest.approx(eng_ppl / unquantized_ppl)
     assert report.mean_kld == pytest.approx(kld)
     assert report.top1_agreement == pytest.approx(agree)
-    assert report.mean_kld > 0 and report.engine_backend == "eng" and report.reference_backend == "ref"
+    assert report.mean_kld > 0 and report.engine_backend == "eng" and report.unquantized_backend == "unq"
     html = render_quality_html(report)
     assert f"{report.perplexity_ratio:.4f}" in html and "held out" in html
 
@@ -68,7 +68,7 @@ def test_nan_logits_are_refused_naming_the_backend(windows):
     broken = table.clone()
     broken[2, 3] = float("nan")
     with pytest.raises(FoundryError, match="broken-engine produced NaN"):
-        evaluate_quality(TableEngine(broken, "broken-engine"), TableEngine(table, "ref"), windows, "h")
+        evaluate_quality(TableEngine(broken, "broken-engine"), TableEngine(table, "unq"), windows, "h")
 
 
 def test_windows_must_be_two_dimensional():

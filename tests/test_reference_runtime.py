@@ -103,9 +103,9 @@ def hf_greedy_without_cache(model, prompt: list[int], steps: int) -> list[int]:
     return ids[0, len(prompt) :].tolist()
 
 
-def kl_divergence(reference_logits: torch.Tensor, candidate_logits: torch.Tensor) -> float:
-    reference, candidate = torch.log_softmax(reference_logits, -1), torch.log_softmax(candidate_logits, -1)
-    return (reference.exp() * (reference - candidate)).sum(-1).mean().item()
+def kl_divergence(target_logits: torch.Tensor, candidate_logits: torch.Tensor) -> float:
+    target, candidate = torch.log_softmax(target_logits, -1), torch.log_softmax(candidate_logits, -1)
+    return (target.exp() * (target - candidate)).sum(-1).mean().item()
 
 
 def top1_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -170,7 +170,7 @@ def test_concurrent_generation_is_isolated(plain_engine, eval_ids):
 # ---------------------------------------------------------------- SmoothQuant
 
 
-def test_int8_gemm_matches_integer_reference():
+def test_int8_gemm_matches_exact_integer_product():
     """torch._int_mm accumulates exactly in int32 (what the runtime relies on)."""
     torch.manual_seed(0)
     activations = torch.randint(-127, 128, (7, 576), dtype=torch.int8)

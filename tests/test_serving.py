@@ -128,7 +128,7 @@ def test_reference_engine_behind_foundry_server_matches_it_in_process(
     """Same engine, same prompts: the served continuations are the in-process ones, token for token,
     and a benchmark session through the server completes every request."""
     info = json.loads((reference_engine_dir / "engine.json").read_text())
-    reference = HFEngine.load(tiny_fp16_exact_dir)
+    unquantized = HFEngine.load(tiny_fp16_exact_dir)
     prompts = [
         [int(t) for t in torch.randint(10, 1000, (8,), generator=torch.Generator().manual_seed(s))] for s in range(2)
     ]
@@ -137,14 +137,14 @@ def test_reference_engine_behind_foundry_server_matches_it_in_process(
     with open_engine(
         reference_engine_dir, info, "hash-x", runtime, tiny_llama_hf_dir, tmp_path / "server.log", "tiny", eos_ids=eos
     ) as served:
-        served_quality = evaluate_generation(served.continuations, reference, prompts, 5, top_logprobs=3, eos_ids=eos)
+        served_quality = evaluate_generation(served.continuations, unquantized, prompts, 5, top_logprobs=3, eos_ids=eos)
         pid = served.server.process.pid
         assert served.served_by == "foundry.bench.server (reference runtime)"
     assert not _pid_alive(pid)
     from foundry.builders import load_engine
 
     local = InProcessContinuations(load_engine(reference_engine_dir), eos)
-    local_quality = evaluate_generation(local, reference, prompts, 5, top_logprobs=3, eos_ids=eos)
+    local_quality = evaluate_generation(local, unquantized, prompts, 5, top_logprobs=3, eos_ids=eos)
     for field in ("token_agreement", "exact_match_rate", "first_divergence_mean"):
         assert getattr(served_quality, field) == getattr(local_quality, field), field
     assert served_quality.trajectory_kld == pytest.approx(local_quality.trajectory_kld, abs=1e-6)

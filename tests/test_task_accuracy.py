@@ -168,18 +168,20 @@ def test_in_process_adapter_scores_a_quantized_engine_item_by_item(
     picks from its logits; paired with the unquantized model, the flips are the items that differ."""
     from foundry.builders import load_engine
 
-    engine, reference = load_engine(tiny_engine_dir), HFEngine.load(tiny_fp16_exact_dir)
+    engine, unquantized = load_engine(tiny_engine_dir), HFEngine.load(tiny_fp16_exact_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_hf_dir)
     task = TaskConfig(name="facts", path=str(task_dir / "facts.jsonl"), limit=8)
     loaded = load_tasks([task])[0]
     engine_items = run_task(engine_lm(engine, tokenizer, 128), loaded)
-    reference_items = run_task(engine_lm(reference, tokenizer, 128), loaded)
+    unquantized_items = run_task(engine_lm(unquantized, tokenizer, 128), loaded)
     assert sorted(engine_items) == list(range(8))
     for doc_id, (question, choices, answer) in enumerate(MULTIPLE_CHOICE[:8]):
         assert engine_items[doc_id] == float(hand_scored_choice(engine, tokenizer, question, choices) == answer)
-        assert reference_items[doc_id] == float(hand_scored_choice(reference, tokenizer, question, choices) == answer)
-    result = pair_items(loaded, engine_items, reference_items)
-    differ = sum(engine_items[i] != reference_items[i] for i in range(8))
+        assert unquantized_items[doc_id] == float(
+            hand_scored_choice(unquantized, tokenizer, question, choices) == answer
+        )
+    result = pair_items(loaded, engine_items, unquantized_items)
+    differ = sum(engine_items[i] != unquantized_items[i] for i in range(8))
     assert result.flips == differ and result.num_items == 8
     assert result.engine_score == sum(engine_items.values()) / 8
 
@@ -187,7 +189,7 @@ def test_in_process_adapter_scores_a_quantized_engine_item_by_item(
 def test_smollm2_answers_the_local_task_and_the_gates_judge_it(smollm2_hf_dir, task_dir):
     """The real model on the 20-item task; the same model as the engine: no flips, ratio 1 with a
     degenerate interval, both task gates pass. The lm-eval YAML form of the same data scores the same."""
-    reference = HFEngine.load(smollm2_hf_dir)
+    unquantized = HFEngine.load(smollm2_hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir)
     (task_dir / "facts.yaml").write_text(
         "task: ignored\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: facts.jsonl\n"
@@ -199,10 +201,10 @@ def test_smollm2_answers_the_local_task_and_the_gates_judge_it(smollm2_hf_dir, t
         TaskConfig(name="facts", path=str(task_dir / "facts.jsonl")),
         TaskConfig(name="facts_yaml", path=str(task_dir / "facts.yaml"), format="lm_eval"),
     ]
-    lm = engine_lm(reference, tokenizer, 512)
-    report = evaluate_tasks(tasks, lm, lm, reference.backend, 512)
+    lm = engine_lm(unquantized, tokenizer, 512)
+    report = evaluate_tasks(tasks, lm, lm, unquantized.backend, 512)
     facts, facts_yaml = report.tasks
-    assert facts.num_items == 20 and facts.reference_score >= 0.8, facts.reference_correct
+    assert facts.num_items == 20 and facts.unquantized_score >= 0.8, facts.unquantized_correct
     assert facts.flips == 0 and facts.score_ratio == facts.ratio_low == facts.ratio_high == 1.0
     assert facts_yaml.engine_correct == facts.engine_correct
     assert report.lm_eval_version == "0.4.13" and "McNemar" in report.method
@@ -227,7 +229,7 @@ def test_served_engine_through_lm_eval_completions_model(
 
     info = json.loads((tiny_engine_dir / "engine.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_hf_dir)
-    reference = HFEngine.load(tiny_fp16_exact_dir)
+    unquantized = HFEngine.load(tiny_fp16_exact_dir)
     generation = TaskConfig(name="capitals", path=str(task_dir / "capitals.jsonl"), format="generation", max_gen_toks=4)
     requests = [
         Instance("generate_until", {}, (prompt, {"until": ["\n"], "max_gen_toks": 4}), index)
@@ -241,12 +243,12 @@ def test_served_engine_through_lm_eval_completions_model(
     ) as served:
         lm = task_accuracy.served_lm(served.server.base_url, "tiny", tiny_llama_hf_dir, 128, 60, served.served_by)
         assert lm.generate_until(requests) == local
-        report = evaluate_tasks_on([generation], served, reference, tiny_llama_hf_dir, "tiny", 128, 60)
+        report = evaluate_tasks_on([generation], served, unquantized, tiny_llama_hf_dir, "tiny", 128, 60)
         with pytest.raises(FoundryError, match="need the prompt's logprobs echoed"):
             evaluate_tasks_on(
                 [TaskConfig(name="facts", path=str(task_dir / "facts.jsonl"))],
                 served,
-                reference,
+                unquantized,
                 tiny_llama_hf_dir,
                 "tiny",
                 128,
@@ -259,7 +261,7 @@ def test_served_engine_through_lm_eval_completions_model(
 # --- gates ------------------------------------------------------------------------------------------
 
 
-def _report(engine: list[int], reference: list[int]) -> TaskAccuracyReport:
+def _report(engine: list[int], unquantized: list[int]) -> TaskAccuracyReport:
     loaded = LoadedTask(
         name="t",
         format="multiple_choice",
@@ -271,11 +273,11 @@ def _report(engine: list[int], reference: list[int]) -> TaskAccuracyReport:
         num_items=len(engine),
         limit=None,
     )
-    result = pair_items(loaded, dict(enumerate(map(float, engine))), dict(enumerate(map(float, reference))))
+    result = pair_items(loaded, dict(enumerate(map(float, engine))), dict(enumerate(map(float, unquantized))))
     return TaskAccuracyReport(
         lm_eval_version="0.4.13",
         engine_served_by="x",
-        reference_backend="hf-transformers",
+        unquantized_backend="hf-transformers",
         max_length=128,
         method="m",
         tasks=[result],
@@ -283,25 +285,25 @@ def _report(engine: list[int], reference: list[int]) -> TaskAccuracyReport:
 
 
 def test_task_gates_pass_fail_and_inconclusive_from_the_paired_interval():
-    reference = [1] * 18 + [0] * 2
+    unquantized = [1] * 18 + [0] * 2
     gates = GateConfig(max_task_flips=2)
-    same, _ = task_gate_results(_report(reference, reference), gates)
+    same, _ = task_gate_results(_report(unquantized, unquantized), gates)
     assert [r.outcome for r in same] == ["pass", "pass"]
     # 10 of the 18 lost: even the interval's upper bound is far below 99 %
     lost = [0] * 10 + [1] * 8 + [0] * 2
-    failed, _ = task_gate_results(_report(lost, reference), gates)
+    failed, _ = task_gate_results(_report(lost, unquantized), gates)
     assert [r.outcome for r in failed] == ["fail", "fail"] and "FAIL" in failed[0].detail
     # one item lost, one gained: ratio 1, but 20 items cannot show >= 99 % with confidence
     swapped = [0] + [1] * 17 + [1, 0]
-    result = _report(swapped, reference).tasks[0]
+    result = _report(swapped, unquantized).tasks[0]
     assert result.flips == 2 and result.score_ratio == 1.0 and result.mcnemar_p == 1.0
-    gated, _ = task_gate_results(_report(swapped, reference), gates)
+    gated, _ = task_gate_results(_report(swapped, unquantized), gates)
     assert [r.outcome for r in gated] == ["inconclusive", "pass"] and "more items" in gated[0].detail
-    assert not evaluate_gates(gates, {}, tasks=_report(swapped, reference)).passed
-    loose, _ = task_gate_results(_report(swapped, reference), GateConfig(min_task_score_pct_of_reference=50))
+    assert not evaluate_gates(gates, {}, tasks=_report(swapped, unquantized)).passed
+    loose, _ = task_gate_results(_report(swapped, unquantized), GateConfig(min_task_score_pct_of_unquantized=50))
     assert loose[0].outcome == "pass"
     assert task_gate_results(None, gates) == ([], [])
-    _, unchecked = task_gate_results(_report(reference, reference), GateConfig())
+    _, unchecked = task_gate_results(_report(unquantized, unquantized), GateConfig())
     assert unchecked == ["max_task_flips"]
 
 
@@ -324,7 +326,7 @@ def test_a_pipeline_run_scores_the_shipped_task_and_gates_on_it(tmp_path):
     config = yaml.safe_load((root / "configs" / "smoke.yaml").read_text())
     config["model"]["name"] = "smollm2-tasks"
     config["evaluation"]["tasks"] = [{"name": "everyday_facts", "path": "configs/tasks/everyday_facts.jsonl"}]
-    config["gates"] |= {"min_task_score_pct_of_reference": 80, "max_task_flips": 20}
+    config["gates"] |= {"min_task_score_pct_of_unquantized": 80, "max_task_flips": 20}
     path = tmp_path / "tasks.yaml"
     path.write_text(yaml.safe_dump(config))
     state = tmp_path / "state"
@@ -344,5 +346,5 @@ def test_a_pipeline_run_scores_the_shipped_task_and_gates_on_it(tmp_path):
     registry = Registry(sqlite_tracking_uri(state))
     version = registry.list_versions("smollm2-tasks")[-1]
     metrics = registry.client.get_run(version.run_id).data.metrics
-    assert metrics["task_everyday_facts_reference_score"] >= 0.8
+    assert metrics["task_everyday_facts_unquantized_score"] >= 0.8
     assert 0.0 <= metrics["task_everyday_facts_engine_score"] <= 1.0 and "task_everyday_facts_flips" in metrics
