@@ -41,6 +41,11 @@ class EngineOptions:
     torch_compile: bool = False  # CUDA only: compile the decode step (inductor) before capturing it
     kv_cache_memory_fraction: float | None = None  # CUDA only: size the slots from free GPU memory
     batch_prefill: bool | None = None  # whole short prompts prefilled together; None = on CUDA only
+    # CPU: intra-op threads of the scheduler thread; None = one fewer than the caller's (at least 1).
+    # The caller's own OpenMP team keeps spinning between its ops: on 2 cores a 2-thread team in the
+    # scheduler thread ran SmolLM2's decode step at 44 ms and a 96-token prefill at 220 ms; 1 thread
+    # at 33 ms and 80 ms (benchmarks/cpu_scheduler_threads.py).
+    cpu_threads: int | None = None
 
     @classmethod
     def from_engine_info(cls, info: dict) -> "EngineOptions":
@@ -113,6 +118,7 @@ class BatchScheduler:
         self.pool = model.new_pool(self.slots)
         self.runner = DecodeRunner(model, self.pool, options)
         on_cuda = model.device.type == "cuda"
+        self.cpu_threads = options.cpu_threads or max(1, torch.get_num_threads() - 1)
         self.batch_prefill = on_cuda if options.batch_prefill is None else options.batch_prefill
         self._free_slots = list(range(self.slots))
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
@@ -195,6 +201,8 @@ class BatchScheduler:
     # --- the scheduler thread ----------------------------------------------------------------------
 
     def _loop(self) -> None:
+        if self.model.device.type == "cpu":
+            torch.set_num_threads(self.cpu_threads)  # this thread's own OpenMP team
         with torch.inference_mode():
             while self._wait_for_work():
                 try:
