@@ -15,6 +15,7 @@ from steps import (
     benchmark_engine,
     build_engine,
     calibrate_checkpoint,
+    champion_for_evaluation,
     compare_with_production,
     evaluate_engine_quality,
     find_champion,
@@ -74,7 +75,7 @@ def engine_pipeline(
         evaluation,
         runtime,
         model_name,
-        production_engine,
+        champion_for_evaluation(engine, production_engine),
         task_fingerprint,
     )
     registered = register_engine(

@@ -3,7 +3,7 @@
 from steps.benchmark import benchmark_engine
 from steps.build import build_engine
 from steps.calibrate import calibrate_checkpoint
-from steps.champion import find_champion
+from steps.champion import champion_for_evaluation, find_champion
 from steps.compare import compare_with_production
 from steps.data import prepare_data
 from steps.evaluate import evaluate_engine_quality
@@ -20,6 +20,7 @@ __all__ = [
     "calibrate_checkpoint",
     "compare_with_production",
     "evaluate_engine_quality",
+    "champion_for_evaluation",
     "find_champion",
     "fingerprint_data",
     "gate_and_promote",

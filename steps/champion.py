@@ -2,6 +2,7 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
+from foundry.artifacts import EngineArtifact
 from foundry.champion import ProductionEngine
 from foundry.errors import FoundryError
 from steps.tracking import stack_registry
@@ -31,3 +32,17 @@ def find_champion(model_name: str) -> Annotated[ProductionEngine, "production_en
         )
     log_metadata(metadata={"champion": {"version": version or "none", "engine_dir": production.engine_dir or ""}})
     return production
+
+
+@step(enable_cache=False)
+def champion_for_evaluation(
+    engine: EngineArtifact, production_engine: ProductionEngine
+) -> Annotated[ProductionEngine, "evaluation_champion"]:
+    """What the quality evaluation needs of the champion, and nothing that changes without
+    changing it: no champion when production holds this very engine (an unchanged re-run) or
+    nothing, else its engine without the recorded metrics. The artifact's content is the
+    evaluation's cache key, so an unchanged re-run reuses the cached evaluation (the production
+    version number moves on every promotion and would otherwise miss the cache every time)."""
+    if production_engine.version is None or production_engine.engine_content_hash == engine.content_hash:
+        return ProductionEngine(model_name=production_engine.model_name, version=None)
+    return production_engine.model_copy(update={"recorded_metrics": {}})

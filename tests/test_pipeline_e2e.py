@@ -83,7 +83,14 @@ def test_second_run_reuses_ingest_calibrate_and_build(first_run, state_dir, regi
     second = run_cli(state_dir, "--config", str(SMOKE), "--run-name", "e2e-cached")
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     cached_line = re.search(r"steps cached: (.*)", second.stdout).group(1)
-    for step in ("ingest_checkpoint", "prepare_data", "calibrate_checkpoint", "build_engine"):
+    # the evaluation too: production (v1) holds this very engine, so its input says "no champion"
+    for step in (
+        "ingest_checkpoint",
+        "prepare_data",
+        "calibrate_checkpoint",
+        "build_engine",
+        "evaluate_engine_quality",
+    ):
         assert step in cached_line
     for step in ("benchmark_engine", "register_engine", "gate_and_promote"):  # measure and act anew
         assert step not in cached_line
