@@ -105,16 +105,13 @@ def _engine_device(engine_dir: Path) -> str:
 def load_reference_engine(engine_dir: Path, device: str, dtype_name: str = "float32"):
     """The engine with its engine.json knobs (batching, graphs, compile), computing in `dtype_name`."""
     try:  # imported only when used
-        from foundry.builders.base import read_engine_info
-        from foundry.runtime.reference import ReferenceEngine
-        from foundry.runtime.scheduler import EngineOptions
+        from foundry.builders.base import load_engine
     except ImportError as error:
         raise FoundryError(
             f"--engine-dir needs foundry.runtime.reference, which cannot be imported: {error}"
         ) from error
 
-    options = EngineOptions.from_engine_info(read_engine_info(engine_dir))
-    return ReferenceEngine.load(engine_dir, compute_dtype=_DTYPES[dtype_name], device=device, options=options)
+    return load_engine(engine_dir, device=device, compute_dtype=_DTYPES[dtype_name])
 
 
 def load_hf_engine(hf_dir: Path, device: str, dtype_name: str, batching: str = "per_request", max_batch_size: int = 32):

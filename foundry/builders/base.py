@@ -40,8 +40,9 @@ def read_engine_info(engine_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_engine(engine_dir: Path, device: str | None = None) -> Engine:
-    """The engine in `engine_dir`, on `device` (None: the device its engine.json names)."""
+def load_engine(engine_dir: Path, device: str | None = None, compute_dtype=None) -> Engine:
+    """The engine in `engine_dir`, on `device` (None: the device its engine.json names), computing in
+    `compute_dtype` (a torch dtype; None: the one its engine.json names)."""
     info = read_engine_info(engine_dir)
     if info["backend"] == "reference":
         import torch
@@ -52,7 +53,10 @@ def load_engine(engine_dir: Path, device: str | None = None) -> Engine:
         options = EngineOptions.from_engine_info(info)
         device = device or info.get("device", "cpu")
         return ReferenceEngine.load(
-            engine_dir, compute_dtype=getattr(torch, info["compute_dtype"]), device=device, options=options
+            engine_dir,
+            compute_dtype=compute_dtype or getattr(torch, info["compute_dtype"]),
+            device=device,
+            options=options,
         )
     if info["backend"] == "trtllm":
         guard_trtllm_engine(engine_dir, info)
