@@ -27,12 +27,12 @@ from foundry.quality import PairedQuality
 from foundry.stats import (
     METHOD,
     difference_interval,
-    difference_non_inferiority,
+    judge_interval,
     mcnemar_exact,
-    non_inferiority,
     paired_round_ratio,
     round_ratio_interval,
 )
+from foundry.task_accuracy import TaskAccuracyReport
 
 Better = Literal["lower", "higher"]
 RelativeVerdict = Literal["pass", "fail", "inconclusive", "not judged"]
@@ -48,6 +48,7 @@ LATENCY_METRICS: dict[str, tuple[Better, bool, str]] = {
 QUALITY_METRICS: dict[str, tuple[Better, str]] = {
     "mean_kld": ("lower", "nats/token"),
     "top1_agreement": ("higher", "fraction"),
+    "task_score": ("higher", "fraction of items"),  # per task in evaluation.tasks
 }
 
 
@@ -166,6 +167,7 @@ class RelativeResult(BaseModel):
     estimate_kind: Literal["ratio", "difference"]  # challenger/champion, or challenger - champion
     unit: str  # of the champion/challenger values
     margin: float | None  # % for ratios, the metric's unit for differences; None: not gated
+    task: str | None = None  # task_score: which task (evaluation.tasks[].name)
     champion: float | None = None
     challenger: float | None = None
     estimate: float | None = None
@@ -175,7 +177,32 @@ class RelativeResult(BaseModel):
     reason: str
     champion_per_round: list[float | None] = []
     challenger_per_round: list[float | None] = []
-    mcnemar_p: float | None = None  # top-1 flips (quality)
+    mcnemar_p: float | None = None  # top-1 flips, task item flips (quality)
+
+    @property
+    def label(self) -> str:
+        """The metric as the reports and gates name it (task scores carry their task)."""
+        return f"{self.metric}[{self.task}]" if self.task else self.metric
+
+    @property
+    def gate_field(self) -> str:
+        return "gates.max_regression_pct" if self.kind == "latency" else "gates.max_quality_regression"
+
+    @property
+    def limit(self) -> float | None:
+        """The worst acceptable estimate: 1 ± margin % for ratios, ± margin for differences."""
+        if self.margin is None:
+            return None
+        sign = 1.0 if self.better == "lower" else -1.0
+        return 1.0 + sign * self.margin / 100.0 if self.estimate_kind == "ratio" else sign * self.margin
+
+    @property
+    def margin_text(self) -> str:
+        if self.margin is None:
+            return "off"
+        if self.estimate_kind == "ratio":
+            return f"≤ {self.margin:g}% {'slower' if self.better == 'lower' else 'less'}"
+        return f"≤ {self.margin:g} {self.unit} {'more' if self.better == 'lower' else 'less'}"
 
     @property
     def regression(self) -> float | None:
@@ -241,14 +268,30 @@ def _round_values(rounds: ChampionRounds, metric: str) -> tuple[list[float | Non
     return champion, challenger, ratios
 
 
-def _verdict_reason(verdict: str, bound_name: str, bound: float, limit: float, better_bound: float) -> str:
+def _without_interval(common: dict, why: str) -> RelativeResult:
+    """A metric measured too few times for an interval: inconclusive where gated."""
+    return RelativeResult(
+        **common, verdict="inconclusive" if common["margin"] is not None else "not judged", reason=why
+    )
+
+
+def _judged(common: dict, estimate: float, low: float, high: float, measured: str, narrow: str) -> RelativeResult:
+    """A metric with its interval and, where a margin is set, the non-inferiority verdict and why
+    (`narrow`: what would narrow an inconclusive interval)."""
+    result = RelativeResult(**common, estimate=estimate, low=low, high=high, verdict="not judged", reason="")
+    if result.limit is None:
+        return result.model_copy(update={"reason": f"{measured}; no margin set ({result.gate_field})"})
+    lower = result.better == "lower"
+    verdict = judge_interval(low, high, result.limit, lower_is_better=lower)
+    worse, better_bound = (high, low) if lower else (low, high)
     if verdict == "pass":
-        return f"pass: the interval's worse bound {bound:.4g} is within {limit:.4g}"
-    if verdict == "fail":
-        return f"FAIL: even the interval's better bound {better_bound:.4g} is beyond {limit:.4g}"
-    return (
-        f"inconclusive: the interval straddles {limit:.4g} ({bound_name} {bound:.4g}); "
-        "more rounds would narrow it (gates.on_inconclusive: more_rounds)"
+        why = f"pass: the interval's worse bound {worse:.4g} is within {result.limit:.4g}"
+    elif verdict == "fail":
+        why = f"FAIL: even the interval's better bound {better_bound:.4g} is beyond {result.limit:.4g}"
+    else:
+        why = f"inconclusive: the interval straddles {result.limit:.4g} (worse bound {worse:.4g}); {narrow}"
+    return result.model_copy(
+        update={"verdict": verdict, "reason": f"{measured}; margin {result.margin_text.removeprefix('≤ ')}; {why}"}
     )
 
 
@@ -256,7 +299,6 @@ def latency_results(rounds: ChampionRounds, gates: GateConfig, seed: int = 0) ->
     """Every latency/throughput metric from the rounds; those with a margin get a verdict."""
     results = []
     for metric, (better, per_request, unit) in LATENCY_METRICS.items():
-        margin = gates.max_regression_pct.get(metric)
         champion, challenger, ratios = _round_values(rounds, metric)
         common = dict(
             metric=metric,
@@ -264,20 +306,14 @@ def latency_results(rounds: ChampionRounds, gates: GateConfig, seed: int = 0) ->
             better=better,
             estimate_kind="ratio",
             unit=unit,
-            margin=margin,
+            margin=gates.max_regression_pct.get(metric),
             champion=_geomean(champion),
             challenger=_geomean(challenger),
             champion_per_round=champion,
             challenger_per_round=challenger,
         )
         if len(ratios) < 2:
-            results.append(
-                RelativeResult(
-                    **common,
-                    verdict="inconclusive" if margin is not None else "not judged",
-                    reason=f"{len(ratios)} round(s) with a value on both sides: no interval",
-                )
-            )
+            results.append(_without_interval(common, f"{len(ratios)} round(s) with a value on both sides: no interval"))
             continue
         interval = round_ratio_interval(ratios, gates.confidence, seed=seed)
         pairing = "paired by request, " if per_request else ""
@@ -285,26 +321,24 @@ def latency_results(rounds: ChampionRounds, gates: GateConfig, seed: int = 0) ->
             f"challenger/champion {interval.ratio:.4f} ({gates.confidence:.0%} CI {interval.low:.4f}–"
             f"{interval.high:.4f}; {pairing}{interval.rounds} rounds)"
         )
-        if margin is None:
-            verdict, why = "not judged", "no margin set (gates.max_regression_pct)"
-        else:
-            lower = better == "lower"
-            verdict = non_inferiority(interval, margin, lower_is_better=lower)
-            limit = 1.0 + margin / 100.0 if lower else 1.0 - margin / 100.0
-            worse, better_bound = (interval.high, interval.low) if lower else (interval.low, interval.high)
-            why = _verdict_reason(verdict, "worse bound", worse, limit, better_bound)
-            why = f"margin {margin:g}% {'slower' if lower else 'less'}; {why}"
-        results.append(
-            RelativeResult(
-                **common,
-                estimate=interval.ratio,
-                low=interval.low,
-                high=interval.high,
-                verdict=verdict,
-                reason=f"{measured}; {why}",
-            )
-        )
+        narrow = "more rounds would narrow it (gates.on_inconclusive: more_rounds)"
+        results.append(_judged(common, interval.ratio, interval.low, interval.high, measured, narrow))
     return results
+
+
+def _paired_difference(
+    common: dict, champion: list[float], challenger: list[float], items: str, flips: str, gates: GateConfig, seed: int
+) -> RelativeResult:
+    """challenger − champion over paired items (held-out windows, task items) with a bootstrap interval."""
+    if len(champion) < 2:
+        return _without_interval(common, f"{len(champion)} {items}: no interval{flips}")
+    interval = difference_interval(challenger, champion, gates.confidence, seed=seed)
+    measured = (
+        f"challenger − champion {interval.difference:+.4g} {common['unit']} ({gates.confidence:.0%} CI "
+        f"{interval.low:+.4g} to {interval.high:+.4g}; {interval.items} {items}){flips}"
+    )
+    narrow = f"more {items} would narrow it"
+    return _judged(common, interval.difference, interval.low, interval.high, measured, narrow)
 
 
 def quality_results(pair: PairedQuality, gates: GateConfig, seed: int = 0) -> list[RelativeResult]:
@@ -316,13 +350,14 @@ def quality_results(pair: PairedQuality, gates: GateConfig, seed: int = 0) -> li
         "top1_agreement": (pair.champion_window_top1, pair.challenger_window_top1),
     }
     results = []
-    for metric, (better, unit) in QUALITY_METRICS.items():
-        champion, challenger = series[metric]
-        margin = gates.max_quality_regression.get(metric)
+    for metric, (champion, challenger) in series.items():
+        better, unit = QUALITY_METRICS[metric]
+        champion, challenger = list(champion), list(challenger)
+        top1 = metric == "top1_agreement"
         flips = (
             f"; top-1 flips: {pair.champion_only_top1} positions only the champion got, "
             f"{pair.challenger_only_top1} only the challenger (McNemar exact p = {p_value:.3g})"
-            if metric == "top1_agreement"
+            if top1
             else ""
         )
         common = dict(
@@ -331,48 +366,44 @@ def quality_results(pair: PairedQuality, gates: GateConfig, seed: int = 0) -> li
             better=better,
             estimate_kind="difference",
             unit=unit,
-            margin=margin,
+            margin=gates.max_quality_regression.get(metric),
             champion=sum(champion) / len(champion),
             challenger=sum(challenger) / len(challenger),
-            champion_per_round=list(champion),
-            challenger_per_round=list(challenger),
-            mcnemar_p=p_value if metric == "top1_agreement" else None,
+            champion_per_round=champion,
+            challenger_per_round=challenger,
+            mcnemar_p=p_value if top1 else None,
         )
-        if len(champion) < 2:
-            results.append(
-                RelativeResult(
-                    **common,
-                    verdict="inconclusive" if margin is not None else "not judged",
-                    reason=f"one held-out window: no interval{flips}",
-                )
-            )
+        results.append(_paired_difference(common, champion, challenger, "held-out windows", flips, gates, seed))
+    return results
+
+
+def task_results(tasks: TaskAccuracyReport, gates: GateConfig, seed: int = 0) -> list[RelativeResult]:
+    """Per task scored on both engines: the challenger's score minus the champion's over the same
+    items, with a bootstrap interval over items and McNemar's exact test on the items that flip."""
+    results = []
+    for task in tasks.tasks:
+        pair = task.champion
+        if pair is None:
             continue
-        interval = difference_interval(challenger, champion, gates.confidence, seed=seed)
-        measured = (
-            f"challenger − champion {interval.difference:+.4g} {unit} ({gates.confidence:.0%} CI "
-            f"{interval.low:+.4g} to {interval.high:+.4g}; {interval.items} windows){flips}"
+        flips = (
+            f"; item flips: {pair.champion_only_correct} only the champion got right, "
+            f"{pair.challenger_only_correct} only the challenger (McNemar exact p = {pair.mcnemar_p:.3g})"
         )
-        if margin is None:
-            verdict, why = "not judged", "no margin set (gates.max_quality_regression)"
-        else:
-            lower = better == "lower"
-            verdict = difference_non_inferiority(interval, margin, lower_is_better=lower)
-            limit = margin if lower else -margin
-            worse, better_bound = (interval.high, interval.low) if lower else (interval.low, interval.high)
-            why = f"margin {margin:g} {unit} worse; " + _verdict_reason(
-                verdict, "worse bound", worse, limit, better_bound
-            )
-            if verdict == "inconclusive":
-                why = why.split("; more rounds")[0] + "; more held-out windows would narrow it"
+        better, unit = QUALITY_METRICS["task_score"]
+        common = dict(
+            metric="task_score",
+            task=task.name,
+            kind="quality",
+            better=better,
+            estimate_kind="difference",
+            unit=unit,
+            margin=gates.max_quality_regression.get("task_score"),
+            champion=pair.champion_score,
+            challenger=task.engine_score,
+            mcnemar_p=pair.mcnemar_p,
+        )
         results.append(
-            RelativeResult(
-                **common,
-                estimate=interval.difference,
-                low=interval.low,
-                high=interval.high,
-                verdict=verdict,
-                reason=f"{measured}; {why}",
-            )
+            _paired_difference(common, pair.champion_correct, task.engine_correct, "task items", flips, gates, seed)
         )
     return results
 
@@ -387,37 +418,30 @@ def rounds_to_add(rounds: ChampionRounds, gates: GateConfig, max_rounds: int, ba
     return min(max(batch, 1), max_rounds - rounds.rounds)
 
 
-def _unjudged(plan: ChampionPlan, gates: GateConfig, verdict: RelativeVerdict, reason: str) -> list[RelativeResult]:
-    results = []
+def _gated_metrics(gates: GateConfig, task_names: list[str]) -> list[dict]:
+    """The relative gates as RelativeResult fields, one task_score per task."""
+    rows = []
     for metric, margin in gates.max_regression_pct.items():
         better, _, unit = LATENCY_METRICS[metric]
-        results.append(
-            RelativeResult(
-                metric=metric,
-                kind="latency",
-                better=better,
-                estimate_kind="ratio",
-                unit=unit,
-                margin=margin,
-                verdict=verdict,
-                reason=reason,
-            )
-        )
+        rows.append(dict(metric=metric, kind="latency", better=better, estimate_kind="ratio", unit=unit, margin=margin))
     for metric, margin in gates.max_quality_regression.items():
         better, unit = QUALITY_METRICS[metric]
-        results.append(
-            RelativeResult(
-                metric=metric,
-                kind="quality",
-                better=better,
-                estimate_kind="difference",
-                unit=unit,
-                margin=margin,
-                verdict=verdict,
-                reason=reason,
-            )
+        common = dict(
+            metric=metric, kind="quality", better=better, estimate_kind="difference", unit=unit, margin=margin
         )
-    return results
+        rows += [common | {"task": name} for name in task_names] if metric == "task_score" else [common]
+    return rows
+
+
+def _unjudged(
+    gates: GateConfig, task_names: list[str], verdict: RelativeVerdict, reason: str, kind: str | None = None
+) -> list[RelativeResult]:
+    """Every relative gate (of `kind`, or all) with the same verdict and reason: nothing was compared."""
+    return [
+        RelativeResult(**row, verdict=verdict, reason=reason)
+        for row in _gated_metrics(gates, task_names)
+        if kind is None or row["kind"] == kind
+    ]
 
 
 def compare_with_champion(
@@ -426,30 +450,36 @@ def compare_with_champion(
     pair: PairedQuality | None,
     gates: GateConfig,
     quality_note: str | None = None,
+    tasks: TaskAccuracyReport | None = None,
 ) -> ChampionComparison:
     """Every relative metric with its verdict. Nothing in production: no relative result. The same
     engine: each relative gate passes (one engine, measured once). The champion not re-measured:
-    each relative gate is not judged, with the reason (its recorded metrics are context only)."""
+    each relative gate is not judged, with the reason (its recorded metrics are context only).
+    `tasks`: this run's task accuracy; a task the champion was scored on gets a task_score result."""
     base = dict(plan=plan, confidence=gates.confidence, method=METHOD.format(confidence=gates.confidence))
+    task_names = [task.name for task in tasks.tasks] if tasks is not None else []
     if plan.status == "no_production":
         return ChampionComparison(**base)
     if plan.status == "same_engine":
         why = f"same engine as champion v{plan.version} ({(plan.engine_content_hash or '')[:12]}): measured once"
-        return ChampionComparison(**base, results=_unjudged(plan, gates, "pass", why))
+        return ChampionComparison(**base, results=_unjudged(gates, task_names, "pass", why))
     if plan.status == "not_re_measured":
         why = f"champion v{plan.version} not re-measured: {plan.reason}"
-        return ChampionComparison(**base, results=_unjudged(plan, gates, "not judged", why))
+        return ChampionComparison(**base, results=_unjudged(gates, task_names, "not judged", why))
     if rounds is None:
         raise FoundryError(
             f"champion v{plan.version} was to be re-measured but the benchmark carries no rounds; re-run the benchmark"
         )
     results = latency_results(rounds, gates)
+    unmeasured = f"champion v{plan.version}'s quality not re-measured: {quality_note or 'no paired evaluation'}"
     if pair is not None:
         results += quality_results(pair, gates)
         quality_note = None
     else:
-        why = f"champion v{plan.version}'s quality not re-measured: {quality_note or 'no paired evaluation'}"
-        results += [r for r in _unjudged(plan, gates, "not judged", why) if r.kind == "quality"]
+        results += [r for r in _unjudged(gates, [], "not judged", unmeasured, "quality") if r.task is None]
+    scored = task_results(tasks, gates) if tasks is not None else []
+    missing = [name for name in task_names if name not in {r.task for r in scored}]
+    results += scored + [r for r in _unjudged(gates, missing, "not judged", unmeasured, "quality") if r.task]
     return ChampionComparison(
         **base,
         rounds=rounds.rounds,

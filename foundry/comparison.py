@@ -209,14 +209,6 @@ def _interval_text(row: RelativeResult, confidence: float) -> str:
     return f"{row.estimate:+.4g} [{row.low:+.4g}, {row.high:+.4g}]"
 
 
-def _margin_text(row: RelativeResult) -> str:
-    if row.margin is None:
-        return "off"
-    if row.estimate_kind == "ratio":
-        return f"≤ {row.margin:g}% {'slower' if row.better == 'lower' else 'less'}"
-    return f"≤ {row.margin:g} {row.unit} {'more' if row.better == 'lower' else 'less'}"
-
-
 def _per_round_svg(row: RelativeResult, axis: str) -> str:
     """Champion (grey) and challenger (blue) per round (or per window) as two polylines."""
     points = [
@@ -239,12 +231,12 @@ def _per_round_svg(row: RelativeResult, axis: str) -> str:
         )
         return (
             f"<polyline points='{xy}' fill='none' stroke='{color}' stroke-width='1.5'>"
-            f"<title>{html.escape(row.metric)} {who} per {axis}</title></polyline>"
+            f"<title>{html.escape(row.label)} {who} per {axis}</title></polyline>"
         )
 
     return (
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
-        f"aria-label='{html.escape(row.metric)} per {axis}: champion grey, challenger blue' "
+        f"aria-label='{html.escape(row.label)} per {axis}: champion grey, challenger blue' "
         "style='background:#fafafa;border:1px solid #eee'>"
         f"{polyline(1, '#9e9e9e', 'champion')}{polyline(2, '#1976d2', 'challenger')}</svg>"
     )
@@ -278,9 +270,9 @@ def render_champion_html(comparison: ChampionComparison) -> str:
     if comparison.results:
         rows = "".join(
             f"<tr style='background:{_VERDICT_COLORS[r.verdict]}'>"
-            f"<td>{html.escape(r.metric)}</td><td>{r.better} is better</td>"
+            f"<td>{html.escape(r.label)}</td><td>{r.better} is better</td>"
             f"<td>{_fmt(r.champion)}</td><td>{_fmt(r.challenger)}</td><td>{html.escape(r.unit)}</td>"
-            f"<td>{html.escape(_interval_text(r, comparison.confidence))}</td><td>{html.escape(_margin_text(r))}</td>"
+            f"<td>{html.escape(_interval_text(r, comparison.confidence))}</td><td>{html.escape(r.margin_text)}</td>"
             f"<td>{_per_round_svg(r, 'round' if r.kind == 'latency' else 'window')}</td>"
             f"<td><b>{r.verdict}</b><br><span style='font-size:12px'>{html.escape(r.reason)}</span></td></tr>"
             for r in comparison.results
@@ -304,7 +296,7 @@ def champion_metadata(comparison: ChampionComparison) -> dict:
         "rounds": comparison.rounds,
         "rounds_wall_s": comparison.rounds_wall_s,
         "metrics": {
-            r.metric: {
+            r.label: {
                 "champion": r.champion,
                 "challenger": r.challenger,
                 "estimate": r.estimate,

@@ -576,7 +576,7 @@ class BenchmarkConfig(_Strict):
 
 
 RelativeLatencyMetric = Literal["ttft_ms", "tpot_ms", "e2e_ms", "ttft_p99_ms", "tpot_p99_ms", "output_tok_s"]
-RelativeQualityMetric = Literal["mean_kld", "top1_agreement"]
+RelativeQualityMetric = Literal["mean_kld", "top1_agreement", "task_score"]
 
 
 class GateConfig(_Strict):
@@ -608,7 +608,10 @@ class GateConfig(_Strict):
     )
     max_quality_regression: dict[RelativeQualityMetric, float] = Field(
         default={"mean_kld": 0.01, "top1_agreement": 0.01},
-        description="how much worse than the champion: mean_kld in nats/token more, top1_agreement as a fraction less",
+        description=(
+            "how much worse than the champion: mean_kld in nats/token more, top1_agreement as a fraction less; "
+            "task_score (opt-in; per task in evaluation.tasks, on the same items) as a fraction of items less"
+        ),
     )
     # Task accuracy (evaluation.tasks), per task against the unquantized model on the same items.
     min_task_score_pct_of_unquantized: float | None = Field(

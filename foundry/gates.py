@@ -142,16 +142,15 @@ def relative_gate_results(comparison: ChampionComparison) -> tuple[list[GateResu
     results, unchecked = [], []
     relative_to = f"champion v{comparison.plan.version}"
     for row in comparison.results:
-        field = "max_regression_pct" if row.kind == "latency" else "max_quality_regression"
         if row.margin is None:
             continue
         if not row.judged:
-            unchecked.append(f"{field}.{row.metric} ({row.reason})")
+            unchecked.append(f"{row.gate_field.removeprefix('gates.')}.{row.label} ({row.reason})")
             continue
         regression = row.regression
         results.append(
             GateResult(
-                name=f"{row.metric} vs champion",
+                name=f"{row.label} vs champion",
                 comparison="<=",
                 threshold=row.margin,
                 measured=regression,

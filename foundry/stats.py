@@ -24,10 +24,23 @@ METHOD = (
     "for the same request (paired), for throughput and p99 the round's own value —, then the geometric mean "
     "over rounds with a {confidence:.0%} percentile-bootstrap interval resampling whole rounds (2,000 "
     "resamples, seeded); quality: the mean per-window difference (KLD, top-1 agreement) with a bootstrap "
-    "interval over held-out windows and McNemar's exact test on per-position top-1 flips; a relative gate "
+    "interval over held-out windows and McNemar's exact test on per-position top-1 flips; task scores: the "
+    "mean per-item difference with a bootstrap interval over the same items and McNemar's exact test on the "
+    "items that flip; a relative gate "
     "passes if the interval's worse bound is within the margin, fails if its better bound is beyond it, "
     "else is inconclusive."
 )
+
+
+def _resample_index(size: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, size) indices drawn with replacement: one bootstrap resample per row (seeded)."""
+    return np.random.default_rng(seed).integers(0, size, size=(resamples, size))
+
+
+def _percentile_bounds(statistics: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The percentile-bootstrap interval of resampled statistics."""
+    tail = (1.0 - confidence) / 2.0
+    return float(np.quantile(statistics, tail)), float(np.quantile(statistics, 1.0 - tail))
 
 
 @dataclass(frozen=True)
@@ -60,15 +73,9 @@ def round_ratio_interval(
     log_ratios = np.log(np.asarray(round_ratios, dtype=float))
     if log_ratios.ndim != 1 or log_ratios.size < 2 or not np.all(np.isfinite(log_ratios)):
         raise ValueError(f"need >= 2 positive finite round ratios, got {list(np.asarray(round_ratios).ravel())}")
-    rng = np.random.default_rng(seed)
-    means = log_ratios[rng.integers(0, log_ratios.size, size=(resamples, log_ratios.size))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    return RatioInterval(
-        float(np.exp(log_ratios.mean())),
-        float(np.exp(np.quantile(means, tail))),
-        float(np.exp(np.quantile(means, 1.0 - tail))),
-        int(log_ratios.size),
-    )
+    means = log_ratios[_resample_index(log_ratios.size, resamples, seed)].mean(axis=1)
+    low, high = _percentile_bounds(means, confidence)
+    return RatioInterval(float(np.exp(log_ratios.mean())), math.exp(low), math.exp(high), int(log_ratios.size))
 
 
 def paired_round_ratio(challenger: Sequence[float | None], champion: Sequence[float | None]) -> float | None:
@@ -106,39 +113,32 @@ def difference_interval(
     if a.shape != b.shape or a.ndim != 1 or a.size < 2:
         raise ValueError(f"need paired items (>= 2 each), got {a.size} champion and {b.size} challenger values")
     differences = b - a
-    rng = np.random.default_rng(seed)
-    means = differences[rng.integers(0, a.size, size=(resamples, a.size))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    return DifferenceInterval(
-        float(differences.mean()),
-        float(np.quantile(means, tail)),
-        float(np.quantile(means, 1.0 - tail)),
-        int(a.size),
-    )
+    means = differences[_resample_index(a.size, resamples, seed)].mean(axis=1)
+    return DifferenceInterval(float(differences.mean()), *_percentile_bounds(means, confidence), int(a.size))
+
+
+def judge_interval(low: float, high: float, limit: float, lower_is_better: bool) -> Verdict:
+    """Non-inferiority against `limit`, the worst acceptable value: pass when the whole interval is on
+    the good side, fail when the whole interval is beyond it, else inconclusive."""
+    if lower_is_better:  # worse = larger
+        if high <= limit:
+            return "pass"
+        return "fail" if low > limit else "inconclusive"
+    if low >= limit:  # worse = smaller
+        return "pass"
+    return "fail" if high < limit else "inconclusive"
 
 
 def difference_non_inferiority(interval: DifferenceInterval, margin: float, lower_is_better: bool) -> Verdict:
     """Is the challenger no more than `margin` (in the metric's unit) worse than the champion?"""
-    if lower_is_better:  # KLD: worse = larger difference
-        if interval.high <= margin:
-            return "pass"
-        return "fail" if interval.low > margin else "inconclusive"
-    if interval.low >= -margin:  # top-1 agreement: worse = negative difference
-        return "pass"
-    return "fail" if interval.high < -margin else "inconclusive"
+    limit = margin if lower_is_better else -margin  # KLD: worse = larger; top-1 agreement: worse = negative
+    return judge_interval(interval.low, interval.high, limit, lower_is_better)
 
 
 def non_inferiority(interval: RatioInterval, margin_pct: float, lower_is_better: bool) -> Verdict:
     """Is the challenger no more than `margin_pct` worse than the champion, with the interval's confidence?"""
-    if lower_is_better:  # latency: worse = larger ratio
-        bound = 1.0 + margin_pct / 100.0
-        if interval.high <= bound:
-            return "pass"
-        return "fail" if interval.low > bound else "inconclusive"
-    bound = 1.0 - margin_pct / 100.0  # throughput: worse = smaller ratio
-    if interval.low >= bound:
-        return "pass"
-    return "fail" if interval.high < bound else "inconclusive"
+    limit = 1.0 + margin_pct / 100.0 if lower_is_better else 1.0 - margin_pct / 100.0
+    return judge_interval(interval.low, interval.high, limit, lower_is_better)
 
 
 def mcnemar_exact(champion_only: int, challenger_only: int) -> float:
@@ -167,15 +167,8 @@ def score_ratio_interval(
         raise ValueError(f"need paired items (>= 2 each), got {a.size} unquantized and {b.size} challenger values")
     if a.sum() <= 0:
         raise ValueError("the unquantized model scores 0 on every item: a score ratio is undefined")
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, a.size, size=(resamples, a.size))
+    index = _resample_index(a.size, resamples, seed)
     unquantized_sums, challenger_sums = a[index].sum(axis=1), b[index].sum(axis=1)
     defined = unquantized_sums > 0
     ratios = challenger_sums[defined] / unquantized_sums[defined]
-    tail = (1.0 - confidence) / 2.0
-    return RatioInterval(
-        float(b.sum() / a.sum()),
-        float(np.quantile(ratios, tail)),
-        float(np.quantile(ratios, 1.0 - tail)),
-        int(a.size),
-    )
+    return RatioInterval(float(b.sum() / a.sum()), *_percentile_bounds(ratios, confidence), int(a.size))

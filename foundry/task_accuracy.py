@@ -574,8 +574,22 @@ def run_task(lm, loaded: LoadedTask) -> dict[int, float]:
     return items
 
 
+class TaskChampionPair(BaseModel):
+    """The production engine (the champion) on the same items as this run's engine (the challenger)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    champion_score: float
+    champion_correct: list[float]  # per item, in TaskResult.doc_ids order
+    champion_only_correct: int  # items only the champion gets right
+    challenger_only_correct: int  # items only this run's engine gets right
+    mcnemar_p: float
+    champion_wall_s: float
+
+
 class TaskResult(BaseModel):
-    """One task: the engine and the unquantized model on the same items."""
+    """One task: the engine and the unquantized model on the same items (and the champion, when it
+    was scored beside them)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -599,6 +613,7 @@ class TaskResult(BaseModel):
     unquantized_correct: list[float]
     engine_wall_s: float
     unquantized_wall_s: float
+    champion: TaskChampionPair | None = None
 
     @property
     def flips(self) -> int:
@@ -631,7 +646,18 @@ class TaskAccuracyReport(BaseModel):
             }
             if task.score_ratio is not None:
                 out[f"task_{task.name}_score_ratio"] = task.score_ratio
+            if task.champion is not None:
+                out[f"task_{task.name}_champion_score"] = task.champion.champion_score
+                out[f"task_{task.name}_champion_mcnemar_p"] = task.champion.mcnemar_p
         return out
+
+
+def discordant(first: Sequence[float], second: Sequence[float]) -> tuple[int, int]:
+    """Paired 0/1 items: (how many only `first` gets right, how many only `second` does)."""
+    return (
+        sum(1 for a, b in zip(first, second, strict=True) if a and not b),
+        sum(1 for a, b in zip(first, second, strict=True) if b and not a),
+    )
 
 
 def pair_items(
@@ -653,8 +679,7 @@ def pair_items(
     unquantized = [unquantized_items[i] for i in doc_ids]
     if len(doc_ids) < 2:
         raise FoundryError(f"task {loaded.name}: {len(doc_ids)} item scored; at least 2 are needed for an interval")
-    engine_only = sum(1 for e, r in zip(engine, unquantized) if e and not r)
-    unquantized_only = sum(1 for e, r in zip(engine, unquantized) if r and not e)
+    engine_only, unquantized_only = discordant(engine, unquantized)
     ratio = low = high = None
     if sum(unquantized) > 0:
         interval = score_ratio_interval(engine, unquantized, confidence)
@@ -683,6 +708,34 @@ def pair_items(
     )
 
 
+def pair_with_champion(
+    result: TaskResult, champion_items: dict[int, float], champion_wall_s: float = 0.0
+) -> TaskResult:
+    """`result` (the engine against the unquantized model) with the champion scored on the same items:
+    its score, the discordant items both ways and McNemar's exact p."""
+    if set(champion_items) != set(result.doc_ids):
+        raise FoundryError(
+            f"task {result.name}: the champion was scored on {len(champion_items)} items, this run's engine on "
+            f"{len(result.doc_ids)}; they must be the same items"
+        )
+    champion = [champion_items[i] for i in result.doc_ids]
+    champion_only, challenger_only = discordant(champion, result.engine_correct)
+    pair = TaskChampionPair(
+        champion_score=sum(champion) / len(champion),
+        champion_correct=champion,
+        champion_only_correct=champion_only,
+        challenger_only_correct=challenger_only,
+        mcnemar_p=mcnemar_exact(champion_only, challenger_only),
+        champion_wall_s=champion_wall_s,
+    )
+    return result.model_copy(update={"champion": pair})
+
+
+def _timed_task(lm, loaded: LoadedTask) -> tuple[dict[int, float], float]:
+    started = time.perf_counter()
+    return run_task(lm, loaded), time.perf_counter() - started
+
+
 def evaluate_tasks(
     tasks: Sequence[TaskConfig],
     engine_model,
@@ -690,18 +743,19 @@ def evaluate_tasks(
     unquantized_backend: str,
     max_length: int,
     confidence: float = 0.95,
+    champion_model=None,
 ) -> TaskAccuracyReport:
-    """Every configured task on the engine's lm-eval model and on the unquantized model's, paired item by item."""
+    """Every configured task on the engine's lm-eval model and on the unquantized model's, paired item
+    by item; with `champion_model` (the production engine's), the champion on the same items too."""
     version = require_lm_eval()
     results = []
     for loaded in load_tasks(tasks):
-        started = time.perf_counter()
-        engine_items = run_task(engine_model, loaded)
-        engine_s = time.perf_counter() - started
-        started = time.perf_counter()
-        unquantized_items = run_task(unquantized_model, loaded)
-        unquantized_s = time.perf_counter() - started
-        results.append(pair_items(loaded, engine_items, unquantized_items, confidence, engine_s, unquantized_s))
+        engine_items, engine_s = _timed_task(engine_model, loaded)
+        unquantized_items, unquantized_s = _timed_task(unquantized_model, loaded)
+        result = pair_items(loaded, engine_items, unquantized_items, confidence, engine_s, unquantized_s)
+        if champion_model is not None:
+            result = pair_with_champion(result, *_timed_task(champion_model, loaded))
+        results.append(result)
     return TaskAccuracyReport(
         lm_eval_version=version,
         engine_served_by=getattr(engine_model, "served_by", type(engine_model).__name__),
@@ -720,10 +774,12 @@ def evaluate_tasks_on(
     model_name: str,
     max_length: int,
     request_timeout_s: float,
+    champion=None,
 ) -> TaskAccuracyReport:
     """The tasks on an engine opened by foundry.serving.open_engine (`served`): through the in-process
     adapter when it runs in process, else through lm-eval's completions model against its server;
-    the unquantized model (`unquantized`, an in-process HFEngine) always in process."""
+    the unquantized model (`unquantized`, an in-process HFEngine) always in process, and so is the
+    production engine (`champion`, an in-process engine) when given."""
     from transformers import AutoTokenizer
 
     loaded = load_tasks(tasks)
@@ -736,7 +792,23 @@ def evaluate_tasks_on(
             probe = tokenizer.encode("The capital of France is Paris.", add_special_tokens=False)
             require_echo_logprobs(base_url, model_name, probe, served.served_by)
         model = served_lm(base_url, model_name, tokenizer_dir, max_length, request_timeout_s, served.served_by)
-    return evaluate_tasks(tasks, model, engine_lm(unquantized, tokenizer, max_length), unquantized.backend, max_length)
+    return evaluate_tasks(
+        tasks,
+        model,
+        engine_lm(unquantized, tokenizer, max_length),
+        unquantized.backend,
+        max_length,
+        champion_model=None if champion is None else engine_lm(champion, tokenizer, max_length),
+    )
+
+
+def _champion_cell(pair: TaskChampionPair | None) -> str:
+    if pair is None:
+        return "not scored"
+    return (
+        f"{pair.champion_score:.2%}; {pair.champion_only_correct} only the champion, "
+        f"{pair.challenger_only_correct} only this engine (McNemar p = {pair.mcnemar_p:.3g})"
+    )
 
 
 def render_tasks_html(report: TaskAccuracyReport) -> str:
@@ -753,13 +825,12 @@ def render_tasks_html(report: TaskAccuracyReport) -> str:
             f"<tr><td>{html.escape(task.name)}</td><td>{html.escape(task.output_type)} / {html.escape(task.metric)}</td>"
             f"<td>{task.num_items}</td><td>{task.unquantized_score:.2%}</td><td><b>{task.engine_score:.2%}</b></td>"
             f"<td>{ratio}</td><td>{task.flips} ({task.unquantized_only_correct} lost, {task.engine_only_correct} gained; "
-            f"McNemar p = {task.mcnemar_p:.3g})</td></tr>"
+            f"McNemar p = {task.mcnemar_p:.3g})</td><td>{_champion_cell(task.champion)}</td></tr>"
         )
     return (
         f"<h3>Task accuracy (lm-evaluation-harness {html.escape(report.lm_eval_version)}): "
         f"{html.escape(report.engine_served_by)} vs the unquantized model ({html.escape(report.unquantized_backend)})</h3>"
         "<table border='1' cellpadding='6' style='border-collapse:collapse'><tr><th>task</th><th>type / metric</th>"
-        "<th>items</th><th>unquantized</th><th>engine</th><th>engine / unquantized</th><th>flips</th></tr>"
-        + "".join(rows)
-        + f"</table><p>{html.escape(report.method)}</p>"
+        "<th>items</th><th>unquantized</th><th>engine</th><th>engine / unquantized</th><th>flips</th>"
+        "<th>champion (same items)</th></tr>" + "".join(rows) + f"</table><p>{html.escape(report.method)}</p>"
     )

@@ -37,6 +37,7 @@ def compare_with_production(
         quality_report.champion_pair,
         gates,
         quality_note=quality_report.champion_quality_note,
+        tasks=quality_report.tasks,
     )
     model_name = registered_version["model_name"]
     production = plan.version  # the champion this run measured: promotion is compare-and-set against it

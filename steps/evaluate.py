@@ -39,9 +39,9 @@ def evaluate_engine_quality(
     """The engine that will be promoted, run the way it serves, against the unquantized HF model on
     held-out windows (never calibration data): teacher-forced where it gives logits (in process),
     greedy continuations compared for every engine. The production engine (the champion), when it
-    runs here in process beside this one, is scored in the same pass on the same windows. Tasks
-    (evaluation.tasks) run through lm-evaluation-harness on the engine as it serves and on the
-    unquantized model; `task_data_fingerprint` (their files' bytes) keys the step's cache."""
+    runs here in process beside this one, is scored in the same pass on the same windows and on the
+    same task items. Tasks (evaluation.tasks) run through lm-evaluation-harness on the engine as it
+    serves and on the unquantized model; `task_data_fingerprint` (their files' bytes) keys the step's cache."""
     info = read_engine_info(engine.path)
     champion_plan = plan_champion(
         production_engine or ProductionEngine(model_name=model_name, version=None),
@@ -80,31 +80,32 @@ def evaluate_engine_quality(
                 engine_backend=info["backend"],
                 champion=champion,
             )
+            generation = None
+            if prompts:
+                generation = evaluate_generation(
+                    served.continuations,
+                    unquantized,
+                    prompts,
+                    evaluation.generation_tokens,
+                    evaluation.stop_at_eos,
+                    evaluation.top_logprobs,
+                    eos_ids=[eos_id],
+                )
+            tasks = None
+            if evaluation.tasks:
+                tasks = evaluate_tasks_on(
+                    evaluation.tasks,
+                    served,
+                    unquantized,
+                    tokenizer_dir_of(engine.path, info, checkpoint.path),
+                    model_name,
+                    max_length=int(info["max_seq_len"]),
+                    request_timeout_s=runtime.request_timeout_s,
+                    champion=champion,
+                )
         finally:
             if champion is not None:
                 champion.close()
-        generation = None
-        if prompts:
-            generation = evaluate_generation(
-                served.continuations,
-                unquantized,
-                prompts,
-                evaluation.generation_tokens,
-                evaluation.stop_at_eos,
-                evaluation.top_logprobs,
-                eos_ids=[eos_id],
-            )
-        tasks = None
-        if evaluation.tasks:
-            tasks = evaluate_tasks_on(
-                evaluation.tasks,
-                served,
-                unquantized,
-                tokenizer_dir_of(engine.path, info, checkpoint.path),
-                model_name,
-                max_length=int(info["max_seq_len"]),
-                request_timeout_s=runtime.request_timeout_s,
-            )
         served.require_alive("the evaluation")
     report = report.model_copy(
         update={

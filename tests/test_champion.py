@@ -227,3 +227,58 @@ def test_the_report_shows_intervals_per_round_plots_verdicts_and_the_method():
     away = plan.model_copy(update={"status": "not_re_measured", "reason": "engine on another node"})
     page = render_champion_html(compare_with_champion(away, None, None, GateConfig()))
     assert "champion v3 not re-measured: engine on another node" in page and "Not re-measured" in page
+
+
+def _tasks_with_champion(challenger: list[int], champion: list[int] | None, name: str = "facts"):
+    """A one-task report: this run's engine (`challenger`) and the unquantized model, both right on
+    every item the unquantized model gets; the champion scored on the same items when given."""
+    from foundry.task_accuracy import TaskAccuracyReport, pair_with_champion
+    from tests.test_task_accuracy import _report
+
+    report = _report(challenger, [1] * len(challenger))
+    task = report.tasks[0].model_copy(update={"name": name})
+    if champion is not None:
+        task = pair_with_champion(task, dict(enumerate(map(float, champion))))
+    return TaskAccuracyReport(**(report.model_dump(exclude={"tasks"}) | {"tasks": [task]}))
+
+
+def test_task_items_are_paired_with_the_champion_and_gated_when_a_margin_is_set():
+    """The champion scored on the same task items: score difference with a bootstrap interval over
+    items, McNemar on the items that flip; `max_quality_regression.task_score` gates it (opt-in)."""
+    plan = ChampionPlan(model_name="m", version="3", status="re_measure", reason="runs", engine_content_hash="a")
+    rounds = model_rounds(np.random.default_rng(0), 1.0, rounds=20)
+    gates = GateConfig(max_quality_regression={"task_score": 0.05})
+    champion = [1] * 40
+
+    worse = _tasks_with_champion([0] * 12 + [1] * 28, champion)  # 12 of 40 items lost against the champion
+    pair = worse.tasks[0].champion
+    assert (pair.champion_only_correct, pair.challenger_only_correct) == (12, 0) and pair.mcnemar_p < 0.001
+    comparison = compare_with_champion(plan, rounds, None, gates, "served", tasks=worse)
+    task = next(r for r in comparison.results if r.metric == "task_score")
+    assert task.label == "task_score[facts]" and task.verdict == "fail" and task.mcnemar_p == pair.mcnemar_p
+    assert task.estimate == pytest.approx(-0.3) and task.low < -0.3 < task.high < -0.05
+    assert "12 only the champion got right, 0 only the challenger" in task.reason
+    decision = evaluate_gates(gates, {}, champion=comparison)
+    gate = next(r for r in decision.results if r.name == "task_score[facts] vs champion")
+    assert gate.outcome == "fail" and not decision.passed
+
+    same = compare_with_champion(plan, rounds, None, gates, tasks=_tasks_with_champion(champion, champion))
+    task = next(r for r in same.results if r.metric == "task_score")
+    assert task.verdict == "pass" and task.estimate == task.low == task.high == 0.0 and task.mcnemar_p == 1.0
+
+    # no margin: reported with its interval, not judged; the HTML and metadata name the task
+    ungated = compare_with_champion(plan, rounds, None, GateConfig(), tasks=worse)
+    task = next(r for r in ungated.results if r.metric == "task_score")
+    assert task.verdict == "not judged" and "no margin set (gates.max_quality_regression)" in task.reason
+    assert "task_score[facts]" in render_champion_html(ungated)
+    assert champion_metadata(ungated)["metrics"]["task_score[facts]"]["estimate"] == pytest.approx(-0.3)
+
+    # the champion not scored on the task (its engine runs behind a server): not judged, with why
+    unscored = compare_with_champion(plan, rounds, None, gates, "served", tasks=_tasks_with_champion(champion, None))
+    decision = evaluate_gates(gates, {}, champion=unscored)
+    assert any(u.startswith("max_quality_regression.task_score[facts] (") and "served" in u for u in decision.unchecked)
+    # an unchanged re-run: every relative gate passes, the task's too
+    same_engine = compare_with_champion(
+        plan.model_copy(update={"status": "same_engine"}), None, None, gates, tasks=worse
+    )
+    assert [r.verdict for r in same_engine.results if r.metric == "task_score"] == ["pass"]

@@ -220,8 +220,8 @@ def test_served_engine_through_lm_eval_completions_model(
     tiny_engine_dir, tiny_fp16_exact_dir, tiny_llama_hf_dir, task_dir, tmp_path
 ):
     """Behind foundry.bench.server: a generation task through lm-eval's OpenAI completions model gives
-    the in-process texts; a multiple-choice task is refused up front (the server echoes no prompt
-    logprobs), never scored as zero."""
+    the in-process texts, and a multiple-choice task (prompt logprobs echoed, as vLLM does) the
+    in-process item scores; a server that echoes no prompt logprobs is refused up front."""
     from lm_eval.api.instance import Instance
 
     from foundry.builders import load_engine
@@ -231,11 +231,14 @@ def test_served_engine_through_lm_eval_completions_model(
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_hf_dir)
     unquantized = HFEngine.load(tiny_fp16_exact_dir)
     generation = TaskConfig(name="capitals", path=str(task_dir / "capitals.jsonl"), format="generation", max_gen_toks=4)
+    facts = TaskConfig(name="facts", path=str(task_dir / "facts.jsonl"), limit=6)
     requests = [
         Instance("generate_until", {}, (prompt, {"until": ["\n"], "max_gen_toks": 4}), index)
         for index, (prompt, _) in enumerate(GENERATION)
     ]
-    local = engine_lm(load_engine(tiny_engine_dir), tokenizer, 128).generate_until(requests)
+    local_lm = engine_lm(load_engine(tiny_engine_dir), tokenizer, 128)
+    local = local_lm.generate_until(requests)
+    local_facts = run_task(local_lm, load_tasks([facts])[0])
     runtime = RuntimeConfig(served_by="foundry_server", startup_timeout_s=120)
     eos = [tokenizer.eos_token_id]
     with open_engine(
@@ -243,19 +246,51 @@ def test_served_engine_through_lm_eval_completions_model(
     ) as served:
         lm = task_accuracy.served_lm(served.server.base_url, "tiny", tiny_llama_hf_dir, 128, 60, served.served_by)
         assert lm.generate_until(requests) == local
-        report = evaluate_tasks_on([generation], served, unquantized, tiny_llama_hf_dir, "tiny", 128, 60)
-        with pytest.raises(FoundryError, match="need the prompt's logprobs echoed"):
-            evaluate_tasks_on(
-                [TaskConfig(name="facts", path=str(task_dir / "facts.jsonl"))],
-                served,
-                unquantized,
-                tiny_llama_hf_dir,
-                "tiny",
-                128,
-                60,
-            )
+        report = evaluate_tasks_on([generation, facts], served, unquantized, tiny_llama_hf_dir, "tiny", 128, 60)
     assert report.engine_served_by == "foundry.bench.server (reference runtime)"
-    assert report.tasks[0].num_items == 4 and report.tasks[0].output_type == "generate_until"
+    capitals, scored = report.tasks
+    assert capitals.num_items == 4 and capitals.output_type == "generate_until"
+    assert scored.output_type == "multiple_choice" and scored.num_items == 6
+    assert dict(zip(scored.doc_ids, scored.engine_correct)) == local_facts
+
+
+def test_a_server_without_prompt_logprobs_is_refused_for_multiple_choice():
+    """A server that cannot echo the prompt's logprobs (here a synthetic engine, which has no logits)
+    is refused before lm-eval scores anything as zero, naming what to do."""
+    from tests.test_http_bench import start_server
+
+    process, port = start_server("--synthetic", "2,1")
+    try:
+        with pytest.raises(FoundryError, match="need the prompt's logprobs echoed"):
+            task_accuracy.require_echo_logprobs(
+                f"http://127.0.0.1:{port}", "synthetic", [1, 2, 3], "a synthetic server"
+            )
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_the_champion_is_scored_on_the_same_items(tiny_engine_dir, tiny_fp16_exact_dir, tiny_llama_hf_dir, task_dir):
+    """With the production engine given, each task runs on it too and is paired with this run's
+    engine item by item (here the champion is the unquantized model: its items are the unquantized ones)."""
+    from foundry.builders import load_engine
+
+    engine, unquantized = load_engine(tiny_engine_dir), HFEngine.load(tiny_fp16_exact_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_hf_dir)
+    unquantized_lm = engine_lm(unquantized, tokenizer, 128)
+    tasks = [TaskConfig(name="facts", path=str(task_dir / "facts.jsonl"), limit=6)]
+    report = evaluate_tasks(
+        tasks, engine_lm(engine, tokenizer, 128), unquantized_lm, "hf", 128, champion_model=unquantized_lm
+    )
+    task = report.tasks[0]
+    pair = task.champion
+    assert pair.champion_correct == task.unquantized_correct and pair.champion_score == task.unquantized_score
+    assert (pair.champion_only_correct, pair.challenger_only_correct) == (
+        task.unquantized_only_correct,
+        task.engine_only_correct,
+    )
+    assert report.headline()["task_facts_champion_score"] == pair.champion_score
+    assert "only the champion" in task_accuracy.render_tasks_html(report)
 
 
 # --- gates ------------------------------------------------------------------------------------------

@@ -14,8 +14,12 @@ is true (`finish_reason: "stop"`), else it has exactly `max_tokens` tokens (`"le
 `token_ids` next to `text`, as vLLM's `return_token_ids` does, so a client can count tokens without a
 tokenizer (`detokenize: false` leaves `text` empty, as trtllm-serve does). `logprobs: k` (in-process
 engines with logits) returns OpenAI's legacy logprobs: each token's logprob, and for k > 1 the top-k
-per position keyed `token_id:N` (vLLM's return_tokens_as_token_ids spelling). Sampling parameters
-other than greedy are refused rather than ignored.
+per position keyed `token_id:N` (vLLM's return_tokens_as_token_ids spelling). `echo: true` with
+`logprobs: k` (not streamed) also returns the prompt, as vLLM does: `text` and `token_ids` start
+with the prompt, `token_logprobs` holds None for the first prompt token, then every following
+token's logprob, and `top_logprobs` the top-k per position — what lm-evaluation-harness's
+completions model reads to score multiple-choice tasks. Sampling parameters other than greedy are
+refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class CompletionParams:
     min_tokens: int = 0
     logprobs: int = 0
     detokenize: bool = True
+    echo: bool = False
 
 
 def parse_completion_request(body: object, tokenizer) -> CompletionParams:
@@ -87,6 +92,11 @@ def parse_completion_request(body: object, tokenizer) -> CompletionParams:
     logprobs = body.get("logprobs") or 0
     if not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= 20:
         raise CompletionRequestError(f"logprobs: must be an integer in [0, 20], got {logprobs!r}")
+    echo = body.get("echo", False)
+    if not isinstance(echo, bool):
+        raise CompletionRequestError(f"echo: must be true or false, got {echo!r}")
+    if echo and stream:
+        raise CompletionRequestError("echo: not served with stream: true; send stream: false")
     min_tokens = body.get("min_tokens") or 0
     if not isinstance(min_tokens, int) or isinstance(min_tokens, bool) or min_tokens < 0:
         raise CompletionRequestError(f"min_tokens: must be an integer >= 0, got {min_tokens!r}")
@@ -99,6 +109,7 @@ def parse_completion_request(body: object, tokenizer) -> CompletionParams:
         min_tokens,
         logprobs,
         bool(body.get("detokenize", True)),
+        echo,
     )
 
 
@@ -184,6 +195,20 @@ def legacy_logprobs(engine, prompt: Sequence[int], tokens: Sequence[int], k: int
     }
 
 
+def echoed_logprobs(engine, prompt: Sequence[int], tokens: Sequence[int], k: int) -> dict:
+    """Legacy logprobs of the prompt and its completion together (`echo: true`): None for the first
+    prompt token (nothing precedes it), then each token's logprob and its top-k (k >= 1)."""
+    from foundry.generation_quality import logprobs_of
+
+    sampled, top = logprobs_of(engine, prompt[:1], [*prompt[1:], *tokens], k)
+    return {
+        "tokens": [f"token_id:{t}" for t in [*prompt, *tokens]],
+        "token_logprobs": [None, *sampled],
+        "text_offset": [],
+        "top_logprobs": [None, *({f"token_id:{t}": lp for t, lp in entry.items()} for entry in top)],
+    }
+
+
 def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule: bool = False):
     """A Starlette app serving `engine` under the OpenAI completions API. `anchor_to_client_schedule`
     (synthetic engines, same host): start a request's exact schedule at the client's scheduled send
@@ -255,15 +280,19 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
                     decoder.add(token)
                     if stops_after(token, len(tokens)):
                         break
-                logprobs = (
-                    await asyncio.to_thread(legacy_logprobs, engine, ids, tokens, params.logprobs)
-                    if params.logprobs
-                    else None
-                )
+                logprobs = None
+                if params.echo and params.logprobs:
+                    logprobs = await asyncio.to_thread(echoed_logprobs, engine, ids, tokens, params.logprobs)
+                elif params.logprobs:
+                    logprobs = await asyncio.to_thread(legacy_logprobs, engine, ids, tokens, params.logprobs)
             except Exception as exc:
                 return error(500, f"{type(exc).__name__}: {exc}", "server_error")
             finish = "stop" if len(tokens) < max_tokens else "length"
-            body = chunk(decoder.text, tokens, finish, logprobs)
+            text, token_ids = decoder.text, tokens
+            if params.echo:
+                prompt_text = tokenizer.decode(ids) if tokenizer is not None else ""
+                text, token_ids = prompt_text + text, [*ids, *tokens]
+            body = chunk(text, token_ids, finish, logprobs)
             body["usage"] = usage(len(tokens))
             return JSONResponse(body)
 
