@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -101,7 +102,8 @@ def print_run_summary(
     console.print(bench)
     if benchmark_results.champion_plan is not None:
         rounds = benchmark_results.champion_rounds
-        console.print(benchmark_results.champion_plan.summary_line(rounds.rounds if rounds else None), soft_wrap=True)
+        line = benchmark_results.champion_plan.summary_line(rounds.rounds if rounds else None)
+        console.print(escape(line), soft_wrap=True)
 
     qual = Table(
         title=f"Quality · {quality.engine_backend} served by {quality.served_by} vs unquantized "
@@ -128,6 +130,13 @@ def print_run_summary(
             "continuation ppl ratio",
             f"{generation.continuation_perplexity_ratio:.4f} (engine's text scored by the unquantized model)",
         )
+    for task in quality.tasks.tasks if quality.tasks else []:
+        champion = f" · champion {task.champion.champion_score:.0%}" if task.champion else ""
+        qual.add_row(
+            escape(f"task {task.name}"),
+            f"{task.engine_score:.0%} vs unquantized {task.unquantized_score:.0%}{champion} "
+            f"({task.metric}, {task.num_items} items, {task.flips} flips)",
+        )
     console.print(qual)
 
     gate_table = Table(title="Gates")
@@ -139,9 +148,11 @@ def print_run_summary(
             measured = f"worst {_fmt(result.measured, '+.3g', result.margin_unit)}: {result.detail}"
         else:
             measured = result.detail or _fmt(result.measured, ".4g")
-        gate_table.add_row(result.name, result.condition, measured, outcome_style[result.outcome])
-    for name in decision.unchecked:
-        gate_table.add_row(name, "not set" if "(" not in name else "not judged", "", "[dim]unchecked")
+        gate_table.add_row(
+            escape(result.name), escape(result.condition), escape(measured), outcome_style[result.outcome]
+        )
+    for name in decision.unchecked:  # user-named metrics and tasks may hold [brackets]: not rich markup
+        gate_table.add_row(escape(name), "not set" if "(" not in name else "not judged", "", "[dim]unchecked")
     console.print(gate_table)
 
     if promotion.repaired:
@@ -157,7 +168,7 @@ def print_run_summary(
             f"production stays {promotion.previous_production or 'unset'}. Why:"
         )
         for reason in promotion.reasons:
-            console.print(f"  - {reason}")
+            console.print(f"  - {escape(reason)}")
     console.print(f"MLflow: {tracking_uri} · model '{promotion.model_name}'")
 
 

@@ -24,6 +24,7 @@ from foundry.registry import Registry, sqlite_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-rebuild"
+TASK = ROOT / "configs" / "tasks" / "everyday_facts.jsonl"
 EXPENSIVE = ("ingest_checkpoint", "calibrate_checkpoint", "build_engine")
 DATA_DEPENDENT = ("validate_calibration_data", "prepare_data", "calibrate_checkpoint", "build_engine")
 
@@ -46,7 +47,8 @@ def tiny_config(source: dict, calibration_text: Path | None = None) -> dict:
     return {
         "model": {"name": MODEL, "source": source},
         "calibration": {"num_samples": 4, "seq_len": 32, **data},
-        "evaluation": {"num_samples": 2, "seq_len": 32},
+        # the shipped task rides along: every run scores it, and a re-measured champion on its items too
+        "evaluation": {"num_samples": 2, "seq_len": 32, "tasks": [{"name": "everyday_facts", "path": str(TASK)}]},
         "build": {"backend": "reference", "max_seq_len": 128},
         "benchmark": {
             "num_requests": 2,
@@ -56,7 +58,13 @@ def tiny_config(source: dict, calibration_text: Path | None = None) -> dict:
             "concurrency": [1],
             "baseline": False,
         },
-        "gates": {k: None for k in ("max_perplexity_ratio", "max_mean_kld", "min_top1_agreement")},
+        "gates": {
+            **{k: None for k in ("max_perplexity_ratio", "max_mean_kld", "min_top1_agreement")},
+            # a random tiny model scores near chance: judge flips and the champion pairing, not the score
+            "min_task_score_pct_of_unquantized": None,
+            "max_task_flips": 20,
+            "max_quality_regression": {"task_score": 0.5},
+        },
     }
 
 
@@ -154,7 +162,10 @@ def test_unchanged_content_is_cached_and_changed_content_rebuilds(workspace, tmp
     # The calibration file rewritten at the same path: its bytes are in the cache key, so everything
     # that reads it runs again (the checkpoint is unchanged: ingest stays cached).
     write_calibration_text(root / "calibration.txt", "mountains")
-    new_data = cached_steps(run_cli(state, "--config", str(config), "--run-name", "rebuild-3"))
+    third = run_cli(state, "--config", str(config), "--run-name", "rebuild-3")
+    new_data = cached_steps(third)
+    # a new engine against production's: the champion is re-measured and scored on the task's items
+    assert "re-measured in" in third.stdout and "task_score[everyday_facts]" in third.stdout, third.stdout[-7000:]
     assert "ingest_checkpoint" in new_data, new_data
     for step in DATA_DEPENDENT:
         assert step not in new_data, new_data
@@ -167,6 +178,12 @@ def test_unchanged_content_is_cached_and_changed_content_rebuilds(workspace, tmp
 
     registry = Registry(sqlite_tracking_uri(state))
     v1, v2, v3, v4 = (registry.version_tags(MODEL, v) for v in ("1", "2", "3", "4"))
+    first_metrics = registry.client.get_run(registry.client.get_model_version(MODEL, "1").run_id).data.metrics
+    third_metrics = registry.client.get_run(registry.client.get_model_version(MODEL, "3").run_id).data.metrics
+    assert "task everyday_facts flips" in first.stdout, first.stdout[-4000:]
+    assert 0.0 <= first_metrics["task_everyday_facts_engine_score"] <= 1.0
+    assert "task_everyday_facts_champion_score" not in first_metrics  # nothing in production yet
+    assert 0.0 <= third_metrics["task_everyday_facts_champion_score"] <= 1.0
     assert v1["checkpoint_source_fingerprint"] == v2["checkpoint_source_fingerprint"]
     assert v1["calibration_data_hash"] == v2["calibration_data_hash"]
     assert v3["calibration_data_hash"] != v2["calibration_data_hash"], "the tag must name the data actually used"
