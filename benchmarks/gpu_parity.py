@@ -95,7 +95,7 @@ def check_int8_kernel() -> list[str]:
     Llama-3.1-8B's decode shapes (median of triton.testing.do_bench, CUDA events)."""
     import triton.testing
 
-    from foundry.runtime.int8_gemm import int8_matmul_scaled
+    from foundry.runtime.scaled_gemm import int8_matmul_scaled
 
     lines = [
         "| M | N | K | max |int8 - exact| | int8 GEMM µs | bf16 F.linear µs | speedup |",

@@ -4,10 +4,11 @@ Every class computes the checkpoint's quantization semantics exactly (the same i
 both devices); only the GEMM kernel differs by device:
 * float: `F.linear` in the compute dtype.
 * W8A8 SmoothQuant (per-tensor and per-token): int8 × int8 → int32 with exact accumulation —
-  `torch._int_mm` on CPU (oneDNN), foundry's Triton kernel on CUDA (`int8_gemm.py`: cuBLAS int8 is
+  `torch._int_mm` on CPU (oneDNN), foundry's Triton kernel on CUDA (`scaled_gemm.py`: cuBLAS int8 is
   slower than bf16 on Hopper and refuses fewer than 17 rows, and decode feeds 1).
 * FP8: emulated in float32 on CPU (no FP8 GEMM there); on CUDA a real E4M3 × E4M3 GEMM with the
-  checkpoint's static scales (`torch._scaled_mm`, fp32 accumulation).
+  checkpoint's static scales, fp32 accumulation: `torch._scaled_mm` from 16 rows, foundry's Triton
+  kernel (`scaled_gemm.py`) below.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from foundry.runtime.int8_gemm import int8_matmul_scaled
 from foundry.runtime.kv_pool import FP8_E4M3_MAX, INT8_MAX
+from foundry.runtime.scaled_gemm import fp8_matmul_scaled, int8_matmul_scaled
 
 SCALED_MM_ROW_MULTIPLE = 16  # cuBLASLt FP8 GEMMs want rows in multiples of 16
+# Fewer rows than this (decode at small batch) go to foundry's Triton FP8 kernel instead of
+# `torch._scaled_mm`, which would read the weight for 16 padded rows (docs/gpu-engine.md).
+FP8_TRITON_BELOW_ROWS = 16
 
 
 class FloatLinear:
@@ -119,6 +123,8 @@ class Fp8Linear:
         self.activation_scale = tensors[f"{name}.activation_scaling_factor"].float().reshape(())
         self.weight_scale = tensors[f"{name}.weights_scaling_factor"].float().reshape(())
         self.output_scale = self.activation_scale * self.weight_scale
+        # the Triton kernel's epilogue takes one scale per output column
+        self.column_scale = self.output_scale.expand(weight.shape[0]).contiguous()
         self.compute_dtype = compute_dtype
 
     def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,6 +137,10 @@ class Fp8Linear:
             return (F.linear(codes.float(), self.weight) * self.output_scale).to(self.compute_dtype)
         leading_shape = codes.shape[:-1]
         rows = codes.reshape(-1, codes.shape[-1])
+        if rows.shape[0] < FP8_TRITON_BELOW_ROWS:
+            return fp8_matmul_scaled(rows, self.weight, self.column_scale, self.compute_dtype).reshape(
+                *leading_shape, -1
+            )
         padded = (-rows.shape[0]) % SCALED_MM_ROW_MULTIPLE
         if padded:
             rows = F.pad(rows.view(torch.int8), (0, 0, 0, padded)).view(torch.float8_e4m3fn)

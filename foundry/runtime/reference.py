@@ -40,7 +40,6 @@ from foundry.runtime.scheduler import BatchScheduler, EngineOptions, GenerationR
 
 # Masked attention scores: finite, so a row with nothing to attend (a padding row of the decode
 # batch) stays finite instead of producing NaN that could be written into the pool.
-MASKED_SCORE = -1e30
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -213,18 +212,13 @@ class DecoderLayer:
         """One token per row [rows, 1, hidden]; row b is slot b at positions[b]. Static shapes and no
         host synchronization, so the whole step can be captured in a CUDA graph."""
         rows = x.shape[0]
-        config = self.config
         q, k, v = self._qkv(x)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         pool.write_rows(self.index, positions, k[:, :, 0], v[:, :, 0])
         keys, values = pool.read_rows(self.index, rows, allowed.shape[1])
-        # Grouped-query attention without repeating K/V: each KV head's query group in one matmul.
-        group = config.num_heads // config.num_kv_heads
-        grouped_q = q.reshape(rows, config.num_kv_heads, group, config.head_size)
-        scores = torch.matmul(grouped_q, keys.transpose(-1, -2)).float() / math.sqrt(config.head_size)
-        scores = scores.masked_fill(~allowed[:, None, None, :], MASKED_SCORE)
-        probabilities = torch.softmax(scores, dim=-1).to(values.dtype)
-        attended = torch.matmul(probabilities, values).reshape(rows, config.num_heads, 1, config.head_size)
+        # One SDPA call (GQA, boolean mask) instead of matmul → mask → softmax → matmul: fewer
+        # kernels per layer; the compiled step on an H100 went 6.55 → 6.29 ms (decode_step_variants.py).
+        attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None, None, :], enable_gqa=True)
         return self._finish(x, attended)
 
 

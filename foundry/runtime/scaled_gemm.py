@@ -1,6 +1,11 @@
-"""y = ((A_int8 · W_int8ᵀ) as int32, exact) · row_scale · col_scale, in the output dtype.
+"""The quantized GEMMs of the reference runtime: y = (A · Wᵀ) · row_scale · col_scale, in the output dtype.
 
-The one int8 GEMM of the W8A8 SmoothQuant linears. On CPU: `torch._int_mm` (oneDNN) and the
+* int8 × int8 (W8A8 SmoothQuant), accumulated in int32 (exact): `int8_matmul_scaled`.
+* E4M3 × E4M3 (FP8), accumulated in float32: `fp8_matmul_scaled` (CUDA only; on a GPU this kernel
+  replaces `torch._scaled_mm`, which wants rows in multiples of 16 and so reads the weight for 16
+  rows when decode has 1: measured in docs/gpu-engine.md).
+
+int8: On CPU: `torch._int_mm` (oneDNN) and the
 scaling in float32. On CUDA: a Triton kernel written here, because the library kernel does not
 serve this case on Hopper: cuBLAS int8 (`torch._int_mm`) refuses fewer than 17 rows (decode feeds
 one per sequence) and measured 4–6× slower than a bf16 GEMM on an H200 (docs/benchmark-definitions
@@ -58,9 +63,11 @@ if triton is not None:
         kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m_bucket)]
         return kept or configs[:1]
 
-    @triton.autotune(configs=_configs(), key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune})
+    @triton.autotune(
+        configs=_configs(), key=["M_BUCKET", "N", "K", "FLOAT_ACC"], prune_configs_by={"early_config_prune": _prune}
+    )
     @triton.jit
-    def _int8_gemm_kernel(
+    def _scaled_gemm_kernel(
         a_ptr,
         w_ptr,
         out_ptr,
@@ -74,6 +81,7 @@ if triton is not None:
         stride_om,
         M_BUCKET,
         HAS_ROW_SCALE: tl.constexpr,
+        FLOAT_ACC: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -85,12 +93,18 @@ if triton is not None:
         offs_k = tl.arange(0, BLOCK_K)
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
         w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]  # a [BLOCK_K, BLOCK_N] tile of Wᵀ
-        accumulator = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        accumulator = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FLOAT_ACC else tl.int32)
         for k in range(0, tl.cdiv(K, BLOCK_K)):
             k_left = K - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0)
-            w = tl.load(w_ptrs, mask=(offs_n[None, :] < N) & (offs_k[:, None] < k_left), other=0)
-            accumulator = tl.dot(a, w, accumulator, out_dtype=tl.int32)
+            a_mask = (offs_m[:, None] < M) & (offs_k[None, :] < k_left)
+            w_mask = (offs_n[None, :] < N) & (offs_k[:, None] < k_left)
+            if FLOAT_ACC:  # E4M3 operands: the padding value must be a float
+                a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+                w = tl.load(w_ptrs, mask=w_mask, other=0.0)
+            else:
+                a = tl.load(a_ptrs, mask=a_mask, other=0)
+                w = tl.load(w_ptrs, mask=w_mask, other=0)
+            accumulator = tl.dot(a, w, accumulator, out_dtype=tl.float32 if FLOAT_ACC else tl.int32)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
         y = accumulator.to(tl.float32)
@@ -100,30 +114,32 @@ if triton is not None:
         out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
-    def _triton_int8_matmul_scaled(a_int8, w_int8, row_scale, col_scale, out_dtype):
-        a_int8 = a_int8.contiguous()
-        M, K = a_int8.shape
-        N = w_int8.shape[0]
-        out = torch.empty((M, N), dtype=out_dtype, device=a_int8.device)
+    def _triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype):
+        """a [M, K] and w [N, K], both int8 or both float8_e4m3fn."""
+        a = a.contiguous()
+        M, K = a.shape
+        N = w.shape[0]
+        out = torch.empty((M, N), dtype=out_dtype, device=a.device)
         m_bucket = min(128, triton.next_power_of_2(M))
 
         def grid(meta):
             return (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))
 
-        _int8_gemm_kernel[grid](
-            a_int8,
-            w_int8,
+        _scaled_gemm_kernel[grid](
+            a,
+            w,
             out,
             row_scale if row_scale is not None else col_scale,
             col_scale,
             M,
             N,
             K,
-            a_int8.stride(0),
-            w_int8.stride(0),
+            a.stride(0),
+            w.stride(0),
             out.stride(0),
             m_bucket,
             HAS_ROW_SCALE=row_scale is not None,
+            FLOAT_ACC=a.dtype == torch.float8_e4m3fn,
         )
         return out
 
@@ -140,9 +156,25 @@ def int8_matmul_scaled_cuda(
 ) -> torch.Tensor:
     if triton is None:
         raise RuntimeError("W8A8 on CUDA needs Triton (it ships with CUDA builds of torch)")
-    return _triton_int8_matmul_scaled(a_int8, w_int8, row_scale, col_scale, out_dtype)
+    return _triton_matmul_scaled(a_int8, w_int8, row_scale, col_scale, out_dtype)
 
 
 @int8_matmul_scaled_cuda.register_fake
 def _int8_matmul_scaled_shape(a_int8, w_int8, row_scale, col_scale, out_dtype):
     return a_int8.new_empty((a_int8.shape[0], w_int8.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("foundry::fp8_matmul_scaled", mutates_args=())
+def fp8_matmul_scaled(
+    a_fp8: torch.Tensor, w_fp8: torch.Tensor, col_scale: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """a_fp8 [M, K] and w_fp8 [N, K] float8_e4m3fn on CUDA, col_scale [N] float32 (activation scale ×
+    weight scale) → [M, N]: float32 accumulation of the exact E4M3 products, then the scale."""
+    if triton is None:
+        raise RuntimeError("FP8 through foundry's kernel needs Triton (it ships with CUDA builds of torch)")
+    return _triton_matmul_scaled(a_fp8, w_fp8, None, col_scale, out_dtype)
+
+
+@fp8_matmul_scaled.register_fake
+def _fp8_matmul_scaled_shape(a_fp8, w_fp8, col_scale, out_dtype):
+    return a_fp8.new_empty((a_fp8.shape[0], w_fp8.shape[0]), dtype=out_dtype)

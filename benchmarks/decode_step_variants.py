@@ -1,0 +1,217 @@
+"""Time the reference engine's captured decode step (compiled) under alternative settings, on a GPU.
+
+    python benchmarks/decode_step_variants.py --out OUT [--variants bf16 fp8] [--batch 1 32]
+        [--settings default coordinate_descent sdpa_attention] [--replays 200]
+
+What it answers: where the decode step's time beyond the weight read goes, setting by setting,
+without the scheduler or HTTP around it. Per (quantization variant, setting, batch bucket): the
+engine is built from the same random Llama-3.1-8B-shaped weights (benchmarks/gpu_bench.py explains
+why random), the step is compiled and captured exactly as DecodeRunner does in serving, then the
+graph is replayed `--replays` times between CUDA events; the median step time gives the implied
+decode tok/s and the bandwidth the step reached over the bytes it must read (linear weights +
+lm_head + the KV it attends over; the embedding table is not read, one row is).
+
+Settings (applied before the engine is built, undone after):
+* default: the code as it ships.
+* coordinate_descent: inductor's `coordinate_descent_tuning` (gpt-fast turns it on).
+* sdpa_attention: decode attention through one `scaled_dot_product_attention` call with the
+  boolean mask instead of matmul → mask → softmax → matmul (fewer kernels per layer) — the
+  code ships this way since this measurement; the setting is a no-op now.
+* scaled_mm_fp8: FP8 linears through `torch._scaled_mm` at every row count (16 padded rows at
+  decode) instead of foundry's Triton kernel below 16 rows.
+Results go to OUT/decode_step_variants.json and .md as each finishes (a cut-off run keeps its rows).
+Needs torch, transformers, numpy, pydantic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from checkpoint_variants import VARIANTS, calibrate_amax, float_checkpoint, parsed_config, quantize_checkpoint  # noqa: E402
+from gpu_bench import copy_bandwidth_gb_s, random_hf_model  # noqa: E402
+
+from foundry.runtime import linears  # noqa: E402
+from foundry.runtime.reference import ReferenceEngine  # noqa: E402
+from foundry.runtime.scheduler import EngineOptions  # noqa: E402
+
+
+@contextlib.contextmanager
+def setting(name: str):
+    import torch._inductor.config as inductor
+
+    saved_tuning, saved_rows = inductor.coordinate_descent_tuning, linears.FP8_TRITON_BELOW_ROWS
+    try:
+        inductor.coordinate_descent_tuning = name == "coordinate_descent"
+        if name == "scaled_mm_fp8":
+            linears.FP8_TRITON_BELOW_ROWS = 0
+        yield
+    finally:
+        inductor.coordinate_descent_tuning, linears.FP8_TRITON_BELOW_ROWS = saved_tuning, saved_rows
+
+
+def fp8_kernel_agreement() -> list[dict]:
+    """foundry's Triton FP8 kernel against `torch._scaled_mm` on the same E4M3 codes (Llama-3.1-8B
+    shapes; rows padded to 16 for _scaled_mm): both accumulate exact E4M3 products in float32."""
+    from foundry.runtime.scaled_gemm import fp8_matmul_scaled
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    rows = []
+    for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)):
+        w = (torch.randn(n, k, device="cuda", generator=generator) * 0.02 / 0.002).clamp(-448, 448)
+        w = w.to(torch.float8_e4m3fn)
+        for m in (1, 2, 4, 8, 15):
+            a = (torch.randn(m, k, device="cuda", generator=generator) * 8).clamp(-448, 448).to(torch.float8_e4m3fn)
+            scale_a, scale_w = torch.tensor(0.01, device="cuda"), torch.tensor(0.002, device="cuda")
+            ours = fp8_matmul_scaled(a, w, (scale_a * scale_w).expand(n).contiguous(), torch.float32)
+            padded = torch.nn.functional.pad(a.view(torch.int8), (0, 0, 0, 16 - m)).view(torch.float8_e4m3fn)
+            theirs = torch._scaled_mm(padded, w.t(), scale_a=scale_a, scale_b=scale_w, out_dtype=torch.float32)[:m]
+            exact = (a.double() @ w.double().t()) * (scale_a.double() * scale_w.double())
+            rows.append(
+                {
+                    "m": m,
+                    "n": n,
+                    "k": k,
+                    "triton_max_rel_err": float(((ours.double() - exact).abs().max() / exact.abs().max())),
+                    "scaled_mm_max_rel_err": float(((theirs.double() - exact).abs().max() / exact.abs().max())),
+                }
+            )
+    return rows
+
+
+def bytes_read_per_step(engine: ReferenceEngine, batch: int, kv_len: int) -> int:
+    """Linear weights + lm_head + norms (not the embedding table: one row per token) + the KV attended."""
+    embedding = engine.embedding.numel() * engine.embedding.element_size()
+    tied = engine.lm_head.weight is engine.embedding
+    weights = engine.weight_bytes() - (0 if tied else embedding)
+    return weights + batch * kv_len * engine.kv_bytes_per_token()
+
+
+def time_replays(captured, replays: int) -> list[float]:
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        captured.graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def measure(config, tensors, args, bandwidth_gb_s: float) -> dict:
+    options = EngineOptions(
+        max_batch_size=max(args.batch),
+        max_seq_len=args.max_seq_len,
+        graph_batch_sizes=tuple(args.batch),
+        torch_compile=True,
+    )
+    started = time.perf_counter()
+    engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
+    runner = engine.scheduler.runner
+    rows = {"load_s": round(time.perf_counter() - started, 1), "batches": {}}
+    try:
+        for batch in args.batch:
+            width, kv_len = runner._batch_bucket(batch), runner._kv_len(0)
+            started = time.perf_counter()
+            captured = runner._captured.get((width, kv_len)) or runner._capture(width, kv_len)
+            compile_s = time.perf_counter() - started
+            median_ms = statistics.median(time_replays(captured, args.replays))
+            read = bytes_read_per_step(engine, width, kv_len)
+            rows["batches"][batch] = {
+                "compile_capture_s": round(compile_s, 1),
+                "step_ms": round(median_ms, 4),
+                "tok_s": round(batch * 1000.0 / median_ms, 1),
+                "bytes_read_gb": round(read / 1e9, 3),
+                "bandwidth_pct_of_copy": round(100.0 * read / (median_ms / 1e3) / 1e9 / bandwidth_gb_s, 1),
+            }
+            print(rows["batches"][batch], flush=True)
+    finally:
+        engine.close()
+    return rows
+
+
+def table(results: dict) -> str:
+    agreement = results.get("fp8_kernel_agreement") or []
+    lines = [
+        *(
+            [
+                "FP8 GEMM vs exact (float64) over {} shapes: Triton kernel max rel err {:.2e}, _scaled_mm {:.2e}".format(
+                    len(agreement),
+                    max(r["triton_max_rel_err"] for r in agreement),
+                    max(r["scaled_mm_max_rel_err"] for r in agreement),
+                )
+            ]
+            if agreement
+            else []
+        ),
+        f"{results['device']}; copy bandwidth {results['copy_bandwidth_gb_s']:.0f} GB/s; llama-3.1-8b RANDOM weights; "
+        f"graph replays of the compiled decode step, median of {results['replays']}",
+        "| variant | setting | batch | step ms | implied tok/s | bytes read GB | % of copy bandwidth | compile+capture s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, row in results["rows"].items():
+        variant, name = key.split("/")
+        for batch, b in row["batches"].items():
+            lines.append(
+                f"| {variant} | {name} | {batch} | {b['step_ms']:.3f} | {b['tok_s']:.1f} | {b['bytes_read_gb']:.2f} "
+                f"| {b['bandwidth_pct_of_copy']:.1f} | {b['compile_capture_s']} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--variants", nargs="+", default=["bf16", "fp8"], choices=list(VARIANTS))
+    parser.add_argument("--settings", nargs="+", default=["default", "scaled_mm_fp8"])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--max-seq-len", type=int, default=256)
+    parser.add_argument("--replays", type=int, default=200)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "copy_bandwidth_gb_s": copy_bandwidth_gb_s(),
+        "replays": args.replays,
+        "command": "python benchmarks/decode_step_variants.py " + " ".join(sys.argv[1:]),
+        "rows": {},
+    }
+    if "fp8" in args.variants:
+        results["fp8_kernel_agreement"] = agreement = fp8_kernel_agreement()
+        worst = max(agreement, key=lambda r: r["triton_max_rel_err"])
+        print(f"FP8 Triton kernel vs exact: worst relative error {worst}", flush=True)
+    model = random_hf_model("llama-3.1-8b", torch.bfloat16)
+    amax = calibrate_amax(model, torch.randint(1, 128256, (1, 128), generator=torch.Generator().manual_seed(2)))
+    base_config, base_tensors = float_checkpoint(model, "bfloat16")
+    del model
+    torch.cuda.empty_cache()
+    for variant in args.variants:
+        config, tensors = quantize_checkpoint(base_config, base_tensors, amax, variant)
+        for name in args.settings:
+            print(f"{variant} / {name}", flush=True)
+            torch._dynamo.reset()
+            with setting(name):
+                results["rows"][f"{variant}/{name}"] = measure(config, tensors, args, results["copy_bandwidth_gb_s"])
+            torch.cuda.empty_cache()
+            (args.out / "decode_step_variants.json").write_text(json.dumps(results, indent=1))
+            (args.out / "decode_step_variants.md").write_text(table(results) + "\n")
+        del tensors
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
