@@ -35,7 +35,7 @@ def int8_matmul_scaled(
     """a_int8 [M, K], w_int8 [N, K] (row-major, as the checkpoint stores it), row_scale [M] or None,
     col_scale [N] float32 → [M, N] in out_dtype."""
     if a_int8.is_cuda:
-        return int8_matmul_scaled_cuda(a_int8, w_int8, row_scale, col_scale, out_dtype)
+        return scaled_matmul_cuda(a_int8, w_int8, row_scale, col_scale, out_dtype)
     accumulator = torch._int_mm(a_int8, w_int8.t())
     y = accumulator.float()
     if row_scale is not None:
@@ -146,35 +146,24 @@ if triton is not None:
 
 # A custom op: torch.compile and CUDA-graph capture see one opaque kernel (dynamo cannot trace the
 # Triton autotuner's config pruning), with its output shape from the fake implementation.
-@torch.library.custom_op("foundry::int8_matmul_scaled", mutates_args=())
-def int8_matmul_scaled_cuda(
-    a_int8: torch.Tensor,
-    w_int8: torch.Tensor,
-    row_scale: torch.Tensor | None,
-    col_scale: torch.Tensor,
-    out_dtype: torch.dtype,
+@torch.library.custom_op("foundry::scaled_matmul", mutates_args=())
+def scaled_matmul_cuda(
+    a: torch.Tensor, w: torch.Tensor, row_scale: torch.Tensor | None, col_scale: torch.Tensor, out_dtype: torch.dtype
 ) -> torch.Tensor:
+    """a [M, K] and w [N, K], both int8 or both float8_e4m3fn, on CUDA."""
     if triton is None:
-        raise RuntimeError("W8A8 on CUDA needs Triton (it ships with CUDA builds of torch)")
-    return _triton_matmul_scaled(a_int8, w_int8, row_scale, col_scale, out_dtype)
+        raise RuntimeError("quantized GEMMs on CUDA need Triton (it ships with CUDA builds of torch)")
+    return _triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype)
 
 
-@int8_matmul_scaled_cuda.register_fake
-def _int8_matmul_scaled_shape(a_int8, w_int8, row_scale, col_scale, out_dtype):
-    return a_int8.new_empty((a_int8.shape[0], w_int8.shape[0]), dtype=out_dtype)
+@scaled_matmul_cuda.register_fake
+def _scaled_matmul_shape(a, w, row_scale, col_scale, out_dtype):
+    return a.new_empty((a.shape[0], w.shape[0]), dtype=out_dtype)
 
 
-@torch.library.custom_op("foundry::fp8_matmul_scaled", mutates_args=())
 def fp8_matmul_scaled(
     a_fp8: torch.Tensor, w_fp8: torch.Tensor, col_scale: torch.Tensor, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """a_fp8 [M, K] and w_fp8 [N, K] float8_e4m3fn on CUDA, col_scale [N] float32 (activation scale ×
     weight scale) → [M, N]: float32 accumulation of the exact E4M3 products, then the scale."""
-    if triton is None:
-        raise RuntimeError("FP8 through foundry's kernel needs Triton (it ships with CUDA builds of torch)")
-    return _triton_matmul_scaled(a_fp8, w_fp8, None, col_scale, out_dtype)
-
-
-@fp8_matmul_scaled.register_fake
-def _fp8_matmul_scaled_shape(a_fp8, w_fp8, col_scale, out_dtype):
-    return a_fp8.new_empty((a_fp8.shape[0], w_fp8.shape[0]), dtype=out_dtype)
+    return scaled_matmul_cuda(a_fp8, w_fp8, None, col_scale, out_dtype)
