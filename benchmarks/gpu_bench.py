@@ -142,7 +142,7 @@ def hf_static_batch(model, args, batch: int, vocab_size: int) -> dict:
     return {"batch": batch, "seconds": seconds, "output_tok_s": batch * args.output_len / seconds}
 
 
-def build_engine(config, tensors, variant: str, args) -> tuple[ReferenceEngine, dict]:
+def build_engine(config, tensors, variant: str, args, overlap: bool = True) -> tuple[ReferenceEngine, dict]:
     options = EngineOptions(
         max_batch_size=max(args.concurrency),
         max_seq_len=args.input_len + args.output_len,
@@ -153,6 +153,7 @@ def build_engine(config, tensors, variant: str, args) -> tuple[ReferenceEngine, 
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
+    engine.scheduler.runner.overlap = overlap  # off: each step's tokens are handed out before the next launch
     engine.scheduler.runner.warm_up(list(args.concurrency))
     setup = {
         "load_s": round(time.perf_counter() - started, 2),
@@ -206,6 +207,13 @@ def main() -> int:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--prefill-chunk-tokens", type=int, default=2048)
     parser.add_argument("--hf-baseline", action="store_true", help="also HF eager (c=1) and HF static batches")
+    parser.add_argument(
+        "--without-overlap",
+        nargs="*",
+        default=[],
+        choices=list(VARIANTS),
+        help="variants also measured with the host's hand-out not overlapped with the next step",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("error: no CUDA device", file=sys.stderr)
@@ -230,10 +238,11 @@ def main() -> int:
         (args.out / "gpu_results.json").write_text(json.dumps(results, indent=1))
         (args.out / "gpu_table.md").write_text(table(results) + "\n")
 
-    for variant in args.variants:
-        name = variant + (" +compile" if variant in args.compile else "")
+    runs = [(variant, True) for variant in args.variants] + [(variant, False) for variant in args.without_overlap]
+    for variant, overlap in runs:
+        name = variant + (" +compile" if variant in args.compile else "") + ("" if overlap else " (no overlap)")
         config, tensors = quantize_checkpoint(base_config, base_tensors, amax, variant)
-        engine, setup = build_engine(config, tensors, variant, args)
+        engine, setup = build_engine(config, tensors, variant, args, overlap)
         print(f"{name}: ready {setup}", flush=True)
         levels = measure_engine(engine, args, name, vocab_size, results["copy_bandwidth_gb_s"])
         results["engines"][name] = {

@@ -88,6 +88,30 @@ def test_batched_greedy_equals_one_at_a_time(checkpoints, prompts, variant):
         engine.close()
 
 
+def test_handing_tokens_out_one_step_late_keeps_every_result_exact(checkpoints, prompts):
+    """On a GPU a step's tokens are handed out after the next step is launched (the host's work
+    overlaps the GPU's). Turned on here with the real model on CPU: the bookkeeping keeps results
+    exact when freed slots are reused, when a stop token ends a request inside the window (the
+    extra token is dropped), and when a cancelled request's slot goes to a newcomer."""
+    expected = one_at_a_time(checkpoints["int8_sq + int8 KV"], prompts)
+    engine = engine_for(checkpoints["int8_sq + int8 KV"], max_batch_size=2)
+    engine.scheduler.runner.overlap = True
+    try:
+        assert all_at_once(engine, prompts) == expected  # 6 requests through 2 slots
+        full = expected[0]
+        stop = full[4]
+        assert engine.generate(prompts[0], NEW_TOKENS, stop_token_ids=[stop]) == full[: full.index(stop) + 1]
+        long_request = engine.submit(prompts[0], 100)
+        waiting = [engine.submit(prompt, NEW_TOKENS) for prompt in prompts[1:4]]
+        while len(long_request.tokens) < 3:
+            time.sleep(0.001)
+        long_request.cancel()
+        assert [h.result(timeout_s=120) for h in waiting] == expected[1:4]
+        assert engine.scheduler.stats()["free_slots"] == 2
+    finally:
+        engine.close()
+
+
 def test_greedy_tokens_are_the_logits_argmax(checkpoints, prompts):
     """The cached, batched decode computes the full forward's next-token argmax."""
     engine = engine_for(checkpoints["int8_sq + int8 KV"])

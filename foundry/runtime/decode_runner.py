@@ -8,6 +8,12 @@ and attention reads the cache up to the next multiple of `KV_BLOCK_CUDA` columns
 `torch_compile` the step is first compiled by inductor (fusing the small ops), for one KV length
 (the whole slot) so the compile is paid once per batch bucket; its time is in `stats()`.
 On CPU the step runs eagerly with exactly the rows and columns it needs.
+
+`launch` starts a step and returns at once on the graph path: its tokens come back to a pinned
+host buffer behind a CUDA event. `launch_next` starts the following step for the same rows from
+the previous step's tokens and positions on the device, without waiting for the host to see them —
+so the scheduler hands out step N−1's tokens (callbacks, bookkeeping) while step N runs, instead of
+leaving the GPU idle between steps.
 """
 
 from __future__ import annotations
@@ -31,6 +37,29 @@ class CapturedStep:
     next_tokens: torch.Tensor
 
 
+@dataclass
+class DecodeStep:
+    """One launched decode step: `result()` gives the next token per row (waits for it if needed)."""
+
+    rows: list[tuple[int, int] | None]  # as passed to launch: (last token, its position) or None
+    width: int
+    kv_len: int
+    captured: CapturedStep | None = None
+    host_tokens: torch.Tensor | None = None  # pinned, filled by an async copy
+    ready: torch.cuda.Event | None = None
+    tokens: list[int] | None = None
+
+    @property
+    def max_position(self) -> int:
+        return max(row[1] for row in self.rows if row)
+
+    def result(self) -> list[int]:
+        if self.tokens is None:
+            self.ready.synchronize()
+            self.tokens = self.host_tokens[: len(self.rows)].tolist()
+        return self.tokens
+
+
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -50,6 +79,16 @@ class DecodeRunner:
         self.scratch_position = pool.scratch_position
         self._captured: dict[tuple[int, int], CapturedStep] = {}
         self._graph_memory = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self._host_tokens = (
+            [torch.empty(self.batch_buckets[-1], dtype=torch.long).pin_memory() for _ in range(2)]
+            if self.use_graphs
+            else []
+        )
+        self._host_turn = 0
+        # Hand a step's tokens out only after the next step is launched (graph path: the GPU runs
+        # while the host works). Eager steps finish inside launch, so there is nothing to overlap;
+        # tests turn it on there to check the scheduler's bookkeeping with the real model.
+        self.overlap = self.use_graphs
         self.capture_s = 0.0
         self.first_capture_s: float | None = None  # includes compilation (and Triton autotuning)
         self._step = model.decode
@@ -81,23 +120,58 @@ class DecodeRunner:
     def step(self, rows: list[tuple[int, int] | None]) -> list[int]:
         """rows[b] = (last token, its position) of the request in slot b, None for an idle slot.
         Returns the next greedy token per row (garbage for idle rows)."""
+        return self.launch(rows).result()
+
+    def launch(self, rows: list[tuple[int, int] | None]) -> DecodeStep:
+        """Start one step for `rows` (as in `step`); on the graph path it returns before the step ends."""
         count = len(rows)
         width = self._batch_bucket(count) if self.use_graphs else count
         tokens = [row[0] if row else 0 for row in rows] + [0] * (width - count)
         positions = [row[1] if row else self.scratch_position for row in rows]
         positions += [self.scratch_position] * (width - count)
-        kv_len = self._kv_len(max(row[1] for row in rows if row))
+        step = DecodeStep(rows, width, self._kv_len(max(row[1] for row in rows if row)))
         tokens_cpu = torch.tensor(tokens, dtype=torch.long)
         positions_cpu = torch.tensor(positions, dtype=torch.long)
-        if not self.use_graphs:
+        if not self.use_graphs:  # eager: the step runs here, in launch order
             device = self.model.device
-            next_tokens = self._step(self.pool, tokens_cpu.to(device), positions_cpu.to(device), kv_len)
-            return next_tokens[:count].tolist()
-        captured = self._captured.get((width, kv_len)) or self._capture(width, kv_len)
-        captured.tokens.copy_(tokens_cpu)
-        captured.positions.copy_(positions_cpu)
-        captured.graph.replay()
-        return captured.next_tokens[:count].tolist()
+            next_tokens = self._step(self.pool, tokens_cpu.to(device), positions_cpu.to(device), step.kv_len)
+            step.tokens = next_tokens[:count].tolist()
+            return step
+        step.captured = self._graph(width, step.kv_len)
+        step.captured.tokens.copy_(tokens_cpu)
+        step.captured.positions.copy_(positions_cpu)
+        return self._replay(step)
+
+    def launch_next(self, previous: DecodeStep) -> DecodeStep:
+        """Start the step after `previous` for the same rows: each fed the token `previous` produced,
+        one position further. On the graph path nothing waits for `previous` to finish."""
+        if not self.use_graphs:
+            produced = previous.result()
+            return self.launch([(produced[b], row[1] + 1) if row else None for b, row in enumerate(previous.rows)])
+        rows = [(0, row[1] + 1) if row else None for row in previous.rows]  # host knows positions, not tokens
+        step = DecodeStep(rows, previous.width, self._kv_len(previous.max_position + 1))
+        before = previous.captured
+        after_positions = torch.where(
+            before.positions == self.scratch_position, before.positions, before.positions + 1
+        )  # padding and idle rows stay on the scratch column
+        step.captured = self._graph(step.width, step.kv_len)
+        step.captured.tokens.copy_(before.next_tokens)
+        step.captured.positions.copy_(after_positions)
+        return self._replay(step)
+
+    def _graph(self, width: int, kv_len: int) -> CapturedStep:
+        return self._captured.get((width, kv_len)) or self._capture(width, kv_len)
+
+    def _replay(self, step: DecodeStep) -> DecodeStep:
+        """Replay the step's graph; its tokens are copied to a pinned buffer behind an event. Two
+        buffers alternate: at most two steps are alive (one being read, one running)."""
+        step.captured.graph.replay()
+        self._host_turn ^= 1
+        step.host_tokens = self._host_tokens[self._host_turn]
+        step.host_tokens[: step.width].copy_(step.captured.next_tokens, non_blocking=True)
+        step.ready = torch.cuda.Event()
+        step.ready.record()
+        return step
 
     def _capture(self, width: int, kv_len: int) -> CapturedStep:
         started = time.perf_counter()

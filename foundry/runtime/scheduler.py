@@ -7,6 +7,10 @@ Each iteration of the loop (as vLLM's and TensorRT-LLM's in-flight batchers do):
    iteration (a long prompt takes several iterations, so running requests keep decoding);
 3. decode: one batched greedy step for every request past its prompt;
 4. retire finished and cancelled requests, freeing their slots.
+While the batch does not change (same rows, each wanting more by count), a decode step is launched
+before the previous one's tokens are handed out (DecodeRunner.launch_next): on a GPU the host's
+per-token work overlaps the next step. A request that stops at a stop token inside that window
+gets one extra step computed, whose token is dropped.
 Tokens reach each request's callback from this thread as they are produced. A request that cannot
 ever fit (longer than the engine's max_seq_len) is refused at submit with the reason.
 
@@ -26,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 
 from foundry.errors import FoundryError
-from foundry.runtime.decode_runner import DecodeRunner
+from foundry.runtime.decode_runner import DecodeRunner, DecodeStep
 
 
 @dataclass(frozen=True)
@@ -104,10 +108,15 @@ class GenerationRequest:
         if self.error is not None:
             raise self.error
 
-    def _wants_more(self) -> bool:
-        if len(self.tokens) >= self.max_new_tokens:
+    def _wants_more(self, in_flight: int = 0) -> bool:
+        """Another token after its own and `in_flight` launched but not yet handed out?"""
+        if len(self.tokens) + in_flight >= self.max_new_tokens:
             return False
         return not (self.tokens and self.tokens[-1] in self.stop_token_ids)
+
+    @property
+    def _live(self) -> bool:
+        return not self._cancelled and self.error is None
 
 
 class BatchScheduler:
@@ -126,6 +135,7 @@ class BatchScheduler:
         self._ids = itertools.count(1)
         self._wakeup = threading.Condition()
         self._closed = False
+        self._in_flight: tuple[DecodeStep, dict[int, GenerationRequest]] | None = None  # launched, not handed out
         self.iterations = 0
         self._thread = threading.Thread(target=self._loop, name="foundry-scheduler", daemon=True)
         self._thread.start()
@@ -210,6 +220,7 @@ class BatchScheduler:
                     self._prefill()
                     self._decode()
                 except Exception as error:  # the model failed: these requests end, the engine lives on
+                    self._in_flight = None
                     for request in self._running:
                         request.error = request.error or FoundryError(f"engine step failed: {error}")
                 self._retire()
@@ -265,16 +276,47 @@ class BatchScheduler:
                 self._emit(request, int(next_token))
 
     def _decode(self) -> None:
-        rows = [r for r in self._running if r.decoding and r._wants_more() and not r._cancelled and not r.error]
-        if not rows:
+        in_flight = self._in_flight
+        if in_flight is not None:
+            previous, launched = in_flight
+            if self._decode_rows(launched) == launched:  # the batch goes on unchanged: overlap
+                self._in_flight = (self.runner.launch_next(previous), launched)
+                self._hand_out(previous, launched)
+                return
+            self._in_flight = None
+            self._hand_out(previous, launched)
+        by_slot = self._decode_rows()
+        if not by_slot:
             return
-        by_slot = {r.slot: r for r in rows}
         step_rows = [
             (r.tokens[-1], r.next_position) if (r := by_slot.get(slot)) else None for slot in range(max(by_slot) + 1)
         ]
-        for slot, token in enumerate(self.runner.step(step_rows)):
-            if slot in by_slot:
-                self._emit(by_slot[slot], token)
+        step = self.runner.launch(step_rows)
+        if self.runner.overlap:
+            self._in_flight = (step, by_slot)
+        else:
+            self._hand_out(step, by_slot)
+
+    def _decode_rows(self, launched: dict[int, GenerationRequest] | None = None) -> dict[int, GenerationRequest]:
+        """slot → request for every request past its prompt that wants another token, counting the
+        token a launched step (`launched`) still owes it."""
+        launched = launched or {}
+        return {
+            r.slot: r
+            for r in self._running
+            if r.decoding and r._live and r._wants_more(in_flight=1 if launched.get(r.slot) is r else 0)
+        }
+
+    def _hand_out(self, step: DecodeStep, launched: dict[int, GenerationRequest]) -> None:
+        """A step's tokens to its requests; a request that stopped meanwhile (stop token, cancelled)
+        gets nothing — and if none is left, the step's tokens are not even waited for (the step
+        still ran, in launch order: its writes to a freed slot precede any newcomer's)."""
+        receivers = {slot: r for slot, r in launched.items() if r._live and r._wants_more()}
+        if not receivers:
+            return
+        for slot, token in enumerate(step.result()):
+            if slot in receivers:
+                self._emit(receivers[slot], token)
 
     def _emit(self, request: GenerationRequest, token: int) -> None:
         request.tokens.append(token)
