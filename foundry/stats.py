@@ -129,12 +129,6 @@ def judge_interval(low: float, high: float, limit: float, lower_is_better: bool)
     return "fail" if high < limit else "inconclusive"
 
 
-def difference_non_inferiority(interval: DifferenceInterval, margin: float, lower_is_better: bool) -> Verdict:
-    """Is the challenger no more than `margin` (in the metric's unit) worse than the champion?"""
-    limit = margin if lower_is_better else -margin  # KLD: worse = larger; top-1 agreement: worse = negative
-    return judge_interval(interval.low, interval.high, limit, lower_is_better)
-
-
 def non_inferiority(interval: RatioInterval, margin_pct: float, lower_is_better: bool) -> Verdict:
     """Is the challenger no more than `margin_pct` worse than the champion, with the interval's confidence?"""
     limit = 1.0 + margin_pct / 100.0 if lower_is_better else 1.0 - margin_pct / 100.0

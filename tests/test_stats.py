@@ -147,13 +147,11 @@ def test_paired_round_ratio_pairs_by_request_and_drops_missing():
 
 
 def test_difference_interval_and_its_non_inferiority():
-    from foundry.stats import DifferenceInterval, difference_interval, difference_non_inferiority
+    """A difference (KLD, top-1 agreement, task score) is judged against ± the margin."""
+    from foundry.stats import difference_interval, judge_interval
 
     interval = difference_interval([0.02, 0.03, 0.025, 0.021], [0.02, 0.029, 0.024, 0.02])
     assert interval.low <= interval.difference <= interval.high
-    assert difference_non_inferiority(interval, 0.01, lower_is_better=True) == "pass"
-    assert difference_non_inferiority(DifferenceInterval(-0.05, -0.06, -0.04, 8), 0.01, lower_is_better=False) == "fail"
-    assert (
-        difference_non_inferiority(DifferenceInterval(-0.01, -0.02, 0.0, 8), 0.01, lower_is_better=False)
-        == "inconclusive"
-    )
+    assert judge_interval(interval.low, interval.high, 0.01, lower_is_better=True) == "pass"
+    assert judge_interval(-0.06, -0.04, -0.01, lower_is_better=False) == "fail"  # agreement dropped 5 points
+    assert judge_interval(-0.02, 0.0, -0.01, lower_is_better=False) == "inconclusive"
