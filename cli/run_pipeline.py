@@ -22,7 +22,6 @@ from cli.environment import (
     prepare_environment,
 )
 from foundry.errors import FoundryError, exit_code_of
-from foundry.preflight import run_preflight
 
 
 @dataclass(frozen=True)
@@ -125,6 +124,8 @@ def _stack_tracking_uri(state) -> str:
 
 
 def run_pipeline(options: RunOptions) -> int:
+    from foundry.preflight import run_preflight  # here: it brings torch, which the other commands do not need
+
     state = prepare_environment()
     try:
         checked = run_preflight(
