@@ -175,7 +175,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", nargs="+", default=["bf16", "fp8"], choices=list(VARIANTS))
-    parser.add_argument("--settings", nargs="+", default=["default", "scaled_mm_fp8"])
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=["default", "scaled_mm_fp8"],
+        choices=["default", "coordinate_descent", "sdpa_attention", "scaled_mm_fp8"],
+    )
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--replays", type=int, default=200)
