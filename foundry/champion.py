@@ -186,7 +186,8 @@ class RelativeResult(BaseModel):
 
     @property
     def gate_field(self) -> str:
-        return "gates.max_regression_pct" if self.kind == "latency" else "gates.max_quality_regression"
+        """The config field (under gates) holding this metric's margin."""
+        return "max_regression_pct" if self.kind == "latency" else "max_quality_regression"
 
     @property
     def limit(self) -> float | None:
@@ -280,7 +281,7 @@ def _judged(common: dict, estimate: float, low: float, high: float, measured: st
     (`narrow`: what would narrow an inconclusive interval)."""
     result = RelativeResult(**common, estimate=estimate, low=low, high=high, verdict="not judged", reason="")
     if result.limit is None:
-        return result.model_copy(update={"reason": f"{measured}; no margin set ({result.gate_field})"})
+        return result.model_copy(update={"reason": f"{measured}; no margin set (gates.{result.gate_field})"})
     lower = result.better == "lower"
     verdict = judge_interval(low, high, result.limit, lower_is_better=lower)
     worse, better_bound = (high, low) if lower else (low, high)
@@ -476,7 +477,7 @@ def compare_with_champion(
         results += quality_results(pair, gates)
         quality_note = None
     else:
-        results += [r for r in _unjudged(gates, [], "not judged", unmeasured, "quality") if r.task is None]
+        results += _unjudged(gates, [], "not judged", unmeasured, "quality")  # no task names: no task rows
     scored = task_results(tasks, gates) if tasks is not None else []
     missing = [name for name in task_names if name not in {r.task for r in scored}]
     results += scored + [r for r in _unjudged(gates, missing, "not judged", unmeasured, "quality") if r.task]

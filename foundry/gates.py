@@ -145,7 +145,7 @@ def relative_gate_results(comparison: ChampionComparison) -> tuple[list[GateResu
         if row.margin is None:
             continue
         if not row.judged:
-            unchecked.append(f"{row.gate_field.removeprefix('gates.')}.{row.label} ({row.reason})")
+            unchecked.append(f"{row.gate_field}.{row.label} ({row.reason})")
             continue
         regression = row.regression
         results.append(

@@ -182,30 +182,21 @@ class WriteLog:
         return dict(self._written_s)
 
 
-def legacy_logprobs(engine, prompt: Sequence[int], tokens: Sequence[int], k: int) -> dict:
-    """OpenAI legacy completions logprobs of `tokens`; top-k keyed `token_id:N` when k > 1."""
+def legacy_logprobs(engine, prompt: Sequence[int], tokens: Sequence[int], k: int, echo: bool = False) -> dict:
+    """OpenAI legacy completions logprobs of `tokens`; top-k keyed `token_id:N` when k > 1. With
+    `echo` (as vLLM answers `echo: true`), of the prompt and its completion together: None for the
+    first prompt token (nothing precedes it), then each token's logprob and its top-k (k >= 1)."""
     from foundry.generation_quality import logprobs_of
 
-    sampled, top = logprobs_of(engine, prompt, tokens, k)
+    context, scored = (prompt[:1], [*prompt[1:], *tokens]) if echo else (prompt, tokens)
+    sampled, top = logprobs_of(engine, context, scored, k)
+    top_keyed = [{f"token_id:{t}": lp for t, lp in entry.items()} for entry in top]
+    lead = [None] if echo else []
     return {
-        "tokens": [f"token_id:{t}" for t in tokens],
-        "token_logprobs": sampled,
+        "tokens": [f"token_id:{t}" for t in ([*prompt, *tokens] if echo else tokens)],
+        "token_logprobs": [*lead, *sampled],
         "text_offset": [],
-        "top_logprobs": [{f"token_id:{t}": lp for t, lp in entry.items()} for entry in top] if k > 1 else [],
-    }
-
-
-def echoed_logprobs(engine, prompt: Sequence[int], tokens: Sequence[int], k: int) -> dict:
-    """Legacy logprobs of the prompt and its completion together (`echo: true`): None for the first
-    prompt token (nothing precedes it), then each token's logprob and its top-k (k >= 1)."""
-    from foundry.generation_quality import logprobs_of
-
-    sampled, top = logprobs_of(engine, prompt[:1], [*prompt[1:], *tokens], k)
-    return {
-        "tokens": [f"token_id:{t}" for t in [*prompt, *tokens]],
-        "token_logprobs": [None, *sampled],
-        "text_offset": [],
-        "top_logprobs": [None, *({f"token_id:{t}": lp for t, lp in entry.items()} for entry in top)],
+        "top_logprobs": [*lead, *top_keyed] if echo or k > 1 else [],
     }
 
 
@@ -280,11 +271,11 @@ def build_app(engine, model_name: str, tokenizer=None, anchor_to_client_schedule
                     decoder.add(token)
                     if stops_after(token, len(tokens)):
                         break
-                logprobs = None
-                if params.echo and params.logprobs:
-                    logprobs = await asyncio.to_thread(echoed_logprobs, engine, ids, tokens, params.logprobs)
-                elif params.logprobs:
-                    logprobs = await asyncio.to_thread(legacy_logprobs, engine, ids, tokens, params.logprobs)
+                logprobs = (
+                    await asyncio.to_thread(legacy_logprobs, engine, ids, tokens, params.logprobs, params.echo)
+                    if params.logprobs
+                    else None
+                )
             except Exception as exc:
                 return error(500, f"{type(exc).__name__}: {exc}", "server_error")
             finish = "stop" if len(tokens) < max_tokens else "length"

@@ -117,13 +117,10 @@ class DecodeRunner:
     def _batch_bucket(self, rows: int) -> int:
         return next(size for size in self.batch_buckets if size >= rows)
 
-    def step(self, rows: list[tuple[int, int] | None]) -> list[int]:
-        """rows[b] = (last token, its position) of the request in slot b, None for an idle slot.
-        Returns the next greedy token per row (garbage for idle rows)."""
-        return self.launch(rows).result()
-
     def launch(self, rows: list[tuple[int, int] | None]) -> DecodeStep:
-        """Start one step for `rows` (as in `step`); on the graph path it returns before the step ends."""
+        """Start one step: rows[b] = (last token, its position) of the request in slot b, None for an
+        idle slot. Its `result()` is the next greedy token per row (garbage for idle rows); on the
+        graph path launch returns before the step ends."""
         count = len(rows)
         width = self._batch_bucket(count) if self.use_graphs else count
         tokens = [row[0] if row else 0 for row in rows] + [0] * (width - count)
