@@ -1,7 +1,7 @@
 """Time the reference engine's captured decode step (compiled) under alternative settings, on a GPU.
 
     python benchmarks/decode_step_variants.py --out OUT [--variants bf16 fp8] [--batch 1 32]
-        [--settings default coordinate_descent sdpa_attention] [--replays 200]
+        [--settings default coordinate_descent enable_gqa_attention ...] [--replays 200] [--profile]
 
 What it answers: where the decode step's time beyond the weight read goes, setting by setting,
 without the scheduler or HTTP around it. Per (quantization variant, setting, batch bucket): the
@@ -19,6 +19,11 @@ Settings (applied before the engine is built, undone after):
   code ships this way since this measurement; the setting is a no-op now.
 * scaled_mm_fp8: FP8 linears through `torch._scaled_mm` at every row count (16 padded rows at
   decode) instead of foundry's Triton kernel below 16 rows.
+* enable_gqa_attention: decode attention as one SDPA call with `enable_gqa=True` (before the query
+  heads were grouped per KV head in `reference.decode_attention`).
+* unfused_fp8_fc_gate: FP8 fc and gate as two GEMMs (before they were fused with per-row scales).
+With --profile, OUT/profile_<variant>_<setting>_<batch>.txt lists the kernels of 20 replays by
+GPU time (torch.profiler): where the step's time goes.
 Results go to OUT/decode_step_variants.json and .md as each finishes (a cut-off run keeps its rows).
 Needs torch, transformers, numpy, pydantic.
 """
@@ -42,23 +47,56 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from checkpoint_variants import VARIANTS, calibrate_amax, float_checkpoint, parsed_config, quantize_checkpoint  # noqa: E402
 from gpu_bench import copy_bandwidth_gb_s, random_hf_model  # noqa: E402
 
-from foundry.runtime import linears  # noqa: E402
+from foundry.runtime import linears, reference  # noqa: E402
 from foundry.runtime.reference import ReferenceEngine  # noqa: E402
 from foundry.runtime.scheduler import EngineOptions  # noqa: E402
+
+SETTINGS = [
+    "default",
+    "coordinate_descent",
+    "sdpa_attention",
+    "scaled_mm_fp8",
+    "enable_gqa_attention",
+    "unfused_fp8_fc_gate",
+]
+
+
+def gqa_sdpa_attention(q, keys, values, allowed):
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, keys, values, attn_mask=allowed[:, None, None, :], enable_gqa=True
+    )
+
+
+def fused_fc_gate_except_fp8(config, tensors, prefix, compute_dtype, shipped=reference._fused_fc_gate):
+    return None if config.quant_algo == "FP8" else shipped(config, tensors, prefix, compute_dtype)
 
 
 @contextlib.contextmanager
 def setting(name: str):
     import torch._inductor.config as inductor
 
-    saved_tuning, saved_rows = inductor.coordinate_descent_tuning, linears.FP8_TRITON_BELOW_ROWS
+    saved = (
+        inductor.coordinate_descent_tuning,
+        linears.FP8_TRITON_BELOW_ROWS,
+        reference.decode_attention,
+        reference._fused_fc_gate,
+    )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
         if name == "scaled_mm_fp8":
             linears.FP8_TRITON_BELOW_ROWS = 0
+        if name == "enable_gqa_attention":
+            reference.decode_attention = gqa_sdpa_attention
+        if name == "unfused_fp8_fc_gate":
+            reference._fused_fc_gate = fused_fc_gate_except_fp8
         yield
     finally:
-        inductor.coordinate_descent_tuning, linears.FP8_TRITON_BELOW_ROWS = saved_tuning, saved_rows
+        (
+            inductor.coordinate_descent_tuning,
+            linears.FP8_TRITON_BELOW_ROWS,
+            reference.decode_attention,
+            reference._fused_fc_gate,
+        ) = saved
 
 
 def fp8_kernel_agreement() -> list[dict]:
@@ -90,6 +128,28 @@ def fp8_kernel_agreement() -> list[dict]:
     return rows
 
 
+def fp8_per_row_scale_agreement() -> list[dict]:
+    """Fp8Linear with one weight scale per output row (the fused FP8 fc+gate) against float64, at
+    decode rows (Triton kernel) and prefill rows (`torch._scaled_mm` with row-wise scaling)."""
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    n, k = 2 * 14336, 4096
+    codes = (torch.randn(n, k, device="cuda", generator=generator) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+    weight_scale = torch.cat([torch.full((n // 2,), 0.002), torch.full((n // 2,), 0.0005)]).cuda()
+    tensors = {
+        "fused.weight": codes,
+        "fused.weights_scaling_factor": weight_scale,
+        "fused.activation_scaling_factor": torch.tensor(0.01, device="cuda"),
+    }
+    layer = linears.Fp8Linear(tensors, "fused", torch.bfloat16)
+    rows = []
+    for m in (1, 8, 16, 40, 256):
+        x = torch.randn(m, k, device="cuda", generator=generator, dtype=torch.bfloat16)
+        exact = (layer.quantize_activation(x).double() @ codes.double().t()) * (0.01 * weight_scale.double())
+        error = (layer(x).double() - exact).abs().max() / exact.abs().max()
+        rows.append({"m": m, "n": n, "k": k, "max_rel_err": float(error)})
+    return rows
+
+
 def bytes_read_per_step(engine: ReferenceEngine, batch: int, kv_len: int) -> int:
     """Linear weights + lm_head + norms (not the embedding table: one row per token) + the KV attended."""
     embedding = engine.embedding.numel() * engine.embedding.element_size()
@@ -110,7 +170,18 @@ def time_replays(captured, replays: int) -> list[float]:
     return times
 
 
-def measure(config, tensors, args, bandwidth_gb_s: float) -> dict:
+def kernel_profile(captured, replays: int = 20) -> str:
+    """The kernels of `replays` graph replays by total GPU time (torch.profiler's table)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            captured.graph.replay()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+
+
+def measure(config, tensors, args, bandwidth_gb_s: float, label: str) -> dict:
     options = EngineOptions(
         max_batch_size=max(args.batch),
         max_seq_len=args.max_seq_len,
@@ -137,6 +208,8 @@ def measure(config, tensors, args, bandwidth_gb_s: float) -> dict:
                 "bandwidth_pct_of_copy": round(100.0 * read / (median_ms / 1e3) / 1e9 / bandwidth_gb_s, 1),
             }
             print(rows["batches"][batch], flush=True)
+            if args.profile:
+                (args.out / f"profile_{label}_{batch}.txt").write_text(kernel_profile(captured) + "\n")
     finally:
         engine.close()
     return rows
@@ -175,15 +248,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", nargs="+", default=["bf16", "fp8"], choices=list(VARIANTS))
-    parser.add_argument(
-        "--settings",
-        nargs="+",
-        default=["default", "scaled_mm_fp8"],
-        choices=["default", "coordinate_descent", "sdpa_attention", "scaled_mm_fp8"],
-    )
+    parser.add_argument("--settings", nargs="+", default=["default"], choices=SETTINGS)
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--replays", type=int, default=200)
+    parser.add_argument("--profile", action="store_true", help="also write each step's kernels by GPU time")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {
@@ -198,6 +267,8 @@ def main() -> int:
         results["fp8_kernel_agreement"] = agreement = fp8_kernel_agreement()
         worst = max(agreement, key=lambda r: r["triton_max_rel_err"])
         print(f"FP8 Triton kernel vs exact: worst relative error {worst}", flush=True)
+        results["fp8_per_row_scale_agreement"] = per_row = fp8_per_row_scale_agreement()
+        print(f"FP8 per-row weight scales vs exact: {per_row}", flush=True)
     model = random_hf_model("llama-3.1-8b", torch.bfloat16)
     amax = calibrate_amax(model, torch.randint(1, 128256, (1, 128), generator=torch.Generator().manual_seed(2)))
     base_config, base_tensors = float_checkpoint(model, "bfloat16")
@@ -209,7 +280,9 @@ def main() -> int:
             print(f"{variant} / {name}", flush=True)
             torch._dynamo.reset()
             with setting(name):
-                results["rows"][f"{variant}/{name}"] = measure(config, tensors, args, results["copy_bandwidth_gb_s"])
+                results["rows"][f"{variant}/{name}"] = measure(
+                    config, tensors, args, results["copy_bandwidth_gb_s"], f"{variant}_{name}"
+                )
             torch.cuda.empty_cache()
             (args.out / "decode_step_variants.json").write_text(json.dumps(results, indent=1))
             (args.out / "decode_step_variants.md").write_text(table(results) + "\n")

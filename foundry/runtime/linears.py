@@ -110,10 +110,13 @@ class SmoothQuantPerTokenLinear:
 
 
 class Fp8Linear:
-    """TensorRT-LLM FP8 (ModelOpt FP8_DEFAULT_CFG): E4M3 weight with one per-tensor scale, activations
+    """TensorRT-LLM FP8 (ModelOpt FP8_DEFAULT_CFG): E4M3 weight with a per-tensor scale, activations
     cast to E4M3 with a static per-tensor scale. y = (fp8(x / s_a) · fp8(W)^T) · s_a · s_w.
+    `weights_scaling_factor` may also hold one scale per output row: two per-tensor layers that share
+    their input (fc and gate, fused on CUDA) concatenated into one GEMM keep their own scales.
     CPU: emulated in float32 (E4M3 values are exact there; matches an FP8 GEMM with float32
-    accumulation up to summation order). CUDA: `torch._scaled_mm` on the E4M3 tensors themselves."""
+    accumulation up to summation order). CUDA: foundry's Triton kernel below 16 rows,
+    `torch._scaled_mm` from 16 (per-tensor or, for per-row weight scales, row-wise scaling)."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], name: str, compute_dtype: torch.dtype):
         weight = tensors[f"{name}.weight"]
@@ -121,10 +124,11 @@ class Fp8Linear:
         # CUDA keeps the E4M3 codes (1 byte each); the CPU emulation holds them as float32, exactly.
         self.weight = weight.to(torch.float8_e4m3fn).contiguous() if self.on_cuda else weight.float()
         self.activation_scale = tensors[f"{name}.activation_scaling_factor"].float().reshape(())
-        self.weight_scale = tensors[f"{name}.weights_scaling_factor"].float().reshape(())
-        self.output_scale = self.activation_scale * self.weight_scale
-        # the Triton kernel's epilogue takes one scale per output column
-        self.column_scale = self.output_scale.expand(weight.shape[0]).contiguous()
+        weight_scale = tensors[f"{name}.weights_scaling_factor"].float().reshape(-1)
+        self.per_tensor = weight_scale.numel() == 1
+        self.weight_scale = weight_scale.reshape(()) if self.per_tensor else weight_scale.contiguous()
+        # the Triton kernel's epilogue (and the CPU emulation) take one scale per output column
+        self.column_scale = (self.activation_scale * self.weight_scale).expand(weight.shape[0]).contiguous()
         self.compute_dtype = compute_dtype
 
     def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,21 +138,23 @@ class Fp8Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         codes = self.quantize_activation(x)
         if not self.on_cuda:
-            return (F.linear(codes.float(), self.weight) * self.output_scale).to(self.compute_dtype)
+            return (F.linear(codes.float(), self.weight) * self.column_scale).to(self.compute_dtype)
         leading_shape = codes.shape[:-1]
         rows = codes.reshape(-1, codes.shape[-1])
         if rows.shape[0] < FP8_TRITON_BELOW_ROWS:
-            return fp8_matmul_scaled(rows, self.weight, self.column_scale, self.compute_dtype).reshape(
-                *leading_shape, -1
-            )
+            y = fp8_matmul_scaled(rows, self.weight, self.column_scale, self.compute_dtype)
+        else:
+            y = self._scaled_mm(rows)
+        return y.reshape(*leading_shape, -1)
+
+    def _scaled_mm(self, rows: torch.Tensor) -> torch.Tensor:
         padded = (-rows.shape[0]) % SCALED_MM_ROW_MULTIPLE
         if padded:
             rows = F.pad(rows.view(torch.int8), (0, 0, 0, padded)).view(torch.float8_e4m3fn)
-        y = torch._scaled_mm(
-            rows,
-            self.weight.t(),
-            scale_a=self.activation_scale,
-            scale_b=self.weight_scale,
-            out_dtype=self.compute_dtype,
-        )
-        return y[: y.shape[0] - padded].reshape(*leading_shape, -1)
+        if self.per_tensor:
+            scale_a, scale_b = self.activation_scale, self.weight_scale
+        else:  # row-wise scaling wants a float32 scale per row of A and per column of B
+            scale_a = self.activation_scale.expand(rows.shape[0], 1).contiguous()
+            scale_b = self.weight_scale[None, :]
+        y = torch._scaled_mm(rows, self.weight.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=self.compute_dtype)
+        return y[: y.shape[0] - padded]

@@ -213,12 +213,24 @@ class DecoderLayer:
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         pool.write_rows(self.index, positions, k[:, :, 0], v[:, :, 0])
         keys, values = pool.read_rows(self.index, rows, allowed.shape[1])
-        # One SDPA call (GQA, boolean mask) instead of matmul → mask → softmax → matmul: fewer
-        # kernels per layer; the compiled step on an H100 went 6.55 → 6.29 ms (decode_step_variants.py).
+        # One SDPA call (boolean mask) instead of matmul → mask → softmax → matmul: fewer kernels
+        # per layer; the compiled step on an H100 went 6.55 → 6.29 ms (decode_step_variants.py).
         # No row is fully masked (an all-False row would give NaN): a request sees column 0 on, and
         # padding and idle rows sit on the scratch column, the last, so they see every column.
-        attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None, None, :], enable_gqa=True)
-        return self._finish(x, attended)
+        return self._finish(x, decode_attention(q, keys, values, allowed))
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """One query token per row: q [rows, heads, 1, head_size], keys/values [rows, kv_heads, kv_len,
+    head_size], allowed [rows, kv_len] → [rows, heads, 1, head_size].
+    The query heads sharing a KV head become that head's "query positions" (head h reads KV head
+    h // group, as GQA does): a plain SDPA call then reads each cached KV head once, with no K/V
+    repeated per query head (what `enable_gqa` may do where no fused kernel takes the mask)."""
+    rows, heads, _, head_size = q.shape
+    kv_heads = keys.shape[1]
+    grouped = q.reshape(rows, kv_heads, heads // kv_heads, head_size)
+    attended = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=allowed[:, None, None, :])
+    return attended.reshape(rows, heads, 1, head_size)
 
 
 def _require_unit_scale_to_int(tensors: dict[str, torch.Tensor], prefix: str) -> None:
@@ -254,6 +266,15 @@ def _fused_fc_gate(config: LlamaCheckpointConfig, tensors: dict[str, torch.Tenso
     if config.quant_algo == SMOOTHQUANT_PER_TOKEN:  # smoothing folded into the norm: same codes
         parts = {f"{fused}.weight": cat("weight"), f"{fused}.per_channel_scale": cat("per_channel_scale", 1)}
         return SmoothQuantPerTokenLinear(parts, fused, compute_dtype)
+    if config.quant_algo == FP8 and same("activation_scaling_factor"):  # same input codes; own weight scales
+        rows = [tensors[f"{part}.weight"].shape[0] for part in (fc, gate)]
+        per_row = [tensors[f"{part}.weights_scaling_factor"].float().reshape(()) for part in (fc, gate)]
+        parts = {
+            f"{fused}.weight": cat("weight"),
+            f"{fused}.weights_scaling_factor": torch.cat([s.expand(n) for s, n in zip(per_row, rows)]),
+            f"{fused}.activation_scaling_factor": tensors[f"{fc}.activation_scaling_factor"],
+        }
+        return Fp8Linear(parts, fused, compute_dtype)
     if (
         config.quant_algo == SMOOTHQUANT_PER_CHANNEL
         and same("activation_scaling_factor")
