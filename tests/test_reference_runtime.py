@@ -27,7 +27,7 @@ from foundry.config import CalibrationConfig
 from foundry.data import builtin_documents, token_windows
 from foundry.errors import FoundryError, NotSupportedError
 from foundry.runtime.base import Engine
-from foundry.runtime.reference import ReferenceEngine
+from foundry.runtime.reference import ReferenceEngine, _fused_fc_gate
 from tests.conftest import save_fp16_exact_copy
 
 GREEDY_STEPS = 16
@@ -441,6 +441,13 @@ def test_fp8_linears_match_modelopt_fake_quant(tiny_fp16_exact_dir, tiny_windows
         with torch.inference_mode():
             got = linear(x)
         assert ((got - expected).abs().mean() / expected.abs().mean()).item() <= 1e-2, key
+    # CUDA runs fc and gate as one GEMM with a weight scale per output row; its emulation on CPU
+    # gives exactly the two layers side by side (ModelOpt exports one activation scale for both).
+    tensors = load_file(tmp_path / "rank0.safetensors")
+    fused = _fused_fc_gate(engine.config, tensors, "transformer.layers.1", engine.compute_dtype)
+    x = captured["gate_proj"][0]
+    with torch.inference_mode():
+        assert torch.equal(fused(x), torch.cat([layer.fc(x), layer.gate(x)], dim=-1))
 
 
 @pytest.mark.parametrize("quantization", ["none", "int8_sq"])
