@@ -22,7 +22,8 @@ Settings (applied before the engine is built, undone after):
 * enable_gqa_attention: decode attention as one SDPA call with `enable_gqa=True` (before the query
   heads were grouped per KV head in `reference.decode_attention`).
 * unfused_fp8_fc_gate: FP8 fc and gate as two GEMMs (before they were fused with per-row scales).
-With --profile, OUT/profile_<variant>_<setting>_<batch>.txt lists the kernels of 20 replays by
+With --prefill-prompts N, the eager batched prefill of N fresh prompts is timed too (what stalls
+decode when requests arrive). With --profile, OUT/profile_<variant>_<setting>_<batch>.txt lists the kernels of 20 replays by
 GPU time (torch.profiler): where the step's time goes.
 Results go to OUT/decode_step_variants.json and .md as each finishes (a cut-off run keeps its rows).
 Needs torch, transformers, numpy, pydantic.
@@ -181,6 +182,30 @@ def kernel_profile(captured, replays: int = 20) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
 
 
+def time_prefill(engine: ReferenceEngine, prompts: int, prompt_len: int, profile_path: Path | None) -> dict:
+    """The batched prefill the scheduler runs for fresh prompts (eager): median of 5 after a warm-up."""
+    ids = torch.randint(1, engine.config.vocab_size, (prompts, prompt_len), generator=torch.Generator().manual_seed(4))
+    slots, prompt_lists = list(range(prompts)), ids.tolist()
+
+    def run() -> float:
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        engine.prefill_batch(engine.scheduler.pool, slots, prompt_lists)
+        torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    with torch.inference_mode():
+        median_s = statistics.median([run() for _ in range(6)][1:])
+        if profile_path is not None:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                run()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+            profile_path.write_text(table + "\n")
+    return {"prompts": prompts, "prompt_len": prompt_len, "ms": round(median_s * 1e3, 2)}
+
+
 def measure(config, tensors, args, bandwidth_gb_s: float, label: str) -> dict:
     options = EngineOptions(
         max_batch_size=max(args.batch),
@@ -210,6 +235,10 @@ def measure(config, tensors, args, bandwidth_gb_s: float, label: str) -> dict:
             print(rows["batches"][batch], flush=True)
             if args.profile:
                 (args.out / f"profile_{label}_{batch}.txt").write_text(kernel_profile(captured) + "\n")
+        if args.prefill_prompts:
+            profile_path = args.out / f"profile_{label}_prefill.txt" if args.profile else None
+            rows["prefill"] = time_prefill(engine, args.prefill_prompts, args.prefill_len, profile_path)
+            print(rows["prefill"], flush=True)
     finally:
         engine.close()
     return rows
@@ -241,6 +270,13 @@ def table(results: dict) -> str:
                 f"| {variant} | {name} | {batch} | {b['step_ms']:.3f} | {b['tok_s']:.1f} | {b['bytes_read_gb']:.2f} "
                 f"| {b['bandwidth_pct_of_copy']:.1f} | {b['compile_capture_s']} |"
             )
+    for key, row in results["rows"].items():
+        if "prefill" in row:
+            p = row["prefill"]
+            tok_s = p["prompts"] * p["prompt_len"] / p["ms"] * 1e3
+            lines.append(
+                f"{key}: batched prefill of {p['prompts']} × {p['prompt_len']} tokens {p['ms']} ms ({tok_s:,.0f} tok/s)"
+            )
     return "\n".join(lines)
 
 
@@ -252,6 +288,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--replays", type=int, default=200)
+    parser.add_argument("--prefill-prompts", type=int, default=0, help="also time a batched prefill of N prompts")
+    parser.add_argument("--prefill-len", type=int, default=128)
     parser.add_argument("--profile", action="store_true", help="also write each step's kernels by GPU time")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
