@@ -1,7 +1,7 @@
 """Time the reference engine's captured decode step (compiled) under alternative settings, on a GPU.
 
     python benchmarks/decode_step_variants.py --out OUT [--variants bf16 fp8] [--batch 1 32]
-        [--settings default coordinate_descent enable_gqa_attention ...] [--replays 200] [--profile]
+        [--settings default coordinate_descent grouped_query_heads ...] [--replays 200] [--profile]
 
 What it answers: where the decode step's time beyond the weight read goes, setting by setting,
 without the scheduler or HTTP around it. Per (quantization variant, setting, batch bucket): the
@@ -19,8 +19,8 @@ Settings (applied before the engine is built, undone after):
   code ships this way since this measurement; the setting is a no-op now.
 * scaled_mm_fp8: FP8 linears through `torch._scaled_mm` at every row count (16 padded rows at
   decode) instead of foundry's Triton kernel below 16 rows.
-* enable_gqa_attention: decode attention as one SDPA call with `enable_gqa=True` (before the query
-  heads were grouped per KV head in `reference.decode_attention`).
+* grouped_query_heads: decode attention as a plain SDPA call with the query heads that share a KV
+  head folded into its "query positions" (instead of `enable_gqa=True`).
 * unfused_fp8_fc_gate: FP8 fc and gate as two GEMMs (before they were fused with per-row scales).
 With --prefill-prompts N, the eager batched prefill of N fresh prompts is timed too (what stalls
 decode when requests arrive). With --profile, OUT/profile_<variant>_<setting>_<batch>.txt lists the kernels of 20 replays by
@@ -57,15 +57,19 @@ SETTINGS = [
     "coordinate_descent",
     "sdpa_attention",
     "scaled_mm_fp8",
-    "enable_gqa_attention",
+    "grouped_query_heads",
     "unfused_fp8_fc_gate",
 ]
 
 
-def gqa_sdpa_attention(q, keys, values, allowed):
-    return torch.nn.functional.scaled_dot_product_attention(
-        q, keys, values, attn_mask=allowed[:, None, None, :], enable_gqa=True
+def grouped_query_heads_attention(q, keys, values, allowed):
+    rows, heads, _, head_size = q.shape
+    kv_heads = keys.shape[1]
+    grouped = q.reshape(rows, kv_heads, heads // kv_heads, head_size)
+    attended = torch.nn.functional.scaled_dot_product_attention(
+        grouped, keys, values, attn_mask=allowed[:, None, None, :]
     )
+    return attended.reshape(rows, heads, 1, head_size)
 
 
 def fused_fc_gate_except_fp8(config, tensors, prefix, compute_dtype, shipped=reference._fused_fc_gate):
@@ -86,8 +90,8 @@ def setting(name: str):
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
         if name == "scaled_mm_fp8":
             linears.FP8_TRITON_BELOW_ROWS = 0
-        if name == "enable_gqa_attention":
-            reference.decode_attention = gqa_sdpa_attention
+        if name == "grouped_query_heads":
+            reference.decode_attention = grouped_query_heads_attention
         if name == "unfused_fp8_fc_gate":
             reference._fused_fc_gate = fused_fc_gate_except_fp8
         yield
@@ -129,23 +133,18 @@ def fp8_kernel_agreement() -> list[dict]:
     return rows
 
 
-def fp8_per_row_scale_agreement() -> list[dict]:
-    """Fp8Linear with one weight scale per output row (the fused FP8 fc+gate) against float64, at
-    decode rows (Triton kernel) and prefill rows (`torch._scaled_mm` with row-wise scaling)."""
+def fp8_stacked_agreement() -> list[dict]:
+    """A stacked Fp8Linear (the fused FP8 fc+gate: two row blocks, each with its own weight scale)
+    against float64, at decode rows (Triton kernel) and prefill rows (`torch._scaled_mm` per block)."""
     generator = torch.Generator(device="cuda").manual_seed(1)
     n, k = 2 * 14336, 4096
     codes = (torch.randn(n, k, device="cuda", generator=generator) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
-    weight_scale = torch.cat([torch.full((n // 2,), 0.002), torch.full((n // 2,), 0.0005)]).cuda()
-    tensors = {
-        "fused.weight": codes,
-        "fused.weights_scaling_factor": weight_scale,
-        "fused.activation_scaling_factor": torch.tensor(0.01, device="cuda"),
-    }
-    layer = linears.Fp8Linear(tensors, "fused", torch.bfloat16)
+    block_scales = [(n // 2, torch.tensor(0.002, device="cuda")), (n // 2, torch.tensor(0.0005, device="cuda"))]
+    layer = linears.Fp8Linear(codes, torch.tensor(0.01, device="cuda"), block_scales, torch.bfloat16)
     rows = []
     for m in (1, 8, 16, 40, 256):
         x = torch.randn(m, k, device="cuda", generator=generator, dtype=torch.bfloat16)
-        exact = (layer.quantize_activation(x).double() @ codes.double().t()) * (0.01 * weight_scale.double())
+        exact = (layer.quantize_activation(x).double() @ codes.double().t()) * layer.column_scale.double()
         error = (layer(x).double() - exact).abs().max() / exact.abs().max()
         rows.append({"m": m, "n": n, "k": k, "max_rel_err": float(error)})
     return rows
@@ -305,8 +304,8 @@ def main() -> int:
         results["fp8_kernel_agreement"] = agreement = fp8_kernel_agreement()
         worst = max(agreement, key=lambda r: r["triton_max_rel_err"])
         print(f"FP8 Triton kernel vs exact: worst relative error {worst}", flush=True)
-        results["fp8_per_row_scale_agreement"] = per_row = fp8_per_row_scale_agreement()
-        print(f"FP8 per-row weight scales vs exact: {per_row}", flush=True)
+        results["fp8_stacked_agreement"] = stacked = fp8_stacked_agreement()
+        print(f"FP8 stacked linear (two weight scales) vs exact: {stacked}", flush=True)
     model = random_hf_model("llama-3.1-8b", torch.bfloat16)
     amax = calibrate_amax(model, torch.randint(1, 128256, (1, 128), generator=torch.Generator().manual_seed(2)))
     base_config, base_tensors = float_checkpoint(model, "bfloat16")

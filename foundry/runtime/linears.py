@@ -112,24 +112,39 @@ class SmoothQuantPerTokenLinear:
 class Fp8Linear:
     """TensorRT-LLM FP8 (ModelOpt FP8_DEFAULT_CFG): E4M3 weight with a per-tensor scale, activations
     cast to E4M3 with a static per-tensor scale. y = (fp8(x / s_a) · fp8(W)^T) · s_a · s_w.
-    `weights_scaling_factor` may also hold one scale per output row: two per-tensor layers that share
-    their input (fc and gate, fused on CUDA) concatenated into one GEMM keep their own scales.
+    Several such layers that share their input and activation scale (fc and gate, fused on CUDA)
+    can be one GEMM: `stacked` stacks their weights by rows, each block keeping its own s_w.
     CPU: emulated in float32 (E4M3 values are exact there; matches an FP8 GEMM with float32
-    accumulation up to summation order). CUDA: foundry's Triton kernel below 16 rows,
-    `torch._scaled_mm` from 16 (per-tensor or, for per-row weight scales, row-wise scaling)."""
+    accumulation up to summation order). CUDA: foundry's Triton kernel below 16 rows (one scale
+    per output column), `torch._scaled_mm` from 16, per-tensor on each block."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], name: str, compute_dtype: torch.dtype):
-        weight = tensors[f"{name}.weight"]
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        activation_scale: torch.Tensor,
+        block_scales: list[tuple[int, torch.Tensor]],
+        compute_dtype: torch.dtype,
+    ):
+        """weight [N, K]; block_scales: (rows, per-tensor weight scale) of each row block, summing to N."""
         self.on_cuda = weight.is_cuda
         # CUDA keeps the E4M3 codes (1 byte each); the CPU emulation holds them as float32, exactly.
         self.weight = weight.to(torch.float8_e4m3fn).contiguous() if self.on_cuda else weight.float()
-        self.activation_scale = tensors[f"{name}.activation_scaling_factor"].float().reshape(())
-        weight_scale = tensors[f"{name}.weights_scaling_factor"].float().reshape(-1)
-        self.per_tensor = weight_scale.numel() == 1
-        self.weight_scale = weight_scale.reshape(()) if self.per_tensor else weight_scale.contiguous()
-        # the Triton kernel's epilogue (and the CPU emulation) take one scale per output column
-        self.column_scale = (self.activation_scale * self.weight_scale).expand(weight.shape[0]).contiguous()
+        self.activation_scale = activation_scale.float().reshape(())
+        self.blocks = [(rows, scale.float().reshape(())) for rows, scale in block_scales]
+        self.column_scale = torch.cat([(self.activation_scale * scale).expand(rows) for rows, scale in self.blocks])
         self.compute_dtype = compute_dtype
+
+    @classmethod
+    def from_checkpoint(cls, tensors: dict[str, torch.Tensor], name: str, compute_dtype: torch.dtype) -> "Fp8Linear":
+        return cls.stacked(tensors, [name], compute_dtype)
+
+    @classmethod
+    def stacked(cls, tensors: dict[str, torch.Tensor], names: list[str], compute_dtype: torch.dtype) -> "Fp8Linear":
+        """The layers `names` (one activation scale between them) as one GEMM over their stacked weights."""
+        weights = [tensors[f"{name}.weight"] for name in names]
+        blocks = [(w.shape[0], tensors[f"{name}.weights_scaling_factor"]) for name, w in zip(names, weights)]
+        weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+        return cls(weight, tensors[f"{names[0]}.activation_scaling_factor"], blocks, compute_dtype)
 
     def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
         """E4M3 codes of x (float8_e4m3fn)."""
@@ -151,10 +166,14 @@ class Fp8Linear:
         padded = (-rows.shape[0]) % SCALED_MM_ROW_MULTIPLE
         if padded:
             rows = F.pad(rows.view(torch.int8), (0, 0, 0, padded)).view(torch.float8_e4m3fn)
-        if self.per_tensor:
-            scale_a, scale_b = self.activation_scale, self.weight_scale
-        else:  # row-wise scaling wants a float32 scale per row of A and per column of B
-            scale_a = self.activation_scale.expand(rows.shape[0], 1).contiguous()
-            scale_b = self.weight_scale[None, :]
-        y = torch._scaled_mm(rows, self.weight.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=self.compute_dtype)
+        outputs, start = [], 0
+        for block_rows, weight_scale in self.blocks:  # row blocks of the weight: contiguous, per-tensor scaled
+            block = self.weight[start : start + block_rows]
+            outputs.append(
+                torch._scaled_mm(
+                    rows, block.t(), scale_a=self.activation_scale, scale_b=weight_scale, out_dtype=self.compute_dtype
+                )
+            )
+            start += block_rows
+        y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         return y[: y.shape[0] - padded]
