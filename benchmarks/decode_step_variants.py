@@ -23,7 +23,8 @@ Settings (applied before the engine is built, undone after):
   head folded into its "query positions" (instead of `enable_gqa=True`).
 * unfused_fp8_fc_gate: FP8 fc and gate as two GEMMs (before they were fused with per-row scales).
 * sdpa_efficient_attention: decode attention pinned to SDPA's memory-efficient kernel (the shipped
-  call lets SDPA choose; at one query per row it chose cuDNN's flash kernel, ~11 µs a layer).
+  call lets SDPA choose; the folded form of run10 landed on cuDNN's flash kernel, ~11 µs a layer
+  at batch 1 for ~1 MB of KV).
 A setting that fails (e.g. a kernel the stack refuses for these shapes) is recorded under "failed"
 and the others still run.
 With --prefill-prompts N, the eager batched prefill of N fresh prompts is timed too (what stalls
