@@ -168,11 +168,8 @@ def fp8_stacked_agreement() -> list[dict]:
 
 
 def bytes_read_per_step(engine: ReferenceEngine, batch: int, kv_len: int) -> int:
-    """Linear weights + lm_head + norms (not the embedding table: one row per token) + the KV attended."""
-    embedding = engine.embedding.numel() * engine.embedding.element_size()
-    tied = engine.lm_head.weight is engine.embedding
-    weights = engine.weight_bytes() - (0 if tied else embedding)
-    return weights + batch * kv_len * engine.kv_bytes_per_token()
+    """The weights a step reads (engine.weight_bytes: the embedding table only where tied) + the KV attended."""
+    return engine.weight_bytes() + batch * kv_len * engine.kv_bytes_per_token()
 
 
 def time_replays(captured, replays: int) -> list[float]:

@@ -187,7 +187,7 @@ def table(results: dict) -> str:
         setup = result["setup"]
         lines.append(
             f"{name}: load+capture {setup['load_s']} s (first capture incl. compile/autotune {setup['first_capture_s']} s), "
-            f"weights {setup['weight_bytes'] / 1e9:.2f} GB, KV pool {setup['kv_pool_bytes'] / 1e9:.2f} GB, "
+            f"weights read per step {setup['weight_bytes'] / 1e9:.2f} GB, KV pool {setup['kv_pool_bytes'] / 1e9:.2f} GB, "
             f"peak GPU memory {result['peak_memory_gb']:.1f} GB"
         )
     for name, value in results.get("hf_static_batch", {}).items():

@@ -273,6 +273,39 @@ def test_tiny_checkpoint_loads_untied_lm_head(tiny_checkpoint):
     assert engine.logits(torch.tensor([[1, 2, 3]])).shape == (1, 3, engine.config.vocab_size)
 
 
+def test_weight_bytes_count_what_a_decode_step_reads(tiny_checkpoint):
+    """MBU's numerator: every weight of the checkpoint except the untied input embedding table, of
+    which a step looks up one row per token."""
+    engine = ReferenceEngine.load(tiny_checkpoint)  # float32 compute: 4 bytes an element
+    tensors = load_file(tiny_checkpoint / "rank0.safetensors")
+    every_weight = sum(t.numel() for t in tensors.values()) * 4
+    assert engine.weight_bytes() == every_weight - tensors["transformer.vocab_embedding.weight"].numel() * 4
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_hf_model_bytes_leave_out_an_untied_embedding_table(tied):
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from foundry.bench.runner import engine_model_bytes
+
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
+    model = LlamaForCausalLM(config)
+    every_parameter = sum(p.numel() for p in model.parameters()) * 4  # parameters() lists a tied table once
+    table = 300 * 32 * 4
+    expected = every_parameter if tied else every_parameter - table
+    assert engine_model_bytes(SimpleNamespace(model=model)).weight_bytes == expected
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

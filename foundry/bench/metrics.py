@@ -147,7 +147,8 @@ class LevelSummary(BaseModel):
 
 
 class ModelBytes(BaseModel):
-    """What one decode step must read: the weights and, per token of context, the KV cache."""
+    """What one decode step must read: the weights (an untied input embedding table not: one row
+    of it per token) and, per token of context, the KV cache."""
 
     model_config = ConfigDict(extra="forbid")
 

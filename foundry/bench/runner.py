@@ -402,12 +402,25 @@ def run_benchmark(
     )
 
 
+def _lookup_only_bytes(model) -> int:
+    """The input embedding table of an HF model whose lm_head is a separate matrix: a decode step
+    reads one row of it per token, not the table (tied tables are read whole, as the lm_head)."""
+    get_input, get_output = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if get_input is None or get_output is None or get_input() is None:
+        return 0
+    table, head = get_input().weight, getattr(get_output(), "weight", None)
+    if head is not None and head.data_ptr() == table.data_ptr():
+        return 0
+    return table.numel() * table.element_size()
+
+
 def engine_model_bytes(engine) -> ModelBytes | None:
-    """Weight bytes and KV bytes per token of an in-process HF or reference engine (None if unknown)."""
+    """Weight bytes a decode step reads and KV bytes per token of an in-process HF or reference
+    engine (None if unknown)."""
     model = getattr(engine, "model", None)
     config = getattr(engine, "config", None) or getattr(model, "config", None)
     if model is not None and hasattr(model, "parameters"):
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - _lookup_only_bytes(model)
         dtype_bytes = next(model.parameters()).element_size()
         layers = getattr(config, "num_hidden_layers", None)
         kv_heads = getattr(config, "num_key_value_heads", None)

@@ -408,10 +408,9 @@ class ReferenceEngine:
         return self.lm_head(self._final(x[:, 0])).argmax(dim=-1)
 
     def weight_bytes(self) -> int:
-        """Bytes one decode step reads for the weights (as stored on the device)."""
-        tensors = [self.embedding, self.final_norm]
-        if self.lm_head.weight is not self.embedding:
-            tensors.append(self.lm_head.weight)
+        """Bytes one decode step reads for the weights (as stored on the device). The embedding
+        table counts only where it is the lm_head too: a step looks up one row of it per token."""
+        tensors = [self.lm_head.weight, self.final_norm]
         for layer in self.layers:
             tensors += [layer.input_norm, layer.post_norm]
             for linear in layer.linears():
