@@ -25,6 +25,9 @@ Settings (applied before the engine is built, undone after):
 * sdpa_efficient_attention: decode attention pinned to SDPA's memory-efficient kernel (the shipped
   call lets SDPA choose; the folded form of run10 landed on cuDNN's flash kernel, ~11 µs a layer
   at batch 1 for ~1 MB of KV).
+* compiled_prefill: the batched prefill's layers through torch.compile (dynamic shapes: one
+  compile for every prompt count and length); measure with --prefill-prompts. An experiment:
+  the engine prefills eagerly.
 A setting that fails (e.g. a kernel the stack refuses for these shapes) is recorded under "failed"
 and the others still run.
 With --prefill-prompts N, the eager batched prefill of N fresh prompts is timed too (what stalls
@@ -65,6 +68,7 @@ SETTINGS = [
     "grouped_query_heads",
     "unfused_fp8_fc_gate",
     "sdpa_efficient_attention",
+    "compiled_prefill",
 ]
 
 
@@ -87,6 +91,15 @@ def efficient_kernel_attention(q, keys, values, allowed):
         )
 
 
+_SHIPPED_PREFILL_LAYERS = reference.ReferenceEngine._prefill_layers
+# dynamic=True: one compile serves every (prompts, length) the scheduler forms
+_compiled_prefill_layers = torch.compile(_SHIPPED_PREFILL_LAYERS, dynamic=True)
+
+
+def compiled_prefill_layers(self, x, pool, slot_index):
+    return _compiled_prefill_layers(self, x, pool, slot_index)
+
+
 def fused_fc_gate_except_fp8(config, tensors, prefix, compute_dtype, shipped=reference._fused_fc_gate):
     return None if config.quant_algo == "FP8" else shipped(config, tensors, prefix, compute_dtype)
 
@@ -100,6 +113,7 @@ def setting(name: str):
         linears.FP8_TRITON_BELOW_ROWS,
         reference.decode_attention,
         reference._fused_fc_gate,
+        reference.ReferenceEngine._prefill_layers,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -109,6 +123,8 @@ def setting(name: str):
             reference.decode_attention = grouped_query_heads_attention
         if name == "sdpa_efficient_attention":
             reference.decode_attention = efficient_kernel_attention
+        if name == "compiled_prefill":
+            reference.ReferenceEngine._prefill_layers = compiled_prefill_layers
         if name == "unfused_fp8_fc_gate":
             reference._fused_fc_gate = fused_fc_gate_except_fp8
         yield
@@ -118,6 +134,7 @@ def setting(name: str):
             linears.FP8_TRITON_BELOW_ROWS,
             reference.decode_attention,
             reference._fused_fc_gate,
+            reference.ReferenceEngine._prefill_layers,
         ) = saved
 
 

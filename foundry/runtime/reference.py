@@ -194,7 +194,9 @@ class DecoderLayer:
         q, k = rotary.apply(q, 0), rotary.apply(k, 0)
         pool.write_slots(self.index, slots, k, v)
         keys, values = self._round_trip_kv(k), self._round_trip_kv(v)  # what the pool now holds
-        attended = F.scaled_dot_product_attention(q, keys, values, is_causal=x.shape[1] > 1, enable_gqa=True)
+        # queries and keys both span positions 0..seq-1, so causal holds at every length (1 included);
+        # a constant keeps the shape out of the call for a compiled prefill (dynamic shapes)
+        attended = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
         return self._finish(x, attended)
 
     def forward_decode(
@@ -391,11 +393,15 @@ class ReferenceEngine:
         for row, prompt in enumerate(prompts):
             ids[row, : len(prompt)] = torch.tensor(prompt)
         x = F.embedding(ids.to(self.device), self.embedding)
-        slot_index = torch.tensor(slots, device=self.device)
-        for layer in self.layers:
-            x = layer.forward_prefill_batch(x, self.rotary, pool, slot_index)
+        x = self._prefill_layers(x, pool, torch.tensor(slots, device=self.device))
         last = x[torch.arange(len(prompts), device=self.device), lengths - 1]
         return self.lm_head(self._final(last)).argmax(dim=-1)
+
+    def _prefill_layers(self, x: torch.Tensor, pool: KVPool, slot_index: torch.Tensor) -> torch.Tensor:
+        """The layers over right-padded prompts [n, seq, hidden], writing their KV into the slots."""
+        for layer in self.layers:
+            x = layer.forward_prefill_batch(x, self.rotary, pool, slot_index)
+        return x
 
     def decode(self, pool: KVPool, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
         """One greedy step for rows 0..len(tokens)-1 (= pool slots) reading kv_len cached columns.
