@@ -31,8 +31,9 @@ Settings (applied before the engine is built, undone after):
 A setting that fails (e.g. a kernel the stack refuses for these shapes) is recorded under "failed"
 and the others still run.
 With --prefill-prompts N [N ...], the batched prefill of N fresh prompts is timed too (what stalls
-decode when requests arrive). With --profile, OUT/profile_<variant>_<setting>_<batch>.txt lists the kernels of 20 replays by
-GPU time (torch.profiler): where the step's time goes.
+decode when requests arrive). With --profile, OUT/profile_<variant>_<setting>_<batch>.txt lists
+the kernels of 20 replays by GPU time (torch.profiler): where the step's time goes
+(profile_<variant>_<setting>_prefill_<N>.txt: one batched prefill).
 Results go to OUT/decode_step_variants.json and .md as each finishes (a cut-off run keeps its rows).
 Needs torch, transformers, numpy, pydantic.
 """
@@ -101,7 +102,7 @@ def compiled_prefill_layers(self, x, pool, slot_index):
 
 
 def fused_fc_gate_except_fp8(config, tensors, prefix, compute_dtype, shipped=reference._fused_fc_gate):
-    return None if config.quant_algo == "FP8" else shipped(config, tensors, prefix, compute_dtype)
+    return None if config.quant_algo == reference.FP8 else shipped(config, tensors, prefix, compute_dtype)
 
 
 @contextlib.contextmanager
@@ -201,15 +202,24 @@ def time_replays(captured, replays: int) -> list[float]:
     return times
 
 
-def kernel_profile(captured, replays: int = 20) -> str:
-    """The kernels of `replays` graph replays by total GPU time (torch.profiler's table)."""
+def kernel_table(work, activities=("CUDA",)) -> str:
+    """The kernels (and ops) `work()` runs, by total GPU time: torch.profiler's table."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(replays):
-            captured.graph.replay()
+    with profile(activities=[getattr(ProfilerActivity, name) for name in activities]) as prof:
+        work()
         torch.cuda.synchronize()
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+
+
+def kernel_profile(captured, replays: int = 20) -> str:
+    """The kernels of `replays` graph replays."""
+
+    def replay() -> None:
+        for _ in range(replays):
+            captured.graph.replay()
+
+    return kernel_table(replay)
 
 
 def time_prefill(engine: ReferenceEngine, prompts: int, prompt_len: int, profile_path: Path | None) -> dict:
@@ -227,13 +237,8 @@ def time_prefill(engine: ReferenceEngine, prompts: int, prompt_len: int, profile
 
     with torch.inference_mode():
         first_s, *times = [run() for _ in range(6)]
-        if profile_path is not None:
-            from torch.profiler import ProfilerActivity, profile
-
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                run()
-            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
-            profile_path.write_text(table + "\n")
+        if profile_path is not None:  # CPU ops too: the eager prefill's time is spread over many
+            profile_path.write_text(kernel_table(run, ("CPU", "CUDA")) + "\n")
     return {
         "prompts": prompts,
         "prompt_len": prompt_len,
@@ -257,7 +262,7 @@ def measure(config, tensors, args, bandwidth_gb_s: float, label: str) -> dict:
         for batch in args.batch:
             width, kv_len = runner._batch_bucket(batch), runner._kv_len(0)
             started = time.perf_counter()
-            captured = runner._captured.get((width, kv_len)) or runner._capture(width, kv_len)
+            captured = runner._graph(width, kv_len)
             compile_s = time.perf_counter() - started
             median_ms = statistics.median(time_replays(captured, args.replays))
             read = bytes_read_per_step(engine, width, kv_len)
