@@ -283,25 +283,16 @@ def test_weight_bytes_count_what_a_decode_step_reads(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_hf_model_bytes_leave_out_an_untied_embedding_table(tied):
+def test_hf_model_bytes_leave_out_an_untied_embedding_table(tiny_llama_hf_dir, tied):
     from types import SimpleNamespace
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from foundry.bench.runner import engine_model_bytes
 
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tied,
-    )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(LlamaConfig.from_pretrained(tiny_llama_hf_dir, tie_word_embeddings=tied))
     every_parameter = sum(p.numel() for p in model.parameters()) * 4  # parameters() lists a tied table once
-    table = 300 * 32 * 4
+    table = model.get_input_embeddings().weight.numel() * 4
     expected = every_parameter if tied else every_parameter - table
     assert engine_model_bytes(SimpleNamespace(model=model)).weight_bytes == expected
 
