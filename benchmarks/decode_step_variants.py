@@ -25,9 +25,10 @@ Settings (applied before the engine is built, undone after):
 * sdpa_efficient_attention: decode attention pinned to SDPA's memory-efficient kernel (the shipped
   call lets SDPA choose; the folded form of run10 landed on cuDNN's flash kernel, ~11 µs a layer
   at batch 1 for ~1 MB of KV).
-* compiled_prefill: the batched prefill's layers through torch.compile (dynamic shapes: one
-  compile for every prompt count and length); measure with --prefill-prompts. An experiment:
-  the engine prefills eagerly.
+* eager_prefill: the batched prefill's layers eager (the engine compiles them with the decode
+  step; measure with --prefill-prompts).
+* compiled_prefill: the batched prefill compiled — the code ships this way since run13; the
+  setting is a no-op now.
 A setting that fails (e.g. a kernel the stack refuses for these shapes) is recorded under "failed"
 and the others still run.
 With --prefill-prompts N [N ...], the batched prefill of N fresh prompts is timed too (what stalls
@@ -70,6 +71,7 @@ SETTINGS = [
     "unfused_fp8_fc_gate",
     "sdpa_efficient_attention",
     "compiled_prefill",
+    "eager_prefill",
 ]
 
 
@@ -92,15 +94,6 @@ def efficient_kernel_attention(q, keys, values, allowed):
         )
 
 
-_SHIPPED_PREFILL_LAYERS = reference.ReferenceEngine._prefill_layers
-# dynamic=True: one compile serves every (prompts, length) the scheduler forms
-_compiled_prefill_layers = torch.compile(_SHIPPED_PREFILL_LAYERS, dynamic=True)
-
-
-def compiled_prefill_layers(self, x, pool, slot_index):
-    return _compiled_prefill_layers(self, x, pool, slot_index)
-
-
 def fused_fc_gate_except_fp8(config, tensors, prefix, compute_dtype, shipped=reference._fused_fc_gate):
     return None if config.quant_algo == reference.FP8 else shipped(config, tensors, prefix, compute_dtype)
 
@@ -114,7 +107,6 @@ def setting(name: str):
         linears.FP8_TRITON_BELOW_ROWS,
         reference.decode_attention,
         reference._fused_fc_gate,
-        reference.ReferenceEngine._prefill_layers,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -124,8 +116,6 @@ def setting(name: str):
             reference.decode_attention = grouped_query_heads_attention
         if name == "sdpa_efficient_attention":
             reference.decode_attention = efficient_kernel_attention
-        if name == "compiled_prefill":
-            reference.ReferenceEngine._prefill_layers = compiled_prefill_layers
         if name == "unfused_fp8_fc_gate":
             reference._fused_fc_gate = fused_fc_gate_except_fp8
         yield
@@ -135,7 +125,6 @@ def setting(name: str):
             linears.FP8_TRITON_BELOW_ROWS,
             reference.decode_attention,
             reference._fused_fc_gate,
-            reference.ReferenceEngine._prefill_layers,
         ) = saved
 
 
@@ -224,7 +213,7 @@ def kernel_profile(captured, replays: int = 20) -> str:
 
 def time_prefill(engine: ReferenceEngine, prompts: int, prompt_len: int, profile_path: Path | None) -> dict:
     """The batched prefill the scheduler runs for fresh prompts: median of 5 after a first run (whose
-    time, compilation included under compiled_prefill, is reported too)."""
+    time, compilation included where the prefill is compiled, is reported too)."""
     ids = torch.randint(1, engine.config.vocab_size, (prompts, prompt_len), generator=torch.Generator().manual_seed(4))
     slots, prompt_lists = list(range(prompts)), ids.tolist()
 
@@ -247,12 +236,13 @@ def time_prefill(engine: ReferenceEngine, prompts: int, prompt_len: int, profile
     }
 
 
-def measure(config, tensors, args, bandwidth_gb_s: float, label: str) -> dict:
+def measure(config, tensors, args, bandwidth_gb_s: float, label: str, compile_prefill: bool = True) -> dict:
     options = EngineOptions(
         max_batch_size=max(args.batch),
         max_seq_len=args.max_seq_len,
         graph_batch_sizes=tuple(args.batch),
         torch_compile=True,
+        compile_prefill=compile_prefill,
     )
     started = time.perf_counter()
     engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
@@ -364,7 +354,12 @@ def main() -> int:
             try:
                 with setting(name):
                     results["rows"][f"{variant}/{name}"] = measure(
-                        config, tensors, args, results["copy_bandwidth_gb_s"], f"{variant}_{name}"
+                        config,
+                        tensors,
+                        args,
+                        results["copy_bandwidth_gb_s"],
+                        f"{variant}_{name}",
+                        compile_prefill=name != "eager_prefill",
                     )
             except Exception as error:  # a setting the stack refuses: recorded, the others still run
                 results.setdefault("failed", {})[f"{variant}/{name}"] = repr(error)[:2000]

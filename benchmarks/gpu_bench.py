@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_bench.py --out OUT [--shape llama-3.1-8b] [--variants bf16 fp8 int8_sq ...]
         [--compile bf16 fp8] [--concurrency 1 32] [--input-len 128] [--output-len 128] [--hf-baseline]
+        [--without-overlap bf16] [--eager-prefill bf16]
 
 Why random weights: the lent GPU machine cannot download models and the working tree that travels
 there is capped at 64 MiB. Speed does not depend on weight values (greedy decoding runs the
@@ -10,8 +11,8 @@ same random weights of the real shapes; quantized variants are made from them by
 benchmarks/checkpoint_variants.py (ModelOpt's tensor layout, max-calibrated scales). Every figure is
 labelled "random weights". Quality on real weights: benchmarks/gpu_parity.py.
 
-Per variant: one engine (continuous batching, CUDA-graph decode, optionally torch.compile), its
-graphs captured before traffic (capture and compile seconds are reported), then each concurrency
+Per variant: one engine (continuous batching, CUDA-graph decode, optionally torch.compile of the
+decode step and the batched prefill), its prefill compiled and its graphs captured before traffic (capture and compile seconds are reported), then each concurrency
 level through foundry.bench's run_benchmark (TTFT/TPOT/ITL percentiles, MBU, GPU telemetry).
 Baselines on the same workload: HF `generate` eager one request at a time (c=1), and HF's own
 static batch (`model.generate` on `max(concurrency)` left-padded prompts at once).
@@ -142,19 +143,22 @@ def hf_static_batch(model, args, batch: int, vocab_size: int) -> dict:
     return {"batch": batch, "seconds": seconds, "output_tok_s": batch * args.output_len / seconds}
 
 
-def build_engine(config, tensors, variant: str, args, overlap: bool = True) -> tuple[ReferenceEngine, dict]:
+def build_engine(
+    config, tensors, variant: str, args, overlap: bool = True, compile_prefill: bool = True
+) -> tuple[ReferenceEngine, dict]:
     options = EngineOptions(
         max_batch_size=max(args.concurrency),
         max_seq_len=args.input_len + args.output_len,
         graph_batch_sizes=tuple(args.concurrency),
         torch_compile=variant in args.compile,
+        compile_prefill=compile_prefill,
         prefill_chunk_tokens=args.prefill_chunk_tokens,
     )
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
     engine.scheduler.runner.overlap = overlap  # off: each step's tokens are handed out before the next launch
-    engine.scheduler.runner.warm_up(list(args.concurrency))
+    engine.scheduler.warm_up(list(args.concurrency))
     setup = {
         "load_s": round(time.perf_counter() - started, 2),
         **engine.scheduler.stats(),
@@ -186,7 +190,8 @@ def table(results: dict) -> str:
     for name, result in results["engines"].items():
         setup = result["setup"]
         lines.append(
-            f"{name}: load+capture {setup['load_s']} s (first capture incl. compile/autotune {setup['first_capture_s']} s), "
+            f"{name}: load+capture {setup['load_s']} s (first capture incl. compile/autotune {setup['first_capture_s']} s, "
+            f"prefill compile {setup.get('prefill_compile_s')} s), "
             f"weights read per step {setup['weight_bytes'] / 1e9:.2f} GB, KV pool {setup['kv_pool_bytes'] / 1e9:.2f} GB, "
             f"peak GPU memory {result['peak_memory_gb']:.1f} GB"
         )
@@ -214,6 +219,13 @@ def main() -> int:
         choices=list(VARIANTS),
         help="variants also measured with the host's hand-out not overlapped with the next step",
     )
+    parser.add_argument(
+        "--eager-prefill",
+        nargs="*",
+        default=[],
+        choices=list(VARIANTS),
+        help="compiled variants also measured with the prefill left eager (only the decode step compiled)",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("error: no CUDA device", file=sys.stderr)
@@ -238,11 +250,16 @@ def main() -> int:
         (args.out / "gpu_results.json").write_text(json.dumps(results, indent=1))
         (args.out / "gpu_table.md").write_text(table(results) + "\n")
 
-    runs = [(variant, True) for variant in args.variants] + [(variant, False) for variant in args.without_overlap]
-    for variant, overlap in runs:
+    runs = (  # (variant, overlapped hand-out, compiled prefill)
+        [(variant, True, True) for variant in args.variants]
+        + [(variant, False, True) for variant in args.without_overlap]
+        + [(variant, True, False) for variant in args.eager_prefill]
+    )
+    for variant, overlap, compile_prefill in runs:
         name = variant + (" +compile" if variant in args.compile else "") + ("" if overlap else " (no overlap)")
+        name += "" if compile_prefill else " (eager prefill)"
         config, tensors = quantize_checkpoint(base_config, base_tensors, amax, variant)
-        engine, setup = build_engine(config, tensors, variant, args, overlap)
+        engine, setup = build_engine(config, tensors, variant, args, overlap, compile_prefill)
         print(f"{name}: ready {setup}", flush=True)
         levels = measure_engine(engine, args, name, vocab_size, results["copy_bandwidth_gb_s"])
         results["engines"][name] = {

@@ -329,6 +329,7 @@ class ReferenceEngine:
             compute_dtype,
             config.rotary_scaling,
         ).to(self.device)
+        self._compiled_prefill_layers = None  # set by compile_prefill
         self._scheduler: BatchScheduler | None = None
         self._scheduler_lock = threading.Lock()
 
@@ -393,7 +394,9 @@ class ReferenceEngine:
         for row, prompt in enumerate(prompts):
             ids[row, : len(prompt)] = torch.tensor(prompt)
         x = F.embedding(ids.to(self.device), self.embedding)
-        x = self._prefill_layers(x, pool, torch.tensor(slots, device=self.device))
+        # inductor specializes a dimension of size 1: one-token prompts stay eager, not a recompile
+        compiled = self._compiled_prefill_layers if ids.shape[1] > 1 else None
+        x = (compiled or self._prefill_layers)(x, pool, torch.tensor(slots, device=self.device))
         last = x[torch.arange(len(prompts), device=self.device), lengths - 1]
         return self.lm_head(self._final(last)).argmax(dim=-1)
 
@@ -402,6 +405,12 @@ class ReferenceEngine:
         for layer in self.layers:
             x = layer.forward_prefill_batch(x, self.rotary, pool, slot_index)
         return x
+
+    def compile_prefill(self) -> None:
+        """Run the batched prefill's layers through inductor with dynamic shapes: one graph for one
+        prompt and one for every count from two, each serving every length (its elementwise work —
+        RMSNorm, RoPE, SiLU, casts — was ~22 of 64 ms eager for 16 × 128 tokens on an H100)."""
+        self._compiled_prefill_layers = torch.compile(self._prefill_layers, dynamic=True)
 
     def decode(self, pool: KVPool, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
         """One greedy step for rows 0..len(tokens)-1 (= pool slots) reading kv_len cached columns.

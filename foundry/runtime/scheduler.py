@@ -43,6 +43,7 @@ class EngineOptions:
     cuda_graphs: bool = True  # CUDA only: decode steps replayed from captured graphs
     graph_batch_sizes: tuple[int, ...] = ()  # decode batch buckets; () = powers of two and steps of 8..
     torch_compile: bool = False  # CUDA only: compile the decode step (inductor) before capturing it
+    compile_prefill: bool = True  # with torch_compile: the batched prefill's layers too (benchmarks compare)
     kv_cache_memory_fraction: float | None = None  # CUDA only: size the slots from free GPU memory
     batch_prefill: bool | None = None  # whole short prompts prefilled together; None = on CUDA only
     # CPU: intra-op threads of the scheduler thread; None = one fewer than the caller's (at least 1).
@@ -129,6 +130,12 @@ class BatchScheduler:
         on_cuda = model.device.type == "cuda"
         self.cpu_threads = options.cpu_threads or max(1, torch.get_num_threads() - 1)
         self.batch_prefill = on_cuda if options.batch_prefill is None else options.batch_prefill
+        self.prefill_compiled = self.runner.compiled and options.compile_prefill and self.batch_prefill
+        if self.prefill_compiled:
+            model.compile_prefill()
+        # a lone fresh prompt takes the batched path too where that path is compiled
+        self._min_batch_prefill = 1 if self.prefill_compiled else 2
+        self.prefill_compile_s: float | None = None
         self._free_slots = list(range(self.slots))
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._running: list[GenerationRequest] = []
@@ -188,6 +195,17 @@ class BatchScheduler:
             self._wakeup.notify()
         return request
 
+    def warm_up(self, batch_sizes: list[int] | None = None) -> None:
+        """Before traffic: compile the prefill (one prompt and two; their KV goes to slots that
+        requests overwrite) and capture the decode graphs of these batch sizes."""
+        if self.prefill_compiled and self.prefill_compile_s is None:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                for count in range(1, min(2, self.slots) + 1):
+                    self.model.prefill_batch(self.pool, list(range(count)), [[0] * 16] * count).tolist()
+            self.prefill_compile_s = time.perf_counter() - started
+        self.runner.warm_up(batch_sizes)
+
     def close(self) -> None:
         with self._wakeup:
             self._closed = True
@@ -205,6 +223,8 @@ class BatchScheduler:
             "waiting_reasons": sorted({r.waiting_reason for r in waiting if r.waiting_reason}),
             "iterations": self.iterations,
             "kv_pool_bytes": self.pool.nbytes,
+            "prefill_compiled": self.prefill_compiled,
+            "prefill_compile_s": None if self.prefill_compile_s is None else round(self.prefill_compile_s, 3),
             **self.runner.stats(),
         }
 
@@ -256,7 +276,7 @@ class BatchScheduler:
                 if request.prefilled == 0 and len(request.prompt) <= budget:
                     fresh.append(request)
                     budget -= len(request.prompt)
-            if len(fresh) > 1:
+            if len(fresh) >= self._min_batch_prefill:
                 next_tokens = self.model.prefill_batch(self.pool, [r.slot for r in fresh], [r.prompt for r in fresh])
                 for request, token in zip(fresh, next_tokens.tolist()):
                     request.prefilled = len(request.prompt)
