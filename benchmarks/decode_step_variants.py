@@ -25,6 +25,9 @@ Settings (applied before the engine is built, undone after):
 * sdpa_efficient_attention: decode attention pinned to SDPA's memory-efficient kernel (the shipped
   call lets SDPA choose; the folded form of run10 landed on cuDNN's flash kernel, ~11 µs a layer
   at batch 1 for ~1 MB of KV).
+* sdpa_decode_attention: decode attention through SDPA over the whole masked slot (a quantized
+  cache dequantized first) instead of foundry's Triton kernel, which reads only the columns each
+  row sees, codes in place.
 * eager_prefill: the batched prefill's layers eager (the engine compiles them with the decode
   step; measure with --prefill-prompts).
 * compiled_prefill: the batched prefill compiled — the code ships this way since run13; the
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import statistics
 import sys
@@ -72,6 +76,7 @@ SETTINGS = [
     "sdpa_efficient_attention",
     "compiled_prefill",
     "eager_prefill",
+    "sdpa_decode_attention",
 ]
 
 
@@ -107,6 +112,7 @@ def setting(name: str):
         linears.FP8_TRITON_BELOW_ROWS,
         reference.decode_attention,
         reference._fused_fc_gate,
+        reference.DECODE_ATTENTION_KERNEL,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -116,6 +122,8 @@ def setting(name: str):
             reference.decode_attention = grouped_query_heads_attention
         if name == "sdpa_efficient_attention":
             reference.decode_attention = efficient_kernel_attention
+        if name in ("sdpa_decode_attention", "grouped_query_heads", "sdpa_efficient_attention"):
+            reference.DECODE_ATTENTION_KERNEL = False  # these compare SDPA forms
         if name == "unfused_fp8_fc_gate":
             reference._fused_fc_gate = fused_fc_gate_except_fp8
         yield
@@ -125,6 +133,7 @@ def setting(name: str):
             linears.FP8_TRITON_BELOW_ROWS,
             reference.decode_attention,
             reference._fused_fc_gate,
+            reference.DECODE_ATTENTION_KERNEL,
         ) = saved
 
 
@@ -172,6 +181,47 @@ def fp8_stacked_agreement() -> list[dict]:
         error = (layer(x).double() - exact).abs().max() / exact.abs().max()
         rows.append({"m": m, "n": n, "k": k, "max_rel_err": float(error)})
     return rows
+
+
+def decode_attention_agreement() -> list[dict]:
+    """foundry's Triton decode attention against SDPA over the masked slot (the CPU path's call),
+    both in float32 from the same bf16 inputs: bf16, int8 and E4M3 caches; one and 32 rows (one
+    split and several); Llama-3.1-8B heads (32 over 8) and SmolLM2's (9 over 3, head 64); a short
+    and a long slot; rows at assorted positions, the last one on the scratch column."""
+    from foundry.runtime.decode_attention import decode_attention_cuda
+    from foundry.runtime.kv_pool import dequantize_kv, quantize_kv
+
+    generator = torch.Generator(device="cuda").manual_seed(3)
+    rows_out = []
+    cases = [(32, 8, 128, 257), (9, 3, 64, 257), (32, 8, 128, 2049)]
+    for (heads, kv_heads, head_size, capacity), rows, algo in itertools.product(cases, (1, 32), (None, "INT8", "FP8")):
+        shape = (rows, kv_heads, capacity, head_size)
+        stored = [torch.randn(shape, device="cuda", generator=generator, dtype=torch.bfloat16) for _ in range(2)]
+        scale = torch.tensor(0.02, device="cuda")
+        if algo:
+            stored = [quantize_kv(t, algo, scale) for t in stored]
+        keys, values = ([dequantize_kv(t, scale, torch.bfloat16) for t in stored]) if algo else stored
+        q = torch.randn((rows, heads, 1, head_size), device="cuda", generator=generator, dtype=torch.bfloat16)
+        positions = torch.randint(0, capacity - 1, (rows,), device="cuda", generator=generator)
+        positions[-1] = capacity - 1
+        allowed = torch.arange(capacity, device="cuda")[None, :] <= positions[:, None]
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q.float(), keys.float(), values.float(), attn_mask=allowed[:, None, None, :], enable_gqa=True
+        )
+        got = decode_attention_cuda(q, *stored, positions, scale if algo else None).float()
+        rows_out.append(
+            {
+                "heads": f"{heads}/{kv_heads}x{head_size}",
+                "capacity": capacity,
+                "rows": rows,
+                "kv": algo or "bf16",
+                "max_abs_err": float((got - expected).abs().max()),
+                "sdpa_bf16_max_abs_err": float(
+                    (reference.decode_attention(q, keys, values, allowed).float() - expected).abs().max()
+                ),
+            }
+        )
+    return rows_out
 
 
 def bytes_read_per_step(engine: ReferenceEngine, batch: int, kv_len: int) -> int:
@@ -335,6 +385,10 @@ def main() -> int:
         "command": "python benchmarks/decode_step_variants.py " + " ".join(sys.argv[1:]),
         "rows": {},
     }
+    results["decode_attention_agreement"] = attention = decode_attention_agreement()
+    print(
+        f"decode attention kernel vs SDPA (float32): worst {max(attention, key=lambda r: r['max_abs_err'])}", flush=True
+    )
     if "fp8" in args.variants:
         results["fp8_kernel_agreement"] = agreement = fp8_kernel_agreement()
         worst = max(agreement, key=lambda r: r["triton_max_rel_err"])

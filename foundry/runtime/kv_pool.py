@@ -106,6 +106,11 @@ class KVPool:
         self.keys[layer][rows, :, positions] = self._store(layer, keys)
         self.values[layer][rows, :, positions] = self._store(layer, values)
 
+    def storage(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The layer's stored keys and values [slots, kv_heads, capacity, head_size] and the scale of
+        their codes (None when stored in the compute dtype), for kernels that read the pool in place."""
+        return self.keys[layer], self.values[layer], self.scales[layer] if self.quant_algo else None
+
     def read_rows(self, layer: int, rows: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots 0..rows-1, columns 0..kv_len-1, dequantized: [rows, kv_heads, kv_len, head_size]."""
         keys = self.keys[layer][:rows, :, :kv_len]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from foundry.errors import FoundryError, NotSupportedError
+from foundry.runtime import decode_attention as attention_kernel
 from foundry.runtime._trtllm_checkpoint import (
     FP8,
     SMOOTHQUANT_PER_CHANNEL,
@@ -100,6 +101,11 @@ class RotaryTable:
         cos = self.cos[start : start + seq_len]
         sin = self.sin[start : start + seq_len]
         return x * cos + rotate_half(x) * sin
+
+
+# CUDA decode attention through foundry's Triton kernel (reads only the columns a row sees, quantized
+# codes in place); off: SDPA over the whole masked slot (benchmarks/decode_step_variants.py compares).
+DECODE_ATTENTION_KERNEL = True
 
 
 class DecoderLayer:
@@ -214,6 +220,9 @@ class DecoderLayer:
         q, k, v = self._qkv(x)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         pool.write_rows(self.index, positions, k[:, :, 0], v[:, :, 0])
+        if DECODE_ATTENTION_KERNEL and attention_kernel.serves(q, self.config.head_size):
+            keys, values, kv_scale = pool.storage(self.index)
+            return self._finish(x, attention_kernel.decode_attention_cuda(q, keys, values, positions, kv_scale))
         keys, values = pool.read_rows(self.index, rows, allowed.shape[1])
         # One SDPA call (boolean mask) instead of matmul → mask → softmax → matmul: fewer kernels
         # per layer; the compiled step on an H100 went 6.55 → 6.29 ms (decode_step_variants.py).
