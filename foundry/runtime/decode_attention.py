@@ -48,6 +48,7 @@ if triton is not None:
         stride_ob,
         stride_oh,
         sm_scale,
+        capacity,
         split_columns,
         num_splits,
         GROUP: tl.constexpr,
@@ -60,7 +61,10 @@ if triton is not None:
         row = tl.program_id(0)
         kv_head = tl.program_id(1)
         split = tl.program_id(2)
-        end = tl.load(positions_ptr + row).to(tl.int32) + 1  # columns 0..position
+        position = tl.load(positions_ptr + row).to(tl.int32)
+        # columns 0..position; a padding or idle row (on the scratch column, the last) reads one:
+        # its output is dropped, and no request reads the scratch column
+        end = tl.where(position >= capacity - 1, 1, position + 1)
         start = split * split_columns
         stop = tl.minimum(end, start + split_columns)
         offs_g = tl.arange(0, GROUP_PAD)
@@ -71,7 +75,7 @@ if triton is not None:
             mask=offs_g[:, None] < GROUP,
             other=0.0,
         )
-        kv_base = row * stride_kb + kv_head * stride_kh
+        kv_base = row.to(tl.int64) * stride_kb + kv_head * stride_kh
         m = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
         normaliser = tl.zeros([GROUP_PAD], dtype=tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD], dtype=tl.float32)
@@ -167,6 +171,8 @@ def decode_attention_cuda(
         raise RuntimeError("decode attention on CUDA needs Triton (it ships with CUDA builds of torch)")
     rows, heads, _, head_size = q.shape
     kv_heads, columns = keys.shape[1], keys.shape[2]
+    if not keys.is_contiguous() or values.stride() != keys.stride():  # the kernel indexes both by keys' strides
+        raise ValueError("decode attention wants the pool's contiguous keys and values of one layout")
     group = heads // kv_heads
     q = q.contiguous()
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -194,6 +200,7 @@ def decode_attention_cuda(
         out.stride(0),
         out.stride(1),
         1.0 / math.sqrt(head_size),
+        columns,
         split_columns,
         splits,
         GROUP=group,
