@@ -25,13 +25,13 @@ Settings (applied before the engine is built, undone after):
 * sdpa_efficient_attention: decode attention pinned to SDPA's memory-efficient kernel (the shipped
   call lets SDPA choose; the folded form of run10 landed on cuDNN's flash kernel, ~11 µs a layer
   at batch 1 for ~1 MB of KV).
-* sdpa_decode_attention: decode attention through SDPA over the whole masked slot (a quantized
-  cache dequantized first) instead of foundry's Triton kernel, which reads only the columns each
-  row sees, codes in place.
-* eager_prefill: the batched prefill's layers eager (the engine compiles them with the decode
-  step; measure with --prefill-prompts).
-* compiled_prefill: the batched prefill compiled — the code ships this way since run13; the
-  setting is a no-op now.
+* triton_decode_attention / sdpa_decode_attention: decode attention through foundry's Triton
+  kernel (reads only the columns each row sees, quantized codes in place) or through SDPA over
+  the whole masked slot (a quantized cache dequantized first), whichever way the engine ships
+  (reference.DECODE_ATTENTION_KERNEL).
+* compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
+  (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
+  measure with --prefill-prompts.
 A setting that fails (e.g. a kernel the stack refuses for these shapes) is recorded under "failed"
 and the others still run.
 With --prefill-prompts N [N ...], the batched prefill of N fresh prompts is timed too (what stalls
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import statistics
@@ -76,6 +77,7 @@ SETTINGS = [
     "sdpa_efficient_attention",
     "compiled_prefill",
     "eager_prefill",
+    "triton_decode_attention",
     "sdpa_decode_attention",
 ]
 
@@ -124,6 +126,8 @@ def setting(name: str):
             reference.decode_attention = efficient_kernel_attention
         if name in ("sdpa_decode_attention", "grouped_query_heads", "sdpa_efficient_attention"):
             reference.DECODE_ATTENTION_KERNEL = False  # these compare SDPA forms
+        if name == "triton_decode_attention":
+            reference.DECODE_ATTENTION_KERNEL = True
         if name == "unfused_fp8_fc_gate":
             reference._fused_fc_gate = fused_fc_gate_except_fp8
         yield
@@ -291,14 +295,15 @@ def time_prefill(engine: ReferenceEngine, prompts: int, prompt_len: int, profile
     }
 
 
-def measure(config, tensors, args, bandwidth_gb_s: float, label: str, compile_prefill: bool = True) -> dict:
+def measure(config, tensors, args, bandwidth_gb_s: float, label: str, compile_prefill: bool | None = None) -> dict:
     options = EngineOptions(
         max_batch_size=max(args.batch),
         max_seq_len=args.max_seq_len,
         graph_batch_sizes=tuple(args.batch),
         torch_compile=True,
-        compile_prefill=compile_prefill,
     )
+    if compile_prefill is not None:  # None: as the engine ships
+        options = dataclasses.replace(options, compile_prefill=compile_prefill)
     started = time.perf_counter()
     engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
     runner = engine.scheduler.runner
@@ -420,7 +425,7 @@ def main() -> int:
                         args,
                         results["copy_bandwidth_gb_s"],
                         f"{variant}_{name}",
-                        compile_prefill=name != "eager_prefill",
+                        compile_prefill={"compiled_prefill": True, "eager_prefill": False}.get(name),
                     )
             except Exception as error:  # a setting the stack refuses: recorded, the others still run
                 results.setdefault("failed", {})[f"{variant}/{name}"] = repr(error)[:2000]

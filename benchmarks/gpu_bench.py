@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_bench.py --out OUT [--shape llama-3.1-8b] [--variants bf16 fp8 int8_sq ...]
         [--compile bf16 fp8] [--concurrency 1 32] [--input-len 128] [--output-len 128] [--hf-baseline]
-        [--without-overlap bf16] [--eager-prefill bf16]
+        [--without-overlap bf16] [--eager-prefill bf16] [--compiled-prefill bf16]
 
 Why random weights: the lent GPU machine cannot download models and the working tree that travels
 there is capped at 64 MiB. Speed does not depend on weight values (greedy decoding runs the
@@ -22,6 +22,7 @@ Needs torch, transformers, numpy, pydantic (no zenml, mlflow or pandas).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -144,16 +145,17 @@ def hf_static_batch(model, args, batch: int, vocab_size: int) -> dict:
 
 
 def build_engine(
-    config, tensors, variant: str, args, overlap: bool = True, compile_prefill: bool = True
+    config, tensors, variant: str, args, overlap: bool = True, compile_prefill: bool | None = None
 ) -> tuple[ReferenceEngine, dict]:
     options = EngineOptions(
         max_batch_size=max(args.concurrency),
         max_seq_len=args.input_len + args.output_len,
         graph_batch_sizes=tuple(args.concurrency),
         torch_compile=variant in args.compile,
-        compile_prefill=compile_prefill,
         prefill_chunk_tokens=args.prefill_chunk_tokens,
     )
+    if compile_prefill is not None:  # None: as the engine ships
+        options = dataclasses.replace(options, compile_prefill=compile_prefill)
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
@@ -226,6 +228,13 @@ def main() -> int:
         choices=list(VARIANTS),
         help="compiled variants also measured with the prefill left eager (only the decode step compiled)",
     )
+    parser.add_argument(
+        "--compiled-prefill",
+        nargs="*",
+        default=[],
+        choices=list(VARIANTS),
+        help="compiled variants also measured with the batched prefill compiled too",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("error: no CUDA device", file=sys.stderr)
@@ -250,14 +259,15 @@ def main() -> int:
         (args.out / "gpu_results.json").write_text(json.dumps(results, indent=1))
         (args.out / "gpu_table.md").write_text(table(results) + "\n")
 
-    runs = (  # (variant, overlapped hand-out, compiled prefill)
-        [(variant, True, True) for variant in args.variants]
-        + [(variant, False, True) for variant in args.without_overlap]
+    runs = (  # (variant, overlapped hand-out, compiled prefill: None = as shipped)
+        [(variant, True, None) for variant in args.variants]
+        + [(variant, False, None) for variant in args.without_overlap]
         + [(variant, True, False) for variant in args.eager_prefill]
+        + [(variant, True, True) for variant in args.compiled_prefill]
     )
     for variant, overlap, compile_prefill in runs:
         name = variant + (" +compile" if variant in args.compile else "") + ("" if overlap else " (no overlap)")
-        name += "" if compile_prefill else " (eager prefill)"
+        name += {None: "", False: " (eager prefill)", True: " (compiled prefill)"}[compile_prefill]
         config, tensors = quantize_checkpoint(base_config, base_tensors, amax, variant)
         engine, setup = build_engine(config, tensors, variant, args, overlap, compile_prefill)
         print(f"{name}: ready {setup}", flush=True)
