@@ -345,7 +345,7 @@ class BuildConfig(_Strict):
     )
     torch_compile: bool = Field(
         default=False,
-        description="cuda: compile the decode step (about a minute per batch bucket) and the batched prefill with inductor",
+        description="cuda: compile the decode step with inductor (about a minute per batch bucket)",
     )
     kv_cache_memory_fraction: float | None = Field(
         default=None,

@@ -103,9 +103,11 @@ class RotaryTable:
         return x * cos + rotate_half(x) * sin
 
 
-# CUDA decode attention through foundry's Triton kernel (reads only the columns a row sees, quantized
-# codes in place); off: SDPA over the whole masked slot (benchmarks/decode_step_variants.py compares).
-DECODE_ATTENTION_KERNEL = True
+# CUDA decode attention through foundry's Triton kernel (decode_attention.py: reads only the columns a
+# row sees, quantized codes in place) instead of SDPA over the whole masked slot. Off until it has run
+# on a GPU: no machine came in the session that wrote it. decode_step_variants.py checks it against
+# SDPA and times both (settings triton_decode_attention / sdpa_decode_attention).
+DECODE_ATTENTION_KERNEL = False
 
 
 class DecoderLayer:

@@ -43,7 +43,9 @@ class EngineOptions:
     cuda_graphs: bool = True  # CUDA only: decode steps replayed from captured graphs
     graph_batch_sizes: tuple[int, ...] = ()  # decode batch buckets; () = powers of two and steps of 8..
     torch_compile: bool = False  # CUDA only: compile the decode step (inductor) before capturing it
-    compile_prefill: bool = True  # with torch_compile: the batched prefill's layers too (benchmarks compare)
+    # With torch_compile, the batched prefill's layers too (dynamic shapes). Off until measured on a
+    # GPU (tokens equal eager's on CPU with inductor); gpu_bench --compiled-prefill measures it.
+    compile_prefill: bool = False
     kv_cache_memory_fraction: float | None = None  # CUDA only: size the slots from free GPU memory
     batch_prefill: bool | None = None  # whole short prompts prefilled together; None = on CUDA only
     # CPU: intra-op threads of the scheduler thread; None = one fewer than the caller's (at least 1).
