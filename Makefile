@@ -24,10 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(PY) run.py run --config configs/default.yaml
 
+# Two pytest-xdist workers (one per core here), a test file per worker: the real pipeline runs wait
+# on subprocesses and servers, so the suite took 11.5 instead of 16.9 minutes on this 2-core machine.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # On demand (deselected from `make test` by pyproject's addopts): the dashboard in headless Chromium.
 # Installs Debian's chromium + chromium-driver (needs root) and selenium; keeps a screenshot in

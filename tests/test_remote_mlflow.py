@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -110,7 +111,7 @@ def test_register_compare_promote_and_roll_back_over_http(server):
 
 
 def test_mlflow_model_source_without_tracking_uri_resolves_in_the_stack_registry(
-    server, tiny_llama_hf_dir, tmp_path, monkeypatch
+    server, tiny_llama_hf_dir, tmp_path, monkeypatch, request
 ):
     """An mlflow_model source without tracking_uri on a stack whose MLflow is remote (artifacts in the
     server's store, as a training pipeline logs them): preflight and the pipeline's resolve_source
@@ -147,6 +148,11 @@ def test_mlflow_model_source_without_tracking_uri_resolves_in_the_stack_registry
     with pytest.raises(FoundryError, match="needs a registry; set model.source.tracking_uri"):
         run_preflight(config_file, base_dir=tmp_path)
 
+    from zenml.utils import source_utils
+
+    # ZenML resolves step sources from the main module's folder; a pytest-xdist worker's has no file
+    source_utils.set_custom_source_root(str(Path(__file__).resolve().parents[1]))
+    request.addfinalizer(lambda: source_utils.set_custom_source_root(None))
     resolve_step = importlib.import_module("steps.resolve_source")  # the module (steps/ exports the step by that name)
     monkeypatch.setattr(resolve_step, "stack_tracking_uri", lambda: server)
     logged = []
