@@ -492,3 +492,16 @@ def test_tensor_parallel_checkpoint_gives_the_tp1_logits(tiny_fp16_exact_dir, ti
     assert engines[2].config.tp_size == 2
     ids = tiny_windows[4:]
     assert torch.equal(engines[1].logits(ids), engines[2].logits(ids))
+
+
+def test_decode_attention_kernel_splits_columns_only_where_rows_leave_the_gpu_idle():
+    """The CUDA decode-attention kernel (Triton: no CPU run here; decode_step_variants.py checks it
+    against SDPA on a GPU) splits a row's columns so that rows × KV heads × splits fills ~2
+    programs per SM, never below one 64-column block per split; CPU tensors never take it."""
+    from foundry.runtime.decode_attention import serves, split_count
+
+    assert split_count(rows=1, kv_heads=8, columns=257, multiprocessors=132) == 5  # one split per block
+    assert split_count(rows=1, kv_heads=8, columns=2049, multiprocessors=132) == 33
+    assert split_count(rows=4, kv_heads=8, columns=2049, multiprocessors=132) == 8
+    assert split_count(rows=32, kv_heads=8, columns=2049, multiprocessors=132) == 1  # 256 programs already
+    assert not serves(torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16), 128)
