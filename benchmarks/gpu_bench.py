@@ -214,27 +214,15 @@ def main() -> int:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--prefill-chunk-tokens", type=int, default=2048)
     parser.add_argument("--hf-baseline", action="store_true", help="also HF eager (c=1) and HF static batches")
-    parser.add_argument(
-        "--without-overlap",
-        nargs="*",
-        default=[],
-        choices=list(VARIANTS),
-        help="variants also measured with the host's hand-out not overlapped with the next step",
-    )
-    parser.add_argument(
-        "--eager-prefill",
-        nargs="*",
-        default=[],
-        choices=list(VARIANTS),
-        help="compiled variants also measured with the prefill left eager (only the decode step compiled)",
-    )
-    parser.add_argument(
-        "--compiled-prefill",
-        nargs="*",
-        default=[],
-        choices=list(VARIANTS),
-        help="compiled variants also measured with the batched prefill compiled too",
-    )
+    extra_runs = {  # variants measured once more, with one thing changed
+        "--without-overlap": "with the host's hand-out not overlapped with the next step",
+        "--eager-prefill": "compiled, with the prefill left eager (only the decode step compiled)",
+        "--compiled-prefill": "compiled, with the batched prefill compiled too",
+    }
+    for flag, change in extra_runs.items():
+        parser.add_argument(
+            flag, nargs="*", default=[], choices=list(VARIANTS), help=f"variants also measured {change}"
+        )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("error: no CUDA device", file=sys.stderr)
