@@ -153,8 +153,15 @@ class ManagedServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def require_alive(self, during: str) -> None:
-        """Raise with the log's tail if the server died (e.g. mid-benchmark)."""
+    def require_alive(self, during: str, settle_s: float = 0.0) -> None:
+        """Raise with the log's tail if the server died (e.g. mid-benchmark). settle_s: first wait
+        that long for a server that may be dying — its clients see the connection drop before
+        the process has exited, later still on a loaded machine."""
+        if self.process is not None and settle_s > 0:
+            try:
+                self.process.wait(timeout=settle_s)
+            except subprocess.TimeoutExpired:
+                pass  # still serving
         if self.process is not None and self.process.poll() is not None:
             raise InfrastructureError(
                 f"the engine's server ({Path(self.argv[0]).name}) died during {during} with exit code "

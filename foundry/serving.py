@@ -35,9 +35,9 @@ class ServedEngine:
     engine: object | None = None  # the in-process engine, when there is one (teacher-forced metrics)
     details: dict = field(default_factory=dict)
 
-    def require_alive(self, during: str) -> None:
+    def require_alive(self, during: str, settle_s: float = 0.0) -> None:
         if self.server is not None:
-            self.server.require_alive(during)
+            self.server.require_alive(during, settle_s)
 
 
 def _server_argv(

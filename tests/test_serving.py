@@ -16,7 +16,7 @@ from foundry.bench.workload import synthetic_workload_with_description
 from foundry.builders.reference import ReferenceBuilder
 from foundry.calibrate import calibrate_to_trtllm_checkpoint
 from foundry.config import BuildConfig, CalibrationConfig, RuntimeConfig
-from foundry.errors import FoundryError
+from foundry.errors import FoundryError, InfrastructureError
 from foundry.generation_quality import InProcessContinuations, evaluate_generation
 from foundry.runtime.hf import HFEngine
 from foundry.server_process import ManagedServer, ServerStartError, expand_command, free_port
@@ -70,6 +70,26 @@ def test_sigterm_is_escalated_to_sigkill(tmp_path):
         pid = server.process.pid
         assert server.alive()
     assert not _pid_alive(pid)
+
+
+def test_a_server_dying_as_its_clients_fail_is_named_once_it_has_exited(tmp_path):
+    """Clients see the connection drop before the dying server has exited (later on a loaded
+    machine): require_alive waits up to settle_s for the exit, then names it."""
+    script = (
+        "import http.server, os, sys, threading\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n        self.send_response(200); self.end_headers()\n"
+        "    def log_message(self, *a): pass\n"
+        "threading.Timer(3.0, lambda: os._exit(1)).start()\n"
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+    )
+    port = free_port()
+    with ManagedServer(
+        [sys.executable, "-c", script, str(port)], port, tmp_path / "s.log", startup_timeout_s=30
+    ) as server:
+        server.require_alive("the benchmark")  # not dead yet: no wait, no error
+        with pytest.raises(InfrastructureError, match="died during the benchmark with exit code 1"):
+            server.require_alive("the benchmark", settle_s=30)
 
 
 def test_command_templates_name_unknown_placeholders():

@@ -19,6 +19,8 @@ from foundry.champion import ChampionPlan
 from foundry.serving import ServedEngine
 from foundry.summary import benchmark_headline
 
+SERVER_EXIT_SETTLE_S = 10.0  # after failed requests, how long a dying server gets to exit
+
 
 @dataclass(frozen=True)
 class LoadPlan:
@@ -103,7 +105,9 @@ def run_session(
     one model is in memory at a time), then the baseline on the same requests, and compare."""
     with engine as opened:
         report = _measure(opened.target, requests, workload, plan, model_name)
-        opened.require_alive("the benchmark")
+        # failed requests may mean the server is dying: give its exit a moment to say so
+        failures = any(level.failed or level.warmup_failed for level in report.levels)
+        opened.require_alive("the benchmark", settle_s=SERVER_EXIT_SETTLE_S if failures else 0.0)
     report = report.model_copy(
         update={"served_by": opened.served_by, "engine_content_hash": opened.engine_content_hash}
     )
