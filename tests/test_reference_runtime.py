@@ -504,4 +504,4 @@ def test_decode_attention_kernel_splits_columns_only_where_rows_leave_the_gpu_id
     assert split_count(rows=1, kv_heads=8, columns=2049, multiprocessors=132) == 33
     assert split_count(rows=4, kv_heads=8, columns=2049, multiprocessors=132) == 8
     assert split_count(rows=32, kv_heads=8, columns=2049, multiprocessors=132) == 1  # 256 programs already
-    assert not serves(torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16), 128)
+    assert not serves(torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16))

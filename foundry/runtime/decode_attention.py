@@ -79,6 +79,8 @@ if triton is not None:
         m = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
         normaliser = tl.zeros([GROUP_PAD], dtype=tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD], dtype=tl.float32)
+        if QUANTIZED:
+            scale = tl.load(scale_ptr)
         for first in range(start, stop, BLOCK_N):
             offs_n = first + tl.arange(0, BLOCK_N)
             valid = offs_n < stop
@@ -88,7 +90,6 @@ if triton is not None:
             k = tl.load(k_ptr + kv_offsets)
             v = tl.load(v_ptr + kv_offsets)
             if QUANTIZED:  # as kv_pool.dequantize_kv: float32 codes × scale, rounded to the compute dtype
-                scale = tl.load(scale_ptr)
                 k = (k.to(tl.float32) * scale).to(q.dtype)
                 v = (v.to(tl.float32) * scale).to(q.dtype)
             scores = tl.dot(q, tl.trans(k)) * sm_scale
@@ -138,9 +139,10 @@ if triton is not None:
         tl.store(out_ptr + row * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty))
 
 
-def serves(q: torch.Tensor, head_size: int) -> bool:
-    """Whether the kernel runs this attention: CUDA, a 16-bit compute dtype (tl.dot in float32
-    would be TF32), a power-of-two head size (Triton's block shapes)."""
+def serves(q: torch.Tensor) -> bool:
+    """Whether the kernel runs attention for q [rows, heads, 1, head_size]: CUDA, a 16-bit compute
+    dtype (tl.dot in float32 would be TF32), a power-of-two head size (Triton's block shapes)."""
+    head_size = q.shape[-1]
     return (
         triton is not None
         and q.is_cuda

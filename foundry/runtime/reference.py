@@ -222,7 +222,7 @@ class DecoderLayer:
         q, k, v = self._qkv(x)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         pool.write_rows(self.index, positions, k[:, :, 0], v[:, :, 0])
-        if DECODE_ATTENTION_KERNEL and attention_kernel.serves(q, self.config.head_size):
+        if DECODE_ATTENTION_KERNEL and attention_kernel.serves(q):
             keys, values, kv_scale = pool.storage(self.index)
             return self._finish(x, attention_kernel.decode_attention_cuda(q, keys, values, positions, kv_scale))
         keys, values = pool.read_rows(self.index, rows, allowed.shape[1])
