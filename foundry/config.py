@@ -344,8 +344,7 @@ class BuildConfig(_Strict):
         default=[], description="cuda: decode batch buckets captured; [] = 1,2,4,8,16,24,32,48,.. up to max_batch_size"
     )
     torch_compile: bool = Field(
-        default=False,
-        description="cuda: compile the decode step with inductor (about a minute per batch bucket)",
+        default=False, description="cuda: compile the decode step with inductor (about a minute per batch bucket)"
     )
     kv_cache_memory_fraction: float | None = Field(
         default=None,
