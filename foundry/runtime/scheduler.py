@@ -43,8 +43,9 @@ class EngineOptions:
     cuda_graphs: bool = True  # CUDA only: decode steps replayed from captured graphs
     graph_batch_sizes: tuple[int, ...] = ()  # decode batch buckets; () = powers of two and steps of 8..
     torch_compile: bool = False  # CUDA only: compile the decode step (inductor) before capturing it
-    # With torch_compile, the batched prefill's layers too (dynamic shapes). Off until measured on a
-    # GPU (tokens equal eager's on CPU with inductor); gpu_bench --compiled-prefill measures it.
+    # With torch_compile, the batched prefill's layers too (dynamic shapes). Off: on an H200 it took
+    # a 16 × 128-token bf16 prefill 61.1 → 53.7 ms for 106 s of compile, and FP8's compile had not
+    # finished after 9 minutes (docs/gpu-results/run13_*, run14_*); gpu_bench --compiled-prefill.
     compile_prefill: bool = False
     kv_cache_memory_fraction: float | None = None  # CUDA only: size the slots from free GPU memory
     batch_prefill: bool | None = None  # whole short prompts prefilled together; None = on CUDA only
