@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_bench.py --out OUT [--shape llama-3.1-8b] [--variants bf16 fp8 int8_sq ...]
         [--compile bf16 fp8] [--concurrency 1 32] [--input-len 128] [--output-len 128] [--hf-baseline]
-        [--without-overlap bf16] [--eager-prefill bf16] [--compiled-prefill bf16]
+        [--without-overlap bf16] [--ungraphed-prefill bf16] [--compiled-prefill bf16]
 
 Why random weights: the lent GPU machine cannot download models and the working tree that travels
 there is capped at 64 MiB. Speed does not depend on weight values (greedy decoding runs the
@@ -11,8 +11,9 @@ same random weights of the real shapes; quantized variants are made from them by
 benchmarks/checkpoint_variants.py (ModelOpt's tensor layout, max-calibrated scales). Every figure is
 labelled "random weights". Quality on real weights: benchmarks/gpu_parity.py.
 
-Per variant: one engine (continuous batching, CUDA-graph decode, optionally torch.compile of the
-decode step and, where EngineOptions.compile_prefill, the batched prefill), compiled and captured
+Per variant: one engine (continuous batching, CUDA-graph decode and lone-prompt prefill,
+optionally torch.compile of the decode step and, where EngineOptions.compile_prefill, the batched
+prefill), compiled and captured
 before traffic (capture and compile seconds are reported), then each concurrency level through foundry.bench's run_benchmark (TTFT/TPOT/ITL percentiles, MBU, GPU telemetry).
 Baselines on the same workload: HF `generate` eager one request at a time (c=1), and HF's own
 static batch (`model.generate` on `max(concurrency)` left-padded prompts at once).
@@ -144,9 +145,8 @@ def hf_static_batch(model, args, batch: int, vocab_size: int) -> dict:
     return {"batch": batch, "seconds": seconds, "output_tok_s": batch * args.output_len / seconds}
 
 
-def build_engine(
-    config, tensors, variant: str, args, overlap: bool = True, compile_prefill: bool | None = None
-) -> tuple[ReferenceEngine, dict]:
+def build_engine(config, tensors, variant: str, args, overlap: bool = True, **changed) -> tuple[ReferenceEngine, dict]:
+    """The engine as it ships for this variant, but for the EngineOptions fields in `changed`."""
     options = EngineOptions(
         max_batch_size=max(args.concurrency),
         max_seq_len=args.input_len + args.output_len,
@@ -154,8 +154,7 @@ def build_engine(
         torch_compile=variant in args.compile,
         prefill_chunk_tokens=args.prefill_chunk_tokens,
     )
-    if compile_prefill is not None:  # None: as the engine ships
-        options = dataclasses.replace(options, compile_prefill=compile_prefill)
+    options = dataclasses.replace(options, **changed)
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
@@ -193,7 +192,8 @@ def table(results: dict) -> str:
         setup = result["setup"]
         lines.append(
             f"{name}: load+capture {setup['load_s']} s (first capture incl. compile/autotune {setup['first_capture_s']} s, "
-            f"prefill compile {setup.get('prefill_compile_s')} s), "
+            f"prefill compile {setup.get('prefill_compile_s')} s, "
+            f"{setup.get('prefill_graphs', 0)} prefill graphs in {setup.get('prefill_capture_s', 0)} s), "
             f"weights read per step {setup['weight_bytes'] / 1e9:.2f} GB, KV pool {setup['kv_pool_bytes'] / 1e9:.2f} GB, "
             f"peak GPU memory {result['peak_memory_gb']:.1f} GB"
         )
@@ -216,7 +216,7 @@ def main() -> int:
     parser.add_argument("--hf-baseline", action="store_true", help="also HF eager (c=1) and HF static batches")
     extra_runs = {  # variants measured once more, with one thing changed
         "--without-overlap": "with the host's hand-out not overlapped with the next step",
-        "--eager-prefill": "compiled, with the prefill left eager (only the decode step compiled)",
+        "--ungraphed-prefill": "with a lone prompt's prefill launched op by op, not replayed from a graph",
         "--compiled-prefill": "compiled, with the batched prefill compiled too",
     }
     for flag, change in extra_runs.items():
@@ -247,17 +247,16 @@ def main() -> int:
         (args.out / "gpu_results.json").write_text(json.dumps(results, indent=1))
         (args.out / "gpu_table.md").write_text(table(results) + "\n")
 
-    runs = (  # (variant, overlapped hand-out, compiled prefill: None = as shipped)
-        [(variant, True, None) for variant in args.variants]
-        + [(variant, False, None) for variant in args.without_overlap]
-        + [(variant, True, False) for variant in args.eager_prefill]
-        + [(variant, True, True) for variant in args.compiled_prefill]
+    runs = (  # (variant, overlapped hand-out, EngineOptions changed from what ships, label)
+        [(variant, True, {}, "") for variant in args.variants]
+        + [(variant, False, {}, " (no overlap)") for variant in args.without_overlap]
+        + [(variant, True, {"graph_prefill": False}, " (ungraphed prefill)") for variant in args.ungraphed_prefill]
+        + [(variant, True, {"compile_prefill": True}, " (compiled prefill)") for variant in args.compiled_prefill]
     )
-    for variant, overlap, compile_prefill in runs:
-        name = variant + (" +compile" if variant in args.compile else "") + ("" if overlap else " (no overlap)")
-        name += {None: "", False: " (eager prefill)", True: " (compiled prefill)"}[compile_prefill]
+    for variant, overlap, changed, label in runs:
+        name = variant + (" +compile" if variant in args.compile else "") + label
         config, tensors = quantize_checkpoint(base_config, base_tensors, amax, variant)
-        engine, setup = build_engine(config, tensors, variant, args, overlap, compile_prefill)
+        engine, setup = build_engine(config, tensors, variant, args, overlap, **changed)
         print(f"{name}: ready {setup}", flush=True)
         levels = measure_engine(engine, args, name, vocab_size, results["copy_bandwidth_gb_s"])
         results["engines"][name] = {

@@ -18,6 +18,7 @@ import torch
 from foundry.calibrate import calibrate_to_trtllm_checkpoint
 from foundry.config import BuildConfig, CalibrationConfig
 from foundry.errors import FoundryError
+from foundry.runtime.prefill_graphs import PrefillGraphs, length_buckets
 from foundry.runtime.reference import ReferenceEngine
 from foundry.runtime.scheduler import EngineOptions
 
@@ -148,6 +149,30 @@ def test_compiled_batched_prefill_gives_the_same_tokens(checkpoints, prompts):
         assert all_at_once(engine, prompts) == expected
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("variant", ["none", "int8_sq + int8 KV"])
+def test_a_lone_prompt_padded_to_its_length_bucket_gives_the_same_tokens(checkpoints, prompts, variant):
+    """On CUDA a lone fresh prompt is prefilled from a graph captured per length bucket, right-padded
+    to it (prefill_graphs.py). Here the same padded forward runs eagerly: buckets 16, 32, 48 pad
+    5→16, 17→32, 33→48 and 40→48 tokens; the 60-token prompt has no bucket and goes unpadded. The
+    padding's KV, written past each prompt, must never reach a token."""
+    expected = one_at_a_time(checkpoints[variant], prompts)
+    engine = engine_for(checkpoints[variant], batch_prefill=True)
+    engine.scheduler.prefill_graphs = PrefillGraphs(engine, engine.scheduler.pool, 48)
+    try:
+        assert [engine.generate(prompt, NEW_TOKENS) for prompt in prompts] == expected
+        assert engine.scheduler.stats()["prefills_from_buckets"] == 5  # all but the 60-token prompt
+        assert all_at_once(engine, prompts) == expected  # the first four together, then lone ones
+        assert engine.scheduler.stats()["prefill_graphs"] == 0  # nothing captured on CPU
+    finally:
+        engine.close()
+
+
+def test_length_buckets_cover_every_prompt_up_to_the_limit():
+    assert length_buckets(48) == [16, 32, 48]
+    assert length_buckets(256) == [16, 32, 64, 128, 256]
+    assert length_buckets(10) == [10]
 
 
 def test_full_pool_queues_requests_with_a_reason(checkpoints, prompts):

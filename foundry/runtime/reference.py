@@ -37,6 +37,7 @@ from foundry.runtime._trtllm_checkpoint import (
 from foundry.runtime.base import TokenCallback
 from foundry.runtime.kv_pool import KVPool, PoolShape, dequantize_kv, quantize_kv
 from foundry.runtime.linears import FloatLinear, Fp8Linear, SmoothQuantLinear, SmoothQuantPerTokenLinear
+from foundry.runtime.prefill_graphs import right_padded
 from foundry.runtime.scheduler import BatchScheduler, EngineOptions, GenerationRequest
 
 
@@ -401,15 +402,20 @@ class ReferenceEngine:
 
     def prefill_batch(self, pool: KVPool, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
         """Whole prompts of several requests in one forward; the greedy next token of each [n]."""
+        ids = right_padded(prompts, max(len(p) for p in prompts)).to(self.device)
         lengths = torch.tensor([len(p) for p in prompts], device=self.device)
-        ids = torch.zeros((len(prompts), max(len(p) for p in prompts)), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, : len(prompt)] = torch.tensor(prompt)
-        x = F.embedding(ids.to(self.device), self.embedding)
+        return self.prefill_padded(pool, ids, torch.tensor(slots, device=self.device), lengths)
+
+    def prefill_padded(
+        self, pool: KVPool, ids: torch.Tensor, slot_index: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Right-padded prompts ids [n, seq] of lengths [n] into slots [n] → the greedy next token of
+        each [n]. Pure tensor code on the device (no host sync), so a fixed shape can be graphed."""
+        x = F.embedding(ids, self.embedding)
         # inductor specializes a dimension of size 1: one-token prompts stay eager, not a recompile
         compiled = self._compiled_prefill_layers if ids.shape[1] > 1 else None
-        x = (compiled or self._prefill_layers)(x, pool, torch.tensor(slots, device=self.device))
-        last = x[torch.arange(len(prompts), device=self.device), lengths - 1]
+        x = (compiled or self._prefill_layers)(x, pool, slot_index)
+        last = x[torch.arange(ids.shape[0], device=ids.device), lengths - 1]
         return self.lm_head(self._final(last)).argmax(dim=-1)
 
     def _prefill_layers(self, x: torch.Tensor, pool: KVPool, slot_index: torch.Tensor) -> torch.Tensor:

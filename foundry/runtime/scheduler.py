@@ -31,6 +31,7 @@ import torch
 
 from foundry.errors import FoundryError
 from foundry.runtime.decode_runner import DecodeRunner, DecodeStep
+from foundry.runtime.prefill_graphs import PrefillGraphs
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class EngineOptions:
     # a 16 × 128-token bf16 prefill 61.1 → 53.7 ms for 106 s of compile, and FP8's compile had not
     # finished after 9 minutes (docs/gpu-results/run13_*, run14_*); gpu_bench --compiled-prefill.
     compile_prefill: bool = False
+    # With cuda_graphs (and the prefill not compiled): a lone fresh prompt's prefill replayed from a
+    # graph per length bucket (prefill_graphs.py: launched op by op it is bound by the host).
+    graph_prefill: bool = True
     kv_cache_memory_fraction: float | None = None  # CUDA only: size the slots from free GPU memory
     batch_prefill: bool | None = None  # whole short prompts prefilled together; None = on CUDA only
     # CPU: intra-op threads of the scheduler thread; None = one fewer than the caller's (at least 1).
@@ -136,8 +140,11 @@ class BatchScheduler:
         self.prefill_compiled = self.runner.compiled and options.compile_prefill and self.batch_prefill
         if self.prefill_compiled:
             model.compile_prefill()
-        # a lone fresh prompt takes the batched path too where that path is compiled
-        self._min_batch_prefill = 1 if self.prefill_compiled else 2
+        self.prefill_graphs = (
+            PrefillGraphs(model, self.pool, min(self.pool.shape.capacity - 1, options.prefill_chunk_tokens))
+            if self.runner.use_graphs and options.graph_prefill and self.batch_prefill and not self.prefill_compiled
+            else None
+        )
         self.prefill_compile_s: float | None = None
         self._free_slots = list(range(self.slots))
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
@@ -199,14 +206,18 @@ class BatchScheduler:
         return request
 
     def warm_up(self, batch_sizes: list[int] | None = None) -> None:
-        """Before traffic: compile the prefill (one prompt and two; their KV goes to slots that
-        requests overwrite) and capture the decode graphs of these batch sizes."""
+        """Before traffic: compile the prefill (one prompt and two) or capture a lone prompt's
+        prefill graphs (their KV goes to slots that requests overwrite), and capture the decode
+        graphs of these batch sizes."""
         if self.prefill_compiled and self.prefill_compile_s is None:
             started = time.perf_counter()
             with torch.inference_mode():
                 for count in range(1, min(2, self.slots) + 1):
                     self.model.prefill_batch(self.pool, list(range(count)), [[0] * 16] * count).tolist()
             self.prefill_compile_s = time.perf_counter() - started
+        if self.prefill_graphs:
+            with torch.inference_mode():
+                self.prefill_graphs.warm_up()
         self.runner.warm_up(batch_sizes)
 
     def close(self) -> None:
@@ -228,6 +239,11 @@ class BatchScheduler:
             "kv_pool_bytes": self.pool.nbytes,
             "prefill_compiled": self.prefill_compiled,
             "prefill_compile_s": None if self.prefill_compile_s is None else round(self.prefill_compile_s, 3),
+            **(
+                self.prefill_graphs.stats()
+                if self.prefill_graphs
+                else {"prefill_graphs": 0, "prefills_from_buckets": 0}
+            ),
             **self.runner.stats(),
         }
 
@@ -270,6 +286,18 @@ class BatchScheduler:
                 request.waiting_reason = f"all {self.slots} KV slots are in use (build.max_batch_size)"
             self._free_slots.sort()
 
+    @property
+    def _min_batch_prefill(self) -> int:
+        # a lone fresh prompt takes the whole-prompt path too where that path is compiled or graphed
+        return 1 if self.prefill_compiled or self.prefill_graphs else 2
+
+    def _prefill_whole(self, fresh: list[GenerationRequest]) -> torch.Tensor:
+        """Fresh prompts prefilled whole: a lone one from its length bucket's graph where there are
+        graphs, several in one batched forward."""
+        if len(fresh) == 1 and self.prefill_graphs and self.prefill_graphs.serves(fresh[0].prompt):
+            return self.prefill_graphs.run(fresh[0].slot, fresh[0].prompt)
+        return self.model.prefill_batch(self.pool, [r.slot for r in fresh], [r.prompt for r in fresh])
+
     def _prefill(self) -> None:
         budget = self.options.prefill_chunk_tokens
         pending = [r for r in self._running if not r.decoding and not r._cancelled and not r.error]
@@ -280,7 +308,7 @@ class BatchScheduler:
                     fresh.append(request)
                     budget -= len(request.prompt)
             if len(fresh) >= self._min_batch_prefill:
-                next_tokens = self.model.prefill_batch(self.pool, [r.slot for r in fresh], [r.prompt for r in fresh])
+                next_tokens = self._prefill_whole(fresh)
                 for request, token in zip(fresh, next_tokens.tolist()):
                     request.prefilled = len(request.prompt)
                     self._emit(request, int(token))
