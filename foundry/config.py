@@ -339,7 +339,9 @@ class BuildConfig(_Strict):
     )
     # The reference engine (build.backend: reference) on its device.
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="where the reference engine runs")
-    cuda_graphs: bool = Field(default=True, description="cuda: decode steps replayed from captured CUDA graphs")
+    cuda_graphs: bool = Field(
+        default=True, description="cuda: decode steps and a lone prompt's prefill replayed from captured CUDA graphs"
+    )
     graph_batch_sizes: list[int] = Field(
         default=[], description="cuda: decode batch buckets captured; [] = 1,2,4,8,16,24,32,48,.. up to max_batch_size"
     )
