@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch._dynamo
@@ -58,6 +59,21 @@ class DecodeStep:
             self.ready.synchronize()
             self.tokens = self.host_tokens[: len(self.rows)].tolist()
         return self.tokens
+
+
+def capture_cuda_graph(run: Callable[[], torch.Tensor], device: torch.device, memory_pool) -> tuple:
+    """Run `run` twice on a side stream (compilation, Triton autotuning, cuBLAS handles), then
+    capture it into a graph allocating from memory_pool; (the graph, its static output)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=memory_pool):
+        output = run()
+    return graph, output
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -176,15 +192,9 @@ class DecodeRunner:
         tokens = torch.zeros(width, dtype=torch.long, device=device)
         # padding rows only: the warm-up and the capture write nothing but the scratch column
         positions = torch.full((width,), self.scratch_position, dtype=torch.long, device=device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up: compilation, autotuning, cuBLAS handles
-            for _ in range(2):
-                self._step(self.pool, tokens, positions, kv_len)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_memory):
-            next_tokens = self._step(self.pool, tokens, positions, kv_len)
+        graph, next_tokens = capture_cuda_graph(
+            lambda: self._step(self.pool, tokens, positions, kv_len), device, self._graph_memory
+        )
         torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - started
         self.capture_s += elapsed

@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 
+from foundry.runtime.decode_runner import capture_cuda_graph
+
 MIN_BUCKET_TOKENS = 16
 
 
@@ -47,11 +49,11 @@ def length_buckets(max_tokens: int) -> list[int]:
 
 @dataclass
 class CapturedPrefill:
-    graph: torch.cuda.CUDAGraph | None  # None on CPU
     ids: torch.Tensor  # [1, bucket] static input
     slot: torch.Tensor  # [1]
     length: torch.Tensor  # [1]
-    next_token: torch.Tensor | None = None  # [1] static output
+    graph: torch.cuda.CUDAGraph | None = None  # once captured (never on CPU)
+    next_token: torch.Tensor | None = None  # [1] the graph's static output
 
 
 class PrefillGraphs:
@@ -73,7 +75,7 @@ class PrefillGraphs:
 
     def stats(self) -> dict:
         return {
-            "prefill_graphs": len(self._prefills) if self.capture else 0,
+            "prefill_graphs": sum(prefill.graph is not None for prefill in self._prefills.values()),
             "prefill_capture_s": round(self.capture_s, 3),
             "prefills_from_buckets": self.prefills_run,
         }
@@ -86,9 +88,9 @@ class PrefillGraphs:
         prefill.slot.fill_(slot)
         prefill.length.fill_(len(prompt))
         self.prefills_run += 1
-        if prefill.graph is None:  # CPU: the same padded forward, eagerly
+        if not self.capture:  # CPU: the same padded forward, eagerly
             return self._forward(prefill)
-        if prefill.next_token is None:
+        if prefill.graph is None:
             self._capture(prefill)  # its warm-up runs write this very prompt into this slot
         prefill.graph.replay()
         return prefill.next_token.clone()  # the static output is overwritten by the next replay
@@ -106,9 +108,7 @@ class PrefillGraphs:
 
     def _new_prefill(self, bucket: int) -> CapturedPrefill:
         device = self.model.device
-        graph = torch.cuda.CUDAGraph() if self.capture else None
         prefill = CapturedPrefill(
-            graph,
             torch.zeros((1, bucket), dtype=torch.long, device=device),
             torch.zeros(1, dtype=torch.long, device=device),
             torch.ones(1, dtype=torch.long, device=device),
@@ -118,14 +118,8 @@ class PrefillGraphs:
 
     def _capture(self, prefill: CapturedPrefill) -> None:
         started = time.perf_counter()
-        device = self.model.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up: cuBLAS handles, Triton autotuning for this length
-            for _ in range(2):
-                self._forward(prefill)
-        torch.cuda.current_stream(device).wait_stream(side)
         # its own memory pool: the decode graphs' outputs are still read after a prefill replays
-        with torch.cuda.graph(prefill.graph, pool=self._graph_memory):
-            prefill.next_token = self._forward(prefill)
+        prefill.graph, prefill.next_token = capture_cuda_graph(
+            lambda: self._forward(prefill), self.model.device, self._graph_memory
+        )
         self.capture_s += time.perf_counter() - started
