@@ -82,12 +82,15 @@ class PrefillGraphs:
 
     def run(self, slot: int, prompt: Sequence[int]) -> torch.Tensor:
         """Prefill one whole prompt into the slot; its greedy next token [1] (a fresh device tensor)."""
+        self.prefills_run += 1
+        return self._prefill(slot, prompt)
+
+    def _prefill(self, slot: int, prompt: Sequence[int]) -> torch.Tensor:
         bucket = next(size for size in self.buckets if size >= len(prompt))
         prefill = self._prefills.get(bucket) or self._new_prefill(bucket)
         prefill.ids.copy_(right_padded([prompt], bucket))
         prefill.slot.fill_(slot)
         prefill.length.fill_(len(prompt))
-        self.prefills_run += 1
         if not self.capture:  # CPU: the same padded forward, eagerly
             return self._forward(prefill)
         if prefill.graph is None:
@@ -101,7 +104,7 @@ class PrefillGraphs:
             return
         for bucket in self.buckets:
             if bucket not in self._prefills:
-                self.run(0, [0] * bucket)
+                self._prefill(0, [0] * bucket)  # not a request's: not counted
 
     def _forward(self, prefill: CapturedPrefill) -> torch.Tensor:
         return self.model.prefill_padded(self.pool, prefill.ids, prefill.slot, prefill.length)
