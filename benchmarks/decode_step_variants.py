@@ -29,6 +29,11 @@ Settings (applied before the engine is built, undone after):
   kernel (reads only the columns each row sees, quantized codes in place) or through SDPA over
   the whole masked slot (a quantized cache dequantized first), whichever way the engine ships
   (reference.DECODE_ATTENTION_KERNEL).
+* fused_linears / unfused_linears: float and FP8 decode linears through foundry's fused kernel
+  (RMSNorm / SiLU·mul prologue, residual epilogue, FP8 activation quantization; decode_linear.py)
+  or as separate ops (inductor fuses the elementwise ones; cuBLAS or the FP8 kernel for the GEMM),
+  whichever way the engine ships (reference.FUSED_DECODE_LINEARS). Either one also runs
+  `fused_linear_agreement` and `fused_linear_timings` first.
 * compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
   (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
   measure with --prefill-prompts.
@@ -79,6 +84,8 @@ SETTINGS = [
     "eager_prefill",
     "triton_decode_attention",
     "sdpa_decode_attention",
+    "fused_linears",
+    "unfused_linears",
 ]
 
 
@@ -115,6 +122,7 @@ def setting(name: str):
         reference.decode_attention,
         reference._fused_fc_gate,
         reference.DECODE_ATTENTION_KERNEL,
+        reference.FUSED_DECODE_LINEARS,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -130,6 +138,8 @@ def setting(name: str):
             reference.DECODE_ATTENTION_KERNEL = True
         if name == "unfused_fp8_fc_gate":
             reference._fused_fc_gate = fused_fc_gate_except_fp8
+        if name in ("fused_linears", "unfused_linears"):
+            reference.FUSED_DECODE_LINEARS = name == "fused_linears"
         yield
     finally:
         (
@@ -138,7 +148,131 @@ def setting(name: str):
             reference.decode_attention,
             reference._fused_fc_gate,
             reference.DECODE_ATTENTION_KERNEL,
+            reference.FUSED_DECODE_LINEARS,
         ) = saved
+
+
+# Llama-3.1-8B's decode linears as the layer calls them: (name, out features, in features, prologue)
+FUSED_LINEAR_CASES = (
+    ("qkv (RMSNorm)", 6144, 4096, "norm"),
+    ("dense (+ residual)", 4096, 4096, "residual"),
+    ("fc+gate (RMSNorm)", 28672, 4096, "norm"),
+    ("proj (SiLU·mul, + residual)", 4096, 14336, "silu_mul"),
+)
+
+
+def _fused_linear_case(prologue: str, n: int, k: int, fp8: bool, rows: int, generator):
+    """(a float-or-FP8 linear in bf16 and the same in float32, the fused call's kwargs builder, the
+    unfused function of (linear, inputs), inputs)."""
+    device = "cuda"
+    weight = torch.randn(n, k, device=device, generator=generator) * 0.02
+    width = 2 * k if prologue == "silu_mul" else k
+    inputs = {
+        "x": torch.randn(rows, width, device=device, generator=generator, dtype=torch.bfloat16) * 2,
+        "norm": (1 + 0.1 * torch.randn(k, device=device, generator=generator)).to(torch.bfloat16),
+        "residual": torch.randn(rows, n, device=device, generator=generator, dtype=torch.bfloat16),
+    }
+
+    def make(dtype):
+        if not fp8:
+            return linears.FloatLinear(weight, dtype)
+        weight_scale = weight.abs().amax() / 448
+        codes = (weight / weight_scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+        activation_scale = torch.tensor(4.0 / 448, device=device)  # clips the largest activations, as calibration does
+        return linears.Fp8Linear(codes, activation_scale, [(n, weight_scale)], dtype)
+
+    def unfused(linear, dtype):
+        x = inputs["x"].to(dtype)
+        if prologue == "norm":
+            return linear(reference.rms_norm(x, inputs["norm"].to(dtype), 1e-5))
+        if prologue == "silu_mul":
+            return inputs["residual"].to(dtype) + linear(torch.nn.functional.silu(x[:, :k]) * x[:, k:])
+        return inputs["residual"].to(dtype) + linear(x)
+
+    def fused(linear):
+        from foundry.runtime.decode_linear import fused_linear
+
+        x = inputs["x"]
+        if prologue == "norm":
+            return fused_linear(x, linear, norm_weight=inputs["norm"], epsilon=1e-5)
+        return fused_linear(x, linear, silu_mul=prologue == "silu_mul", residual=inputs["residual"])
+
+    return make, unfused, fused, inputs
+
+
+def fused_linear_agreement() -> list[dict]:
+    """foundry's fused decode linear against the unfused ops in bf16, both measured against the same
+    unfused ops in float32 (FP8: the same checkpoint codes, activations quantized from float32)."""
+    generator = torch.Generator(device="cuda").manual_seed(5)
+    rows_out = []
+    for (name, n, k, prologue), fp8, rows in itertools.product(FUSED_LINEAR_CASES, (False, True), (1, 4, 32)):
+        make, unfused, fused, _ = _fused_linear_case(prologue, n, k, fp8, rows, generator)
+        bf16_linear = make(torch.bfloat16)
+        exact = unfused(make(torch.float32), torch.float32).double()
+        magnitude = exact.abs().max()
+        fused_error = float((fused(bf16_linear).double() - exact).abs().max() / magnitude)
+        unfused_error = float((unfused(bf16_linear, torch.bfloat16).double() - exact).abs().max() / magnitude)
+        rows_out.append(
+            {
+                "linear": name,
+                "weights": "fp8" if fp8 else "bf16",
+                "rows": rows,
+                "fused_max_rel_err": fused_error,
+                "unfused_max_rel_err": unfused_error,
+                # both round to bf16 at the same steps; only the order of the float32 sums differs
+                "agrees": fused_error <= 2 * unfused_error + 1e-3,
+            }
+        )
+    return rows_out
+
+
+def _graph_time_us(work, calls: int = 50, replays: int = 20) -> float:
+    """Median time of one `work()` call, `calls` of them captured in one CUDA graph (no launch gaps from Python)."""
+    from foundry.runtime.decode_runner import capture_cuda_graph
+
+    graph, _ = capture_cuda_graph(lambda: [work() for _ in range(calls)][-1], torch.device("cuda"), None)
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return statistics.median(times)
+
+
+def fused_linear_timings(bandwidth_gb_s: float) -> list[dict]:
+    """Each fused decode linear against its GEMM alone (cuBLAS `F.linear` for bf16, foundry's FP8
+    kernel on codes quantized beforehand): is the fused kernel's weight read as fast as the GEMM's?"""
+    from foundry.runtime.scaled_gemm import fp8_matmul_scaled
+
+    generator = torch.Generator(device="cuda").manual_seed(6)
+    rows_out = []
+    for (name, n, k, prologue), fp8, rows in itertools.product(FUSED_LINEAR_CASES, (False, True), (1, 32)):
+        make, _, fused, inputs = _fused_linear_case(prologue, n, k, fp8, rows, generator)
+        linear = make(torch.bfloat16)
+        x = inputs["x"][:, :k].contiguous()
+        if fp8:
+            codes = linear.quantize_activation(x)
+            gemm_only = lambda: fp8_matmul_scaled(codes, linear.weight, linear.column_scale, torch.bfloat16)  # noqa: E731
+        else:
+            gemm_only = lambda: torch.nn.functional.linear(x, linear.weight)  # noqa: E731
+        fused_us, gemm_us = _graph_time_us(lambda: fused(linear)), _graph_time_us(gemm_only)
+        weight_bytes = linear.weight.numel() * linear.weight.element_size()
+        rows_out.append(
+            {
+                "linear": name,
+                "weights": "fp8" if fp8 else "bf16",
+                "rows": rows,
+                "fused_us": round(fused_us, 2),
+                "gemm_only_us": round(gemm_us, 2),
+                "fused_pct_of_copy": round(100 * weight_bytes / (fused_us * 1e-6) / 1e9 / bandwidth_gb_s, 1),
+                "gemm_pct_of_copy": round(100 * weight_bytes / (gemm_us * 1e-6) / 1e9 / bandwidth_gb_s, 1),
+            }
+        )
+        print(rows_out[-1], flush=True)
+    return rows_out
 
 
 def fp8_kernel_agreement() -> list[dict]:
@@ -365,6 +499,22 @@ def table(results: dict) -> str:
                 f"| {variant} | {name} | {batch} | {b['step_ms']:.3f} | {b['tok_s']:.1f} | {b['bytes_read_gb']:.2f} "
                 f"| {b['bandwidth_pct_of_copy']:.1f} | {b['compile_capture_s']} |"
             )
+    fused = results.get("fused_linear_agreement") or []
+    if fused:
+        lines.append(
+            f"fused decode linears agree with the unfused ops (bf16 vs float32): {all(r['agrees'] for r in fused)}"
+        )
+    timings = results.get("fused_linear_timings") or []
+    if timings:
+        lines += [
+            "| linear | weights | rows | fused µs | GEMM alone µs | fused % of copy bw | GEMM % |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t['linear']} | {t['weights']} | {t['rows']} | {t['fused_us']} | {t['gemm_only_us']} "
+            f"| {t['fused_pct_of_copy']} | {t['gemm_pct_of_copy']} |"
+            for t in timings
+        ]
     for key, row in results["rows"].items():
         for p in row.get("prefill", []):
             tok_s = p["prompts"] * p["prompt_len"] / p["ms"] * 1e3
@@ -407,6 +557,12 @@ def main() -> int:
         print(f"FP8 Triton kernel vs exact: worst relative error {worst}", flush=True)
         results["fp8_stacked_agreement"] = stacked = fp8_stacked_agreement()
         print(f"FP8 stacked linear (two weight scales) vs exact: {stacked}", flush=True)
+    if {"fused_linears", "unfused_linears"} & set(args.settings):
+        results["fused_linear_agreement"] = fused_agreement = fused_linear_agreement()
+        worst = max(fused_agreement, key=lambda r: r["fused_max_rel_err"] - 2 * r["unfused_max_rel_err"])
+        print(f"fused decode linears vs unfused: all agree {all(r['agrees'] for r in fused_agreement)}, worst {worst}")
+        results["fused_linear_timings"] = fused_linear_timings(results["copy_bandwidth_gb_s"])
+        (args.out / "decode_step_variants.json").write_text(json.dumps(results, indent=1))
     model = random_hf_model("llama-3.1-8b", torch.bfloat16)
     amax = calibrate_amax(model, torch.randint(1, 128256, (1, 128), generator=torch.Generator().manual_seed(2)))
     base_config, base_tensors = float_checkpoint(model, "bfloat16")
