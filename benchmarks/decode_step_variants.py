@@ -373,8 +373,12 @@ def bytes_read_per_step(engine: ReferenceEngine, batch: int, kv_len: int) -> int
 
 
 def time_replays(captured, replays: int) -> list[float]:
+    """Each replay from the same inputs (a replay feeds its tokens back, one position further)."""
+    tokens, positions = captured.tokens.clone(), captured.positions.clone()
     times = []
     for _ in range(replays):
+        captured.tokens.copy_(tokens)
+        captured.positions.copy_(positions)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         captured.graph.replay()
@@ -397,8 +401,12 @@ def kernel_table(work, activities=("CUDA",)) -> str:
 def kernel_profile(captured, replays: int = 20) -> str:
     """The kernels of `replays` graph replays."""
 
+    tokens, positions = captured.tokens.clone(), captured.positions.clone()
+
     def replay() -> None:
         for _ in range(replays):
+            captured.tokens.copy_(tokens)  # as in time_replays: the same inputs each time
+            captured.positions.copy_(positions)
             captured.graph.replay()
 
     return kernel_table(replay)

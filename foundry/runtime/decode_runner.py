@@ -13,7 +13,9 @@ On CPU the step runs eagerly with exactly the rows and columns it needs.
 host buffer behind a CUDA event. `launch_next` starts the following step for the same rows from
 the previous step's tokens and positions on the device, without waiting for the host to see them —
 so the scheduler hands out step N−1's tokens (callbacks, bookkeeping) while step N runs, instead of
-leaving the GPU idle between steps.
+leaving the GPU idle between steps. The graphs of one batch bucket share their input buffers, and
+each graph ends by feeding its tokens back into them, one position further: `launch_next` is a
+bare replay, with no kernels of its own between two steps.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ KV_BLOCK_CPU = 16
 @dataclass
 class CapturedStep:
     graph: torch.cuda.CUDAGraph
-    tokens: torch.Tensor
+    tokens: torch.Tensor  # inputs, shared by the batch bucket's graphs; each replay advances them
     positions: torch.Tensor
     next_tokens: torch.Tensor
 
@@ -94,6 +96,7 @@ class DecodeRunner:
         self.kv_block = KV_BLOCK_CUDA if on_cuda else KV_BLOCK_CPU
         self.scratch_position = pool.scratch_position
         self._captured: dict[tuple[int, int], CapturedStep] = {}
+        self._inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch bucket → (tokens, positions)
         self._graph_memory = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._host_tokens = (
             [torch.empty(self.batch_buckets[-1], dtype=torch.long).pin_memory() for _ in range(2)]
@@ -163,13 +166,7 @@ class DecodeRunner:
             return self.launch([(produced[b], row[1] + 1) if row else None for b, row in enumerate(previous.rows)])
         rows = [(0, row[1] + 1) if row else None for row in previous.rows]  # host knows positions, not tokens
         step = DecodeStep(rows, previous.width, self._kv_len(previous.max_position + 1))
-        before = previous.captured
-        after_positions = torch.where(
-            before.positions == self.scratch_position, before.positions, before.positions + 1
-        )  # padding and idle rows stay on the scratch column
-        step.captured = self._graph(step.width, step.kv_len)
-        step.captured.tokens.copy_(before.next_tokens)
-        step.captured.positions.copy_(after_positions)
+        step.captured = self._graph(step.width, step.kv_len)  # its inputs: what `previous` left in them
         return self._replay(step)
 
     def _graph(self, width: int, kv_len: int) -> CapturedStep:
@@ -189,12 +186,21 @@ class DecodeRunner:
     def _capture(self, width: int, kv_len: int) -> CapturedStep:
         started = time.perf_counter()
         device = self.model.device
-        tokens = torch.zeros(width, dtype=torch.long, device=device)
-        # padding rows only: the warm-up and the capture write nothing but the scratch column
-        positions = torch.full((width,), self.scratch_position, dtype=torch.long, device=device)
-        graph, next_tokens = capture_cuda_graph(
-            lambda: self._step(self.pool, tokens, positions, kv_len), device, self._graph_memory
-        )
+        tokens, positions = self._bucket_inputs(width)
+        # A capture may come between two steps of running rows (a new KV-length bucket): keep their
+        # inputs, and capture on padding rows only, which write nothing but the scratch column.
+        kept_tokens, kept_positions = tokens.clone(), positions.clone()
+        positions.fill_(self.scratch_position)
+
+        def step_and_feed_back() -> torch.Tensor:
+            next_tokens = self._step(self.pool, tokens, positions, kv_len)
+            tokens.copy_(next_tokens)
+            positions.add_(positions != self.scratch_position)  # padding and idle rows stay on the scratch column
+            return next_tokens
+
+        graph, next_tokens = capture_cuda_graph(step_and_feed_back, device, self._graph_memory)
+        tokens.copy_(kept_tokens)
+        positions.copy_(kept_positions)
         torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - started
         self.capture_s += elapsed
@@ -203,6 +209,15 @@ class DecodeRunner:
         captured = CapturedStep(graph, tokens, positions, next_tokens)
         self._captured[(width, kv_len)] = captured
         return captured
+
+    def _bucket_inputs(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if width not in self._inputs:
+            device = self.model.device
+            self._inputs[width] = (
+                torch.zeros(width, dtype=torch.long, device=device),
+                torch.full((width,), self.scratch_position, dtype=torch.long, device=device),
+            )
+        return self._inputs[width]
 
     def warm_up(self, batch_sizes: list[int] | None = None) -> None:
         """Capture the graphs of these batch buckets for a short context before traffic arrives."""
