@@ -29,7 +29,7 @@ Settings (applied before the engine is built, undone after):
   kernel (reads only the columns each row sees, quantized codes in place) or through SDPA over
   the whole masked slot (a quantized cache dequantized first), whichever way the engine ships
   (reference.DECODE_ATTENTION_KERNEL).
-* fused_linears / unfused_linears: float and FP8 decode linears through foundry's fused kernel
+* fused_linears / unfused_linears: float, FP8 and per-tensor W8A8 decode linears through foundry's fused kernel
   (RMSNorm / SiLU·mul prologue, residual epilogue, FP8 activation quantization; decode_linear.py)
   or as separate ops (inductor fuses the elementwise ones; cuBLAS or the FP8 kernel for the GEMM),
   whichever way the engine ships (reference.FUSED_DECODE_LINEARS). Either one also runs
@@ -161,9 +161,12 @@ FUSED_LINEAR_CASES = (
 )
 
 
-def _fused_linear_case(prologue: str, n: int, k: int, fp8: bool, rows: int, generator):
-    """(a float-or-FP8 linear in bf16 and the same in float32, the fused call's kwargs builder, the
-    unfused function of (linear, inputs), inputs)."""
+FUSED_WEIGHTS = ("bf16", "fp8", "int8")
+
+
+def _fused_linear_case(prologue: str, n: int, k: int, weights: str, rows: int, generator):
+    """(make(dtype): a bf16 / FP8 / per-tensor W8A8 linear computing in dtype, unfused(linear, dtype),
+    fused(linear), inputs)."""
     device = "cuda"
     weight = torch.randn(n, k, device=device, generator=generator) * 0.02
     width = 2 * k if prologue == "silu_mul" else k
@@ -174,8 +177,20 @@ def _fused_linear_case(prologue: str, n: int, k: int, fp8: bool, rows: int, gene
     }
 
     def make(dtype):
-        if not fp8:
+        if weights == "bf16":
             return linears.FloatLinear(weight, dtype)
+        if weights == "int8":  # per-channel weight scales, a smoothing vector, a static activation scale
+            channel_scale = weight.abs().amax(dim=1) / 127
+            return linears.SmoothQuantLinear(
+                {
+                    "l.weight": (weight / channel_scale[:, None]).round().clamp(-127, 127).to(torch.int8),
+                    "l.weights_scaling_factor": channel_scale,
+                    "l.activation_scaling_factor": torch.tensor(4.0 / 127, device=device),
+                    "l.prequant_scaling_factor": 1 + 0.2 * torch.rand(k, device=device, generator=generator),
+                },
+                "l",
+                dtype,
+            )
         weight_scale = weight.abs().amax() / 448
         codes = (weight / weight_scale).clamp(-448, 448).to(torch.float8_e4m3fn)
         activation_scale = torch.tensor(4.0 / 448, device=device)  # clips the largest activations, as calibration does
@@ -202,11 +217,11 @@ def _fused_linear_case(prologue: str, n: int, k: int, fp8: bool, rows: int, gene
 
 def fused_linear_agreement() -> list[dict]:
     """foundry's fused decode linear against the unfused ops in bf16, both measured against the same
-    unfused ops in float32 (FP8: the same checkpoint codes, activations quantized from float32)."""
+    unfused ops in float32 (FP8, W8A8: the same weight codes, activations quantized from float32)."""
     generator = torch.Generator(device="cuda").manual_seed(5)
     rows_out = []
-    for (name, n, k, prologue), fp8, rows in itertools.product(FUSED_LINEAR_CASES, (False, True), (1, 4, 32)):
-        make, unfused, fused, _ = _fused_linear_case(prologue, n, k, fp8, rows, generator)
+    for (name, n, k, prologue), weights, rows in itertools.product(FUSED_LINEAR_CASES, FUSED_WEIGHTS, (1, 4, 32)):
+        make, unfused, fused, _ = _fused_linear_case(prologue, n, k, weights, rows, generator)
         bf16_linear = make(torch.bfloat16)
         exact = unfused(make(torch.float32), torch.float32).double()
         magnitude = exact.abs().max()
@@ -215,7 +230,7 @@ def fused_linear_agreement() -> list[dict]:
         rows_out.append(
             {
                 "linear": name,
-                "weights": "fp8" if fp8 else "bf16",
+                "weights": weights,
                 "rows": rows,
                 "fused_max_rel_err": fused_error,
                 "unfused_max_rel_err": unfused_error,
@@ -243,27 +258,31 @@ def _graph_time_us(work, calls: int = 50, replays: int = 20) -> float:
 
 
 def fused_linear_timings(bandwidth_gb_s: float) -> list[dict]:
-    """Each fused decode linear against its GEMM alone (cuBLAS `F.linear` for bf16, foundry's FP8
-    kernel on codes quantized beforehand): is the fused kernel's weight read as fast as the GEMM's?"""
-    from foundry.runtime.scaled_gemm import fp8_matmul_scaled
+    """Each fused decode linear against its GEMM alone (cuBLAS `F.linear` for bf16, foundry's FP8 /
+    int8 kernel on codes quantized beforehand): is the fused kernel's weight read as fast as the GEMM's?"""
+    from foundry.runtime.scaled_gemm import fp8_matmul_scaled, int8_matmul_scaled
 
     generator = torch.Generator(device="cuda").manual_seed(6)
     rows_out = []
-    for (name, n, k, prologue), fp8, rows in itertools.product(FUSED_LINEAR_CASES, (False, True), (1, 32)):
-        make, _, fused, inputs = _fused_linear_case(prologue, n, k, fp8, rows, generator)
+    for (name, n, k, prologue), weights, rows in itertools.product(FUSED_LINEAR_CASES, FUSED_WEIGHTS, (1, 32)):
+        make, _, fused, inputs = _fused_linear_case(prologue, n, k, weights, rows, generator)
         linear = make(torch.bfloat16)
         x = inputs["x"][:, :k].contiguous()
-        if fp8:
+        if weights == "fp8":
             codes = linear.quantize_activation(x)
             gemm_only = lambda: fp8_matmul_scaled(codes, linear.weight, linear.column_scale, torch.bfloat16)  # noqa: E731
+        elif weights == "int8":
+            codes = linear.quantize_activation(x)
+            gemm_only = lambda: int8_matmul_scaled(codes, linear.weight_int8, None, linear.output_scale, torch.bfloat16)  # noqa: E731
         else:
             gemm_only = lambda: torch.nn.functional.linear(x, linear.weight)  # noqa: E731
         fused_us, gemm_us = _graph_time_us(lambda: fused(linear)), _graph_time_us(gemm_only)
-        weight_bytes = linear.weight.numel() * linear.weight.element_size()
+        weight = linear.weight_int8 if weights == "int8" else linear.weight
+        weight_bytes = weight.numel() * weight.element_size()
         rows_out.append(
             {
                 "linear": name,
-                "weights": "fp8" if fp8 else "bf16",
+                "weights": weights,
                 "rows": rows,
                 "fused_us": round(fused_us, 2),
                 "gemm_only_us": round(gemm_us, 2),

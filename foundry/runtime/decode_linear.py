@@ -13,12 +13,15 @@ takes its input's producer as a prologue and the residual add as an epilogue:
 
 Each elementwise step rounds to the compute dtype where the unfused PyTorch code does (RMSNorm:
 normalise in float32, round, times the weight, round; SiLU, round, times b, round; the GEMM's
-output, round, plus the residual, round), and FP8 layers quantize the activation in the prologue
-exactly as `Fp8Linear.quantize_activation` does (divide by the static scale, clamp to ±448, E4M3).
-What differs from the unfused path is summation order only (mean square, dot products).
+output, round, plus the residual, round), and quantized layers quantize the activation in the
+prologue exactly as their `quantize_activation` does — FP8: divide by the static scale, clamp to
+±448, E4M3; W8A8 SmoothQuant (per tensor): times the smoothing scale, times 1 / the static scale,
+round half to even, clamp to ±127 — then accumulate exactly (int32) or in float32 (FP8) and apply
+the per-column scale. What differs from the unfused path is the order of float32 sums only (the
+mean square, the float and FP8 dot products).
 
-Float (bf16/fp16) and FP8 linears only; W8A8 SmoothQuant keeps its own kernel (scaled_gemm.py).
-No CPU form: on CPU the layer runs its unfused code (which is what this must equal; the GPU check is
+Float (bf16/fp16), FP8 and per-tensor W8A8 linears; per-token W8A8 (its scale needs the row's
+amax first) keeps its own kernel (scaled_gemm.py). No CPU form: on CPU the layer runs its unfused code (which is what this must equal; the GPU check is
 `benchmarks/decode_step_variants.py`'s `fused_linear_agreement`).
 """
 
@@ -26,8 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from foundry.runtime.kv_pool import FP8_E4M3_MAX
-from foundry.runtime.linears import FloatLinear, Fp8Linear
+from foundry.runtime.kv_pool import FP8_E4M3_MAX, INT8_MAX
+from foundry.runtime.linears import FloatLinear, Fp8Linear, SmoothQuantLinear
 
 try:  # Triton ships with CUDA builds of torch
     import triton
@@ -36,6 +39,7 @@ except ImportError:  # pragma: no cover - depends on the torch build
     triton = None
 
 NO_PROLOGUE, NORM_PROLOGUE, SILU_MUL_PROLOGUE = 0, 1, 2
+FLOAT_WEIGHTS, FP8_WEIGHTS, INT8_WEIGHTS = 0, 1, 2
 MAX_ROWS = 64  # decode batches; larger row counts keep the unfused path (cuBLAS wins there)
 
 
@@ -46,12 +50,15 @@ def serves(x: torch.Tensor, linear) -> bool:
         and x.is_cuda
         and x.shape[0] <= MAX_ROWS
         and x.dtype in (torch.bfloat16, torch.float16)
-        and isinstance(linear, (FloatLinear, Fp8Linear))
+        and isinstance(linear, (FloatLinear, Fp8Linear, SmoothQuantLinear))
     )
 
 
 if triton is not None:
+    from triton.language.extra import libdevice
+
     FP8_MAX = tl.constexpr(FP8_E4M3_MAX)
+    INT8_LIMIT = tl.constexpr(INT8_MAX)
 
     def _configs():
         # bound by the weight read: narrow N tiles so every SM has work, deep K pipelines
@@ -69,7 +76,7 @@ if triton is not None:
             )
         ]
 
-    @triton.autotune(configs=_configs(), key=["M_BUCKET", "N", "K", "PROLOGUE", "FP8", "HAS_RESIDUAL"])
+    @triton.autotune(configs=_configs(), key=["M_BUCKET", "N", "K", "PROLOGUE", "WEIGHTS", "HAS_RESIDUAL"])
     @triton.jit
     def _fused_linear_kernel(
         x_ptr,
@@ -79,6 +86,7 @@ if triton is not None:
         residual_ptr,
         column_scale_ptr,
         activation_scale_ptr,
+        smoothing_ptr,
         M,
         N,
         K,
@@ -89,7 +97,7 @@ if triton is not None:
         epsilon,
         M_BUCKET,
         PROLOGUE: tl.constexpr,
-        FP8: tl.constexpr,
+        WEIGHTS: tl.constexpr,
         HAS_RESIDUAL: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -111,9 +119,9 @@ if triton is not None:
                 x = x.to(tl.float32)
                 squares += tl.sum(x * x, axis=1)
             inverse_rms = tl.rsqrt(squares / K + epsilon)
-        if FP8:
+        if WEIGHTS != 0:  # FP8: the static scale; W8A8: 1 / the static scale
             activation_scale = tl.load(activation_scale_ptr)
-        accumulator = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        accumulator = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if WEIGHTS == 2 else tl.float32)
         for start in range(0, K, BLOCK_K):
             cols = start + offs_k
             x_mask = row_ok[:, None] & (cols[None, :] < K)
@@ -127,18 +135,23 @@ if triton is not None:
                 gate = x.to(tl.float32)
                 activated = (gate * tl.sigmoid(gate)).to(compute_dtype)
                 x = (activated.to(tl.float32) * linear_part.to(tl.float32)).to(compute_dtype)
-            if FP8:  # Fp8Linear.quantize_activation: x / s, clamp to ±448, E4M3
+            if WEIGHTS == 1:  # Fp8Linear.quantize_activation: x / s, clamp to ±448, E4M3
                 scaled = x.to(tl.float32) / activation_scale
                 scaled = tl.minimum(tl.maximum(scaled, -FP8_MAX), FP8_MAX)
                 x = scaled.to(tl.float8e4nv)
+            if WEIGHTS == 2:  # SmoothQuantLinear.quantize_activation: x · s_pre · (1/s), round half even, ±127
+                smoothing = tl.load(smoothing_ptr + cols, mask=cols < K, other=0.0)
+                scaled = (x.to(tl.float32) * smoothing[None, :]) * activation_scale
+                scaled = tl.minimum(tl.maximum(libdevice.rint(scaled), -INT8_LIMIT), INT8_LIMIT)
+                x = scaled.to(tl.int8)
             w = tl.load(
                 w_ptr + offs_n[None, :] * stride_wn + cols[:, None],
                 mask=(offs_n[None, :] < N) & (cols[:, None] < K),
                 other=0.0,
             )  # a [BLOCK_K, BLOCK_N] tile of Wᵀ
-            accumulator = tl.dot(x, w, accumulator, out_dtype=tl.float32)
-        y = accumulator
-        if FP8:
+            accumulator = tl.dot(x, w, accumulator, out_dtype=tl.int32 if WEIGHTS == 2 else tl.float32)
+        y = accumulator.to(tl.float32)
+        if WEIGHTS != 0:
             y = y * tl.load(column_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
         y = y.to(compute_dtype)
         out_mask = row_ok[:, None] & (offs_n[None, :] < N)
@@ -156,17 +169,19 @@ def fused_linear_cuda(
     residual: torch.Tensor | None,
     column_scale: torch.Tensor | None,
     activation_scale: torch.Tensor | None,
+    smoothing: torch.Tensor | None,
     prologue: int,
     epsilon: float,
 ) -> torch.Tensor:
-    """x [M, K] (silu_mul: [M, 2K]), weight [N, K] (compute dtype, or E4M3 with column_scale [N] =
-    activation × weight scale and activation_scale []), residual [M, N] → [M, N] in x's dtype."""
+    """x [M, K] (silu_mul: [M, 2K]), weight [N, K]: in the compute dtype; or E4M3 with column_scale [N]
+    (activation × weight scale) and activation_scale [] (s); or int8 with column_scale [N],
+    activation_scale [] (1 / s) and smoothing [K]. residual [M, N] → [M, N] in x's dtype."""
     if triton is None:
         raise RuntimeError("the fused decode linear needs Triton (it ships with CUDA builds of torch)")
     rows = x.shape[0]
     n, k = weight.shape
     out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
-    fp8 = weight.dtype == torch.float8_e4m3fn
+    weights = {torch.float8_e4m3fn: FP8_WEIGHTS, torch.int8: INT8_WEIGHTS}.get(weight.dtype, FLOAT_WEIGHTS)
     m_bucket = max(16, triton.next_power_of_2(rows))
     block_m = min(m_bucket, MAX_ROWS)
 
@@ -177,10 +192,11 @@ def fused_linear_cuda(
         x,
         weight,
         out,
-        norm_weight if norm_weight is not None else x,
+        norm_weight if norm_weight is not None else x,  # unused pointers: any tensor
         residual if residual is not None else out,
-        column_scale if fp8 else x,
-        activation_scale if fp8 else x,
+        column_scale if column_scale is not None else x,
+        activation_scale if activation_scale is not None else x,
+        smoothing if smoothing is not None else x,
         rows,
         n,
         k,
@@ -191,7 +207,7 @@ def fused_linear_cuda(
         epsilon,
         m_bucket,
         PROLOGUE=prologue,
-        FP8=fp8,
+        WEIGHTS=weights,
         HAS_RESIDUAL=residual is not None,
         BLOCK_M=block_m,
     )
@@ -199,29 +215,32 @@ def fused_linear_cuda(
 
 
 @fused_linear_cuda.register_fake
-def _fused_linear_shape(x, weight, norm_weight, residual, column_scale, activation_scale, prologue, epsilon):
+def _fused_linear_shape(x, weight, norm_weight, residual, column_scale, activation_scale, smoothing, prologue, epsilon):
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _weight_and_scales(linear) -> tuple:
+    """(weight, column scale, activation scale, smoothing) as the kernel takes them."""
+    if isinstance(linear, Fp8Linear):
+        return linear.weight, linear.column_scale, linear.activation_scale, None
+    if isinstance(linear, SmoothQuantLinear):
+        return linear.weight_int8, linear.output_scale, linear.inverse_activation_scale, linear.prequant_scale
+    return linear.weight, None, None, None
 
 
 def fused_linear(
     x: torch.Tensor,
-    linear: FloatLinear | Fp8Linear,
+    linear: FloatLinear | Fp8Linear | SmoothQuantLinear,
     *,
     norm_weight: torch.Tensor | None = None,
     epsilon: float = 0.0,
     silu_mul: bool = False,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """linear(prologue(x)) [+ residual] as one kernel; x [rows, features] contiguous."""
+    """linear(prologue(x)) [+ residual] as one kernel; x [rows, features]."""
     prologue = NORM_PROLOGUE if norm_weight is not None else SILU_MUL_PROLOGUE if silu_mul else NO_PROLOGUE
-    fp8 = isinstance(linear, Fp8Linear)
+    weight, column_scale, activation_scale, smoothing = _weight_and_scales(linear)
+    residual = None if residual is None else residual.contiguous()
     return fused_linear_cuda(
-        x.contiguous(),
-        linear.weight,
-        norm_weight,
-        None if residual is None else residual.contiguous(),
-        linear.column_scale if fp8 else None,
-        linear.activation_scale if fp8 else None,
-        prologue,
-        epsilon,
+        x.contiguous(), weight, norm_weight, residual, column_scale, activation_scale, smoothing, prologue, epsilon
     )
