@@ -112,7 +112,7 @@ class RotaryTable:
 # batch 1, 5.25 → 5.06 ms at batch 32 (docs/gpu-results/run13_*). decode_step_variants.py checks and
 # times both (settings triton_decode_attention / sdpa_decode_attention).
 DECODE_ATTENTION_KERNEL = True
-# CUDA decode of float and FP8 layers: each linear with its producer and the residual add fused in
+# CUDA decode of float, FP8 and per-tensor W8A8 layers: each linear with its producer and the residual add fused in
 # (decode_linear.py) — four kernels a layer where the unfused step launches about ten besides its
 # GEMMs. decode_step_variants.py checks and times both (settings fused_linears / unfused_linears).
 FUSED_DECODE_LINEARS = False
@@ -181,7 +181,7 @@ class DecoderLayer:
         return x + self.proj(F.silu(activated) * linear)
 
     def _uses_fused_linears(self, x: torch.Tensor) -> bool:
-        """Decode on CUDA with the fused kernels (decode_linear.py): every linear float or FP8, fc+gate one GEMM."""
+        """Decode on CUDA with the fused kernels (decode_linear.py): every linear served by them, fc+gate one GEMM."""
         return (
             FUSED_DECODE_LINEARS
             and self.fc_gate is not None
