@@ -29,11 +29,11 @@ Settings (applied before the engine is built, undone after):
   kernel (reads only the columns each row sees, quantized codes in place) or through SDPA over
   the whole masked slot (a quantized cache dequantized first), whichever way the engine ships
   (reference.DECODE_ATTENTION_KERNEL).
-* fused_linears / unfused_linears: float, FP8 and per-tensor W8A8 decode linears through foundry's fused kernel
-  (RMSNorm / SiLU·mul prologue, residual epilogue, FP8 activation quantization; decode_linear.py)
-  or as separate ops (inductor fuses the elementwise ones; cuBLAS or the FP8 kernel for the GEMM),
-  whichever way the engine ships (reference.FUSED_DECODE_LINEARS). Either one also runs
-  `fused_linear_agreement` and `fused_linear_timings` first.
+* triton_output_projection / cublas_output_projection: a float layer's attention output
+  projection + residual through foundry's Triton GEMV (decode_linear.py) or cuBLAS + add, whichever
+  way the engine ships (reference.OUTPUT_PROJECTION_KERNEL). Either one also runs
+  `output_projection_agreement` and `output_projection_timings` first. (A kernel with the RMSNorm,
+  SiLU·mul and activation quantization as prologues was measured here too and lost: run16.)
 * compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
   (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
   measure with --prefill-prompts.
@@ -84,8 +84,8 @@ SETTINGS = [
     "eager_prefill",
     "triton_decode_attention",
     "sdpa_decode_attention",
-    "fused_linears",
-    "unfused_linears",
+    "triton_output_projection",
+    "cublas_output_projection",
 ]
 
 
@@ -122,7 +122,7 @@ def setting(name: str):
         reference.decode_attention,
         reference._fused_fc_gate,
         reference.DECODE_ATTENTION_KERNEL,
-        reference.FUSED_DECODE_LINEARS,
+        reference.OUTPUT_PROJECTION_KERNEL,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -138,8 +138,8 @@ def setting(name: str):
             reference.DECODE_ATTENTION_KERNEL = True
         if name == "unfused_fp8_fc_gate":
             reference._fused_fc_gate = fused_fc_gate_except_fp8
-        if name in ("fused_linears", "unfused_linears"):
-            reference.FUSED_DECODE_LINEARS = name == "fused_linears"
+        if name in ("triton_output_projection", "cublas_output_projection"):
+            reference.OUTPUT_PROJECTION_KERNEL = name == "triton_output_projection"
         yield
     finally:
         (
@@ -148,104 +148,53 @@ def setting(name: str):
             reference.decode_attention,
             reference._fused_fc_gate,
             reference.DECODE_ATTENTION_KERNEL,
-            reference.FUSED_DECODE_LINEARS,
+            reference.OUTPUT_PROJECTION_KERNEL,
         ) = saved
 
 
-# Llama-3.1-8B's decode linears as the layer calls them: (name, out features, in features, prologue)
-FUSED_LINEAR_CASES = (
-    ("qkv (RMSNorm)", 6144, 4096, "norm"),
-    ("dense (+ residual)", 4096, 4096, "residual"),
-    ("fc+gate (RMSNorm)", 28672, 4096, "norm"),
-    ("proj (SiLU·mul, + residual)", 4096, 14336, "silu_mul"),
+# Llama-3.1-8B's decode linears: (name, out features, in features)
+DECODE_LINEAR_SHAPES = (
+    ("qkv", 6144, 4096),
+    ("output proj", 4096, 4096),
+    ("fc+gate", 28672, 4096),
+    ("down proj", 4096, 14336),
 )
 
 
-FUSED_WEIGHTS = ("bf16", "fp8", "int8")
+def output_projection_agreement() -> list[dict]:
+    """foundry's output-projection kernel (residual + x · Wᵀ) against the unfused bf16 ops, both
+    measured against the same ops in float64."""
+    from foundry.runtime.decode_linear import linear_plus_residual_cuda
 
-
-def _fused_linear_case(prologue: str, n: int, k: int, weights: str, rows: int, generator):
-    """(make(dtype): a bf16 / FP8 / per-tensor W8A8 linear computing in dtype, unfused(linear, dtype),
-    fused(linear), inputs)."""
-    device = "cuda"
-    weight = torch.randn(n, k, device=device, generator=generator) * 0.02
-    width = 2 * k if prologue == "silu_mul" else k
-    inputs = {
-        "x": torch.randn(rows, width, device=device, generator=generator, dtype=torch.bfloat16) * 2,
-        "norm": (1 + 0.1 * torch.randn(k, device=device, generator=generator)).to(torch.bfloat16),
-        "residual": torch.randn(rows, n, device=device, generator=generator, dtype=torch.bfloat16),
-    }
-
-    def make(dtype):
-        if weights == "bf16":
-            return linears.FloatLinear(weight, dtype)
-        if weights == "int8":  # per-channel weight scales, a smoothing vector, a static activation scale
-            channel_scale = weight.abs().amax(dim=1) / 127
-            return linears.SmoothQuantLinear(
-                {
-                    "l.weight": (weight / channel_scale[:, None]).round().clamp(-127, 127).to(torch.int8),
-                    "l.weights_scaling_factor": channel_scale,
-                    "l.activation_scaling_factor": torch.tensor(4.0 / 127, device=device),
-                    "l.prequant_scaling_factor": 1 + 0.2 * torch.rand(k, device=device, generator=generator),
-                },
-                "l",
-                dtype,
-            )
-        weight_scale = weight.abs().amax() / 448
-        codes = (weight / weight_scale).clamp(-448, 448).to(torch.float8_e4m3fn)
-        activation_scale = torch.tensor(4.0 / 448, device=device)  # clips the largest activations, as calibration does
-        return linears.Fp8Linear(codes, activation_scale, [(n, weight_scale)], dtype)
-
-    def unfused(linear, dtype):
-        x = inputs["x"].to(dtype)
-        if prologue == "norm":
-            return linear(reference.rms_norm(x, inputs["norm"].to(dtype), 1e-5))
-        if prologue == "silu_mul":
-            return inputs["residual"].to(dtype) + linear(torch.nn.functional.silu(x[:, :k]) * x[:, k:])
-        return inputs["residual"].to(dtype) + linear(x)
-
-    def fused(linear):
-        from foundry.runtime.decode_linear import fused_linear
-
-        x = inputs["x"]
-        if prologue == "norm":
-            return fused_linear(x, linear, norm_weight=inputs["norm"], epsilon=1e-5)
-        return fused_linear(x, linear, silu_mul=prologue == "silu_mul", residual=inputs["residual"])
-
-    return make, unfused, fused, inputs
-
-
-def fused_linear_agreement() -> list[dict]:
-    """foundry's fused decode linear against the unfused ops in bf16, both measured against the same
-    unfused ops in float32 (FP8, W8A8: the same weight codes, activations quantized from float32)."""
     generator = torch.Generator(device="cuda").manual_seed(5)
     rows_out = []
-    for (name, n, k, prologue), weights, rows in itertools.product(FUSED_LINEAR_CASES, FUSED_WEIGHTS, (1, 4, 32)):
-        make, unfused, fused, _ = _fused_linear_case(prologue, n, k, weights, rows, generator)
-        bf16_linear = make(torch.bfloat16)
-        exact = unfused(make(torch.float32), torch.float32).double()
+    for (name, n, k), rows in itertools.product(DECODE_LINEAR_SHAPES, (1, 4, 32)):
+        weight = (torch.randn(n, k, device="cuda", generator=generator) * 0.02).to(torch.bfloat16)
+        x = torch.randn(rows, k, device="cuda", generator=generator, dtype=torch.bfloat16)
+        residual = torch.randn(rows, n, device="cuda", generator=generator, dtype=torch.bfloat16)
+        exact = residual.double() + x.double() @ weight.double().t()
         magnitude = exact.abs().max()
-        fused_error = float((fused(bf16_linear).double() - exact).abs().max() / magnitude)
-        unfused_error = float((unfused(bf16_linear, torch.bfloat16).double() - exact).abs().max() / magnitude)
+        kernel_error = float((linear_plus_residual_cuda(x, weight, residual).double() - exact).abs().max() / magnitude)
+        unfused = residual + torch.nn.functional.linear(x, weight)
+        unfused_error = float((unfused.double() - exact).abs().max() / magnitude)
         rows_out.append(
             {
                 "linear": name,
-                "weights": weights,
                 "rows": rows,
-                "fused_max_rel_err": fused_error,
+                "kernel_max_rel_err": kernel_error,
                 "unfused_max_rel_err": unfused_error,
-                # both round to bf16 at the same steps; only the order of the float32 sums differs
-                "agrees": fused_error <= 2 * unfused_error + 1e-3,
+                # both round the product and the sum to bf16; only the order of the float32 sums differs
+                "agrees": kernel_error <= 2 * unfused_error + 1e-3,
             }
         )
     return rows_out
 
 
-def _graph_time_us(work, calls: int = 50, replays: int = 20) -> float:
-    """Median time of one `work()` call, `calls` of them captured in one CUDA graph (no launch gaps from Python)."""
+def _graph_time_us(calls: list, replays: int = 20) -> float:
+    """Median time of one call, the `calls` captured in one CUDA graph (no launch gaps from Python)."""
     from foundry.runtime.decode_runner import capture_cuda_graph
 
-    graph, _ = capture_cuda_graph(lambda: [work() for _ in range(calls)][-1], torch.device("cuda"), None)
+    graph, _ = capture_cuda_graph(lambda: [call() for call in calls][-1], torch.device("cuda"), None)
     times = []
     for _ in range(replays):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -253,41 +202,37 @@ def _graph_time_us(work, calls: int = 50, replays: int = 20) -> float:
         graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
+        times.append(start.elapsed_time(end) * 1e3 / len(calls))
     return statistics.median(times)
 
 
-def fused_linear_timings(bandwidth_gb_s: float) -> list[dict]:
-    """Each fused decode linear against its GEMM alone (cuBLAS `F.linear` for bf16, foundry's FP8 /
-    int8 kernel on codes quantized beforehand): is the fused kernel's weight read as fast as the GEMM's?"""
-    from foundry.runtime.scaled_gemm import fp8_matmul_scaled, int8_matmul_scaled
+def output_projection_timings(bandwidth_gb_s: float) -> list[dict]:
+    """foundry's GEMV + residual against cuBLAS `residual + F.linear` at each decode linear's shape
+    (graph-captured; the calls cycle over weight copies > 4× the L2 cache, so weights come from HBM
+    as in a real step). In the compiled step inductor folds the add into the next RMSNorm."""
+    from foundry.runtime.decode_linear import linear_plus_residual_cuda
 
     generator = torch.Generator(device="cuda").manual_seed(6)
     rows_out = []
-    for (name, n, k, prologue), weights, rows in itertools.product(FUSED_LINEAR_CASES, FUSED_WEIGHTS, (1, 32)):
-        make, _, fused, inputs = _fused_linear_case(prologue, n, k, weights, rows, generator)
-        linear = make(torch.bfloat16)
-        x = inputs["x"][:, :k].contiguous()
-        if weights == "fp8":
-            codes = linear.quantize_activation(x)
-            gemm_only = lambda: fp8_matmul_scaled(codes, linear.weight, linear.column_scale, torch.bfloat16)  # noqa: E731
-        elif weights == "int8":
-            codes = linear.quantize_activation(x)
-            gemm_only = lambda: int8_matmul_scaled(codes, linear.weight_int8, None, linear.output_scale, torch.bfloat16)  # noqa: E731
-        else:
-            gemm_only = lambda: torch.nn.functional.linear(x, linear.weight)  # noqa: E731
-        fused_us, gemm_us = _graph_time_us(lambda: fused(linear)), _graph_time_us(gemm_only)
-        weight = linear.weight_int8 if weights == "int8" else linear.weight
-        weight_bytes = weight.numel() * weight.element_size()
+    for (name, n, k), rows in itertools.product(DECODE_LINEAR_SHAPES, (1, 32)):
+        weight_bytes = n * k * 2
+        copies = max(2, -(-400_000_000 // weight_bytes))
+        weights = [
+            (torch.randn(n, k, device="cuda", generator=generator) * 0.02).to(torch.bfloat16) for _ in range(copies)
+        ]
+        x = torch.randn(rows, k, device="cuda", generator=generator, dtype=torch.bfloat16)
+        residual = torch.randn(rows, n, device="cuda", generator=generator, dtype=torch.bfloat16)
+        kernel_us = _graph_time_us([lambda w=w: linear_plus_residual_cuda(x, w, residual) for w in weights * 4])
+        cublas_us = _graph_time_us([lambda w=w: residual + torch.nn.functional.linear(x, w) for w in weights * 4])
+        del weights
         rows_out.append(
             {
                 "linear": name,
-                "weights": weights,
                 "rows": rows,
-                "fused_us": round(fused_us, 2),
-                "gemm_only_us": round(gemm_us, 2),
-                "fused_pct_of_copy": round(100 * weight_bytes / (fused_us * 1e-6) / 1e9 / bandwidth_gb_s, 1),
-                "gemm_pct_of_copy": round(100 * weight_bytes / (gemm_us * 1e-6) / 1e9 / bandwidth_gb_s, 1),
+                "triton_us": round(kernel_us, 2),
+                "cublas_us": round(cublas_us, 2),
+                "triton_pct_of_copy": round(100 * weight_bytes / (kernel_us * 1e-6) / 1e9 / bandwidth_gb_s, 1),
+                "cublas_pct_of_copy": round(100 * weight_bytes / (cublas_us * 1e-6) / 1e9 / bandwidth_gb_s, 1),
             }
         )
         print(rows_out[-1], flush=True)
@@ -526,20 +471,18 @@ def table(results: dict) -> str:
                 f"| {variant} | {name} | {batch} | {b['step_ms']:.3f} | {b['tok_s']:.1f} | {b['bytes_read_gb']:.2f} "
                 f"| {b['bandwidth_pct_of_copy']:.1f} | {b['compile_capture_s']} |"
             )
-    fused = results.get("fused_linear_agreement") or []
-    if fused:
-        lines.append(
-            f"fused decode linears agree with the unfused ops (bf16 vs float32): {all(r['agrees'] for r in fused)}"
-        )
-    timings = results.get("fused_linear_timings") or []
+    agreement = results.get("output_projection_agreement") or []
+    if agreement:
+        lines.append(f"output projection kernel agrees with residual + F.linear: {all(r['agrees'] for r in agreement)}")
+    timings = results.get("output_projection_timings") or []
     if timings:
         lines += [
-            "| linear | weights | rows | fused µs | GEMM alone µs | fused % of copy bw | GEMM % |",
-            "|---|---|---|---|---|---|---|",
+            "| linear shape, + residual | rows | Triton GEMV µs | cuBLAS + add µs | Triton % of copy bw | cuBLAS % |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {t['linear']} | {t['weights']} | {t['rows']} | {t['fused_us']} | {t['gemm_only_us']} "
-            f"| {t['fused_pct_of_copy']} | {t['gemm_pct_of_copy']} |"
+            f"| {t['linear']} | {t['rows']} | {t['triton_us']} | {t['cublas_us']} "
+            f"| {t['triton_pct_of_copy']} | {t['cublas_pct_of_copy']} |"
             for t in timings
         ]
     for key, row in results["rows"].items():
@@ -584,11 +527,11 @@ def main() -> int:
         print(f"FP8 Triton kernel vs exact: worst relative error {worst}", flush=True)
         results["fp8_stacked_agreement"] = stacked = fp8_stacked_agreement()
         print(f"FP8 stacked linear (two weight scales) vs exact: {stacked}", flush=True)
-    if {"fused_linears", "unfused_linears"} & set(args.settings):
-        results["fused_linear_agreement"] = fused_agreement = fused_linear_agreement()
-        worst = max(fused_agreement, key=lambda r: r["fused_max_rel_err"] - 2 * r["unfused_max_rel_err"])
-        print(f"fused decode linears vs unfused: all agree {all(r['agrees'] for r in fused_agreement)}, worst {worst}")
-        results["fused_linear_timings"] = fused_linear_timings(results["copy_bandwidth_gb_s"])
+    if {"triton_output_projection", "cublas_output_projection"} & set(args.settings):
+        results["output_projection_agreement"] = agreement = output_projection_agreement()
+        worst = max(agreement, key=lambda r: r["kernel_max_rel_err"] - 2 * r["unfused_max_rel_err"])
+        print(f"output projection kernel vs unfused: all agree {all(r['agrees'] for r in agreement)}, worst {worst}")
+        results["output_projection_timings"] = output_projection_timings(results["copy_bandwidth_gb_s"])
         (args.out / "decode_step_variants.json").write_text(json.dumps(results, indent=1))
     model = random_hf_model("llama-3.1-8b", torch.bfloat16)
     amax = calibrate_amax(model, torch.randint(1, 128256, (1, 128), generator=torch.Generator().manual_seed(2)))

@@ -36,7 +36,6 @@ from foundry.runtime._trtllm_checkpoint import (
     parse_config,
 )
 from foundry.runtime.base import TokenCallback
-from foundry.runtime.decode_linear import fused_linear
 from foundry.runtime.kv_pool import KVPool, PoolShape, dequantize_kv, quantize_kv
 from foundry.runtime.linears import FloatLinear, Fp8Linear, SmoothQuantLinear, SmoothQuantPerTokenLinear
 from foundry.runtime.prefill_graphs import right_padded
@@ -112,10 +111,10 @@ class RotaryTable:
 # batch 1, 5.25 → 5.06 ms at batch 32 (docs/gpu-results/run13_*). decode_step_variants.py checks and
 # times both (settings triton_decode_attention / sdpa_decode_attention).
 DECODE_ATTENTION_KERNEL = True
-# CUDA decode of float, FP8 and per-tensor W8A8 layers: each linear with its producer and the residual add fused in
-# (decode_linear.py) — four kernels a layer where the unfused step launches about ten besides its
-# GEMMs. decode_step_variants.py checks and times both (settings fused_linears / unfused_linears).
-FUSED_DECODE_LINEARS = False
+# CUDA decode of float layers: the attention output projection and the residual add as one Triton
+# GEMV (decode_linear.py) instead of cuBLAS's split-K GEMM, a memset, a reduction and the add.
+# decode_step_variants.py checks and times both (settings triton_output_projection / cublas_output_projection).
+OUTPUT_PROJECTION_KERNEL = False
 
 
 class DecoderLayer:
@@ -149,12 +148,9 @@ class DecoderLayer:
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[batch, seq, hidden] → q [batch, heads, seq, head], k and v [batch, kv_heads, seq, head]."""
-        return self._heads(self.qkv(rms_norm(x, self.input_norm, self.config.norm_epsilon)))
-
-    def _heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The qkv projection [batch, seq, q + 2 kv] (bias not yet added) → q, k, v by heads."""
-        batch, seq_len, _ = qkv.shape
+        batch, seq_len, _ = x.shape
         config = self.config
+        qkv = self.qkv(rms_norm(x, self.input_norm, config.norm_epsilon))
         if self.qkv_bias is not None:
             qkv = qkv + self.qkv_bias
         q, k, v = qkv.split((self.q_width, self.kv_width, self.kv_width), dim=-1)
@@ -172,29 +168,17 @@ class DecoderLayer:
     def _finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Output projection, residual, MLP, residual. attended: [batch, heads, seq, head]."""
         batch, _, seq_len, _ = attended.shape
-        x = x + self.dense(attended.transpose(1, 2).reshape(batch, seq_len, self.q_width))
+        flat = attended.transpose(1, 2).reshape(batch, seq_len, self.q_width)
+        if seq_len == 1 and OUTPUT_PROJECTION_KERNEL and decode_linear.serves(flat[:, 0], self.dense):
+            x = decode_linear.linear_plus_residual_cuda(flat[:, 0], self.dense.weight, x[:, 0])[:, None]
+        else:
+            x = x + self.dense(flat)
         h = rms_norm(x, self.post_norm, self.config.norm_epsilon)
         if self.fc_gate is not None:
             activated, linear = self.fc_gate(h).split(self.intermediate_size, dim=-1)
         else:
             activated, linear = self.fc(h), self.gate(h)
         return x + self.proj(F.silu(activated) * linear)
-
-    def _uses_fused_linears(self, x: torch.Tensor) -> bool:
-        """Decode on CUDA with the fused kernels (decode_linear.py): every linear served by them, fc+gate one GEMM."""
-        return (
-            FUSED_DECODE_LINEARS
-            and self.fc_gate is not None
-            and all(decode_linear.serves(x, linear) for linear in (self.qkv, self.dense, self.fc_gate, self.proj))
-        )
-
-    def _finish_fused(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """_finish for one token per row (x [rows, hidden]) in three fused kernels: output proj + residual,
-        RMSNorm + fc+gate, SiLU·mul + down proj + residual."""
-        rows = x.shape[0]
-        x = fused_linear(attended.reshape(rows, self.q_width), self.dense, residual=x)
-        gate_up = fused_linear(x, self.fc_gate, norm_weight=self.post_norm, epsilon=self.config.norm_epsilon)
-        return fused_linear(gate_up, self.proj, silu_mul=True, residual=x)
 
     def linears(self) -> list:
         return [m for m in (self.qkv, self.dense, self.fc_gate, self.fc, self.gate, self.proj) if m is not None]
@@ -246,27 +230,18 @@ class DecoderLayer:
         """One token per row [rows, 1, hidden]; row b is slot b at positions[b]. Static shapes and no
         host synchronization, so the whole step can be captured in a CUDA graph."""
         rows = x.shape[0]
-        fused = self._uses_fused_linears(x[:, 0])
-        if fused:
-            qkv = fused_linear(x[:, 0], self.qkv, norm_weight=self.input_norm, epsilon=self.config.norm_epsilon)
-            q, k, v = self._heads(qkv[:, None])
-        else:
-            q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         pool.write_rows(self.index, positions, k[:, :, 0], v[:, :, 0])
         if DECODE_ATTENTION_KERNEL and attention_kernel.serves(q):
             keys, values, kv_scale = pool.storage(self.index)
-            attended = attention_kernel.decode_attention_cuda(q, keys, values, positions, kv_scale)
-        else:
-            keys, values = pool.read_rows(self.index, rows, allowed.shape[1])
-            # One SDPA call (boolean mask) instead of matmul → mask → softmax → matmul: fewer kernels
-            # per layer; the compiled step on an H100 went 6.55 → 6.29 ms (decode_step_variants.py).
-            # No row is fully masked (an all-False row would give NaN): a request sees column 0 on, and
-            # padding and idle rows sit on the scratch column, the last, so they see every column.
-            attended = decode_attention(q, keys, values, allowed)
-        if fused:
-            return self._finish_fused(x[:, 0], attended)[:, None]
-        return self._finish(x, attended)
+            return self._finish(x, attention_kernel.decode_attention_cuda(q, keys, values, positions, kv_scale))
+        keys, values = pool.read_rows(self.index, rows, allowed.shape[1])
+        # One SDPA call (boolean mask) instead of matmul → mask → softmax → matmul: fewer kernels
+        # per layer; the compiled step on an H100 went 6.55 → 6.29 ms (decode_step_variants.py).
+        # No row is fully masked (an all-False row would give NaN): a request sees column 0 on, and
+        # padding and idle rows sit on the scratch column, the last, so they see every column.
+        return self._finish(x, decode_attention(q, keys, values, allowed))
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
