@@ -40,6 +40,7 @@ from checkpoint_variants import VARIANTS, calibrate_amax, float_checkpoint, pars
 from foundry.bench.runner import engine_model_bytes, run_benchmark  # noqa: E402
 from foundry.bench.telemetry import GPUTelemetry  # noqa: E402
 from foundry.bench.workload import synthetic_workload_with_description  # noqa: E402
+from foundry.runtime import reference  # noqa: E402
 from foundry.runtime.reference import ReferenceEngine  # noqa: E402
 from foundry.runtime.scheduler import EngineOptions  # noqa: E402
 
@@ -181,7 +182,8 @@ def level_row(name: str, level: dict) -> str:
 def table(results: dict) -> str:
     lines = [
         f"copy bandwidth {results['copy_bandwidth_gb_s']:.0f} GB/s; {results['shape']} RANDOM weights; "
-        f"ISL {results['input_len']} / OSL {results['output_len']}",
+        f"ISL {results['input_len']} / OSL {results['output_len']}"
+        + ("; output projection: Triton GEMV" if results.get("output_projection_kernel") else ""),
         "| engine | concurrency | out tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | MBU |",
         "|---|---|---|---|---|---|",
     ]
@@ -214,6 +216,11 @@ def main() -> int:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--prefill-chunk-tokens", type=int, default=2048)
     parser.add_argument("--hf-baseline", action="store_true", help="also HF eager (c=1) and HF static batches")
+    parser.add_argument(
+        "--triton-output-projection",
+        action="store_true",
+        help="float layers' decode output projection through foundry's Triton GEMV (reference.OUTPUT_PROJECTION_KERNEL)",
+    )
     extra_runs = {  # variants measured once more, with one thing changed
         "--without-overlap": "with the host's hand-out not overlapped with the next step",
         "--ungraphed-prefill": "with a lone prompt's prefill launched op by op, not replayed from a graph",
@@ -228,7 +235,10 @@ def main() -> int:
         print("error: no CUDA device", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.triton_output_projection:
+        reference.OUTPUT_PROJECTION_KERNEL = True
     results = {
+        "output_projection_kernel": reference.OUTPUT_PROJECTION_KERNEL,
         "shape": args.shape,
         "input_len": args.input_len,
         "output_len": args.output_len,
