@@ -1,4 +1,5 @@
 """The quantized GEMMs of the reference runtime: y = (A · Wᵀ) · row_scale · col_scale, in the output dtype.
+(Its Triton kernel also serves decode_linear.py's float GEMV with a residual epilogue.)
 
 * int8 × int8 (W8A8 SmoothQuant), accumulated in int32 (exact): `int8_matmul_scaled`.
 * E4M3 × E4M3 (FP8), accumulated in float32: `fp8_matmul_scaled` (CUDA only; on a GPU this kernel
@@ -63,8 +64,11 @@ if triton is not None:
         kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m_bucket)]
         return kept or configs[:1]
 
+    # (the autotuner's key also holds the tensors' dtypes: bf16, E4M3 and int8 operands tune apart)
     @triton.autotune(
-        configs=_configs(), key=["M_BUCKET", "N", "K", "FLOAT_ACC"], prune_configs_by={"early_config_prune": _prune}
+        configs=_configs(),
+        key=["M_BUCKET", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL"],
+        prune_configs_by={"early_config_prune": _prune},
     )
     @triton.jit
     def _scaled_gemm_kernel(
@@ -73,6 +77,7 @@ if triton is not None:
         out_ptr,
         row_scale_ptr,
         col_scale_ptr,
+        residual_ptr,
         M,
         N,
         K,
@@ -81,6 +86,8 @@ if triton is not None:
         stride_om,
         M_BUCKET,
         HAS_ROW_SCALE: tl.constexpr,
+        HAS_COL_SCALE: tl.constexpr,
+        HAS_RESIDUAL: tl.constexpr,
         FLOAT_ACC: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -98,7 +105,7 @@ if triton is not None:
             k_left = K - k * BLOCK_K
             a_mask = (offs_m[:, None] < M) & (offs_k[None, :] < k_left)
             w_mask = (offs_n[None, :] < N) & (offs_k[:, None] < k_left)
-            if FLOAT_ACC:  # E4M3 operands: the padding value must be a float
+            if FLOAT_ACC:  # E4M3 or bf16/fp16 operands: the padding value must be a float
                 a = tl.load(a_ptrs, mask=a_mask, other=0.0)
                 w = tl.load(w_ptrs, mask=w_mask, other=0.0)
             else:
@@ -110,12 +117,19 @@ if triton is not None:
         y = accumulator.to(tl.float32)
         if HAS_ROW_SCALE:
             y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
-        y = y * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+        if HAS_COL_SCALE:
+            y = y * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
         out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-        tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+        out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        y = y.to(out_ptr.dtype.element_ty)
+        if HAS_RESIDUAL:  # as `residual + linear(x)`: the product rounded to the output dtype, then the sum
+            residual = tl.load(residual_ptr + offs_m[:, None] * stride_om + offs_n[None, :], mask=out_mask, other=0.0)
+            y = (residual.to(tl.float32) + y.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptrs, y, mask=out_mask)
 
-    def _triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype):
-        """a [M, K] and w [N, K], both int8 or both float8_e4m3fn."""
+    def triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype, residual=None):
+        """a [M, K] and w [N, K], both int8, both float8_e4m3fn, or both the output's float dtype
+        (then col_scale None); residual [M, N] contiguous, added in the epilogue, or None."""
         a = a.contiguous()
         M, K = a.shape
         N = w.shape[0]
@@ -129,8 +143,9 @@ if triton is not None:
             a,
             w,
             out,
-            row_scale if row_scale is not None else col_scale,
-            col_scale,
+            row_scale if row_scale is not None else a,  # pointers of absent operands: any tensor
+            col_scale if col_scale is not None else a,
+            residual if residual is not None else out,
             M,
             N,
             K,
@@ -139,7 +154,9 @@ if triton is not None:
             out.stride(0),
             m_bucket,
             HAS_ROW_SCALE=row_scale is not None,
-            FLOAT_ACC=a.dtype == torch.float8_e4m3fn,
+            HAS_COL_SCALE=col_scale is not None,
+            HAS_RESIDUAL=residual is not None,
+            FLOAT_ACC=a.dtype != torch.int8,
         )
         return out
 
@@ -153,7 +170,7 @@ def scaled_matmul_cuda(
     """a [M, K] and w [N, K], both int8 or both float8_e4m3fn, on CUDA."""
     if triton is None:
         raise RuntimeError("quantized GEMMs on CUDA need Triton (it ships with CUDA builds of torch)")
-    return _triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype)
+    return triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype)
 
 
 @scaled_matmul_cuda.register_fake
