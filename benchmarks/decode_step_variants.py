@@ -29,11 +29,13 @@ Settings (applied before the engine is built, undone after):
   kernel (reads only the columns each row sees, quantized codes in place) or through SDPA over
   the whole masked slot (a quantized cache dequantized first), whichever way the engine ships
   (reference.DECODE_ATTENTION_KERNEL).
-* triton_output_projection / cublas_output_projection: a float layer's attention output
-  projection + residual through foundry's Triton GEMV (decode_linear.py) or cuBLAS + add, whichever
-  way the engine ships (reference.OUTPUT_PROJECTION_KERNEL). Either one also runs
-  `output_projection_agreement` and `output_projection_timings` first. (A kernel with the RMSNorm,
-  SiLU·mul and activation quantization as prologues was measured here too and lost: run16.)
+* cublas_output_projection / triton_output_projection / triton_residual_linears: a float
+  layer's decode linears that feed the residual — none, the attention output projection, or it and
+  the MLP's down projection — through foundry's Triton GEMV with the add in its epilogue
+  (decode_linear.py; reference.TRITON_RESIDUAL_LINEARS) instead of cuBLAS + add. Any of them also
+  runs `output_projection_agreement` and `output_projection_timings` first (every decode linear's
+  shape, Triton GEMV + residual against cuBLAS + add). (A kernel with the RMSNorm, SiLU·mul and
+  activation quantization as prologues was measured here too and lost: run16.)
 * compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
   (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
   measure with --prefill-prompts.
@@ -86,6 +88,7 @@ SETTINGS = [
     "sdpa_decode_attention",
     "triton_output_projection",
     "cublas_output_projection",
+    "triton_residual_linears",
 ]
 
 
@@ -108,6 +111,13 @@ def efficient_kernel_attention(q, keys, values, allowed):
         )
 
 
+RESIDUAL_LINEAR_SETTINGS = {  # setting → reference.TRITON_RESIDUAL_LINEARS
+    "cublas_output_projection": frozenset(),
+    "triton_output_projection": frozenset({"dense"}),
+    "triton_residual_linears": frozenset({"dense", "proj"}),
+}
+
+
 def fused_fc_gate_except_fp8(config, tensors, prefix, compute_dtype, shipped=reference._fused_fc_gate):
     return None if config.quant_algo == reference.FP8 else shipped(config, tensors, prefix, compute_dtype)
 
@@ -122,7 +132,7 @@ def setting(name: str):
         reference.decode_attention,
         reference._fused_fc_gate,
         reference.DECODE_ATTENTION_KERNEL,
-        reference.OUTPUT_PROJECTION_KERNEL,
+        reference.TRITON_RESIDUAL_LINEARS,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -138,8 +148,8 @@ def setting(name: str):
             reference.DECODE_ATTENTION_KERNEL = True
         if name == "unfused_fp8_fc_gate":
             reference._fused_fc_gate = fused_fc_gate_except_fp8
-        if name in ("triton_output_projection", "cublas_output_projection"):
-            reference.OUTPUT_PROJECTION_KERNEL = name == "triton_output_projection"
+        if name in RESIDUAL_LINEAR_SETTINGS:
+            reference.TRITON_RESIDUAL_LINEARS = RESIDUAL_LINEAR_SETTINGS[name]
         yield
     finally:
         (
@@ -148,7 +158,7 @@ def setting(name: str):
             reference.decode_attention,
             reference._fused_fc_gate,
             reference.DECODE_ATTENTION_KERNEL,
-            reference.OUTPUT_PROJECTION_KERNEL,
+            reference.TRITON_RESIDUAL_LINEARS,
         ) = saved
 
 
@@ -527,7 +537,7 @@ def main() -> int:
         print(f"FP8 Triton kernel vs exact: worst relative error {worst}", flush=True)
         results["fp8_stacked_agreement"] = stacked = fp8_stacked_agreement()
         print(f"FP8 stacked linear (two weight scales) vs exact: {stacked}", flush=True)
-    if {"triton_output_projection", "cublas_output_projection"} & set(args.settings):
+    if set(RESIDUAL_LINEAR_SETTINGS) & set(args.settings):
         results["output_projection_agreement"] = agreement = output_projection_agreement()
         worst = max(agreement, key=lambda r: r["kernel_max_rel_err"] - 2 * r["unfused_max_rel_err"])
         print(f"output projection kernel vs unfused: all agree {all(r['agrees'] for r in agreement)}, worst {worst}")

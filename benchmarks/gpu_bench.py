@@ -183,7 +183,7 @@ def table(results: dict) -> str:
     lines = [
         f"copy bandwidth {results['copy_bandwidth_gb_s']:.0f} GB/s; {results['shape']} RANDOM weights; "
         f"ISL {results['input_len']} / OSL {results['output_len']}"
-        + ("; output projection: Triton GEMV" if results.get("output_projection_kernel") else ""),
+        + f"; Triton GEMV + residual for: {', '.join(results.get('triton_residual_linears') or ['none'])}",
         "| engine | concurrency | out tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | MBU |",
         "|---|---|---|---|---|---|",
     ]
@@ -217,9 +217,11 @@ def main() -> int:
     parser.add_argument("--prefill-chunk-tokens", type=int, default=2048)
     parser.add_argument("--hf-baseline", action="store_true", help="also HF eager (c=1) and HF static batches")
     parser.add_argument(
-        "--triton-output-projection",
-        action="store_true",
-        help="float layers' decode output projection through foundry's Triton GEMV (reference.OUTPUT_PROJECTION_KERNEL)",
+        "--triton-residual-linears",
+        nargs="*",
+        choices=["dense", "proj"],
+        help="float layers' decode linears that feed the residual through foundry's Triton GEMV, for the whole "
+        "run (reference.TRITON_RESIDUAL_LINEARS; default: as it ships)",
     )
     extra_runs = {  # variants measured once more, with one thing changed
         "--without-overlap": "with the host's hand-out not overlapped with the next step",
@@ -235,10 +237,10 @@ def main() -> int:
         print("error: no CUDA device", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.triton_output_projection:
-        reference.OUTPUT_PROJECTION_KERNEL = True
+    if args.triton_residual_linears is not None:
+        reference.TRITON_RESIDUAL_LINEARS = frozenset(args.triton_residual_linears)
     results = {
-        "output_projection_kernel": reference.OUTPUT_PROJECTION_KERNEL,
+        "triton_residual_linears": sorted(reference.TRITON_RESIDUAL_LINEARS),
         "shape": args.shape,
         "input_len": args.input_len,
         "output_len": args.output_len,

@@ -111,10 +111,13 @@ class RotaryTable:
 # batch 1, 5.25 → 5.06 ms at batch 32 (docs/gpu-results/run13_*). decode_step_variants.py checks and
 # times both (settings triton_decode_attention / sdpa_decode_attention).
 DECODE_ATTENTION_KERNEL = True
-# CUDA decode of float layers: the attention output projection and the residual add as one Triton
-# GEMV (decode_linear.py) instead of cuBLAS's split-K GEMM, a memset, a reduction and the add.
-# decode_step_variants.py checks and times both (settings triton_output_projection / cublas_output_projection).
-OUTPUT_PROJECTION_KERNEL = False
+# CUDA decode of float layers: the linears named here ("dense": attention output projection; "proj":
+# the MLP's down projection) and the residual add they feed as one Triton GEMV (decode_linear.py)
+# instead of cuBLAS + add. "dense" on an H100: 18.0 → 14.3 µs a call, the compiled step 6.017 →
+# 5.952 ms at batch 1, 6.451 → 6.446 at batch 32, same rounding (docs/gpu-results/run17_*). "proj"
+# measured per call only (44.9 → 41.4 µs): not yet a step, so not on. decode_step_variants.py
+# settings cublas_output_projection / triton_output_projection / triton_residual_linears.
+TRITON_RESIDUAL_LINEARS = frozenset({"dense"})
 
 
 class DecoderLayer:
@@ -168,17 +171,20 @@ class DecoderLayer:
     def _finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Output projection, residual, MLP, residual. attended: [batch, heads, seq, head]."""
         batch, _, seq_len, _ = attended.shape
-        flat = attended.transpose(1, 2).reshape(batch, seq_len, self.q_width)
-        if seq_len == 1 and OUTPUT_PROJECTION_KERNEL and decode_linear.serves(flat[:, 0], self.dense):
-            x = decode_linear.linear_plus_residual_cuda(flat[:, 0], self.dense.weight, x[:, 0])[:, None]
-        else:
-            x = x + self.dense(flat)
+        x = self._plus_residual(x, "dense", attended.transpose(1, 2).reshape(batch, seq_len, self.q_width))
         h = rms_norm(x, self.post_norm, self.config.norm_epsilon)
         if self.fc_gate is not None:
             activated, linear = self.fc_gate(h).split(self.intermediate_size, dim=-1)
         else:
             activated, linear = self.fc(h), self.gate(h)
-        return x + self.proj(F.silu(activated) * linear)
+        return self._plus_residual(x, "proj", F.silu(activated) * linear)
+
+    def _plus_residual(self, x: torch.Tensor, name: str, inputs: torch.Tensor) -> torch.Tensor:
+        """x + linear `name`(inputs); one token per row on CUDA as one Triton GEMV where TRITON_RESIDUAL_LINEARS says."""
+        linear = getattr(self, name)
+        if inputs.shape[1] == 1 and name in TRITON_RESIDUAL_LINEARS and decode_linear.serves(inputs[:, 0], linear):
+            return decode_linear.linear_plus_residual_cuda(inputs[:, 0], linear.weight, x[:, 0])[:, None]
+        return x + linear(inputs)
 
     def linears(self) -> list:
         return [m for m in (self.qkv, self.dense, self.fc_gate, self.fc, self.gate, self.proj) if m is not None]
