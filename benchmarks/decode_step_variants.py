@@ -208,15 +208,7 @@ def _graph_time_us(calls: list, replays: int = 20) -> float:
     from foundry.runtime.decode_runner import capture_cuda_graph
 
     graph, _ = capture_cuda_graph(lambda: [call() for call in calls][-1], torch.device("cuda"), None)
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(calls))
-    return statistics.median(times)
+    return statistics.median(replay_ms(graph) * 1e3 / len(calls) for _ in range(replays))
 
 
 def output_projection_timings(bandwidth_gb_s: float) -> list[dict]:
@@ -349,19 +341,24 @@ def bytes_read_per_step(engine: ReferenceEngine, batch: int, kv_len: int) -> int
     return engine.weight_bytes() + batch * kv_len * engine.kv_bytes_per_token()
 
 
+def replay_ms(graph) -> float:
+    """One replay of `graph` between CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def time_replays(captured, replays: int) -> list[float]:
     """Each replay from the same inputs (a replay feeds its tokens back, one position further)."""
     tokens, positions = captured.tokens.clone(), captured.positions.clone()
     times = []
     for _ in range(replays):
-        captured.tokens.copy_(tokens)
+        captured.tokens.copy_(tokens)  # outside the timed span
         captured.positions.copy_(positions)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        captured.graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(replay_ms(captured.graph))
     return times
 
 
