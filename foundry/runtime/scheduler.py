@@ -242,7 +242,7 @@ class BatchScheduler:
             **(
                 self.prefill_graphs.stats()
                 if self.prefill_graphs
-                else {"prefill_graphs": 0, "prefills_from_buckets": 0}
+                else {"prefill_graphs": 0, "prefill_capture_s": 0.0, "prefills_from_buckets": 0}
             ),
             **self.runner.stats(),
         }
