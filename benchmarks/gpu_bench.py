@@ -13,8 +13,9 @@ labelled "random weights". Quality on real weights: benchmarks/gpu_parity.py.
 
 Per variant: one engine (continuous batching, CUDA-graph decode and lone-prompt prefill,
 optionally torch.compile of the decode step and, where EngineOptions.compile_prefill, the batched
-prefill), compiled and captured
-before traffic (capture and compile seconds are reported), then each concurrency level through foundry.bench's run_benchmark (TTFT/TPOT/ITL percentiles, MBU, GPU telemetry).
+prefill), compiled and captured before traffic (capture and compile seconds are reported), then
+each concurrency level through foundry.bench's run_benchmark (TTFT/TPOT/ITL percentiles, MBU, GPU
+telemetry).
 Baselines on the same workload: HF `generate` eager one request at a time (c=1), and HF's own
 static batch (`model.generate` on `max(concurrency)` left-padded prompts at once).
 Needs torch, transformers, numpy, pydantic (no zenml, mlflow or pandas).
