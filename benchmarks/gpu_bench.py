@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -113,8 +115,110 @@ def workload(args, count: int, vocab_size: int, seed: int):
     )
 
 
+class StepTimeline:
+    """GPU-side timing of every decode graph replay while the engine serves (`--step-timeline`): how
+    long each replay (with its token copy to the host) keeps the GPU busy, and how long the GPU sits
+    idle between a step and the one `launch_next` queued after it. Their sum is what TPOT pays per
+    token; against decode_step_variants' bare replay it says where serving loses time."""
+
+    def __init__(self, runner):
+        self.marks: list[tuple[torch.cuda.Event, torch.cuda.Event, bool]] = []  # (start, end, chained)
+        self.launched_s: list[float] = []  # host clock at each replay call
+        self._chained = False
+        replay, launch_next = runner._replay, runner.launch_next
+
+        def timed_replay(step):
+            self.launched_s.append(time.perf_counter())
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            step = replay(step)
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.marks.append((start, end, self._chained))
+            return step
+
+        def timed_launch_next(previous):
+            self._chained = True
+            try:
+                return launch_next(previous)
+            finally:
+                self._chained = False
+
+        runner._replay, runner.launch_next = timed_replay, timed_launch_next
+
+    def summary(self) -> dict:
+        torch.cuda.synchronize()
+        busy_ms = [start.elapsed_time(end) for start, end, _ in self.marks]
+        chained = [(before, after) for before, after in zip(self.marks, self.marks[1:]) if after[2]]
+        idle_ms = [before[1].elapsed_time(after[0]) for before, after in chained]
+        period_ms = [before[0].elapsed_time(after[0]) for before, after in chained]
+        host_period_ms = [
+            (after_s - before_s) * 1e3
+            for before_s, after_s, mark in zip(self.launched_s, self.launched_s[1:], self.marks[1:])
+            if mark[2]
+        ]
+        chain_starts = [index for index, mark in enumerate(self.marks) if not mark[2]] + [len(self.marks)]
+        chain_gpu_ms = [
+            self.marks[first][0].elapsed_time(self.marks[following - 1][1])
+            for first, following in zip(chain_starts, chain_starts[1:])
+        ]
+        self.marks, self.launched_s = [], []
+
+        def p(values, q):
+            return round(float(torch.tensor(values).quantile(q)), 4) if values else None
+
+        return {
+            "replays": len(busy_ms),
+            "replay_ms_p50": p(busy_ms, 0.5),
+            "idle_between_chained_ms_p50": p(idle_ms, 0.5),
+            "idle_between_chained_ms_max": round(max(idle_ms), 4) if idle_ms else None,
+            "idle_between_chained_ms_total": round(sum(idle_ms), 3),
+            "idle_gaps_over_0_1_ms": sum(gap > 0.1 for gap in idle_ms),
+            "chained_period_ms_p50": p(period_ms, 0.5),
+            "chained_period_ms_mean": round(statistics.fmean(period_ms), 4) if period_ms else None,
+            "replay_ms_mean": round(statistics.fmean(busy_ms), 4) if busy_ms else None,
+            "replay_ms_max": round(max(busy_ms), 4) if busy_ms else None,
+            "host_launch_period_ms_p50": p(host_period_ms, 0.5),
+            "host_launch_period_ms_mean": round(statistics.fmean(host_period_ms), 4) if host_period_ms else None,
+            "chain_gpu_ms_mean": round(statistics.fmean(chain_gpu_ms), 2) if chain_gpu_ms else None,
+            "chains": len(chain_gpu_ms),
+        }
+
+
+class GCPauses:
+    """Python's garbage collections while the engine serves, with their durations: a full collection
+    walks every live object (the compiled model holds millions) on whichever thread triggered it."""
+
+    def __init__(self):
+        self._started: float | None = None
+        self.pauses_ms: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.pauses_ms[info["generation"]].append((time.perf_counter() - self._started) * 1e3)
+
+    def summary(self) -> dict:
+        result = {
+            f"gen{generation}": {
+                "count": len(pauses),
+                "total_ms": round(sum(pauses), 2),
+                "max_ms": round(max(pauses, default=0), 2),
+            }
+            for generation, pauses in self.pauses_ms.items()
+        }
+        self.pauses_ms = {0: [], 1: [], 2: []}
+        return result
+
+
 def measure_engine(engine, args, label: str, vocab_size: int, bandwidth_gb_s: float) -> dict:
     levels = {}
+    timeline = (
+        StepTimeline(engine.scheduler.runner) if args.step_timeline and isinstance(engine, ReferenceEngine) else None
+    )
+    pauses = GCPauses() if timeline is not None else None
     for concurrency in args.concurrency:
         requests, description = workload(args, max(args.min_requests, 2 * concurrency), vocab_size, concurrency)
         report = run_benchmark(
@@ -130,6 +234,11 @@ def measure_engine(engine, args, label: str, vocab_size: int, bandwidth_gb_s: fl
             peak_bandwidth_gb_s=bandwidth_gb_s,
         )
         levels[concurrency] = report.model_dump(mode="json")
+        if timeline is not None:
+            levels[concurrency]["step_timeline"] = {**timeline.summary(), "gc": pauses.summary()}
+            print(f"{label} c={concurrency} step timeline: {levels[concurrency]['step_timeline']}", flush=True)
+    if pauses is not None:
+        gc.callbacks.remove(pauses._callback)
     return levels
 
 
@@ -224,10 +333,16 @@ def main() -> int:
         help="float layers' decode linears that feed the residual through foundry's Triton GEMV, for the whole "
         "run (reference.TRITON_RESIDUAL_LINEARS; default: as it ships)",
     )
+    parser.add_argument(
+        "--step-timeline",
+        action="store_true",
+        help="time every decode graph replay on the GPU while serving (CUDA events; see StepTimeline)",
+    )
     extra_runs = {  # variants measured once more, with one thing changed
         "--without-overlap": "with the host's hand-out not overlapped with the next step",
         "--ungraphed-prefill": "with a lone prompt's prefill launched op by op, not replayed from a graph",
         "--compiled-prefill": "compiled, with the batched prefill compiled too",
+        "--gc-freeze": "with the Python heap frozen (gc.freeze) after warm-up",
     }
     for flag, change in extra_runs.items():
         parser.add_argument(
@@ -265,11 +380,15 @@ def main() -> int:
         + [(variant, False, {}, " (no overlap)") for variant in args.without_overlap]
         + [(variant, True, {"graph_prefill": False}, " (ungraphed prefill)") for variant in args.ungraphed_prefill]
         + [(variant, True, {"compile_prefill": True}, " (compiled prefill)") for variant in args.compiled_prefill]
+        + [(variant, True, {}, " (gc frozen)") for variant in args.gc_freeze]
     )
     for variant, overlap, changed, label in runs:
         name = variant + (" +compile" if variant in args.compile else "") + label
         config, tensors = quantize_checkpoint(base_config, base_tensors, amax, variant)
         engine, setup = build_engine(config, tensors, variant, args, overlap, **changed)
+        if label == " (gc frozen)":
+            gc.collect()
+            gc.freeze()
         print(f"{name}: ready {setup}", flush=True)
         levels = measure_engine(engine, args, name, vocab_size, results["copy_bandwidth_gb_s"])
         results["engines"][name] = {
@@ -278,6 +397,7 @@ def main() -> int:
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
         }
         engine.close()
+        gc.unfreeze()
         del engine, tensors
         torch.cuda.empty_cache()
         save()

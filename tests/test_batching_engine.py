@@ -190,6 +190,23 @@ def test_full_pool_queues_requests_with_a_reason(checkpoints, prompts):
         engine.close()
 
 
+def test_requests_one_after_another_all_take_the_lowest_slot(checkpoints, prompts):
+    """A decode step runs rows 0..highest busy slot: a lone request in slot 1 would run a batch of two
+    (on a GPU, the next graph bucket's step). Freed slots go back so the lowest is taken again."""
+    engine = engine_for(checkpoints["none"], max_batch_size=4)
+    try:
+        handles = []
+        for prompt in prompts[:4]:
+            handles.append(engine.submit(prompt, NEW_TOKENS))
+            handles[-1].result(timeout_s=120)
+        assert [handle.slot for handle in handles] == [0, 0, 0, 0]
+        together = [engine.submit(prompt, 40) for prompt in prompts[:3]]
+        [handle.result(timeout_s=120) for handle in together]
+        assert sorted(handle.slot for handle in together) == [0, 1, 2]
+    finally:
+        engine.close()
+
+
 def test_cancellation_frees_the_slot(checkpoints, prompts):
     engine = engine_for(checkpoints["none"], max_batch_size=1)
     try:

@@ -113,11 +113,11 @@ class RotaryTable:
 DECODE_ATTENTION_KERNEL = True
 # CUDA decode of float layers: the linears named here ("dense": attention output projection; "proj":
 # the MLP's down projection) and the residual add they feed as one Triton GEMV (decode_linear.py)
-# instead of cuBLAS + add. "dense" on an H100: 18.0 → 14.3 µs a call, the compiled step 6.017 →
-# 5.952 ms at batch 1, 6.451 → 6.446 at batch 32, same rounding (docs/gpu-results/run17_*). "proj"
-# measured per call only (44.9 → 41.4 µs): not yet a step, so not on. decode_step_variants.py
+# instead of cuBLAS + add. On an H100, same rounding at every shape (docs/gpu-results/run17_*, run18_*):
+# "dense" 18.0 → 14.4 µs a call, compiled step 6.240 → 6.149 ms at batch 1; "proj" too 42.5 vs 46.3
+# µs a call, step 6.149 → 6.025 ms at batch 1, 6.656 → 6.622 at batch 32. decode_step_variants.py
 # settings cublas_output_projection / triton_output_projection / triton_residual_linears.
-TRITON_RESIDUAL_LINEARS = frozenset({"dense"})
+TRITON_RESIDUAL_LINEARS = frozenset({"dense", "proj"})
 
 
 class DecoderLayer:

@@ -21,6 +21,7 @@ model executors and CUDA kernels (paged attention), which the reference runtime 
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
 import threading
 import time
@@ -146,7 +147,7 @@ class BatchScheduler:
             else None
         )
         self.prefill_compile_s: float | None = None
-        self._free_slots = list(range(self.slots))
+        self._free_slots = list(range(self.slots))  # a heap: the lowest free slot is taken first
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._running: list[GenerationRequest] = []
         self._ids = itertools.count(1)
@@ -279,12 +280,13 @@ class BatchScheduler:
                 self._finish(request)
             while self._waiting and self._free_slots:
                 request = self._waiting.popleft()
-                request.slot = self._free_slots.pop(0)  # lowest first: keeps the decode rows dense
+                # lowest first: a decode step runs rows 0..highest busy slot, padded to a graph bucket, so
+                # a lone request in slot 1 would pay for a batch of two (or of the next bucket)
+                request.slot = heapq.heappop(self._free_slots)
                 request.waiting_reason = None
                 self._running.append(request)
             for request in self._waiting:
                 request.waiting_reason = f"all {self.slots} KV slots are in use (build.max_batch_size)"
-            self._free_slots.sort()
 
     @property
     def _min_batch_prefill(self) -> int:
@@ -382,7 +384,7 @@ class BatchScheduler:
             if request._cancelled or request.error or (request.decoding and not request._wants_more()):
                 self._running.remove(request)
                 with self._wakeup:
-                    self._free_slots.append(request.slot)
+                    heapq.heappush(self._free_slots, request.slot)
                 self._finish(request)
 
     def _finish(self, request: GenerationRequest) -> None:
