@@ -225,7 +225,9 @@ def measure_engine(engine, args, label: str, vocab_size: int, bandwidth_gb_s: fl
     )
     pauses = GCPauses() if timeline is not None else None
     for concurrency in args.concurrency:
-        requests, description = workload(args, max(args.min_requests, 2 * concurrency), vocab_size, concurrency)
+        requests, description = workload(
+            args, max(args.min_requests, args.waves * concurrency), vocab_size, concurrency
+        )
         report = run_benchmark(
             engine,
             requests,
@@ -327,6 +329,14 @@ def main() -> int:
     parser.add_argument("--compile", nargs="*", default=[], choices=list(VARIANTS), help="variants to torch.compile")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--min-requests", type=int, default=8)
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=8,
+        help="requests per level: waves × concurrency (at least --min-requests). Identical requests at "
+        "concurrency N arrive in waves of N; with few waves the ramp-up and drain weigh more (2 waves "
+        "averaged 20 rows a step at c=32 on an H100; run18)",
+    )
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--prefill-chunk-tokens", type=int, default=2048)
@@ -405,7 +415,7 @@ def main() -> int:
         from foundry.runtime.hf import HFEngine
 
         hf = HFEngine(model, torch.device("cuda"), name=args.shape)
-        one = argparse.Namespace(**{**vars(args), "concurrency": [1], "min_requests": 4})
+        one = argparse.Namespace(**{**vars(args), "concurrency": [1], "min_requests": 4, "waves": 1})
         results["engines"]["hf eager (per request)"] = {
             "setup": {"load_s": 0, "first_capture_s": None, "weight_bytes": 0, "kv_pool_bytes": 0},
             "levels": measure_engine(hf, one, "hf eager", vocab_size, results["copy_bandwidth_gb_s"]),
