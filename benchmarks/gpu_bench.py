@@ -335,7 +335,7 @@ def main() -> int:
         default=8,
         help="requests per level: waves × concurrency (at least --min-requests). Identical requests at "
         "concurrency N arrive in waves of N; with few waves the ramp-up and drain weigh more (2 waves "
-        "averaged 20 rows a step at c=32 on an H100; run18)",
+        "averaged about 21 rows a step at c=32 on an H100; run18)",
     )
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
