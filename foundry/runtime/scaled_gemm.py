@@ -55,7 +55,7 @@ if triton is not None:
         ]
         # 17–32 rows (decode at batch 32) in one row block: with 16-row blocks every weight tile is
         # read twice (on an H100 the 28672 × 4096 bf16 GEMV took 158 µs at 32 rows against 81 µs at
-        # one: run17). Not yet timed on a GPU; the autotuner times them against the rest at first use.
+        # one: run17; 89.9 µs with these tiles among the choices, cuBLAS 88.5: run18).
         small += [
             triton.Config({"BLOCK_M": 32, "BLOCK_N": n, "BLOCK_K": 256}, num_warps=4, num_stages=4) for n in (32, 64)
         ]
