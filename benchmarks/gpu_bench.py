@@ -164,23 +164,26 @@ class StepTimeline:
         ]
         self.marks, self.launched_s = [], []
 
-        def p(values, q):
+        def quantile(values, q):
             return round(float(torch.tensor(values).quantile(q)), 4) if values else None
+
+        def mean(values):
+            return round(statistics.fmean(values), 4) if values else None
 
         return {
             "replays": len(busy_ms),
-            "replay_ms_p50": p(busy_ms, 0.5),
-            "idle_between_chained_ms_p50": p(idle_ms, 0.5),
-            "idle_between_chained_ms_max": round(max(idle_ms), 4) if idle_ms else None,
+            "replay_ms_p50": quantile(busy_ms, 0.5),
+            "replay_ms_mean": mean(busy_ms),
+            "replay_ms_max": quantile(busy_ms, 1.0),
+            "idle_between_chained_ms_p50": quantile(idle_ms, 0.5),
+            "idle_between_chained_ms_max": quantile(idle_ms, 1.0),
             "idle_between_chained_ms_total": round(sum(idle_ms), 3),
             "idle_gaps_over_0_1_ms": sum(gap > 0.1 for gap in idle_ms),
-            "chained_period_ms_p50": p(period_ms, 0.5),
-            "chained_period_ms_mean": round(statistics.fmean(period_ms), 4) if period_ms else None,
-            "replay_ms_mean": round(statistics.fmean(busy_ms), 4) if busy_ms else None,
-            "replay_ms_max": round(max(busy_ms), 4) if busy_ms else None,
-            "host_launch_period_ms_p50": p(host_period_ms, 0.5),
-            "host_launch_period_ms_mean": round(statistics.fmean(host_period_ms), 4) if host_period_ms else None,
-            "chain_gpu_ms_mean": round(statistics.fmean(chain_gpu_ms), 2) if chain_gpu_ms else None,
+            "chained_period_ms_p50": quantile(period_ms, 0.5),
+            "chained_period_ms_mean": mean(period_ms),
+            "host_launch_period_ms_p50": quantile(host_period_ms, 0.5),
+            "host_launch_period_ms_mean": mean(host_period_ms),
+            "chain_gpu_ms_mean": mean(chain_gpu_ms),
             "chains": len(chain_gpu_ms),
         }
 
@@ -193,8 +196,12 @@ class GCPauses:
 
     def __init__(self):
         self._started: float | None = None
-        self.pauses_ms: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.pauses_ms: dict[int, list[float]] = {}
+        self._reset()
         gc.callbacks.append(self._callback)
+
+    def _reset(self) -> None:
+        self.pauses_ms = {generation: [] for generation in range(3)}
 
     def _callback(self, phase: str, info: dict) -> None:
         if phase == "start":
@@ -214,7 +221,7 @@ class GCPauses:
             }
             for generation, pauses in self.pauses_ms.items()
         }
-        self.pauses_ms = {0: [], 1: [], 2: []}
+        self._reset()
         return result
 
 
