@@ -17,6 +17,8 @@ function up to the final rounding to the compute dtype.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the CPU path
@@ -43,6 +45,10 @@ def int8_matmul_scaled(
         y = y * row_scale.reshape(-1, 1)
     return (y * col_scale).to(out_dtype)
 
+
+# Rows up to this many go to _gemv_kernel (CUDA-core multiply-add) instead of _scaled_gemm_kernel
+# (tensor-core tiles of 16 rows); 0: off (benchmarks/fp8_gemv.py measures both).
+GEMV_MAX_ROWS = 0
 
 if triton is not None:
 
@@ -133,11 +139,90 @@ if triton is not None:
             y = (residual.to(tl.float32) + y.to(tl.float32)).to(out_ptr.dtype.element_ty)
         tl.store(out_ptrs, y, mask=out_mask)
 
+    def _gemv_configs():
+        # One or a few rows: each program reads a [BLOCK_N, BLOCK_K] weight tile per step and
+        # multiply-adds it on the CUDA cores (no tensor-core tile that pads the rows to 16).
+        return [
+            triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+            for n, k, w, s in itertools.product((8, 16, 32), (256, 512, 1024), (2, 4, 8), (1, 3))
+        ]
+
+    def _gemv_prune(configs, named_args, **kwargs):
+        # the [BLOCK_M, BLOCK_N, BLOCK_K] partial sums live in registers: at most 64 a thread
+        rows = named_args["BLOCK_M"] if "BLOCK_M" in named_args else kwargs["BLOCK_M"]
+        kept = [c for c in configs if rows * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 64 * 32 * c.num_warps]
+        return kept or configs[:1]
+
+    @triton.autotune(
+        configs=_gemv_configs(),
+        key=["BLOCK_M", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL"],
+        prune_configs_by={"early_config_prune": _gemv_prune},
+    )
+    @triton.heuristics({"EVEN": lambda args: args["N"] % args["BLOCK_N"] == 0 and args["K"] % args["BLOCK_K"] == 0})
+    @triton.jit
+    def _gemv_kernel(
+        a_ptr,
+        w_ptr,
+        out_ptr,
+        row_scale_ptr,
+        col_scale_ptr,
+        residual_ptr,
+        M,
+        N,
+        K,
+        stride_am,
+        stride_wn,
+        stride_om,
+        HAS_ROW_SCALE: tl.constexpr,
+        HAS_COL_SCALE: tl.constexpr,
+        HAS_RESIDUAL: tl.constexpr,
+        FLOAT_ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        EVEN: tl.constexpr,
+    ):
+        """_scaled_gemm_kernel's contract for M <= BLOCK_M (1, 2 or 4 rows): the same products
+        (exact in float32 for E4M3, in int32 for int8), summed in another order."""
+        pid_n = tl.program_id(0)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
+        w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :]  # a [BLOCK_N, BLOCK_K] tile of W
+        acc_type = tl.float32 if FLOAT_ACC else tl.int32
+        partial = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=acc_type)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            if EVEN:
+                w = tl.load(w_ptrs)
+                a = tl.load(a_ptrs, mask=offs_m[:, None] < M, other=0)
+            else:
+                k_left = K - k * BLOCK_K
+                w = tl.load(w_ptrs, mask=(offs_n[:, None] < N) & (offs_k[None, :] < k_left), other=0)
+                a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0)
+            partial += a.to(acc_type)[:, None, :] * w.to(acc_type)[None, :, :]
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        y = tl.sum(partial, axis=2).to(tl.float32)
+        if HAS_ROW_SCALE:
+            y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
+        if HAS_COL_SCALE:
+            y = y * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+        out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+        out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        y = y.to(out_ptr.dtype.element_ty)
+        if HAS_RESIDUAL:  # as `residual + linear(x)`: the product rounded to the output dtype, then the sum
+            residual = tl.load(residual_ptr + offs_m[:, None] * stride_om + offs_n[None, :], mask=out_mask, other=0.0)
+            y = (residual.to(tl.float32) + y.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptrs, y, mask=out_mask)
+
     def triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype, residual=None):
         """a [M, K] and w [N, K], both int8, both float8_e4m3fn, or both the output's float dtype
         (then col_scale None); residual [M, N] contiguous, added in the epilogue, or None."""
         a = a.contiguous()
         M, K = a.shape
+        if M <= GEMV_MAX_ROWS:
+            return triton_gemv_scaled(a, w, row_scale, col_scale, out_dtype, residual)
         N = w.shape[0]
         out = torch.empty((M, N), dtype=out_dtype, device=a.device)
         m_bucket = min(128, triton.next_power_of_2(M))
@@ -163,6 +248,40 @@ if triton is not None:
             HAS_COL_SCALE=col_scale is not None,
             HAS_RESIDUAL=residual is not None,
             FLOAT_ACC=a.dtype != torch.int8,
+        )
+        return out
+
+    def triton_gemv_scaled(a, w, row_scale, col_scale, out_dtype, residual=None, config=None):
+        """triton_matmul_scaled for 1–4 rows through _gemv_kernel; `config` (BLOCK_N, BLOCK_K,
+        num_warps, num_stages) skips the autotuner (benchmarks/fp8_gemv.py sweeps them)."""
+        a = a.contiguous()
+        M, K = a.shape
+        N = w.shape[0]
+        out = torch.empty((M, N), dtype=out_dtype, device=a.device)
+        kernel = _gemv_kernel if config is None else _gemv_kernel.fn
+
+        def grid(meta):
+            return (triton.cdiv(N, meta["BLOCK_N"]),)
+
+        kernel[grid](
+            a,
+            w,
+            out,
+            row_scale if row_scale is not None else a,  # pointers of absent operands: any tensor
+            col_scale if col_scale is not None else a,
+            residual if residual is not None else out,
+            M,
+            N,
+            K,
+            a.stride(0),
+            w.stride(0),
+            out.stride(0),
+            HAS_ROW_SCALE=row_scale is not None,
+            HAS_COL_SCALE=col_scale is not None,
+            HAS_RESIDUAL=residual is not None,
+            FLOAT_ACC=a.dtype != torch.int8,
+            BLOCK_M=triton.next_power_of_2(M),
+            **(config or {}),
         )
         return out
 
