@@ -42,6 +42,9 @@ Settings (applied before the engine is built, undone after):
 * tensor_core_linears / gemv_linears: scaled_gemm.py's GEMMs (FP8, int8 and the float GEMV +
   residual) at 1–4 rows through its tensor-core kernel (16-row tiles) or its CUDA-core GEMV kernel
   (scaled_gemm.GEMV_MAX_ROWS); per-kernel figures: benchmarks/gemv_kernels.py.
+* pdl / no_pdl / pdl_no_prefetch: programmatic dependent launch (foundry/runtime/pdl.py) on or
+  off for foundry's Triton kernels and inductor's; the last without the weight prefetch before the
+  wait (pdl.PREFETCH_BYTES).
 * compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
   (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
   measure with --prefill-prompts.
@@ -76,7 +79,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from checkpoint_variants import VARIANTS, calibrate_amax, float_checkpoint, parsed_config, quantize_checkpoint  # noqa: E402
 from gpu_bench import copy_bandwidth_gb_s, random_hf_model  # noqa: E402
 
-from foundry.runtime import linears, reference, scaled_gemm  # noqa: E402
+from foundry.runtime import linears, pdl, reference, scaled_gemm  # noqa: E402
 from foundry.runtime.reference import ReferenceEngine  # noqa: E402
 from foundry.runtime.scheduler import EngineOptions  # noqa: E402
 
@@ -97,6 +100,9 @@ SETTINGS = [
     "triton_residual_linears",
     "gemv_linears",
     "tensor_core_linears",
+    "pdl",
+    "no_pdl",
+    "pdl_no_prefetch",
 ]
 
 
@@ -148,6 +154,8 @@ def setting(name: str):
         reference.DECODE_ATTENTION_KERNEL,
         reference.TRITON_RESIDUAL_LINEARS,
         scaled_gemm.GEMV_MAX_ROWS,
+        pdl.ENABLED,
+        pdl.PREFETCH_BYTES,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -167,6 +175,10 @@ def setting(name: str):
             reference.TRITON_RESIDUAL_LINEARS = RESIDUAL_LINEAR_SETTINGS[name]
         if name in GEMV_SETTINGS:
             scaled_gemm.GEMV_MAX_ROWS = GEMV_SETTINGS[name]
+        if name in ("pdl", "no_pdl", "pdl_no_prefetch"):
+            pdl.ENABLED = name != "no_pdl"
+        if name == "pdl_no_prefetch":
+            pdl.PREFETCH_BYTES = 0
         yield
     finally:
         (
@@ -177,6 +189,8 @@ def setting(name: str):
             reference.DECODE_ATTENTION_KERNEL,
             reference.TRITON_RESIDUAL_LINEARS,
             scaled_gemm.GEMV_MAX_ROWS,
+            pdl.ENABLED,
+            pdl.PREFETCH_BYTES,
         ) = saved
 
 

@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from foundry.runtime import pdl
+
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run SDPA
     import triton
     import triton.language as tl
@@ -57,7 +59,10 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         QUANTIZED: tl.constexpr,
         ONE_SPLIT: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        if PDL:  # q and this step's K/V column come from the previous kernels (pdl.py)
+            tl.extra.cuda.gdc_wait()
         row = tl.program_id(0)
         kv_head = tl.program_id(1)
         split = tl.program_id(2)
@@ -100,6 +105,8 @@ if triton is not None:
             normaliser = normaliser * rescale + tl.sum(weights, 1)
             acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
             m = m_new
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
         in_group = offs_g < GROUP
         if ONE_SPLIT:
             out = acc / normaliser[:, None]
@@ -122,7 +129,10 @@ if triton is not None:
         stride_oh,
         HEAD: tl.constexpr,
         SPLITS_PAD: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
         row = tl.program_id(0)
         head = tl.program_id(1)
         offs_s = tl.arange(0, SPLITS_PAD)
@@ -185,6 +195,7 @@ def decode_attention_cuda(
     partial = q.new_empty((rows, heads, splits, head_size), dtype=torch.float32) if splits > 1 else out
     stats = q.new_empty((rows, heads, splits, 2), dtype=torch.float32) if splits > 1 else out
     quantized = kv_scale is not None
+    programmatic = pdl.enabled(q.device)
     _split_kernel[(rows, kv_heads, splits)](
         q,
         keys,
@@ -211,6 +222,8 @@ def decode_attention_cuda(
         BLOCK_N=BLOCK_COLUMNS,
         QUANTIZED=quantized,
         ONE_SPLIT=splits == 1,
+        PDL=programmatic,
+        launch_pdl=programmatic,
     )
     if splits > 1:
         _merge_kernel[(rows, heads)](
@@ -223,6 +236,8 @@ def decode_attention_cuda(
             out.stride(1),
             HEAD=head_size,
             SPLITS_PAD=triton.next_power_of_2(splits),
+            PDL=programmatic,
+            launch_pdl=programmatic,
         )
     return out
 

@@ -27,6 +27,8 @@ from typing import Callable
 import torch
 import torch._dynamo
 
+from foundry.runtime import pdl
+
 DEFAULT_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 KV_BLOCK_CUDA = 256
 KV_BLOCK_CPU = 16
@@ -116,7 +118,7 @@ class DecodeRunner:
             torch._dynamo.config.cache_size_limit = max(
                 torch._dynamo.config.cache_size_limit, 4 * len(self.batch_buckets)
             )
-            self._step = torch.compile(model.decode, dynamic=False)
+            self._step = torch.compile(model.decode, dynamic=False, options=pdl.inductor_options(model.device))
 
     def stats(self) -> dict:
         return {

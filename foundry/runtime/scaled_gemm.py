@@ -21,6 +21,8 @@ import itertools
 
 import torch
 
+from foundry.runtime import pdl
+
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the CPU path
     import triton
     import triton.language as tl
@@ -76,10 +78,20 @@ if triton is not None:
         kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m_bucket)]
         return kept or configs[:1]
 
+    @triton.jit
+    def _prefetch_weight_rows(w_ptr, offs_n, N, K, stride_wn, LINES: tl.constexpr, LINE_ELEMENTS: tl.constexpr):
+        """Ask L2 for the first LINES 128-byte lines of weight rows offs_n: weights do not depend on
+        the previous kernel, so this may run before gdc_wait (pdl.py)."""
+        lines = tl.minimum(tl.arange(0, LINES) * LINE_ELEMENTS, K - 1)
+        ptrs = w_ptr + tl.minimum(offs_n, N - 1)[:, None] * stride_wn + lines[None, :]
+        tl.inline_asm_elementwise(
+            "mov.u32 $0, 0; prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+        )
+
     # (the autotuner's key also holds the tensors' dtypes: bf16, E4M3 and int8 operands tune apart)
     @triton.autotune(
         configs=_configs(),
-        key=["M_BUCKET", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL"],
+        key=["M_BUCKET", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL", "PDL"],
         prune_configs_by={"early_config_prune": _prune},
     )
     @triton.jit
@@ -101,6 +113,9 @@ if triton is not None:
         HAS_COL_SCALE: tl.constexpr,
         HAS_RESIDUAL: tl.constexpr,
         FLOAT_ACC: tl.constexpr,
+        PDL: tl.constexpr,
+        PREFETCH_LINES: tl.constexpr,
+        LINE_ELEMENTS: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -109,6 +124,10 @@ if triton is not None:
         pid_m = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        if PREFETCH_LINES > 0:
+            _prefetch_weight_rows(w_ptr, offs_n, N, K, stride_wn, PREFETCH_LINES, LINE_ELEMENTS)
+        if PDL:  # the activations come from the previous kernel (pdl.py)
+            tl.extra.cuda.gdc_wait()
         offs_k = tl.arange(0, BLOCK_K)
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
         w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]  # a [BLOCK_K, BLOCK_N] tile of Wᵀ
@@ -126,6 +145,8 @@ if triton is not None:
             accumulator = tl.dot(a, w, accumulator, out_dtype=tl.float32 if FLOAT_ACC else tl.int32)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
         y = accumulator.to(tl.float32)
         if HAS_ROW_SCALE:
             y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
@@ -155,7 +176,7 @@ if triton is not None:
 
     @triton.autotune(
         configs=_gemv_configs(),
-        key=["BLOCK_M", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL"],
+        key=["BLOCK_M", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL", "PDL"],
         prune_configs_by={"early_config_prune": _gemv_prune},
     )
     @triton.heuristics({"EVEN": lambda args: args["N"] % args["BLOCK_N"] == 0 and args["K"] % args["BLOCK_K"] == 0})
@@ -177,6 +198,9 @@ if triton is not None:
         HAS_COL_SCALE: tl.constexpr,
         HAS_RESIDUAL: tl.constexpr,
         FLOAT_ACC: tl.constexpr,
+        PDL: tl.constexpr,
+        PREFETCH_LINES: tl.constexpr,
+        LINE_ELEMENTS: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -187,22 +211,35 @@ if triton is not None:
         pid_n = tl.program_id(0)
         offs_m = tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        if PREFETCH_LINES > 0:
+            _prefetch_weight_rows(w_ptr, offs_n, N, K, stride_wn, PREFETCH_LINES, LINE_ELEMENTS)
+        if PDL:  # the activations come from the previous kernel (pdl.py)
+            tl.extra.cuda.gdc_wait()
         offs_k = tl.arange(0, BLOCK_K)
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
         w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :]  # a [BLOCK_N, BLOCK_K] tile of W
         acc_type = tl.float32 if FLOAT_ACC else tl.int32
         partial = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=acc_type)
         for k in range(0, tl.cdiv(K, BLOCK_K)):
+            # rows past M are never stored: their (masked) loads need no padding value
             if EVEN:
                 w = tl.load(w_ptrs)
-                a = tl.load(a_ptrs, mask=offs_m[:, None] < M, other=0)
+                a = tl.load(a_ptrs, mask=offs_m[:, None] < M)
             else:
                 k_left = K - k * BLOCK_K
-                w = tl.load(w_ptrs, mask=(offs_n[:, None] < N) & (offs_k[None, :] < k_left), other=0)
-                a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0)
+                w_mask = (offs_n[:, None] < N) & (offs_k[None, :] < k_left)
+                a_mask = (offs_m[:, None] < M) & (offs_k[None, :] < k_left)
+                if FLOAT_ACC:  # E4M3 or bf16/fp16 operands: the padding value must be a float
+                    w = tl.load(w_ptrs, mask=w_mask, other=0.0)
+                    a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+                else:
+                    w = tl.load(w_ptrs, mask=w_mask, other=0)
+                    a = tl.load(a_ptrs, mask=a_mask, other=0)
             partial += a.to(acc_type)[:, None, :] * w.to(acc_type)[None, :, :]
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
         y = tl.sum(partial, axis=2).to(tl.float32)
         if HAS_ROW_SCALE:
             y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
@@ -226,6 +263,7 @@ if triton is not None:
         N = w.shape[0]
         out = torch.empty((M, N), dtype=out_dtype, device=a.device)
         m_bucket = min(128, triton.next_power_of_2(M))
+        programmatic = pdl.enabled(a.device)
 
         def grid(meta):
             return (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))
@@ -248,6 +286,10 @@ if triton is not None:
             HAS_COL_SCALE=col_scale is not None,
             HAS_RESIDUAL=residual is not None,
             FLOAT_ACC=a.dtype != torch.int8,
+            PDL=programmatic,
+            PREFETCH_LINES=prefetch_lines(w, programmatic),
+            LINE_ELEMENTS=128 // w.element_size(),
+            launch_pdl=programmatic,
         )
         return out
 
@@ -259,6 +301,7 @@ if triton is not None:
         N = w.shape[0]
         out = torch.empty((M, N), dtype=out_dtype, device=a.device)
         kernel = _gemv_kernel if config is None else _gemv_kernel.fn
+        programmatic = pdl.enabled(a.device)
 
         def grid(meta):
             return (triton.cdiv(N, meta["BLOCK_N"]),)
@@ -280,10 +323,24 @@ if triton is not None:
             HAS_COL_SCALE=col_scale is not None,
             HAS_RESIDUAL=residual is not None,
             FLOAT_ACC=a.dtype != torch.int8,
+            PDL=programmatic,
+            PREFETCH_LINES=prefetch_lines(w, programmatic),
+            LINE_ELEMENTS=128 // w.element_size(),
+            launch_pdl=programmatic,
             BLOCK_M=triton.next_power_of_2(M),
             **(config or {}),
         )
         return out
+
+
+def prefetch_lines(w: torch.Tensor, programmatic: bool) -> int:
+    """128-byte lines of each weight row to prefetch before gdc_wait: pdl.PREFETCH_BYTES over the
+    whole weight (a power of two per row, at most the row; 0 without programmatic launch)."""
+    if not programmatic or pdl.PREFETCH_BYTES <= 0:
+        return 0
+    rows, row_lines = w.shape[0], max(1, w.shape[1] * w.element_size() // 128)
+    wanted = max(1, pdl.PREFETCH_BYTES // (rows * 128))
+    return min(1 << (wanted.bit_length() - 1), 1 << (row_lines.bit_length() - 1), 32)
 
 
 # A custom op: torch.compile and CUDA-graph capture see one opaque kernel (dynamo cannot trace the
