@@ -39,12 +39,9 @@ Settings (applied before the engine is built, undone after):
   runs `output_projection_agreement` and `output_projection_timings` first (every decode linear's
   shape, Triton GEMV + residual against cuBLAS + add). (A kernel with the RMSNorm, SiLU·mul and
   activation quantization as prologues was measured here too and lost: run16.)
-* tensor_core_linears / gemv_linears: scaled_gemm.py's GEMMs (FP8, int8 and the float GEMV +
-  residual) at 1–4 rows through its tensor-core kernel (16-row tiles) or its CUDA-core GEMV kernel
-  (scaled_gemm.GEMV_MAX_ROWS); per-kernel figures: benchmarks/gemv_kernels.py.
-* pdl / no_pdl / pdl_no_prefetch: programmatic dependent launch (foundry/runtime/pdl.py) on or
-  off for foundry's Triton kernels and inductor's; the last without the weight prefetch before the
-  wait (pdl.PREFETCH_BYTES).
+* pdl / no_pdl: programmatic dependent launch (foundry/runtime/pdl.py) on or off for foundry's
+  Triton kernels and inductor's (run19). (Also measured there and dropped: a CUDA-core GEMV kernel
+  for 1–4 rows, and an L2 prefetch of the weight before the kernel waits.)
 * compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
   (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
   measure with --prefill-prompts.
@@ -79,7 +76,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from checkpoint_variants import VARIANTS, calibrate_amax, float_checkpoint, parsed_config, quantize_checkpoint  # noqa: E402
 from gpu_bench import copy_bandwidth_gb_s, random_hf_model  # noqa: E402
 
-from foundry.runtime import linears, pdl, reference, scaled_gemm  # noqa: E402
+from foundry.runtime import linears, pdl, reference  # noqa: E402
 from foundry.runtime.reference import ReferenceEngine  # noqa: E402
 from foundry.runtime.scheduler import EngineOptions  # noqa: E402
 
@@ -98,11 +95,8 @@ SETTINGS = [
     "triton_output_projection",
     "cublas_output_projection",
     "triton_residual_linears",
-    "gemv_linears",
-    "tensor_core_linears",
     "pdl",
     "no_pdl",
-    "pdl_no_prefetch",
 ]
 
 
@@ -132,12 +126,6 @@ RESIDUAL_LINEAR_SETTINGS = {  # setting → reference.TRITON_RESIDUAL_LINEARS
 }
 
 
-GEMV_SETTINGS = {  # setting → scaled_gemm.GEMV_MAX_ROWS
-    "tensor_core_linears": 0,
-    "gemv_linears": 4,
-}
-
-
 def fused_fc_gate_except_fp8(config, tensors, prefix, compute_dtype, shipped=reference._fused_fc_gate):
     return None if config.quant_algo == reference.FP8 else shipped(config, tensors, prefix, compute_dtype)
 
@@ -153,9 +141,7 @@ def setting(name: str):
         reference._fused_fc_gate,
         reference.DECODE_ATTENTION_KERNEL,
         reference.TRITON_RESIDUAL_LINEARS,
-        scaled_gemm.GEMV_MAX_ROWS,
         pdl.ENABLED,
-        pdl.PREFETCH_BYTES,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -173,12 +159,8 @@ def setting(name: str):
             reference._fused_fc_gate = fused_fc_gate_except_fp8
         if name in RESIDUAL_LINEAR_SETTINGS:
             reference.TRITON_RESIDUAL_LINEARS = RESIDUAL_LINEAR_SETTINGS[name]
-        if name in GEMV_SETTINGS:
-            scaled_gemm.GEMV_MAX_ROWS = GEMV_SETTINGS[name]
-        if name in ("pdl", "no_pdl", "pdl_no_prefetch"):
-            pdl.ENABLED = name != "no_pdl"
-        if name == "pdl_no_prefetch":
-            pdl.PREFETCH_BYTES = 0
+        if name in ("pdl", "no_pdl"):
+            pdl.ENABLED = name == "pdl"
         yield
     finally:
         (
@@ -188,9 +170,7 @@ def setting(name: str):
             reference._fused_fc_gate,
             reference.DECODE_ATTENTION_KERNEL,
             reference.TRITON_RESIDUAL_LINEARS,
-            scaled_gemm.GEMV_MAX_ROWS,
             pdl.ENABLED,
-            pdl.PREFETCH_BYTES,
         ) = saved
 
 

@@ -505,3 +505,18 @@ def test_decode_attention_kernel_splits_columns_only_where_rows_leave_the_gpu_id
     assert split_count(rows=4, kv_heads=8, columns=2049, multiprocessors=132) == 8
     assert split_count(rows=32, kv_heads=8, columns=2049, multiprocessors=132) == 1  # 256 programs already
     assert not serves(torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16))
+
+
+def test_programmatic_launch_is_for_hopper_gpus_and_its_inductor_switch_exists():
+    """pdl.py: the CPU never launches programmatically, and the option handed to torch.compile for
+    the decode step names a real inductor setting (a renamed switch would fail here, not on a GPU)."""
+    import torch._inductor.config as inductor
+
+    from foundry.runtime import pdl
+
+    cpu = torch.device("cpu")
+    assert not pdl.enabled(cpu)
+    options = pdl.inductor_options(cpu)
+    assert options == {"triton.enable_pdl": False}
+    with inductor.patch(options):
+        assert inductor.triton.enable_pdl is False

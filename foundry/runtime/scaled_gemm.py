@@ -17,8 +17,6 @@ function up to the final rounding to the compute dtype.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from foundry.runtime import pdl
@@ -48,10 +46,6 @@ def int8_matmul_scaled(
     return (y * col_scale).to(out_dtype)
 
 
-# Rows up to this many go to _gemv_kernel (CUDA-core multiply-add) instead of _scaled_gemm_kernel
-# (tensor-core tiles of 16 rows); 0: off (benchmarks/fp8_gemv.py measures both).
-GEMV_MAX_ROWS = 0
-
 if triton is not None:
 
     def _configs():
@@ -77,16 +71,6 @@ if triton is not None:
         m_bucket = named_args["M_BUCKET"]
         kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m_bucket)]
         return kept or configs[:1]
-
-    @triton.jit
-    def _prefetch_weight_rows(w_ptr, offs_n, N, K, stride_wn, LINES: tl.constexpr, LINE_ELEMENTS: tl.constexpr):
-        """Ask L2 for the first LINES 128-byte lines of weight rows offs_n: weights do not depend on
-        the previous kernel, so this may run before gdc_wait (pdl.py)."""
-        lines = tl.minimum(tl.arange(0, LINES) * LINE_ELEMENTS, K - 1)
-        ptrs = w_ptr + tl.minimum(offs_n, N - 1)[:, None] * stride_wn + lines[None, :]
-        tl.inline_asm_elementwise(
-            "mov.u32 $0, 0; prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
-        )
 
     # (the autotuner's key also holds the tensors' dtypes: bf16, E4M3 and int8 operands tune apart)
     @triton.autotune(
@@ -114,20 +98,16 @@ if triton is not None:
         HAS_RESIDUAL: tl.constexpr,
         FLOAT_ACC: tl.constexpr,
         PDL: tl.constexpr,
-        PREFETCH_LINES: tl.constexpr,
-        LINE_ELEMENTS: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
+        if PDL:  # the activations (and the residual) come from the previous kernel: pdl.py
+            tl.extra.cuda.gdc_wait()
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        if PREFETCH_LINES > 0:
-            _prefetch_weight_rows(w_ptr, offs_n, N, K, stride_wn, PREFETCH_LINES, LINE_ELEMENTS)
-        if PDL:  # the activations come from the previous kernel (pdl.py)
-            tl.extra.cuda.gdc_wait()
         offs_k = tl.arange(0, BLOCK_K)
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
         w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]  # a [BLOCK_K, BLOCK_N] tile of Wᵀ
@@ -145,102 +125,9 @@ if triton is not None:
             accumulator = tl.dot(a, w, accumulator, out_dtype=tl.float32 if FLOAT_ACC else tl.int32)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
-        if PDL:
+        if PDL:  # the operands are read: the next kernel may be scheduled (it waits for this one to end)
             tl.extra.cuda.gdc_launch_dependents()
         y = accumulator.to(tl.float32)
-        if HAS_ROW_SCALE:
-            y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
-        if HAS_COL_SCALE:
-            y = y * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
-        out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-        out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-        y = y.to(out_ptr.dtype.element_ty)
-        if HAS_RESIDUAL:  # as `residual + linear(x)`: the product rounded to the output dtype, then the sum
-            residual = tl.load(residual_ptr + offs_m[:, None] * stride_om + offs_n[None, :], mask=out_mask, other=0.0)
-            y = (residual.to(tl.float32) + y.to(tl.float32)).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptrs, y, mask=out_mask)
-
-    def _gemv_configs():
-        # One or a few rows: each program reads a [BLOCK_N, BLOCK_K] weight tile per step and
-        # multiply-adds it on the CUDA cores (no tensor-core tile that pads the rows to 16).
-        return [
-            triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-            for n, k, w, s in itertools.product((8, 16, 32), (256, 512, 1024), (2, 4, 8), (1, 3))
-        ]
-
-    def _gemv_prune(configs, named_args, **kwargs):
-        # the [BLOCK_M, BLOCK_N, BLOCK_K] partial sums live in registers: at most 64 a thread
-        rows = named_args["BLOCK_M"] if "BLOCK_M" in named_args else kwargs["BLOCK_M"]
-        kept = [c for c in configs if rows * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 64 * 32 * c.num_warps]
-        return kept or configs[:1]
-
-    @triton.autotune(
-        configs=_gemv_configs(),
-        key=["BLOCK_M", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL", "PDL"],
-        prune_configs_by={"early_config_prune": _gemv_prune},
-    )
-    @triton.heuristics({"EVEN": lambda args: args["N"] % args["BLOCK_N"] == 0 and args["K"] % args["BLOCK_K"] == 0})
-    @triton.jit
-    def _gemv_kernel(
-        a_ptr,
-        w_ptr,
-        out_ptr,
-        row_scale_ptr,
-        col_scale_ptr,
-        residual_ptr,
-        M,
-        N,
-        K,
-        stride_am,
-        stride_wn,
-        stride_om,
-        HAS_ROW_SCALE: tl.constexpr,
-        HAS_COL_SCALE: tl.constexpr,
-        HAS_RESIDUAL: tl.constexpr,
-        FLOAT_ACC: tl.constexpr,
-        PDL: tl.constexpr,
-        PREFETCH_LINES: tl.constexpr,
-        LINE_ELEMENTS: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        EVEN: tl.constexpr,
-    ):
-        """_scaled_gemm_kernel's contract for M <= BLOCK_M (1, 2 or 4 rows): the same products
-        (exact in float32 for E4M3, in int32 for int8), summed in another order."""
-        pid_n = tl.program_id(0)
-        offs_m = tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        if PREFETCH_LINES > 0:
-            _prefetch_weight_rows(w_ptr, offs_n, N, K, stride_wn, PREFETCH_LINES, LINE_ELEMENTS)
-        if PDL:  # the activations come from the previous kernel (pdl.py)
-            tl.extra.cuda.gdc_wait()
-        offs_k = tl.arange(0, BLOCK_K)
-        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
-        w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :]  # a [BLOCK_N, BLOCK_K] tile of W
-        acc_type = tl.float32 if FLOAT_ACC else tl.int32
-        partial = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=acc_type)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
-            # rows past M are never stored: their (masked) loads need no padding value
-            if EVEN:
-                w = tl.load(w_ptrs)
-                a = tl.load(a_ptrs, mask=offs_m[:, None] < M)
-            else:
-                k_left = K - k * BLOCK_K
-                w_mask = (offs_n[:, None] < N) & (offs_k[None, :] < k_left)
-                a_mask = (offs_m[:, None] < M) & (offs_k[None, :] < k_left)
-                if FLOAT_ACC:  # E4M3 or bf16/fp16 operands: the padding value must be a float
-                    w = tl.load(w_ptrs, mask=w_mask, other=0.0)
-                    a = tl.load(a_ptrs, mask=a_mask, other=0.0)
-                else:
-                    w = tl.load(w_ptrs, mask=w_mask, other=0)
-                    a = tl.load(a_ptrs, mask=a_mask, other=0)
-            partial += a.to(acc_type)[:, None, :] * w.to(acc_type)[None, :, :]
-            a_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
-        if PDL:
-            tl.extra.cuda.gdc_launch_dependents()
-        y = tl.sum(partial, axis=2).to(tl.float32)
         if HAS_ROW_SCALE:
             y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
         if HAS_COL_SCALE:
@@ -258,8 +145,6 @@ if triton is not None:
         (then col_scale None); residual [M, N] contiguous, added in the epilogue, or None."""
         a = a.contiguous()
         M, K = a.shape
-        if M <= GEMV_MAX_ROWS:
-            return triton_gemv_scaled(a, w, row_scale, col_scale, out_dtype, residual)
         N = w.shape[0]
         out = torch.empty((M, N), dtype=out_dtype, device=a.device)
         m_bucket = min(128, triton.next_power_of_2(M))
@@ -287,60 +172,9 @@ if triton is not None:
             HAS_RESIDUAL=residual is not None,
             FLOAT_ACC=a.dtype != torch.int8,
             PDL=programmatic,
-            PREFETCH_LINES=prefetch_lines(w, programmatic),
-            LINE_ELEMENTS=128 // w.element_size(),
             launch_pdl=programmatic,
         )
         return out
-
-    def triton_gemv_scaled(a, w, row_scale, col_scale, out_dtype, residual=None, config=None):
-        """triton_matmul_scaled for 1–4 rows through _gemv_kernel; `config` (BLOCK_N, BLOCK_K,
-        num_warps, num_stages) skips the autotuner (benchmarks/fp8_gemv.py sweeps them)."""
-        a = a.contiguous()
-        M, K = a.shape
-        N = w.shape[0]
-        out = torch.empty((M, N), dtype=out_dtype, device=a.device)
-        kernel = _gemv_kernel if config is None else _gemv_kernel.fn
-        programmatic = pdl.enabled(a.device)
-
-        def grid(meta):
-            return (triton.cdiv(N, meta["BLOCK_N"]),)
-
-        kernel[grid](
-            a,
-            w,
-            out,
-            row_scale if row_scale is not None else a,  # pointers of absent operands: any tensor
-            col_scale if col_scale is not None else a,
-            residual if residual is not None else out,
-            M,
-            N,
-            K,
-            a.stride(0),
-            w.stride(0),
-            out.stride(0),
-            HAS_ROW_SCALE=row_scale is not None,
-            HAS_COL_SCALE=col_scale is not None,
-            HAS_RESIDUAL=residual is not None,
-            FLOAT_ACC=a.dtype != torch.int8,
-            PDL=programmatic,
-            PREFETCH_LINES=prefetch_lines(w, programmatic),
-            LINE_ELEMENTS=128 // w.element_size(),
-            launch_pdl=programmatic,
-            BLOCK_M=triton.next_power_of_2(M),
-            **(config or {}),
-        )
-        return out
-
-
-def prefetch_lines(w: torch.Tensor, programmatic: bool) -> int:
-    """128-byte lines of each weight row to prefetch before gdc_wait: pdl.PREFETCH_BYTES over the
-    whole weight (a power of two per row, at most the row; 0 without programmatic launch)."""
-    if not programmatic or pdl.PREFETCH_BYTES <= 0:
-        return 0
-    rows, row_lines = w.shape[0], max(1, w.shape[1] * w.element_size() // 128)
-    wanted = max(1, pdl.PREFETCH_BYTES // (rows * 128))
-    return min(1 << (wanted.bit_length() - 1), 1 << (row_lines.bit_length() - 1), 32)
 
 
 # A custom op: torch.compile and CUDA-graph capture see one opaque kernel (dynamo cannot trace the
