@@ -43,7 +43,7 @@ from checkpoint_variants import VARIANTS, calibrate_amax, float_checkpoint, pars
 from foundry.bench.runner import engine_model_bytes, run_benchmark  # noqa: E402
 from foundry.bench.telemetry import GPUTelemetry  # noqa: E402
 from foundry.bench.workload import synthetic_workload_with_description  # noqa: E402
-from foundry.runtime import reference  # noqa: E402
+from foundry.runtime import pdl, reference  # noqa: E402
 from foundry.runtime.reference import ReferenceEngine  # noqa: E402
 from foundry.runtime.scheduler import EngineOptions  # noqa: E402
 
@@ -307,7 +307,8 @@ def table(results: dict) -> str:
     lines = [
         f"copy bandwidth {results['copy_bandwidth_gb_s']:.0f} GB/s; {results['shape']} RANDOM weights; "
         f"ISL {results['input_len']} / OSL {results['output_len']}"
-        + f"; Triton GEMV + residual for: {', '.join(results.get('triton_residual_linears') or ['none'])}",
+        + f"; Triton GEMV + residual for: {', '.join(results.get('triton_residual_linears') or ['none'])}"
+        + f"; programmatic dependent launch: {'on' if results.get('programmatic_dependent_launch') else 'off'}",
         "| engine | concurrency | out tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | MBU |",
         "|---|---|---|---|---|---|",
     ]
@@ -378,6 +379,7 @@ def main() -> int:
         reference.TRITON_RESIDUAL_LINEARS = frozenset(args.triton_residual_linears)
     results = {
         "triton_residual_linears": sorted(reference.TRITON_RESIDUAL_LINEARS),
+        "programmatic_dependent_launch": pdl.enabled(torch.device("cuda")),
         "shape": args.shape,
         "input_len": args.input_len,
         "output_len": args.output_len,
