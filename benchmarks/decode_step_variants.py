@@ -40,8 +40,7 @@ Settings (applied before the engine is built, undone after):
   shape, Triton GEMV + residual against cuBLAS + add). (A kernel with the RMSNorm, SiLU·mul and
   activation quantization as prologues was measured here too and lost: run16.)
 * pdl / no_pdl: programmatic dependent launch (foundry/runtime/pdl.py) on or off for foundry's
-  Triton kernels and inductor's (run19). (Also measured there and dropped: a CUDA-core GEMV kernel
-  for 1–4 rows, and an L2 prefetch of the weight before the kernel waits.)
+  Triton kernels and inductor's (run19).
 * compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
   (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
   measure with --prefill-prompts.

@@ -1,6 +1,6 @@
 """Experiment, not shipped: split-K for the FP8 decode GEMMs that leave SMs idle (run19), on a GPU.
 
-    python benchmarks/split_k_gemm.py --out OUT [--rows 1 32] [--kinds fp8 int8]
+    python benchmarks/split_k_gemm.py --out OUT [--rows 1 16] [--kinds fp8 int8]
 
 Why: at one row the shipped tensor-core kernel (scaled_gemm.py) reads the FP8 qkv at 70 % and the
 output projection at 62 % of copy bandwidth on an H100, against 83–90 % for the two large MLP GEMMs
@@ -17,8 +17,8 @@ float64 beside the shipped kernel's error), then µs per call for the shipped ke
 benchmarks/decode_step_variants.py times the output projection. Results: OUT/split_k_gemm.json/.md.
 If a configuration wins at the small shapes, the kernel belongs in scaled_gemm.py (with a counter
 buffer per engine rather than this module's one) and decode_step_variants.py should time the step.
-Needs torch with Triton (CUDA); the logic also runs in Triton's interpreter (TRITON_INTERPRET=1) on
-int8 and fp16 operands.
+Needs torch with Triton (CUDA). The logic also runs in Triton's interpreter (TRITON_INTERPRET=1) on
+CPU tensors with int8 and fp16 operands (random_codes' "fp16"; no PDL there).
 """
 
 from __future__ import annotations
@@ -96,15 +96,12 @@ def _split_k_kernel(
         accumulator = tl.dot(a, w, accumulator, out_dtype=acc_type)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
-    if PDL:
-        tl.extra.cuda.gdc_launch_dependents()
     tile_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tile = offs_m[:, None] * N + offs_n[None, :]
     tl.store(partial_ptr + split * M * N + tile, accumulator, mask=tile_mask)
     tl.debug_barrier()  # every thread's partial is written before the counter says so
     finished = tl.atomic_add(counter_ptr + pid_n, 1, sem="acq_rel")
     if finished == SPLIT_K - 1:  # the last program of this tile: sum in split order (deterministic)
-        tl.debug_barrier()
         total = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type)
         for part in range(0, SPLIT_K):
             total += tl.load(partial_ptr + part * M * N + tile, mask=tile_mask, other=0, cache_modifier=".cg")
@@ -116,6 +113,8 @@ def _split_k_kernel(
         out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=tile_mask)
         tl.atomic_xchg(counter_ptr + pid_n, 0)  # ready for the next call (graph replays included)
+    if PDL:  # every input is read (the last program has summed the partials)
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 _counters: dict[torch.device, torch.Tensor] = {}
@@ -125,9 +124,12 @@ def split_k_matmul(a, w, row_scale, col_scale, out_dtype, split_k, block_n=32, b
     """scaled_gemm.triton_matmul_scaled's contract for M ≤ 16 rows, K split over `split_k` programs."""
     M, K = a.shape
     N = w.shape[0]
-    if M > 16:
-        raise ValueError("split_k_matmul serves decode rows (≤ 16)")
-    counters = _counters.setdefault(a.device, torch.zeros(MAX_TILES, dtype=torch.int32, device=a.device))
+    if M > 16 or triton.cdiv(N, block_n) > MAX_TILES:
+        raise ValueError(f"split_k_matmul serves up to 16 rows and {MAX_TILES} column tiles")
+    a = a.contiguous()  # the kernel steps along K one element at a time
+    counters = _counters.get(a.device)
+    if counters is None:  # zeroed once; each tile's last program resets its counter
+        counters = _counters[a.device] = torch.zeros(MAX_TILES, dtype=torch.int32, device=a.device)
     out = torch.empty((M, N), dtype=out_dtype, device=a.device)
     float_acc = a.dtype != torch.int8
     partial = torch.empty((split_k, M, N), dtype=torch.float32 if float_acc else torch.int32, device=a.device)
@@ -262,7 +264,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--kinds", nargs="+", default=["fp8", "int8"], choices=["fp8", "int8"])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1], choices=range(1, 17))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {

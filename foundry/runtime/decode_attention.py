@@ -105,7 +105,7 @@ if triton is not None:
             normaliser = normaliser * rescale + tl.sum(weights, 1)
             acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
             m = m_new
-        if PDL:
+        if PDL:  # every input is read: the next kernel may be scheduled (it waits for this one to end)
             tl.extra.cuda.gdc_launch_dependents()
         in_group = offs_g < GROUP
         if ONE_SPLIT:

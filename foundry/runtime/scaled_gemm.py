@@ -125,8 +125,6 @@ if triton is not None:
             accumulator = tl.dot(a, w, accumulator, out_dtype=tl.float32 if FLOAT_ACC else tl.int32)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
-        if PDL:  # the operands are read: the next kernel may be scheduled (it waits for this one to end)
-            tl.extra.cuda.gdc_launch_dependents()
         y = accumulator.to(tl.float32)
         if HAS_ROW_SCALE:
             y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
@@ -138,6 +136,8 @@ if triton is not None:
         if HAS_RESIDUAL:  # as `residual + linear(x)`: the product rounded to the output dtype, then the sum
             residual = tl.load(residual_ptr + offs_m[:, None] * stride_om + offs_n[None, :], mask=out_mask, other=0.0)
             y = (residual.to(tl.float32) + y.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        if PDL:  # every input is read: the next kernel may be scheduled (it waits for this one to end)
+            tl.extra.cuda.gdc_launch_dependents()
         tl.store(out_ptrs, y, mask=out_mask)
 
     def triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype, residual=None):
