@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -36,11 +35,12 @@ import triton.language as tl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from decode_step_variants import DECODE_LINEAR_SHAPES, _graph_time_us  # noqa: E402
 
 from foundry.runtime import pdl, scaled_gemm  # noqa: E402
 
-# Llama-3.1-8B's decode linears: (name, out features, in features)
-SHAPES = (("qkv", 6144, 4096), ("output proj", 4096, 4096), ("fc+gate", 28672, 4096), ("down proj", 4096, 14336))
 L2_MULTIPLE_BYTES = 400_000_000  # > 4 × the L2 of an H100 (50 MB) or H200 (60 MB)
 MAX_TILES = 1 << 14  # counters: one per column tile of the widest GEMM
 
@@ -105,11 +105,9 @@ def _split_k_kernel(
         total = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type)
         for part in range(0, SPLIT_K):
             total += tl.load(partial_ptr + part * M * N + tile, mask=tile_mask, other=0, cache_modifier=".cg")
-        y = total.to(tl.float32)
-        if HAS_ROW_SCALE:
-            y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
-        if HAS_COL_SCALE:
-            y = y * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+        y = scaled_gemm.scale_epilogue(
+            total, row_scale_ptr, col_scale_ptr, offs_m, offs_n, M, N, HAS_ROW_SCALE, HAS_COL_SCALE
+        )
         out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=tile_mask)
         tl.atomic_xchg(counter_ptr + pid_n, 0)  # ready for the next call (graph replays included)
@@ -211,31 +209,16 @@ def agreement(kind: str, rows: int, n: int, k: int, split_k: int, device, refere
     }
 
 
-def graph_us(calls: list, replays: int = 20) -> float:
-    from foundry.runtime.decode_runner import capture_cuda_graph
-
-    graph, _ = capture_cuda_graph(lambda: [call() for call in calls][-1], torch.device("cuda"), None)
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(calls))
-    return statistics.median(times)
-
-
 def timings(kind: str, rows: int, n: int, k: int) -> dict:
     count = max(2, -(-L2_MULTIPLE_BYTES // (n * k)))
     weights = [random_codes(kind, (n, k), "cuda") for _ in range(count)] * 4
     ops = operands(kind, rows, n, k, "cuda")
-    found = {"shipped_us": round(graph_us([lambda w=w: shipped(w, ops) for w in weights]), 2), "split_k": []}
+    found = {"shipped_us": round(_graph_time_us([lambda w=w: shipped(w, ops) for w in weights]), 2), "split_k": []}
     for split_k, block_n, block_k, warps in itertools.product((2, 4, 8), (16, 32, 64), (128, 256), (4,)):
         if k // split_k < block_k:
             continue
         try:
-            us = graph_us(
+            us = _graph_time_us(
                 [
                     lambda w=w: split_k_matmul(
                         ops["a"],
@@ -272,7 +255,7 @@ def main() -> int:
         "command": "python benchmarks/split_k_gemm.py " + " ".join(sys.argv[1:]),
         "rows": [],
     }
-    for kind, (name, n, k), rows in itertools.product(args.kinds, SHAPES, args.rows):
+    for kind, (name, n, k), rows in itertools.product(args.kinds, DECODE_LINEAR_SHAPES, args.rows):
         row = {"kind": kind, "linear": name, "rows": rows}
         row["agreement"] = {s: agreement(kind, rows, n, k, s, "cuda") for s in (2, 4, 8)}
         row.update(timings(kind, rows, n, k))

@@ -72,6 +72,26 @@ if triton is not None:
         kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m_bucket)]
         return kept or configs[:1]
 
+    @triton.jit
+    def scale_epilogue(
+        accumulator,
+        row_scale_ptr,
+        col_scale_ptr,
+        offs_m,
+        offs_n,
+        M,
+        N,
+        HAS_ROW_SCALE: tl.constexpr,
+        HAS_COL_SCALE: tl.constexpr,
+    ):
+        """The GEMM epilogue's scaling, in float32: accumulator × row_scale[m] × col_scale[n]."""
+        y = accumulator.to(tl.float32)
+        if HAS_ROW_SCALE:
+            y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
+        if HAS_COL_SCALE:
+            y = y * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+        return y
+
     # (the autotuner's key also holds the tensors' dtypes: bf16, E4M3 and int8 operands tune apart)
     @triton.autotune(
         configs=_configs(),
@@ -125,11 +145,9 @@ if triton is not None:
             accumulator = tl.dot(a, w, accumulator, out_dtype=tl.float32 if FLOAT_ACC else tl.int32)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
-        y = accumulator.to(tl.float32)
-        if HAS_ROW_SCALE:
-            y = y * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
-        if HAS_COL_SCALE:
-            y = y * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+        y = scale_epilogue(
+            accumulator, row_scale_ptr, col_scale_ptr, offs_m, offs_n, M, N, HAS_ROW_SCALE, HAS_COL_SCALE
+        )
         out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
         out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
         y = y.to(out_ptr.dtype.element_ty)
