@@ -41,8 +41,6 @@ Settings (applied before the engine is built, undone after):
   activation quantization as prologues was measured here too and lost: run16.)
 * pdl / no_pdl: programmatic dependent launch (foundry/runtime/pdl.py) on or off for foundry's
   Triton kernels and inductor's (run19).
-* split_k / no_split_k: split-K configurations among scaled_gemm.py's autotuner choices up to
-  SPLIT_K_MAX_ROWS rows, or none (benchmarks/split_k_gemm.py times them kernel by kernel).
 * compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
   (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
   measure with --prefill-prompts.
@@ -77,7 +75,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from checkpoint_variants import VARIANTS, calibrate_amax, float_checkpoint, parsed_config, quantize_checkpoint  # noqa: E402
 from gpu_bench import copy_bandwidth_gb_s, random_hf_model  # noqa: E402
 
-from foundry.runtime import linears, pdl, reference, scaled_gemm  # noqa: E402
+from foundry.runtime import linears, pdl, reference  # noqa: E402
 from foundry.runtime.reference import ReferenceEngine  # noqa: E402
 from foundry.runtime.scheduler import EngineOptions  # noqa: E402
 
@@ -98,8 +96,6 @@ SETTINGS = [
     "triton_residual_linears",
     "pdl",
     "no_pdl",
-    "split_k",
-    "no_split_k",
 ]
 
 
@@ -145,7 +141,6 @@ def setting(name: str):
         reference.DECODE_ATTENTION_KERNEL,
         reference.TRITON_RESIDUAL_LINEARS,
         pdl.ENABLED,
-        scaled_gemm.SPLIT_K_MAX_ROWS,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -165,8 +160,6 @@ def setting(name: str):
             reference.TRITON_RESIDUAL_LINEARS = RESIDUAL_LINEAR_SETTINGS[name]
         if name in ("pdl", "no_pdl"):
             pdl.ENABLED = name == "pdl"
-        if name == "no_split_k":
-            scaled_gemm.SPLIT_K_MAX_ROWS = 0
         yield
     finally:
         (
@@ -177,7 +170,6 @@ def setting(name: str):
             reference.DECODE_ATTENTION_KERNEL,
             reference.TRITON_RESIDUAL_LINEARS,
             pdl.ENABLED,
-            scaled_gemm.SPLIT_K_MAX_ROWS,
         ) = saved
 
 

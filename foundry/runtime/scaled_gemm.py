@@ -46,52 +46,30 @@ def int8_matmul_scaled(
     return (y * col_scale).to(out_dtype)
 
 
-SPLIT_K_MAX_ROWS = 16  # split-K configurations are among the autotuner's choices up to this many rows
-MAX_SPLIT_K = 8
-MAX_SPLIT_K_TILES = 1 << 14  # per-tile counters: 16-row × 16-column tiles of N up to 262,144
-
 if triton is not None:
 
     def _configs():
         # Small M (decode) is bound by reading the weight: narrow N tiles so every SM has work, and
         # deep K pipelines. Large M (prefill) is bound by the int8 tensor cores: wide tiles.
         small = [
-            triton.Config({"BLOCK_M": 16, "BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": 1}, num_warps=w, num_stages=s)
+            triton.Config({"BLOCK_M": 16, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
             for n, k, w, s in ((32, 256, 4, 4), (64, 256, 4, 4), (32, 512, 4, 3), (64, 128, 4, 5), (16, 512, 2, 4))
-        ]
-        # Split-K (up to SPLIT_K_MAX_ROWS rows): a column tile's K range over several programs, so
-        # a GEMM of few column tiles (the 4096 × 4096 output projection: 128 tiles of 32 on 132 SMs)
-        # still has several loads in flight per SM.
-        small += [
-            triton.Config({"BLOCK_M": 16, "BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": split}, num_warps=4, num_stages=4)
-            for split in (2, 4, 8)
-            for n in (32, 64)
-            for k in (128, 256)
         ]
         # 17–32 rows (decode at batch 32) in one row block: with 16-row blocks every weight tile is
         # read twice (on an H100 the 28672 × 4096 bf16 GEMV took 158 µs at 32 rows against 81 µs at
         # one: run17; 89.9 µs with these tiles among the choices, cuBLAS 88.5: run18).
         small += [
-            triton.Config({"BLOCK_M": 32, "BLOCK_N": n, "BLOCK_K": 256, "SPLIT_K": 1}, num_warps=4, num_stages=4)
-            for n in (32, 64)
+            triton.Config({"BLOCK_M": 32, "BLOCK_N": n, "BLOCK_K": 256}, num_warps=4, num_stages=4) for n in (32, 64)
         ]
         large = [
-            triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": 128, "SPLIT_K": 1}, num_warps=w, num_stages=4)
+            triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": 128}, num_warps=w, num_stages=4)
             for m, n, w in ((64, 64, 4), (64, 128, 4), (128, 128, 8), (128, 64, 4))
         ]
         return small + large
 
     def _prune(configs, named_args, **kwargs):
-        m_bucket, k = named_args["M_BUCKET"], named_args["K"]
-        kept = [
-            c
-            for c in configs
-            if c.kwargs["BLOCK_M"] <= max(16, m_bucket)
-            and (
-                c.kwargs["SPLIT_K"] == 1
-                or (named_args["SPLIT_K_ALLOWED"] and k // c.kwargs["SPLIT_K"] >= c.kwargs["BLOCK_K"])
-            )
-        ]
+        m_bucket = named_args["M_BUCKET"]
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m_bucket)]
         return kept or configs[:1]
 
     @triton.jit
@@ -114,24 +92,59 @@ if triton is not None:
             y = y * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
         return y
 
+    # (the autotuner's key also holds the tensors' dtypes: bf16, E4M3 and int8 operands tune apart)
+    @triton.autotune(
+        configs=_configs(),
+        key=["M_BUCKET", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL", "PDL"],
+        prune_configs_by={"early_config_prune": _prune},
+    )
     @triton.jit
-    def _store_output(
-        accumulator,
+    def _scaled_gemm_kernel(
+        a_ptr,
+        w_ptr,
         out_ptr,
         row_scale_ptr,
         col_scale_ptr,
         residual_ptr,
-        offs_m,
-        offs_n,
         M,
         N,
+        K,
+        stride_am,
+        stride_wn,
         stride_om,
+        M_BUCKET,
         HAS_ROW_SCALE: tl.constexpr,
         HAS_COL_SCALE: tl.constexpr,
         HAS_RESIDUAL: tl.constexpr,
+        FLOAT_ACC: tl.constexpr,
         PDL: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
     ):
-        """Scale, round to the output dtype, add the residual, store."""
+        if PDL:  # the activations (and the residual) come from the previous kernel: pdl.py
+            tl.extra.cuda.gdc_wait()
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
+        w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]  # a [BLOCK_K, BLOCK_N] tile of Wᵀ
+        accumulator = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FLOAT_ACC else tl.int32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            k_left = K - k * BLOCK_K
+            a_mask = (offs_m[:, None] < M) & (offs_k[None, :] < k_left)
+            w_mask = (offs_n[None, :] < N) & (offs_k[:, None] < k_left)
+            if FLOAT_ACC:  # E4M3 or bf16/fp16 operands: the padding value must be a float
+                a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+                w = tl.load(w_ptrs, mask=w_mask, other=0.0)
+            else:
+                a = tl.load(a_ptrs, mask=a_mask, other=0)
+                w = tl.load(w_ptrs, mask=w_mask, other=0)
+            accumulator = tl.dot(a, w, accumulator, out_dtype=tl.float32 if FLOAT_ACC else tl.int32)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
         y = scale_epilogue(
             accumulator, row_scale_ptr, col_scale_ptr, offs_m, offs_n, M, N, HAS_ROW_SCALE, HAS_COL_SCALE
         )
@@ -145,151 +158,39 @@ if triton is not None:
             tl.extra.cuda.gdc_launch_dependents()
         tl.store(out_ptrs, y, mask=out_mask)
 
-    # (the autotuner's key also holds the tensors' dtypes: bf16, E4M3 and int8 operands tune apart)
-    @triton.autotune(
-        configs=_configs(),
-        key=["M_BUCKET", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL", "PDL", "SPLIT_K_ALLOWED"],
-        prune_configs_by={"early_config_prune": _prune},
-    )
-    @triton.jit
-    def _scaled_gemm_kernel(
-        a_ptr,
-        w_ptr,
-        out_ptr,
-        row_scale_ptr,
-        col_scale_ptr,
-        residual_ptr,
-        partial_ptr,
-        counter_ptr,
-        M,
-        N,
-        K,
-        stride_am,
-        stride_wn,
-        stride_om,
-        M_BUCKET,
-        SPLIT_K_ALLOWED,
-        HAS_ROW_SCALE: tl.constexpr,
-        HAS_COL_SCALE: tl.constexpr,
-        HAS_RESIDUAL: tl.constexpr,
-        FLOAT_ACC: tl.constexpr,
-        PDL: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        SPLIT_K: tl.constexpr,
-    ):
-        if PDL:  # the activations (and the residual) come from the previous kernel: pdl.py
-            tl.extra.cuda.gdc_wait()
-        pid_n = tl.program_id(0)
-        pid_m = tl.program_id(1)
-        if SPLIT_K == 1:
-            k_start = 0
-            k_stop = K
-        else:  # this program's share of K: program_id(2) of SPLIT_K, whole BLOCK_Ks
-            k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-            k_start = tl.program_id(2) * k_per_split
-            k_stop = tl.minimum(K, k_start + k_per_split)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_k = tl.arange(0, BLOCK_K)
-        a_ptrs = a_ptr + offs_m[:, None] * stride_am + (k_start + offs_k)[None, :]
-        w_ptrs = w_ptr + offs_n[None, :] * stride_wn + (k_start + offs_k)[:, None]  # a [BLOCK_K, BLOCK_N] tile of Wᵀ
-        accumulator = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FLOAT_ACC else tl.int32)
-        for k in range(0, tl.cdiv(k_stop - k_start, BLOCK_K)):
-            k_left = k_stop - k_start - k * BLOCK_K
-            a_mask = (offs_m[:, None] < M) & (offs_k[None, :] < k_left)
-            w_mask = (offs_n[None, :] < N) & (offs_k[:, None] < k_left)
-            if FLOAT_ACC:  # E4M3 or bf16/fp16 operands: the padding value must be a float
-                a = tl.load(a_ptrs, mask=a_mask, other=0.0)
-                w = tl.load(w_ptrs, mask=w_mask, other=0.0)
-            else:
-                a = tl.load(a_ptrs, mask=a_mask, other=0)
-                w = tl.load(w_ptrs, mask=w_mask, other=0)
-            accumulator = tl.dot(a, w, accumulator, out_dtype=tl.float32 if FLOAT_ACC else tl.int32)
-            a_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
-        if SPLIT_K == 1:
-            _store_output(
-                accumulator, out_ptr, row_scale_ptr, col_scale_ptr, residual_ptr, offs_m, offs_n, M, N, stride_om,
-                HAS_ROW_SCALE, HAS_COL_SCALE, HAS_RESIDUAL, PDL,
-            )  # fmt: skip
-        else:  # store the partial sums; the tile's last program to finish adds them up (split_k_scratch)
-            tile_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-            tile = offs_m[:, None] * N + offs_n[None, :]
-            tl.store(partial_ptr + tl.program_id(2) * M * N + tile, accumulator, mask=tile_mask)
-            tl.debug_barrier()  # every thread's partial is written before the counter says so
-            counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
-            if tl.atomic_add(counter, 1, sem="acq_rel") == SPLIT_K - 1:
-                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FLOAT_ACC else tl.int32)
-                for part in range(0, SPLIT_K):  # in split order, whichever finished last: deterministic
-                    total += tl.load(partial_ptr + part * M * N + tile, mask=tile_mask, other=0, cache_modifier=".cg")
-                tl.atomic_xchg(counter, 0)  # ready for the next launch (graph replays included)
-                _store_output(
-                    total, out_ptr, row_scale_ptr, col_scale_ptr, residual_ptr, offs_m, offs_n, M, N, stride_om,
-                    HAS_ROW_SCALE, HAS_COL_SCALE, HAS_RESIDUAL, PDL,
-                )  # fmt: skip
-
-    _scratch_counters: dict[torch.device, torch.Tensor] = {}
-
-    def split_k_scratch(a: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(partial sums [MAX_SPLIT_K, M, N], per-tile counters) for a split-K launch, or None where
-        split-K is not among the choices. The counters are zeroed once per device and each tile's last
-        program resets its own, so no memset kernel runs per call. Launches that share them must not
-        overlap: kernels of one stream run in order, and under PDL each waits (gdc_wait) for its
-        predecessor to end before it touches them; the engine runs its steps on one stream."""
-        rows = a.shape[0]
-        if rows > SPLIT_K_MAX_ROWS or triton.cdiv(rows, 16) * triton.cdiv(n, 16) > MAX_SPLIT_K_TILES:
-            return None
-        counters = _scratch_counters.get(a.device)
-        if counters is None:
-            if a.is_cuda and torch.cuda.is_current_stream_capturing():  # a memset in the graph, memory of its pool
-                raise RuntimeError("run a split-K GEMM once before capturing it in a CUDA graph (as warm-up does)")
-            counters = _scratch_counters[a.device] = torch.zeros(MAX_SPLIT_K_TILES, dtype=torch.int32, device=a.device)
-        partial_dtype = torch.int32 if a.dtype == torch.int8 else torch.float32
-        return torch.empty((MAX_SPLIT_K, rows, n), dtype=partial_dtype, device=a.device), counters
-
-    def triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype, residual=None, config: dict | None = None):
+    def triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype, residual=None):
         """a [M, K] and w [N, K], both int8, both float8_e4m3fn, or both the output's float dtype
-        (then col_scale None); residual [M, N] contiguous, added in the epilogue, or None.
-        `config` (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) bypasses the autotuner
-        (benchmarks/split_k_gemm.py times configurations one by one)."""
+        (then col_scale None); residual [M, N] contiguous, added in the epilogue, or None."""
         a = a.contiguous()
         M, K = a.shape
         N = w.shape[0]
         out = torch.empty((M, N), dtype=out_dtype, device=a.device)
-        scratch = split_k_scratch(a, N)
-        if config is not None and config.get("SPLIT_K", 1) > 1 and scratch is None:
-            raise ValueError(f"split-K serves up to {SPLIT_K_MAX_ROWS} rows, not {M} (SPLIT_K_MAX_ROWS)")
+        m_bucket = min(128, triton.next_power_of_2(M))
         programmatic = pdl.enabled(a.device)
 
         def grid(meta):
-            return (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]), meta["SPLIT_K"])
+            return (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))
 
-        kernel = _scaled_gemm_kernel if config is None else _scaled_gemm_kernel.fn
-        kernel[grid if config is None else grid(config)](
+        _scaled_gemm_kernel[grid](
             a,
             w,
             out,
             row_scale if row_scale is not None else a,  # pointers of absent operands: any tensor
             col_scale if col_scale is not None else a,
             residual if residual is not None else out,
-            *(scratch if scratch is not None else (out, out)),
             M,
             N,
             K,
             a.stride(0),
             w.stride(0),
             out.stride(0),
-            min(128, triton.next_power_of_2(M)),
-            int(scratch is not None),  # in the autotuner's key
+            m_bucket,
             HAS_ROW_SCALE=row_scale is not None,
             HAS_COL_SCALE=col_scale is not None,
             HAS_RESIDUAL=residual is not None,
             FLOAT_ACC=a.dtype != torch.int8,
             PDL=programmatic,
             launch_pdl=programmatic,
-            **(config or {}),
         )
         return out
 
