@@ -8,9 +8,13 @@ in registers exactly as `kv_pool.dequantize_kv` rounds them), and splits a row's
 programs (flash-decoding) when the batch alone would leave most SMs idle. The query heads that share
 a KV head are one program's rows, so each key and value is read once per KV head.
 
-Two kernels: the split pass writes each split's running max, normaliser and weighted values; the
-merge pass combines the splits (skipped when one split covers the slot). No CPU equivalent: on CPU
-the reference runtime keeps SDPA, and the GPU parity script checks both against each other.
+One kernel: each split writes its running max, normaliser and weighted values, and the last
+split of a (row, KV head) to finish (a counter per pair, which that program resets) combines them
+(FUSED_MERGE; otherwise a second kernel merges). With one split per row the output is written
+directly. For an FP8 output projection the kernel writes the E4M3 codes that
+`Fp8Linear.quantize_activation` would make of its output (`out_scale`), so no kernel runs between
+attention and that GEMM. No CPU equivalent: on CPU the reference runtime keeps SDPA, and the GPU
+parity script checks both against each other.
 """
 
 from __future__ import annotations
@@ -29,8 +33,40 @@ except ImportError:  # pragma: no cover - depends on the torch build
 
 BLOCK_COLUMNS = 64  # KV columns per inner step
 TARGET_PROGRAMS_PER_SM = 2
+FUSED_MERGE = True  # the last split merges (one kernel a layer) rather than a merge kernel
+MAX_MERGE_COUNTERS = 1 << 16  # (row, KV head) pairs
 
 if triton is not None:
+
+    @triton.jit
+    def _store_output(out, q_ptr, out_ptr, out_scale_ptr, offsets, mask, QUANTIZE_OUT: tl.constexpr):
+        """out rounded to the compute dtype; for an FP8 output projection, the E4M3 codes of that as
+        Fp8Linear.quantize_activation makes them (IEEE division by the scale, clamp, nearest even)."""
+        y = out.to(q_ptr.dtype.element_ty)
+        if QUANTIZE_OUT:
+            y = tl.math.div_rn(y.to(tl.float32), tl.load(out_scale_ptr))
+            y = tl.minimum(tl.maximum(y, -448.0), 448.0)  # ±kv_pool.FP8_E4M3_MAX, as quantize_activation clamps
+        tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _merge_head(partial_ptr, stats_ptr, base, num_splits, HEAD: tl.constexpr, SPLITS_PAD: tl.constexpr):
+        """One head's output [HEAD] from its splits' (max, normaliser, weighted values) at base.."""
+        offs_s = tl.arange(0, SPLITS_PAD)
+        offs_d = tl.arange(0, HEAD)
+        used = offs_s < num_splits
+        # a split past the row's position ran no step: max -inf, normaliser 0, weight 0 below
+        # (.cg: other programs wrote these; read them from L2, not a stale L1 line)
+        m = tl.load(stats_ptr + (base + offs_s) * 2, mask=used, other=float("-inf"), cache_modifier=".cg")
+        normaliser = tl.load(stats_ptr + (base + offs_s) * 2 + 1, mask=used, other=0.0, cache_modifier=".cg")
+        acc = tl.load(
+            partial_ptr + (base + offs_s)[:, None] * HEAD + offs_d[None, :],
+            mask=used[:, None],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        top = tl.max(m, 0)
+        weight = tl.where(m > float("-inf"), tl.exp(m - top), 0.0)
+        return tl.sum(acc * weight[:, None], 0) / tl.sum(normaliser * weight, 0)
 
     @triton.jit
     def _split_kernel(
@@ -40,8 +76,10 @@ if triton is not None:
         positions_ptr,
         scale_ptr,
         out_ptr,
+        out_scale_ptr,
         partial_ptr,
         stats_ptr,
+        counter_ptr,
         stride_qb,
         stride_qh,
         stride_kb,
@@ -58,7 +96,10 @@ if triton is not None:
         HEAD: tl.constexpr,
         BLOCK_N: tl.constexpr,
         QUANTIZED: tl.constexpr,
+        QUANTIZE_OUT: tl.constexpr,
         ONE_SPLIT: tl.constexpr,
+        FUSED_MERGE: tl.constexpr,
+        SPLITS_PAD: tl.constexpr,
         PDL: tl.constexpr,
     ):
         if PDL:  # q and this step's K/V column come from the previous kernels (pdl.py)
@@ -105,48 +146,60 @@ if triton is not None:
             normaliser = normaliser * rescale + tl.sum(weights, 1)
             acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
             m = m_new
-        if PDL:  # every input is read: the next kernel may be scheduled (it waits for this one to end)
+        if (
+            PDL and not FUSED_MERGE
+        ):  # every input is read: the next kernel may be scheduled (it waits for this one to end)
             tl.extra.cuda.gdc_launch_dependents()
         in_group = offs_g < GROUP
         if ONE_SPLIT:
             out = acc / normaliser[:, None]
             out_offsets = row * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
-            tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=in_group[:, None])
+            _store_output(out, q_ptr, out_ptr, out_scale_ptr, out_offsets, in_group[:, None], QUANTIZE_OUT)
         else:  # partial [rows, heads, splits, HEAD], stats [rows, heads, splits, 2] (max, normaliser)
             split_index = (row * GROUP * tl.num_programs(1) + heads) * num_splits + split
             tl.store(partial_ptr + split_index[:, None] * HEAD + offs_d[None, :], acc, mask=in_group[:, None])
             tl.store(stats_ptr + split_index * 2, m, mask=in_group)
             tl.store(stats_ptr + split_index * 2 + 1, normaliser, mask=in_group)
+            if FUSED_MERGE:
+                tl.debug_barrier()  # every thread's partial is written before the counter says so
+                counter = counter_ptr + row * tl.num_programs(1) + kv_head
+                if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:  # the last split: merge
+                    tl.atomic_xchg(counter, 0)  # ready for the next launch (graph replays included)
+                    for g in tl.static_range(GROUP):
+                        head = kv_head * GROUP + g
+                        out = _merge_head(
+                            partial_ptr, stats_ptr, (row * GROUP * tl.num_programs(1) + head) * num_splits,
+                            num_splits, HEAD, SPLITS_PAD,
+                        )  # fmt: skip
+                        out_offsets = row * stride_ob + head * stride_oh + offs_d
+                        _store_output(out, q_ptr, out_ptr, out_scale_ptr, out_offsets, offs_d < HEAD, QUANTIZE_OUT)
+                # (no early trigger: the last program reads the partials up to its end; a program's
+                # exit lets the next kernel in)
 
     @triton.jit
     def _merge_kernel(
+        q_ptr,
         partial_ptr,
         stats_ptr,
         out_ptr,
+        out_scale_ptr,
         heads,
         num_splits,
         stride_ob,
         stride_oh,
         HEAD: tl.constexpr,
         SPLITS_PAD: tl.constexpr,
+        QUANTIZE_OUT: tl.constexpr,
         PDL: tl.constexpr,
     ):
         if PDL:
             tl.extra.cuda.gdc_wait()
         row = tl.program_id(0)
         head = tl.program_id(1)
-        offs_s = tl.arange(0, SPLITS_PAD)
+        out = _merge_head(partial_ptr, stats_ptr, (row * heads + head) * num_splits, num_splits, HEAD, SPLITS_PAD)
         offs_d = tl.arange(0, HEAD)
-        base = (row * heads + head) * num_splits
-        used = offs_s < num_splits
-        # a split past the row's position ran no step: max -inf, normaliser 0, weight 0 below
-        m = tl.load(stats_ptr + (base + offs_s) * 2, mask=used, other=float("-inf"))
-        normaliser = tl.load(stats_ptr + (base + offs_s) * 2 + 1, mask=used, other=0.0)
-        acc = tl.load(partial_ptr + (base + offs_s)[:, None] * HEAD + offs_d[None, :], mask=used[:, None], other=0.0)
-        top = tl.max(m, 0)
-        weight = tl.where(m > float("-inf"), tl.exp(m - top), 0.0)
-        out = tl.sum(acc * weight[:, None], 0) / tl.sum(normaliser * weight, 0)
-        tl.store(out_ptr + row * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty))
+        offsets = row * stride_ob + head * stride_oh + offs_d
+        _store_output(out, q_ptr, out_ptr, out_scale_ptr, offsets, offs_d < HEAD, QUANTIZE_OUT)
 
 
 def serves(q: torch.Tensor) -> bool:
@@ -167,6 +220,26 @@ def split_count(rows: int, kv_heads: int, columns: int, multiprocessors: int) ->
     return max(1, min(wanted, math.ceil(columns / BLOCK_COLUMNS)))
 
 
+_merge_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def merge_counters(device: torch.device, pairs: int) -> torch.Tensor:
+    """Per-(row, KV head) counters of finished splits for the fused merge: zeroed once per device,
+    reset by each pair's last split, so no memset runs per call. Launches that share them must not
+    overlap: one stream's kernels run in order, and under PDL each waits (gdc_wait) for its
+    predecessor to end before it touches them; the engine runs its decode steps on one stream."""
+    if pairs > MAX_MERGE_COUNTERS:
+        raise ValueError(
+            f"decode attention's fused merge serves {MAX_MERGE_COUNTERS} (row, KV head) pairs, not {pairs}"
+        )
+    counters = _merge_counters.get(device)
+    if counters is None:
+        if torch.cuda.is_current_stream_capturing():  # would be a memset in the graph, memory of its pool
+            raise RuntimeError("run decode attention once before capturing it in a CUDA graph (as warm-up does)")
+        counters = _merge_counters[device] = torch.zeros(MAX_MERGE_COUNTERS, dtype=torch.int32, device=device)
+    return counters
+
+
 @torch.library.custom_op("foundry::decode_attention", mutates_args=())
 def decode_attention_cuda(
     q: torch.Tensor,
@@ -174,11 +247,13 @@ def decode_attention_cuda(
     values: torch.Tensor,
     positions: torch.Tensor,
     kv_scale: torch.Tensor | None,
+    out_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q [rows, heads, 1, head_size] bf16/fp16; keys/values the layer's pool storage [slots, kv_heads,
     capacity, head_size] (row b is slot b), contiguous; positions [rows]: row b attends to columns
     0..positions[b]; kv_scale: a quantized cache's scale (None for a bf16/fp16 cache) → [rows, heads,
-    1, head_size]."""
+    1, head_size] in q's dtype, or with out_scale (an FP8 output projection's activation scale, a
+    float32 scalar) the E4M3 codes Fp8Linear.quantize_activation makes of that."""
     if triton is None:
         raise RuntimeError("decode attention on CUDA needs Triton (it ships with CUDA builds of torch)")
     rows, heads, _, head_size = q.shape
@@ -187,7 +262,8 @@ def decode_attention_cuda(
         raise ValueError("decode attention wants the pool's contiguous keys and values of one layout")
     group = heads // kv_heads
     q = q.contiguous()
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    quantize_out = out_scale is not None
+    out = torch.empty(q.shape, dtype=torch.float8_e4m3fn if quantize_out else q.dtype, device=q.device)
     multiprocessors = torch.cuda.get_device_properties(q.device).multi_processor_count
     splits = split_count(rows, kv_heads, columns, multiprocessors)
     split_columns = math.ceil(math.ceil(columns / splits) / BLOCK_COLUMNS) * BLOCK_COLUMNS
@@ -195,16 +271,20 @@ def decode_attention_cuda(
     partial = q.new_empty((rows, heads, splits, head_size), dtype=torch.float32) if splits > 1 else out
     stats = q.new_empty((rows, heads, splits, 2), dtype=torch.float32) if splits > 1 else out
     quantized = kv_scale is not None
+    fused_merge = FUSED_MERGE and splits > 1
+    counters = merge_counters(q.device, rows * kv_heads) if fused_merge else positions
     programmatic = pdl.enabled(q.device)
     _split_kernel[(rows, kv_heads, splits)](
         q,
         keys,
         values,
         positions,
-        kv_scale if quantized else positions,
+        kv_scale if quantized else positions,  # pointers of absent operands: any tensor
         out,
+        out_scale if quantize_out else positions,
         partial,
         stats,
+        counters,
         q.stride(0),
         q.stride(1),
         keys.stride(0),
@@ -221,21 +301,27 @@ def decode_attention_cuda(
         HEAD=head_size,
         BLOCK_N=BLOCK_COLUMNS,
         QUANTIZED=quantized,
+        QUANTIZE_OUT=quantize_out,
         ONE_SPLIT=splits == 1,
+        FUSED_MERGE=fused_merge,
+        SPLITS_PAD=triton.next_power_of_2(splits),
         PDL=programmatic,
         launch_pdl=programmatic,
     )
-    if splits > 1:
+    if splits > 1 and not fused_merge:
         _merge_kernel[(rows, heads)](
+            q,
             partial,
             stats,
             out,
+            out_scale if quantize_out else positions,
             heads,
             splits,
             out.stride(0),
             out.stride(1),
             HEAD=head_size,
             SPLITS_PAD=triton.next_power_of_2(splits),
+            QUANTIZE_OUT=quantize_out,
             PDL=programmatic,
             launch_pdl=programmatic,
         )
@@ -243,5 +329,5 @@ def decode_attention_cuda(
 
 
 @decode_attention_cuda.register_fake
-def _decode_attention_shape(q, keys, values, positions, kv_scale):
-    return q.new_empty(q.shape)
+def _decode_attention_shape(q, keys, values, positions, kv_scale, out_scale=None):
+    return q.new_empty(q.shape, dtype=torch.float8_e4m3fn if out_scale is not None else q.dtype)

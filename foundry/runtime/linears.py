@@ -151,7 +151,9 @@ class Fp8Linear:
         return (x.float() / self.activation_scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        codes = self.quantize_activation(x)
+        """x in the compute dtype, or already its E4M3 codes (CUDA decode attention writes them for the
+        output projection: decode_attention.py)."""
+        codes = x if x.dtype == torch.float8_e4m3fn else self.quantize_activation(x)
         if not self.on_cuda:
             return (F.linear(codes.float(), self.weight) * self.column_scale).to(self.compute_dtype)
         leading_shape = codes.shape[:-1]

@@ -118,6 +118,9 @@ DECODE_ATTENTION_KERNEL = True
 # µs a call, step 6.149 → 6.025 ms at batch 1, 6.656 → 6.622 at batch 32. decode_step_variants.py
 # settings cublas_output_projection / triton_output_projection / triton_residual_linears.
 TRITON_RESIDUAL_LINEARS = frozenset({"dense", "proj"})
+# CUDA decode of FP8 layers: the attention kernel writes the E4M3 codes of its output for the
+# output projection (decode_attention.py), instead of a separate quantization kernel per layer.
+FP8_CODES_FROM_ATTENTION = True
 
 
 class DecoderLayer:
@@ -241,7 +244,11 @@ class DecoderLayer:
         pool.write_rows(self.index, positions, k[:, :, 0], v[:, :, 0])
         if DECODE_ATTENTION_KERNEL and attention_kernel.serves(q):
             keys, values, kv_scale = pool.storage(self.index)
-            return self._finish(x, attention_kernel.decode_attention_cuda(q, keys, values, positions, kv_scale))
+            out_scale = (
+                self.dense.activation_scale if FP8_CODES_FROM_ATTENTION and isinstance(self.dense, Fp8Linear) else None
+            )
+            attended = attention_kernel.decode_attention_cuda(q, keys, values, positions, kv_scale, out_scale)
+            return self._finish(x, attended)
         keys, values = pool.read_rows(self.index, rows, allowed.shape[1])
         # One SDPA call (boolean mask) instead of matmul → mask → softmax → matmul: fewer kernels
         # per layer; the compiled step on an H100 went 6.55 → 6.29 ms (decode_step_variants.py).
