@@ -473,6 +473,11 @@ def test_fp8_linears_match_modelopt_fake_quant(tiny_fp16_exact_dir, tiny_windows
     x = captured["gate_proj"][0]
     with torch.inference_mode():
         assert torch.equal(fused(x), torch.cat([layer.fc(x), layer.gate(x)], dim=-1))
+    # CUDA decode attention hands the output projection its input's E4M3 codes (decode_attention.py,
+    # checked bit for bit against quantize_activation on a GPU): the layer takes codes as its input.
+    x = captured["o_proj"][0]
+    with torch.inference_mode():
+        assert torch.equal(layer.dense(layer.dense.quantize_activation(x)), layer.dense(x))
 
 
 @pytest.mark.parametrize("quantization", ["none", "int8_sq"])

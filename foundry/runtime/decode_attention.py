@@ -8,13 +8,16 @@ in registers exactly as `kv_pool.dequantize_kv` rounds them), and splits a row's
 programs (flash-decoding) when the batch alone would leave most SMs idle. The query heads that share
 a KV head are one program's rows, so each key and value is read once per KV head.
 
-One kernel: each split writes its running max, normaliser and weighted values, and the last
-split of a (row, KV head) to finish (a counter per pair, which that program resets) combines them
-(FUSED_MERGE; otherwise a second kernel merges). With one split per row the output is written
-directly. For an FP8 output projection the kernel writes the E4M3 codes that
-`Fp8Linear.quantize_activation` would make of its output (`out_scale`), so no kernel runs between
-attention and that GEMM. No CPU equivalent: on CPU the reference runtime keeps SDPA, and the GPU
-parity script checks both against each other.
+Two kernels: the split pass writes each split's running max, normaliser and weighted values; the
+merge pass combines the splits (skipped when one split covers the slot). Merging in the split
+pass's last program of each (row, KV head) instead (a counter per pair) measured slower on an
+H100: that program merges its group's heads alone, at the tail (compiled step at batch 1: FP8
+3.721 → 3.797 ms, bf16 6.068 → 6.140; docs/gpu-results/run21_*; code at d957253).
+For an FP8 output projection the kernel writes the E4M3 codes that `Fp8Linear.quantize_activation`
+would make of its output (`out_scale`), so no quantization kernel runs between attention and that
+GEMM (bit-identical on an H100 in 27 of 27 cases of decode_step_variants' agreement check).
+No CPU equivalent: on CPU the reference runtime keeps SDPA, and the GPU parity script checks both
+against each other.
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ except ImportError:  # pragma: no cover - depends on the torch build
 
 BLOCK_COLUMNS = 64  # KV columns per inner step
 TARGET_PROGRAMS_PER_SM = 2
-FUSED_MERGE = True  # the last split merges (one kernel a layer) rather than a merge kernel
-MAX_MERGE_COUNTERS = 1 << 16  # (row, KV head) pairs
 
 if triton is not None:
 
@@ -55,14 +56,12 @@ if triton is not None:
         offs_d = tl.arange(0, HEAD)
         used = offs_s < num_splits
         # a split past the row's position ran no step: max -inf, normaliser 0, weight 0 below
-        # (.cg: other programs wrote these; read them from L2, not a stale L1 line)
-        m = tl.load(stats_ptr + (base + offs_s) * 2, mask=used, other=float("-inf"), cache_modifier=".cg")
-        normaliser = tl.load(stats_ptr + (base + offs_s) * 2 + 1, mask=used, other=0.0, cache_modifier=".cg")
+        m = tl.load(stats_ptr + (base + offs_s) * 2, mask=used, other=float("-inf"))
+        normaliser = tl.load(stats_ptr + (base + offs_s) * 2 + 1, mask=used, other=0.0)
         acc = tl.load(
             partial_ptr + (base + offs_s)[:, None] * HEAD + offs_d[None, :],
             mask=used[:, None],
             other=0.0,
-            cache_modifier=".cg",
         )
         top = tl.max(m, 0)
         weight = tl.where(m > float("-inf"), tl.exp(m - top), 0.0)
@@ -79,7 +78,6 @@ if triton is not None:
         out_scale_ptr,
         partial_ptr,
         stats_ptr,
-        counter_ptr,
         stride_qb,
         stride_qh,
         stride_kb,
@@ -98,8 +96,6 @@ if triton is not None:
         QUANTIZED: tl.constexpr,
         QUANTIZE_OUT: tl.constexpr,
         ONE_SPLIT: tl.constexpr,
-        FUSED_MERGE: tl.constexpr,
-        SPLITS_PAD: tl.constexpr,
         PDL: tl.constexpr,
     ):
         if PDL:  # q and this step's K/V column come from the previous kernels (pdl.py)
@@ -146,9 +142,7 @@ if triton is not None:
             normaliser = normaliser * rescale + tl.sum(weights, 1)
             acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
             m = m_new
-        if (
-            PDL and not FUSED_MERGE
-        ):  # every input is read: the next kernel may be scheduled (it waits for this one to end)
+        if PDL:  # every input is read: the next kernel may be scheduled (it waits for this one to end)
             tl.extra.cuda.gdc_launch_dependents()
         in_group = offs_g < GROUP
         if ONE_SPLIT:
@@ -160,21 +154,6 @@ if triton is not None:
             tl.store(partial_ptr + split_index[:, None] * HEAD + offs_d[None, :], acc, mask=in_group[:, None])
             tl.store(stats_ptr + split_index * 2, m, mask=in_group)
             tl.store(stats_ptr + split_index * 2 + 1, normaliser, mask=in_group)
-            if FUSED_MERGE:
-                tl.debug_barrier()  # every thread's partial is written before the counter says so
-                counter = counter_ptr + row * tl.num_programs(1) + kv_head
-                if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:  # the last split: merge
-                    tl.atomic_xchg(counter, 0)  # ready for the next launch (graph replays included)
-                    for g in tl.static_range(GROUP):
-                        head = kv_head * GROUP + g
-                        out = _merge_head(
-                            partial_ptr, stats_ptr, (row * GROUP * tl.num_programs(1) + head) * num_splits,
-                            num_splits, HEAD, SPLITS_PAD,
-                        )  # fmt: skip
-                        out_offsets = row * stride_ob + head * stride_oh + offs_d
-                        _store_output(out, q_ptr, out_ptr, out_scale_ptr, out_offsets, offs_d < HEAD, QUANTIZE_OUT)
-                # (no early trigger: the last program reads the partials up to its end; a program's
-                # exit lets the next kernel in)
 
     @triton.jit
     def _merge_kernel(
@@ -220,26 +199,6 @@ def split_count(rows: int, kv_heads: int, columns: int, multiprocessors: int) ->
     return max(1, min(wanted, math.ceil(columns / BLOCK_COLUMNS)))
 
 
-_merge_counters: dict[torch.device, torch.Tensor] = {}
-
-
-def merge_counters(device: torch.device, pairs: int) -> torch.Tensor:
-    """Per-(row, KV head) counters of finished splits for the fused merge: zeroed once per device,
-    reset by each pair's last split, so no memset runs per call. Launches that share them must not
-    overlap: one stream's kernels run in order, and under PDL each waits (gdc_wait) for its
-    predecessor to end before it touches them; the engine runs its decode steps on one stream."""
-    if pairs > MAX_MERGE_COUNTERS:
-        raise ValueError(
-            f"decode attention's fused merge serves {MAX_MERGE_COUNTERS} (row, KV head) pairs, not {pairs}"
-        )
-    counters = _merge_counters.get(device)
-    if counters is None:
-        if torch.cuda.is_current_stream_capturing():  # would be a memset in the graph, memory of its pool
-            raise RuntimeError("run decode attention once before capturing it in a CUDA graph (as warm-up does)")
-        counters = _merge_counters[device] = torch.zeros(MAX_MERGE_COUNTERS, dtype=torch.int32, device=device)
-    return counters
-
-
 @torch.library.custom_op("foundry::decode_attention", mutates_args=())
 def decode_attention_cuda(
     q: torch.Tensor,
@@ -271,8 +230,6 @@ def decode_attention_cuda(
     partial = q.new_empty((rows, heads, splits, head_size), dtype=torch.float32) if splits > 1 else out
     stats = q.new_empty((rows, heads, splits, 2), dtype=torch.float32) if splits > 1 else out
     quantized = kv_scale is not None
-    fused_merge = FUSED_MERGE and splits > 1
-    counters = merge_counters(q.device, rows * kv_heads) if fused_merge else positions
     programmatic = pdl.enabled(q.device)
     _split_kernel[(rows, kv_heads, splits)](
         q,
@@ -284,7 +241,6 @@ def decode_attention_cuda(
         out_scale if quantize_out else positions,
         partial,
         stats,
-        counters,
         q.stride(0),
         q.stride(1),
         keys.stride(0),
@@ -303,12 +259,10 @@ def decode_attention_cuda(
         QUANTIZED=quantized,
         QUANTIZE_OUT=quantize_out,
         ONE_SPLIT=splits == 1,
-        FUSED_MERGE=fused_merge,
-        SPLITS_PAD=triton.next_power_of_2(splits),
         PDL=programmatic,
         launch_pdl=programmatic,
     )
-    if splits > 1 and not fused_merge:
+    if splits > 1:
         _merge_kernel[(rows, heads)](
             q,
             partial,
