@@ -13,6 +13,9 @@ Per variant, two checks, each exit 1 on a difference:
   feeds its tokens back into the bucket's inputs, one position further — against the same steps
   each launched with the tokens and positions from the host. Both replay the same graphs; the
   chain crosses a KV-length bucket, so a graph is captured between two of its steps.
+* FP8 codes (FP8 variants): greedy tokens with decode attention writing the output projection's
+  E4M3 codes (as it ships) against a separate quantization kernel (reference.FP8_CODES_FROM_ATTENTION
+  off): the codes are the same numbers, so the tokens must be equal.
 CPU tests cover the padding and the scheduler's bookkeeping (tests/test_batching_engine.py); the
 graph paths exist on CUDA only.
 """
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checkpoint_variants import VARIANTS, calibrate_amax, float_checkpoint, parsed_config, quantize_checkpoint  # noqa: E402
 from gpu_bench import SHAPES, random_hf_model  # noqa: E402
 
+from foundry.runtime import reference  # noqa: E402
 from foundry.runtime.prefill_graphs import PrefillGraphs  # noqa: E402
 from foundry.runtime.reference import ReferenceEngine  # noqa: E402
 from foundry.runtime.scheduler import EngineOptions  # noqa: E402
@@ -113,6 +117,22 @@ def decode_feed_agreement(variant: str, config, tensors, vocab_size: int) -> dic
     }
 
 
+def fp8_codes_agreement(variant: str, config, tensors, vocab_size: int) -> dict:
+    generator = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(1, vocab_size, (length,), generator=generator).tolist() for length in PROMPT_LENGTHS]
+    tokens = {}
+    for codes_from_attention in (True, False):
+        reference.FP8_CODES_FROM_ATTENTION = codes_from_attention
+        options = EngineOptions(max_batch_size=4, max_seq_len=160)
+        engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
+        try:
+            tokens[codes_from_attention] = generate_each(engine, prompts)
+        finally:
+            engine.close()
+            reference.FP8_CODES_FROM_ATTENTION = True
+    return {"variant": variant, "codes_from_attention_equals_quantize_kernel": tokens[True] == tokens[False]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="smollm2-135m", choices=list(SHAPES))
@@ -133,10 +153,14 @@ def main() -> int:
         print(results[-1], flush=True)
         results.append(decode_feed_agreement(variant, config, tensors, vocab_size))
         print(results[-1], flush=True)
+        if variant.startswith("fp8"):
+            results.append(fp8_codes_agreement(variant, config, tensors, vocab_size))
+            print(results[-1], flush=True)
     prefill_ok = all(
         r["graphed_equals_padded_eager"] and r["prefills_from_graphs"] for r in results if "prompt_lengths" in r
     )
-    return 0 if prefill_ok and all(r.get("fed_back_equals_host_fed", True) for r in results) else 1
+    checks = ("fed_back_equals_host_fed", "codes_from_attention_equals_quantize_kernel")
+    return 0 if prefill_ok and all(r.get(check, True) for r in results for check in checks) else 1
 
 
 if __name__ == "__main__":
