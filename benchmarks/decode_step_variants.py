@@ -44,6 +44,9 @@ Settings (applied before the engine is built, undone after):
 * fp8_codes_from_attention / fp8_quantize_kernel: an FP8 layer's attention kernel writes the E4M3
   codes for the output projection, or the step quantizes its bf16 output in a kernel of its own
   (reference.FP8_CODES_FROM_ATTENTION).
+* fused_rope_kv / inductor_rope_kv: RoPE on q and k and the KV write as one Triton kernel
+  (rope_kv_write.py) or as inductor's kernels (reference.FUSED_ROPE_KV_WRITE). Either runs
+  `rope_kv_agreement` first.
 * compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
   (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
   measure with --prefill-prompts.
@@ -101,6 +104,8 @@ SETTINGS = [
     "no_pdl",
     "fp8_codes_from_attention",
     "fp8_quantize_kernel",
+    "fused_rope_kv",
+    "inductor_rope_kv",
 ]
 
 
@@ -147,6 +152,7 @@ def setting(name: str):
         reference.TRITON_RESIDUAL_LINEARS,
         pdl.ENABLED,
         reference.FP8_CODES_FROM_ATTENTION,
+        reference.FUSED_ROPE_KV_WRITE,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -168,6 +174,8 @@ def setting(name: str):
             pdl.ENABLED = name == "pdl"
         if name in ("fp8_codes_from_attention", "fp8_quantize_kernel"):
             reference.FP8_CODES_FROM_ATTENTION = name == "fp8_codes_from_attention"
+        if name in ("fused_rope_kv", "inductor_rope_kv"):
+            reference.FUSED_ROPE_KV_WRITE = name == "fused_rope_kv"
         yield
     finally:
         (
@@ -179,6 +187,7 @@ def setting(name: str):
             reference.TRITON_RESIDUAL_LINEARS,
             pdl.ENABLED,
             reference.FP8_CODES_FROM_ATTENTION,
+            reference.FUSED_ROPE_KV_WRITE,
         ) = saved
 
 
@@ -358,6 +367,57 @@ def decode_attention_agreement() -> list[dict]:
             }
         )
     return rows_out
+
+
+def rope_kv_agreement(device: str = "cuda") -> list[dict]:
+    """foundry's RoPE + KV write kernel against the eager formula (float32, one rounding to bf16, as
+    the kernel and inductor compute it; then kv_pool.quantize_kv) on bf16, INT8 and FP8 caches,
+    Llama-3.1-8B and SmolLM2 heads, 1 and 32 rows (one on the scratch column), compiled as the step
+    compiles it: q, and the whole pool after the write (other columns untouched)."""
+    from foundry.runtime.kv_pool import quantize_kv
+    from foundry.runtime.rope_kv_write import rope_kv_write_cuda
+
+    generator = torch.Generator(device=device).manual_seed(8)
+    results = []
+    for (heads, kv_heads, head_size), rows, algo in itertools.product(
+        ((32, 8, 128), (9, 3, 64)), (1, 32), (None, "INT8", "FP8")
+    ):
+        capacity = 130
+        width = (heads + 2 * kv_heads) * head_size
+        qkv = torch.randn((rows, width), device=device, generator=generator).to(torch.bfloat16)
+        angles = torch.rand((rows, head_size // 2), device=device, generator=generator) * 100
+        cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(torch.bfloat16) for f in (torch.cos, torch.sin))
+        positions = torch.randint(0, capacity - 1, (rows,), device=device, generator=generator)
+        positions[-1] = capacity - 1  # an idle row writes the scratch column
+        storage = {None: torch.bfloat16, "INT8": torch.int8, "FP8": torch.float8_e4m3fn}[algo]
+        scale = torch.tensor(0.02, device=device) if algo else None
+        shape = (rows, kv_heads, capacity, head_size)
+        keys, values = (torch.randn(shape, device=device, generator=generator).to(storage) for _ in range(2))
+        expected_keys, expected_values = keys.clone(), values.clone()
+        torch._dynamo.reset()  # a fresh compile per case (the cases differ in shapes and scale)
+        q = torch.compile(rope_kv_write_cuda, fullgraph=True)(qkv, cos, sin, positions, keys, values, scale, heads)
+        x = qkv.float().reshape(rows, -1, head_size)
+        rotated = torch.cat([-x[..., head_size // 2 :], x[..., : head_size // 2]], dim=-1)
+        roped = (x * cos.float()[:, None] + rotated * sin.float()[:, None]).to(torch.bfloat16)
+        store = (lambda t: quantize_kv(t, algo, scale)) if algo else (lambda t: t)
+        slots = torch.arange(rows, device=device)
+        expected_keys[slots, :, positions] = store(roped[:, heads : heads + kv_heads])
+        expected_values[slots, :, positions] = store(qkv.reshape(rows, -1, head_size)[:, heads + kv_heads :])
+        codes = (lambda t: t.view(torch.int8)) if algo == "FP8" else (lambda t: t)
+        q_error = float((q[:, :, 0].float() - roped[:, :heads].float()).abs().max())
+        results.append(
+            {
+                "heads": f"{heads}/{kv_heads}x{head_size}",
+                "rows": rows,
+                "kv": algo or "bf16",
+                "q_max_abs_err": q_error,
+                "q_equal": bool(torch.equal(q[:, :, 0], roped[:, :heads])),
+                "keys_equal": bool(torch.equal(codes(keys), codes(expected_keys))),
+                "values_equal": bool(torch.equal(codes(values), codes(expected_values))),
+                "keys_codes_differing": int((codes(keys) != codes(expected_keys)).sum()),
+            }
+        )
+    return results
 
 
 def bytes_read_per_step(engine: ReferenceEngine, batch: int, kv_len: int) -> int:
@@ -588,6 +648,10 @@ def main() -> int:
         print(f"FP8 Triton kernel vs exact: worst relative error {worst}", flush=True)
         results["fp8_stacked_agreement"] = stacked = fp8_stacked_agreement()
         print(f"FP8 stacked linear (two weight scales) vs exact: {stacked}", flush=True)
+    if {"fused_rope_kv", "inductor_rope_kv"} & set(args.settings):
+        results["rope_kv_agreement"] = rope_kv = rope_kv_agreement()
+        for row in rope_kv:
+            print("RoPE + KV write kernel vs eager:", row, flush=True)
     if set(RESIDUAL_LINEAR_SETTINGS) & set(args.settings):
         results["output_projection_agreement"] = agreement = output_projection_agreement()
         worst = max(agreement, key=lambda r: r["kernel_max_rel_err"] - 2 * r["unfused_max_rel_err"])

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from foundry.errors import FoundryError, NotSupportedError
 from foundry.runtime import decode_attention as attention_kernel
-from foundry.runtime import decode_linear
+from foundry.runtime import decode_linear, rope_kv_write
 from foundry.runtime._trtllm_checkpoint import (
     FP8,
     SMOOTHQUANT_PER_CHANNEL,
@@ -121,6 +121,9 @@ TRITON_RESIDUAL_LINEARS = frozenset({"dense", "proj"})
 # CUDA decode of FP8 layers: the attention kernel writes the E4M3 codes of its output for the
 # output projection (decode_attention.py), instead of a separate quantization kernel per layer.
 FP8_CODES_FROM_ATTENTION = True
+# CUDA decode: RoPE on q and k and the KV write as one Triton kernel (rope_kv_write.py) instead of
+# inductor's three a layer. Off until it is measured on a GPU: checked in Triton's interpreter only.
+FUSED_ROPE_KV_WRITE = False
 
 
 class DecoderLayer:
@@ -152,13 +155,18 @@ class DecoderLayer:
         if config.kv_cache_quant_algo is not None:
             self.kv_scale = tensors[f"{prefix}.attention.kv_cache_scaling_factor"].float().reshape(())
 
+    def _qkv_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, hidden] → [batch, seq, q, k and v features]."""
+        qkv = self.qkv(rms_norm(x, self.input_norm, self.config.norm_epsilon))
+        return qkv if self.qkv_bias is None else qkv + self.qkv_bias
+
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[batch, seq, hidden] → q [batch, heads, seq, head], k and v [batch, kv_heads, seq, head]."""
-        batch, seq_len, _ = x.shape
+        return self._split_heads(self._qkv_projection(x))
+
+    def _split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, seq_len, _ = qkv.shape
         config = self.config
-        qkv = self.qkv(rms_norm(x, self.input_norm, config.norm_epsilon))
-        if self.qkv_bias is not None:
-            qkv = qkv + self.qkv_bias
         q, k, v = qkv.split((self.q_width, self.kv_width, self.kv_width), dim=-1)
         q = q.view(batch, seq_len, config.num_heads, config.head_size).transpose(1, 2)
         k = k.view(batch, seq_len, config.num_kv_heads, config.head_size).transpose(1, 2)
@@ -239,11 +247,17 @@ class DecoderLayer:
         """One token per row [rows, 1, hidden]; row b is slot b at positions[b]. Static shapes and no
         host synchronization, so the whole step can be captured in a CUDA graph."""
         rows = x.shape[0]
-        q, k, v = self._qkv(x)
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        pool.write_rows(self.index, positions, k[:, :, 0], v[:, :, 0])
+        keys, values, kv_scale = pool.storage(self.index)
+        qkv = self._qkv_projection(x)
+        if FUSED_ROPE_KV_WRITE and rope_kv_write.serves(qkv, keys, self.config.head_size):
+            q = rope_kv_write.rope_kv_write_cuda(
+                qkv[:, 0], cos[:, 0, 0], sin[:, 0, 0], positions, keys, values, kv_scale, self.config.num_heads
+            )
+        else:
+            q, k, v = self._split_heads(qkv)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            pool.write_rows(self.index, positions, k[:, :, 0], v[:, :, 0])
         if DECODE_ATTENTION_KERNEL and attention_kernel.serves(q):
-            keys, values, kv_scale = pool.storage(self.index)
             out_scale = (
                 self.dense.activation_scale if FP8_CODES_FROM_ATTENTION and isinstance(self.dense, Fp8Linear) else None
             )
