@@ -65,22 +65,24 @@ if triton is not None:
             sin = tl.load(sin_ptr + row * stride_cos + offs).to(tl.float32)
             rotated = tl.where(offs < half, -partner.to(tl.float32), partner.to(tl.float32))
             x = (x.to(tl.float32) * cos + rotated * sin).to(qkv_ptr.dtype.element_ty)
+        position = tl.load(positions_ptr + row).to(tl.int64)
+        if KV_QUANT != 0:
+            scale = tl.load(scale_ptr)
         if PDL:  # every input is read: the next kernel may be scheduled (it waits for this one to end)
             tl.extra.cuda.gdc_launch_dependents()
         if head < HEADS:
             tl.store(q_out_ptr + (row * HEADS + head) * HEAD + offs, x)
         else:
             kv_head = (head - HEADS) % KV_HEADS
-            position = tl.load(positions_ptr + row).to(tl.int64)
             offset = row.to(tl.int64) * stride_kb + kv_head * stride_kh + position * stride_kn + offs
             if KV_QUANT == 1:
-                scaled = tl.math.div_rn(x.to(tl.float32), tl.load(scale_ptr))
+                scaled = tl.math.div_rn(x.to(tl.float32), scale)
                 clamped = tl.minimum(tl.maximum(scaled, -127.0), 127.0)  # before rounding: the same codes
                 # round half to even: adding and removing 1.5 · 2²³ leaves float32 no fraction bits
                 # (exact for |x| < 2²²); Triton emits no fast-math, so the two adds are kept
                 code = ((clamped + 12582912.0) - 12582912.0).to(tl.int8)
             elif KV_QUANT == 2:
-                scaled = tl.math.div_rn(x.to(tl.float32), tl.load(scale_ptr))
+                scaled = tl.math.div_rn(x.to(tl.float32), scale)
                 code = tl.minimum(tl.maximum(scaled, -448.0), 448.0).to(tl.float8e4nv)
             else:
                 code = x
