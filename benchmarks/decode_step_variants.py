@@ -346,10 +346,14 @@ def decode_attention_agreement() -> list[dict]:
         )
         kv_scale = scale if algo else None
         got_bf16 = decode_attention_cuda(q, *stored, positions, kv_scale)
-        # the codes the FP8 output projection gets from the kernel = quantizing its bf16 output
-        activation_scale = got_bf16.float().abs().amax() / 300
-        codes = decode_attention_cuda(q, *stored, positions, kv_scale, activation_scale)
-        expected_codes = (got_bf16.float() / activation_scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+        # the codes the FP8 output projection gets from the kernel = quantizing its bf16 output,
+        # at a scale that uses E4M3's range and at one that saturates (clamps at ±448)
+        codes_identical = True
+        for range_used in (300, 600):
+            activation_scale = got_bf16.float().abs().amax() / range_used
+            codes = decode_attention_cuda(q, *stored, positions, kv_scale, activation_scale)
+            expected_codes = (got_bf16.float() / activation_scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+            codes_identical &= bool(torch.equal(codes.view(torch.int8), expected_codes.view(torch.int8)))
         got = got_bf16.float()
         error = float((got - expected).abs().max()) if torch.isfinite(got).all() else float("inf")
         sdpa_error = float((reference.decode_attention(q, keys, values, allowed).float() - expected).abs().max())
@@ -361,7 +365,7 @@ def decode_attention_agreement() -> list[dict]:
                 "kv": algo or "bf16",
                 "max_abs_err": error,
                 "sdpa_bf16_max_abs_err": sdpa_error,
-                "fp8_codes_identical": bool(torch.equal(codes.view(torch.int8), expected_codes.view(torch.int8))),
+                "fp8_codes_identical": codes_identical,
                 # both round to bf16 once; the kernel's float32 sums run in another order than SDPA's
                 "agrees": error <= 4 * max(sdpa_error, 1e-2),
             }
@@ -369,11 +373,23 @@ def decode_attention_agreement() -> list[dict]:
     return rows_out
 
 
+def steps_apart(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """How many representable steps apart, element by element (integer views: bf16 → int16, E4M3 →
+    int8; adjacent values of one sign are one apart)."""
+    view = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.int8}.get(got.dtype)
+    got, expected = (got.view(view), expected.view(view)) if view else (got, expected)
+    return (got.int() - expected.int()).abs()
+
+
 def rope_kv_agreement(device: str = "cuda") -> list[dict]:
-    """foundry's RoPE + KV write kernel against the eager formula (float32, one rounding to bf16, as
-    the kernel and inductor compute it; then kv_pool.quantize_kv) on bf16, INT8 and FP8 caches,
-    Llama-3.1-8B and SmolLM2 heads, 1 and 32 rows (one on the scratch column), compiled as the step
-    compiles it: q, and the whole pool after the write (other columns untouched)."""
+    """foundry's RoPE + KV write kernel against the eager formula in float32 with one rounding to
+    bf16, then kv_pool.quantize_kv, on bf16, INT8 and FP8 caches, Llama-3.1-8B and SmolLM2 heads, 1
+    and 32 rows (one on the scratch column), the op compiled as the step compiles it: q, and the
+    whole pool after the write (other columns untouched). Triton contracts x·cos + r·sin into an FMA
+    where eager rounds the product first, so a float32 result may differ in its last bit and then,
+    rarely, a bf16 value or a code by one step: "agrees" allows one step (adjacent codes) and the
+    counts say how many differ. (Inductor's own step differs from both more: it divides
+    approximately and quantizes k without rounding it to bf16 first.)"""
     from foundry.runtime.kv_pool import quantize_kv
     from foundry.runtime.rope_kv_write import rope_kv_write_cuda
 
@@ -403,18 +419,18 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
         slots = torch.arange(rows, device=device)
         expected_keys[slots, :, positions] = store(roped[:, heads : heads + kv_heads])
         expected_values[slots, :, positions] = store(qkv.reshape(rows, -1, head_size)[:, heads + kv_heads :])
-        codes = (lambda t: t.view(torch.int8)) if algo == "FP8" else (lambda t: t)
-        q_error = float((q[:, :, 0].float() - roped[:, :heads].float()).abs().max())
+
+        q_steps = steps_apart(q[:, :, 0], roped[:, :heads].contiguous())
+        key_steps, value_steps = steps_apart(keys, expected_keys), steps_apart(values, expected_values)
         results.append(
             {
                 "heads": f"{heads}/{kv_heads}x{head_size}",
                 "rows": rows,
                 "kv": algo or "bf16",
-                "q_max_abs_err": q_error,
-                "q_equal": bool(torch.equal(q[:, :, 0], roped[:, :heads])),
-                "keys_equal": bool(torch.equal(codes(keys), codes(expected_keys))),
-                "values_equal": bool(torch.equal(codes(values), codes(expected_values))),
-                "keys_codes_differing": int((codes(keys) != codes(expected_keys)).sum()),
+                "q_differing": int((q_steps > 0).sum()),
+                "keys_differing": int((key_steps > 0).sum()),
+                "values_differing": int((value_steps > 0).sum()),  # v is stored as it comes: 0
+                "agrees": bool(q_steps.max() <= 1 and key_steps.max() <= 1 and value_steps.max() == 0),
             }
         )
     return results

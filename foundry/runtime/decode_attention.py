@@ -40,12 +40,12 @@ TARGET_PROGRAMS_PER_SM = 2
 if triton is not None:
 
     @triton.jit
-    def _store_output(out, q_ptr, out_ptr, out_scale_ptr, offsets, mask, QUANTIZE_OUT: tl.constexpr):
+    def _store_output(out, q_ptr, out_ptr, out_scale, offsets, mask, QUANTIZE_OUT: tl.constexpr):
         """out rounded to the compute dtype; for an FP8 output projection, the E4M3 codes of that as
         Fp8Linear.quantize_activation makes them (IEEE division by the scale, clamp, nearest even)."""
         y = out.to(q_ptr.dtype.element_ty)
         if QUANTIZE_OUT:
-            y = tl.math.div_rn(y.to(tl.float32), tl.load(out_scale_ptr))
+            y = tl.math.div_rn(y.to(tl.float32), out_scale)
             y = tl.minimum(tl.maximum(y, -448.0), 448.0)  # ±kv_pool.FP8_E4M3_MAX, as quantize_activation clamps
         tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -142,13 +142,14 @@ if triton is not None:
             normaliser = normaliser * rescale + tl.sum(weights, 1)
             acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
             m = m_new
+        out_scale = tl.load(out_scale_ptr) if QUANTIZE_OUT else 1.0
         if PDL:  # every input is read: the next kernel may be scheduled (it waits for this one to end)
             tl.extra.cuda.gdc_launch_dependents()
         in_group = offs_g < GROUP
         if ONE_SPLIT:
             out = acc / normaliser[:, None]
             out_offsets = row * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
-            _store_output(out, q_ptr, out_ptr, out_scale_ptr, out_offsets, in_group[:, None], QUANTIZE_OUT)
+            _store_output(out, q_ptr, out_ptr, out_scale, out_offsets, in_group[:, None], QUANTIZE_OUT)
         else:  # partial [rows, heads, splits, HEAD], stats [rows, heads, splits, 2] (max, normaliser)
             split_index = (row * GROUP * tl.num_programs(1) + heads) * num_splits + split
             tl.store(partial_ptr + split_index[:, None] * HEAD + offs_d[None, :], acc, mask=in_group[:, None])
@@ -178,7 +179,8 @@ if triton is not None:
         out = _merge_head(partial_ptr, stats_ptr, (row * heads + head) * num_splits, num_splits, HEAD, SPLITS_PAD)
         offs_d = tl.arange(0, HEAD)
         offsets = row * stride_ob + head * stride_oh + offs_d
-        _store_output(out, q_ptr, out_ptr, out_scale_ptr, offsets, offs_d < HEAD, QUANTIZE_OUT)
+        out_scale = tl.load(out_scale_ptr) if QUANTIZE_OUT else 1.0
+        _store_output(out, q_ptr, out_ptr, out_scale, offsets, offs_d < HEAD, QUANTIZE_OUT)
 
 
 def serves(q: torch.Tensor) -> bool:

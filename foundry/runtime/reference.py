@@ -123,6 +123,9 @@ TRITON_RESIDUAL_LINEARS = frozenset({"dense", "proj"})
 FP8_CODES_FROM_ATTENTION = True
 # CUDA decode: RoPE on q and k and the KV write as one Triton kernel (rope_kv_write.py) instead of
 # inductor's three a layer. Off until it is measured on a GPU: checked in Triton's interpreter only.
+# It quantizes a KV cache as the eager / CPU path does (k rounded to bf16, IEEE division); inductor
+# divides approximately and skips that rounding, so INT8 / FP8 codes may differ by a step between
+# the two.
 FUSED_ROPE_KV_WRITE = False
 
 

@@ -92,7 +92,7 @@ if triton is not None:
                 tl.store(values_ptr + offset, code)
 
 
-KV_QUANT_CODES = {None: 0, torch.int8: 1, torch.float8_e4m3fn: 2}
+KV_QUANT_CODES = {torch.int8: 1, torch.float8_e4m3fn: 2}  # the kernel's KV_QUANT; other dtypes 0
 
 
 def serves(qkv: torch.Tensor, keys: torch.Tensor, head_size: int) -> bool:
@@ -128,6 +128,8 @@ def rope_kv_write_cuda(
     kv_heads, head_size = keys.shape[1], keys.shape[3]
     if values.stride() != keys.stride():  # the kernel indexes both by keys' strides
         raise ValueError("the decode RoPE + KV write wants keys and values of one layout")
+    if (kv_scale is not None) != (keys.dtype in (torch.int8, torch.float8_e4m3fn)):
+        raise ValueError(f"a {keys.dtype} KV cache takes {'a' if kv_scale is None else 'no'} kv_scale")
     qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
     q = torch.empty((rows, heads, 1, head_size), dtype=qkv.dtype, device=qkv.device)
     programmatic = pdl.enabled(qkv.device)
@@ -148,7 +150,7 @@ def rope_kv_write_cuda(
         HEADS=heads,
         KV_HEADS=kv_heads,
         HEAD=head_size,
-        KV_QUANT=KV_QUANT_CODES[keys.dtype if kv_scale is not None else None],
+        KV_QUANT=KV_QUANT_CODES.get(keys.dtype, 0),
         PDL=programmatic,
         launch_pdl=programmatic,
     )
