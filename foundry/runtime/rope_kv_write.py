@@ -10,7 +10,8 @@ the row's slot at its position, quantized as `kv_pool.quantize_kv` does for an I
 rounds to nearest even).
 
 The pool is mutated through a custom op that declares it (`mutates_args`); inductor calls such an op
-on the pool in place (checked on CPU with torch 2.11: no clone in the generated code).
+on the pool in place (checked on CPU with torch 2.13: no clone in the generated code; the GPU
+machine has torch 2.11, where a clone would show in the batch-32 step time).
 
 Status: OFF (`reference.FUSED_ROPE_KV_WRITE`) until measured on a GPU. Checked only in Triton's
 interpreter on CPU so far; decode_step_variants.py's `rope_kv_agreement` and its settings
