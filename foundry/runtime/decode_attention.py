@@ -40,32 +40,18 @@ TARGET_PROGRAMS_PER_SM = 2
 if triton is not None:
 
     @triton.jit
-    def _store_output(out, q_ptr, out_ptr, out_scale, offsets, mask, QUANTIZE_OUT: tl.constexpr):
-        """out rounded to the compute dtype; for an FP8 output projection, the E4M3 codes of that as
-        Fp8Linear.quantize_activation makes them (IEEE division by the scale, clamp, nearest even)."""
-        y = out.to(q_ptr.dtype.element_ty)
-        if QUANTIZE_OUT:
-            y = tl.math.div_rn(y.to(tl.float32), out_scale)
-            y = tl.minimum(tl.maximum(y, -448.0), 448.0)  # ±kv_pool.FP8_E4M3_MAX, as quantize_activation clamps
-        tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
+    def e4m3_codes(x, scale):
+        """The E4M3 codes of x / scale as torch makes them (Fp8Linear.quantize_activation,
+        kv_pool.quantize_kv): IEEE division in float32, clamp to ±FP8_E4M3_MAX (448), nearest even."""
+        return tl.minimum(tl.maximum(tl.math.div_rn(x.to(tl.float32), scale), -448.0), 448.0).to(tl.float8e4nv)
 
     @triton.jit
-    def _merge_head(partial_ptr, stats_ptr, base, num_splits, HEAD: tl.constexpr, SPLITS_PAD: tl.constexpr):
-        """One head's output [HEAD] from its splits' (max, normaliser, weighted values) at base.."""
-        offs_s = tl.arange(0, SPLITS_PAD)
-        offs_d = tl.arange(0, HEAD)
-        used = offs_s < num_splits
-        # a split past the row's position ran no step: max -inf, normaliser 0, weight 0 below
-        m = tl.load(stats_ptr + (base + offs_s) * 2, mask=used, other=float("-inf"))
-        normaliser = tl.load(stats_ptr + (base + offs_s) * 2 + 1, mask=used, other=0.0)
-        acc = tl.load(
-            partial_ptr + (base + offs_s)[:, None] * HEAD + offs_d[None, :],
-            mask=used[:, None],
-            other=0.0,
-        )
-        top = tl.max(m, 0)
-        weight = tl.where(m > float("-inf"), tl.exp(m - top), 0.0)
-        return tl.sum(acc * weight[:, None], 0) / tl.sum(normaliser * weight, 0)
+    def _store_output(out, q_ptr, out_ptr, out_scale, offsets, mask, QUANTIZE_OUT: tl.constexpr):
+        """out rounded to the compute dtype; for an FP8 output projection, the E4M3 codes of that."""
+        y = out.to(q_ptr.dtype.element_ty)
+        if QUANTIZE_OUT:
+            y = e4m3_codes(y, out_scale)
+        tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _split_kernel(
@@ -176,10 +162,19 @@ if triton is not None:
             tl.extra.cuda.gdc_wait()
         row = tl.program_id(0)
         head = tl.program_id(1)
-        out = _merge_head(partial_ptr, stats_ptr, (row * heads + head) * num_splits, num_splits, HEAD, SPLITS_PAD)
+        offs_s = tl.arange(0, SPLITS_PAD)
         offs_d = tl.arange(0, HEAD)
-        offsets = row * stride_ob + head * stride_oh + offs_d
+        base = (row * heads + head) * num_splits
+        used = offs_s < num_splits
+        # a split past the row's position ran no step: max -inf, normaliser 0, weight 0 below
+        m = tl.load(stats_ptr + (base + offs_s) * 2, mask=used, other=float("-inf"))
+        normaliser = tl.load(stats_ptr + (base + offs_s) * 2 + 1, mask=used, other=0.0)
+        acc = tl.load(partial_ptr + (base + offs_s)[:, None] * HEAD + offs_d[None, :], mask=used[:, None], other=0.0)
+        top = tl.max(m, 0)
+        weight = tl.where(m > float("-inf"), tl.exp(m - top), 0.0)
+        out = tl.sum(acc * weight[:, None], 0) / tl.sum(normaliser * weight, 0)
         out_scale = tl.load(out_scale_ptr) if QUANTIZE_OUT else 1.0
+        offsets = row * stride_ob + head * stride_oh + offs_d
         _store_output(out, q_ptr, out_ptr, out_scale, offsets, offs_d < HEAD, QUANTIZE_OUT)
 
 

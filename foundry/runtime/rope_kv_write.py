@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - depends on the torch build
     triton = None
 
 if triton is not None:
+    from foundry.runtime.decode_attention import e4m3_codes
 
     @triton.jit
     def _rope_kv_kernel(
@@ -83,8 +84,7 @@ if triton is not None:
                 # (exact for |x| < 2²²); Triton emits no fast-math, so the two adds are kept
                 code = ((clamped + 12582912.0) - 12582912.0).to(tl.int8)
             elif KV_QUANT == 2:
-                scaled = tl.math.div_rn(x.to(tl.float32), scale)
-                code = tl.minimum(tl.maximum(scaled, -448.0), 448.0).to(tl.float8e4nv)
+                code = e4m3_codes(x, scale)
             else:
                 code = x
             if head < HEADS + KV_HEADS:
@@ -129,7 +129,7 @@ def rope_kv_write_cuda(
     kv_heads, head_size = keys.shape[1], keys.shape[3]
     if values.stride() != keys.stride():  # the kernel indexes both by keys' strides
         raise ValueError("the decode RoPE + KV write wants keys and values of one layout")
-    if (kv_scale is not None) != (keys.dtype in (torch.int8, torch.float8_e4m3fn)):
+    if (kv_scale is not None) != (keys.dtype in KV_QUANT_CODES):
         raise ValueError(f"a {keys.dtype} KV cache takes {'a' if kv_scale is None else 'no'} kv_scale")
     qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
     q = torch.empty((rows, heads, 1, head_size), dtype=qkv.dtype, device=qkv.device)
