@@ -3,7 +3,7 @@ weights of the real shapes, quantized as benchmarks/checkpoint_variants.py does.
 
     python benchmarks/graph_agreement.py [--shape smollm2-135m] [--variants bf16 fp8 int8_sq]
 
-Per variant, two checks, each exit 1 on a difference:
+Per variant, these checks, each exit 1 on a difference:
 * Prefill: one engine generates greedily for prompts of several lengths, one request at a time,
   three ways: its prefill replayed from the length bucket's CUDA graph (as it ships), the same
   padded forward launched eagerly, and the unpadded eager prefill. The first two run the same
@@ -26,6 +26,7 @@ graph paths exist on CUDA only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -35,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkpoint_variants import VARIANTS, calibrate_amax, float_checkpoint, parsed_config, quantize_checkpoint  # noqa: E402
+from decode_step_variants import setting  # noqa: E402
 from gpu_bench import SHAPES, random_hf_model  # noqa: E402
 
-from foundry.runtime import reference  # noqa: E402
 from foundry.runtime.prefill_graphs import PrefillGraphs  # noqa: E402
 from foundry.runtime.reference import ReferenceEngine  # noqa: E402
 from foundry.runtime.scheduler import EngineOptions  # noqa: E402
@@ -50,12 +51,22 @@ def generate_each(engine: ReferenceEngine, prompts: list[list[int]]) -> list[lis
     return [engine.generate(prompt, NEW_TOKENS) for prompt in prompts]
 
 
+def cuda_engine(config, tensors, **options) -> ReferenceEngine:
+    return ReferenceEngine(
+        parsed_config(config), tensors, torch.bfloat16, device="cuda", options=EngineOptions(**options)
+    )
+
+
+def random_prompts(vocab_size: int, seed: int) -> list[list[int]]:
+    """One prompt of each PROMPT_LENGTHS length."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, vocab_size, (length,), generator=generator).tolist() for length in PROMPT_LENGTHS]
+
+
 def agreement(variant: str, config, tensors, vocab_size: int) -> dict:
-    options = EngineOptions(max_batch_size=4, max_seq_len=160, prefill_chunk_tokens=512)
-    engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
+    engine = cuda_engine(config, tensors, max_batch_size=4, max_seq_len=160, prefill_chunk_tokens=512)
     scheduler = engine.scheduler
-    generator = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(1, vocab_size, (length,), generator=generator).tolist() for length in PROMPT_LENGTHS]
+    prompts = random_prompts(vocab_size, seed=3)
     try:
         graphed = generate_each(engine, prompts)
         graphs_run = scheduler.stats()["prefills_from_buckets"]
@@ -82,8 +93,7 @@ FEED_STEPS = 24
 
 
 def decode_feed_agreement(variant: str, config, tensors, vocab_size: int) -> dict:
-    options = EngineOptions(max_batch_size=len(FEED_PROMPT_LENGTHS), max_seq_len=300)
-    engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
+    engine = cuda_engine(config, tensors, max_batch_size=len(FEED_PROMPT_LENGTHS), max_seq_len=300)
     pool, runner = engine.scheduler.pool, engine.scheduler.runner
     generator = torch.Generator().manual_seed(4)
     prompts = [
@@ -123,28 +133,25 @@ def decode_feed_agreement(variant: str, config, tensors, vocab_size: int) -> dic
 def fp8_codes_agreement(variant: str, config, tensors, vocab_size: int) -> dict:
     import torch._inductor.config as inductor
 
-    generator = torch.Generator().manual_seed(5)
-    prompts = [torch.randint(1, vocab_size, (length,), generator=generator).tolist() for length in PROMPT_LENGTHS]
-    numerics = getattr(inductor, "eager_numerics", None)
-    exact_division = numerics is not None and hasattr(numerics, "division_rounding")
-    saved = (reference.FP8_CODES_FROM_ATTENTION, numerics.division_rounding if exact_division else None)
-    tokens = {}
-    try:
-        if exact_division:
-            numerics.division_rounding = True
-        for codes_from_attention in (True, False):
-            reference.FP8_CODES_FROM_ATTENTION = codes_from_attention
-            options = EngineOptions(max_batch_size=4, max_seq_len=160)
-            engine = ReferenceEngine(parsed_config(config), tensors, torch.bfloat16, device="cuda", options=options)
-            try:
-                tokens[codes_from_attention] = generate_each(engine, prompts)
-            finally:
-                engine.close()
-    finally:
-        reference.FP8_CODES_FROM_ATTENTION = saved[0]
-        if exact_division:
-            numerics.division_rounding = saved[1]
-    equal = tokens[True] == tokens[False]
+    prompts = random_prompts(vocab_size, seed=5)
+    exact_division = hasattr(getattr(inductor, "eager_numerics", None), "division_rounding")
+
+    def tokens() -> list[list[int]]:
+        engine = cuda_engine(config, tensors, max_batch_size=4, max_seq_len=160)
+        try:
+            return generate_each(engine, prompts)
+        finally:
+            engine.close()
+
+    division = (
+        inductor.patch({"eager_numerics.division_rounding": True}) if exact_division else contextlib.nullcontext()
+    )
+    with division:
+        with setting("fp8_codes_from_attention"):
+            from_attention = tokens()
+        with setting("fp8_quantize_kernel"):
+            quantize_kernel = tokens()
+    equal = from_attention == quantize_kernel
     return {
         "variant": variant,
         "inductor_division_rounding": exact_division,
