@@ -352,7 +352,7 @@ def decode_attention_agreement() -> list[dict]:
         for range_used in (300, 600):
             activation_scale = got_bf16.float().abs().amax() / range_used
             codes = decode_attention_cuda(q, *stored, positions, kv_scale, activation_scale)
-            expected_codes = (got_bf16.float() / activation_scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+            expected_codes = quantize_kv(got_bf16, "FP8", activation_scale)  # = Fp8Linear.quantize_activation
             codes_identical &= bool(torch.equal(codes.view(torch.int8), expected_codes.view(torch.int8)))
         got = got_bf16.float()
         error = float((got - expected).abs().max()) if torch.isfinite(got).all() else float("inf")
@@ -390,7 +390,7 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
     rarely, a bf16 value or a code by one step: "agrees" allows one step (adjacent codes) and the
     counts say how many differ. (Inductor's own step differs from both more: it divides
     approximately and quantizes k without rounding it to bf16 first.)"""
-    from foundry.runtime.kv_pool import quantize_kv
+    from foundry.runtime.kv_pool import STORAGE_DTYPES, quantize_kv
     from foundry.runtime.rope_kv_write import rope_kv_write_cuda
 
     generator = torch.Generator(device=device).manual_seed(8)
@@ -405,7 +405,7 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
         cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(torch.bfloat16) for f in (torch.cos, torch.sin))
         positions = torch.randint(0, capacity - 1, (rows,), device=device, generator=generator)
         positions[-1] = capacity - 1  # an idle row writes the scratch column
-        storage = {None: torch.bfloat16, "INT8": torch.int8, "FP8": torch.float8_e4m3fn}[algo]
+        storage = STORAGE_DTYPES[algo] or torch.bfloat16
         scale = torch.tensor(0.02, device=device) if algo else None
         shape = (rows, kv_heads, capacity, head_size)
         keys, values = (torch.randn(shape, device=device, generator=generator).to(storage) for _ in range(2))
@@ -413,8 +413,7 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
         torch._dynamo.reset()  # a fresh compile per case (the cases differ in shapes and scale)
         q = torch.compile(rope_kv_write_cuda, fullgraph=True)(qkv, cos, sin, positions, keys, values, scale, heads)
         x = qkv.float().reshape(rows, -1, head_size)
-        rotated = torch.cat([-x[..., head_size // 2 :], x[..., : head_size // 2]], dim=-1)
-        roped = (x * cos.float()[:, None] + rotated * sin.float()[:, None]).to(torch.bfloat16)
+        roped = (x * cos.float()[:, None] + reference.rotate_half(x) * sin.float()[:, None]).to(torch.bfloat16)
         store = (lambda t: quantize_kv(t, algo, scale)) if algo else (lambda t: t)
         slots = torch.arange(rows, device=device)
         expected_keys[slots, :, positions] = store(roped[:, heads : heads + kv_heads])
