@@ -382,10 +382,11 @@ def steps_apart(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
 
 
 def rope_kv_agreement(device: str = "cuda") -> list[dict]:
-    """foundry's RoPE + KV write kernel against the eager formula in float32 with one rounding to
-    bf16, then kv_pool.quantize_kv, on bf16, INT8 and FP8 caches, Llama-3.1-8B and SmolLM2 heads, 1
-    and 32 rows (one on the scratch column), the op compiled as the step compiles it: q, and the
-    whole pool after the write (other columns untouched). Triton contracts x·cos + r·sin into an FMA
+    """foundry's RoPE + KV write kernel (it looks each row's cos/sin up in the tables by position)
+    against the eager formula in float32 with one rounding to bf16, then kv_pool.quantize_kv, on
+    bf16, INT8 and FP8 caches, Llama-3.1-8B and SmolLM2 heads, 1 and 32 rows (one on the scratch
+    column), the op compiled as the step compiles it: q, and the whole pool after the write (other
+    columns untouched). Triton contracts x·cos + r·sin into an FMA
     where eager rounds the product first, so a float32 result may differ in its last bit and then,
     rarely, a bf16 value or a code by one step: "agrees" allows one step (adjacent codes) and the
     counts say how many differ. (Inductor's own step differs from both more: it divides
@@ -401,7 +402,7 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
         capacity = 130
         width = (heads + 2 * kv_heads) * head_size
         qkv = torch.randn((rows, width), device=device, generator=generator).to(torch.bfloat16)
-        angles = torch.rand((rows, head_size // 2), device=device, generator=generator) * 100
+        angles = torch.rand((capacity, head_size // 2), device=device, generator=generator) * 100
         cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(torch.bfloat16) for f in (torch.cos, torch.sin))
         positions = torch.randint(0, capacity - 1, (rows,), device=device, generator=generator)
         positions[-1] = capacity - 1  # an idle row writes the scratch column
@@ -413,7 +414,8 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
         torch._dynamo.reset()  # a fresh compile per case (the cases differ in shapes and scale)
         q = torch.compile(rope_kv_write_cuda, fullgraph=True)(qkv, cos, sin, positions, keys, values, scale, heads)
         x = qkv.float().reshape(rows, -1, head_size)
-        roped = (x * cos.float()[:, None] + reference.rotate_half(x) * sin.float()[:, None]).to(torch.bfloat16)
+        cos_at, sin_at = cos[positions].float()[:, None], sin[positions].float()[:, None]  # the kernel looks them up
+        roped = (x * cos_at + reference.rotate_half(x) * sin_at).to(torch.bfloat16)
         store = (lambda t: quantize_kv(t, algo, scale)) if algo else (lambda t: t)
         slots = torch.arange(rows, device=device)
         expected_keys[slots, :, positions] = store(roped[:, heads : heads + kv_heads])

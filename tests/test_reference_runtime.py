@@ -525,3 +525,16 @@ def test_programmatic_launch_is_for_hopper_gpus_and_its_inductor_switch_exists()
     assert options == {"triton.enable_pdl": False}
     with inductor.patch(options):
         assert inductor.triton.enable_pdl is False
+
+
+@pytest.mark.parametrize("vocab", [49152, 128256, 1000, 7])  # SmolLM2, Llama-3, a partial last chunk, < chunks
+def test_greedy_tokens_equal_argmax_ties_included(vocab):
+    from foundry.runtime.reference import greedy_tokens
+
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn((5, vocab), generator=generator).to(torch.bfloat16)
+    logits[1] = 0.0  # one value everywhere: index 0
+    logits[2, [vocab - 1, vocab // 2, 3 % vocab]] = 100.0  # tied maxima in three chunks: the first wins
+    logits[3] = float("-inf")  # nothing above the padding: index 0, as argmax
+    logits[4, -1] = 100.0  # the very last logit (the padded chunk's last real one)
+    assert torch.equal(greedy_tokens(logits), logits.argmax(dim=-1))

@@ -242,8 +242,7 @@ class DecoderLayer:
     def forward_decode(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rotary: RotaryTable,
         pool: KVPool,
         positions: torch.Tensor,
         allowed: torch.Tensor,
@@ -255,10 +254,11 @@ class DecoderLayer:
         qkv = self._qkv_projection(x)
         if FUSED_ROPE_KV_WRITE and rope_kv_write.serves(qkv, keys, self.config.head_size):
             q = rope_kv_write.rope_kv_write_cuda(
-                qkv[:, 0], cos[:, 0, 0], sin[:, 0, 0], positions, keys, values, kv_scale, self.config.num_heads
+                qkv[:, 0], rotary.cos, rotary.sin, positions, keys, values, kv_scale, self.config.num_heads
             )
         else:
             q, k, v = self._split_heads(qkv)
+            cos, sin = rotary.at(positions)
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             pool.write_rows(self.index, positions, k[:, :, 0], v[:, :, 0])
         if DECODE_ATTENTION_KERNEL and attention_kernel.serves(q):
@@ -273,6 +273,23 @@ class DecoderLayer:
         # No row is fully masked (an all-False row would give NaN): a request sees column 0 on, and
         # padding and idle rows sit on the scratch column, the last, so they see every column.
         return self._finish(x, decode_attention(q, keys, values, allowed))
+
+
+ARGMAX_CHUNKS = 128
+
+
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """logits [rows, vocab] → each row's `argmax` [rows] (the first index of its maximum), in two
+    stages: the maximum of each of ARGMAX_CHUNKS chunks, then of those. The compiled decode step
+    needs this: inductor does not split an argmax, so one program reduced a row's 128,256 logits
+    (Llama-3), 29 µs of the step on an H100 (docs/gpu-results/run22_profiles); chunks reduce side by
+    side. Ties keep the first index as argmax does: the first within a chunk, then the first chunk."""
+    rows, vocab = logits.shape
+    chunk = -(-vocab // ARGMAX_CHUNKS)
+    padded = F.pad(logits, (0, chunk * ARGMAX_CHUNKS - vocab), value=float("-inf"))  # never above a real logit
+    chunk_max, index_in_chunk = padded.view(rows, ARGMAX_CHUNKS, chunk).max(dim=-1)
+    best_chunk = chunk_max.argmax(dim=-1, keepdim=True)
+    return (best_chunk * chunk + index_in_chunk.gather(-1, best_chunk))[:, 0]
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -474,11 +491,10 @@ class ReferenceEngine:
         """One greedy step for rows 0..len(tokens)-1 (= pool slots) reading kv_len cached columns.
         Pure tensor code: no host sync, fixed shapes, so it can be graphed or compiled."""
         x = F.embedding(tokens[:, None], self.embedding)
-        cos, sin = self.rotary.at(positions)
         allowed = torch.arange(kv_len, device=tokens.device)[None, :] <= positions[:, None]
         for layer in self.layers:
-            x = layer.forward_decode(x, cos, sin, pool, positions, allowed)
-        return self.lm_head(self._final(x[:, 0])).argmax(dim=-1)
+            x = layer.forward_decode(x, self.rotary, pool, positions, allowed)
+        return greedy_tokens(self.lm_head(self._final(x[:, 0])))
 
     def weight_bytes(self) -> int:
         """Bytes one decode step reads for the weights (as stored on the device). The embedding

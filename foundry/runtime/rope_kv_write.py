@@ -61,15 +61,15 @@ if triton is not None:
         row = tl.program_id(0)
         head = tl.program_id(1)  # 0..HEADS-1: q; then KV_HEADS of k; then KV_HEADS of v
         offs = tl.arange(0, HEAD)
+        position = tl.load(positions_ptr + row).to(tl.int64)
         x = tl.load(qkv_ptr + row * stride_qkv + head * HEAD + offs)
         if head < HEADS + KV_HEADS:  # q or k: rotate (v is stored as it comes)
             half = HEAD // 2
             partner = tl.load(qkv_ptr + row * stride_qkv + head * HEAD + (offs + half) % HEAD)
-            cos = tl.load(cos_ptr + row * stride_cos + offs).to(tl.float32)
-            sin = tl.load(sin_ptr + row * stride_cos + offs).to(tl.float32)
+            cos = tl.load(cos_ptr + position * stride_cos + offs).to(tl.float32)
+            sin = tl.load(sin_ptr + position * stride_cos + offs).to(tl.float32)
             rotated = tl.where(offs < half, -partner.to(tl.float32), partner.to(tl.float32))
             x = (x.to(tl.float32) * cos + rotated * sin).to(qkv_ptr.dtype.element_ty)
-        position = tl.load(positions_ptr + row).to(tl.int64)
         if KV_QUANT != 0:
             scale = tl.load(scale_ptr)
         if PDL:  # every input is read: the next kernel may be scheduled (it waits for this one to end)
@@ -122,7 +122,8 @@ def rope_kv_write_cuda(
     heads: int,
 ) -> torch.Tensor:
     """qkv [rows, (heads + 2 kv_heads) · head_size] in the compute dtype (q, k, v in that order);
-    cos/sin [rows, head_size] at each row's position; keys/values the layer's pool storage [slots,
+    cos/sin the rotary tables [max_positions, head_size] (RotaryTable.cos / .sin: the kernel looks up
+    each row's position itself, so the step runs no gather kernels for them); keys/values the layer's pool storage [slots,
     kv_heads, capacity, head_size] (row b is slot b): row b's rotated k and its v are written at
     positions[b]; kv_scale a quantized cache's scale or None → rotated q [rows, heads, 1, head_size]."""
     if triton is None:
