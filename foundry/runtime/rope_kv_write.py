@@ -18,6 +18,10 @@ eager formula bit for bit in all 12 cases of decode_step_variants.py's `rope_kv_
 INT8 and FP8 caches; two head layouts; 1 and 32 rows), and the compiled step got faster at batch 1
 (FP8 3.622 → 3.570 ms, bf16 5.821 → 5.753 ms) and no slower at batch 32 (so torch 2.11's inductor
 does not clone the pool either). Settings `fused_rope_kv` / `inductor_rope_kv` re-measure it.
+Since then the kernel looks cos / sin up in the rotary tables by position (inductor had gathered
+them at the step's positions in 16 kernels a step); that form ran on an H100 inside the step (tokens
+checked by graph_agreement.py) and in Triton's interpreter against eager (fp16 and INT8 caches bit
+for bit), but `rope_kv_agreement` has not yet run on it on a GPU.
 """
 
 from __future__ import annotations
