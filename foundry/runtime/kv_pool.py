@@ -23,12 +23,18 @@ FP8_E4M3_MAX = 448.0
 STORAGE_DTYPES = {None: None, "INT8": torch.int8, "FP8": torch.float8_e4m3fn}
 
 
+def e4m3_codes(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (any float dtype) / scale as float8_e4m3fn codes: IEEE division in float32, clamped to the
+    E4M3 range, rounded to nearest even (an FP8 KV cache and FP8 linears' activations; the CUDA
+    kernels' `decode_attention.e4m3_codes` reproduces it)."""
+    return (x.float() / scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+
 def quantize_kv(x: torch.Tensor, algo: str, scale: torch.Tensor) -> torch.Tensor:
     """x (any float dtype) → the stored codes (int8 or float8_e4m3fn)."""
-    scaled = x.float() / scale
     if algo == "INT8":
-        return scaled.round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
-    return scaled.clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+        return (x.float() / scale).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return e4m3_codes(x, scale)
 
 
 def dequantize_kv(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from foundry.runtime.kv_pool import FP8_E4M3_MAX, INT8_MAX
+from foundry.runtime.kv_pool import INT8_MAX, e4m3_codes
 from foundry.runtime.scaled_gemm import fp8_matmul_scaled, int8_matmul_scaled
 
 SCALED_MM_ROW_MULTIPLE = 16  # cuBLASLt FP8 GEMMs want rows in multiples of 16
@@ -148,7 +148,7 @@ class Fp8Linear:
 
     def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
         """E4M3 codes of x (float8_e4m3fn)."""
-        return (x.float() / self.activation_scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+        return e4m3_codes(x, self.activation_scale)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x in the compute dtype, or already its E4M3 codes (CUDA decode attention writes them for the

@@ -73,13 +73,6 @@ class PrefillGraphs:
     def serves(self, prompt: Sequence[int]) -> bool:
         return 0 < len(prompt) <= self.buckets[-1]
 
-    def stats(self) -> dict:
-        return {
-            "prefill_graphs": sum(prefill.graph is not None for prefill in self._prefills.values()),
-            "prefill_capture_s": round(self.capture_s, 3),
-            "prefills_from_buckets": self.prefills_run,
-        }
-
     def run(self, slot: int, prompt: Sequence[int]) -> torch.Tensor:
         """Prefill one whole prompt into the slot; its greedy next token [1] (a fresh device tensor)."""
         self.prefills_run += 1
@@ -126,3 +119,12 @@ class PrefillGraphs:
             lambda: self._forward(prefill), self.model.device, self._graph_memory
         )
         self.capture_s += time.perf_counter() - started
+
+
+def prefill_graph_stats(graphs: PrefillGraphs | None) -> dict:
+    """The engine's prefill-graph figures; zeros where it has none (CPU, or graphs off)."""
+    return {
+        "prefill_graphs": sum(p.graph is not None for p in graphs._prefills.values()) if graphs else 0,
+        "prefill_capture_s": round(graphs.capture_s, 3) if graphs else 0.0,
+        "prefills_from_buckets": graphs.prefills_run if graphs else 0,
+    }

@@ -32,7 +32,7 @@ import torch
 
 from foundry.errors import FoundryError
 from foundry.runtime.decode_runner import DecodeRunner, DecodeStep
-from foundry.runtime.prefill_graphs import PrefillGraphs
+from foundry.runtime.prefill_graphs import PrefillGraphs, prefill_graph_stats
 
 
 @dataclass(frozen=True)
@@ -240,11 +240,7 @@ class BatchScheduler:
             "kv_pool_bytes": self.pool.nbytes,
             "prefill_compiled": self.prefill_compiled,
             "prefill_compile_s": None if self.prefill_compile_s is None else round(self.prefill_compile_s, 3),
-            **(
-                self.prefill_graphs.stats()
-                if self.prefill_graphs
-                else {"prefill_graphs": 0, "prefill_capture_s": 0.0, "prefills_from_buckets": 0}
-            ),
+            **prefill_graph_stats(self.prefill_graphs),
             **self.runner.stats(),
         }
 
