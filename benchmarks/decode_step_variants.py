@@ -47,6 +47,9 @@ Settings (applied before the engine is built, undone after):
 * fused_rope_kv / inductor_rope_kv: RoPE on q and k and the KV write as one Triton kernel
   (rope_kv_write.py) or as inductor's kernels (reference.FUSED_ROPE_KV_WRITE). Either runs
   `rope_kv_agreement` first.
+* fp8_swiglu_epilogue / fp8_swiglu_kernel: an FP8 MLP's fc+gate GEMM computes silu(fc) · gate in
+  its epilogue and writes the down projection's E4M3 codes, or inductor's SiLU · mul + quantization
+  kernel does (reference.FP8_SWIGLU_EPILOGUE). Either runs `swiglu_agreement` first.
 * compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
   (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
   measure with --prefill-prompts.
@@ -106,6 +109,8 @@ SETTINGS = [
     "fp8_quantize_kernel",
     "fused_rope_kv",
     "inductor_rope_kv",
+    "fp8_swiglu_epilogue",
+    "fp8_swiglu_kernel",
 ]
 
 
@@ -153,6 +158,7 @@ def setting(name: str):
         pdl.ENABLED,
         reference.FP8_CODES_FROM_ATTENTION,
         reference.FUSED_ROPE_KV_WRITE,
+        reference.FP8_SWIGLU_EPILOGUE,
     )
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
@@ -176,6 +182,8 @@ def setting(name: str):
             reference.FP8_CODES_FROM_ATTENTION = name == "fp8_codes_from_attention"
         if name in ("fused_rope_kv", "inductor_rope_kv"):
             reference.FUSED_ROPE_KV_WRITE = name == "fused_rope_kv"
+        if name in ("fp8_swiglu_epilogue", "fp8_swiglu_kernel"):
+            reference.FP8_SWIGLU_EPILOGUE = name == "fp8_swiglu_epilogue"
         yield
     finally:
         (
@@ -188,6 +196,7 @@ def setting(name: str):
             pdl.ENABLED,
             reference.FP8_CODES_FROM_ATTENTION,
             reference.FUSED_ROPE_KV_WRITE,
+            reference.FP8_SWIGLU_EPILOGUE,
         ) = saved
 
 
@@ -437,6 +446,43 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
     return results
 
 
+def swiglu_agreement(device: str = "cuda") -> list[dict]:
+    """The FP8 fc+gate GEMM with the SwiGLU epilogue (Fp8Linear.swiglu_codes) against the unfused
+    path computed eagerly: the stacked GEMM (same kernel, bf16 out), split, `F.silu(fc) * gate` in
+    bf16, then the down projection's `quantize_activation`. Llama-3.1-8B and SmolLM2 MLP shapes,
+    1, 4 and 15 rows, weight scales of the two blocks unequal. Summation order may differ between
+    the two GEMM launches (autotuned apart) and so, rarely, a bf16 value or a code by one step:
+    "agrees" allows one step and the counts say how many differ."""
+    from foundry.runtime.kv_pool import e4m3_codes
+    from foundry.runtime.linears import Fp8Linear
+
+    generator = torch.Generator(device=device).manual_seed(9)
+    results = []
+    for (intermediate, hidden), rows in itertools.product(((14336, 4096), (1536, 576)), (1, 4, 15)):
+        weight = (torch.randn((2 * intermediate, hidden), device=device, generator=generator) * 40).clamp(-448, 448)
+        blocks = [
+            (intermediate, torch.tensor(0.002, device=device)),
+            (intermediate, torch.tensor(0.003, device=device)),
+        ]
+        fc_gate = Fp8Linear(weight, torch.tensor(0.05, device=device), blocks, torch.bfloat16)
+        down_scale = torch.tensor(0.5, device=device)  # codes of a few hundred; some saturate at ±448
+        h = (torch.randn((rows, hidden), device=device, generator=generator) * 2).to(torch.bfloat16)
+        codes = fc_gate.swiglu_codes(h, down_scale)
+        activated, linear = fc_gate(h).split(intermediate, dim=-1)
+        expected = e4m3_codes(torch.nn.functional.silu(activated) * linear, down_scale)
+        code_steps = steps_apart(codes, expected)
+        results.append(
+            {
+                "shape": f"{intermediate}x{hidden}",
+                "rows": rows,
+                "codes_differing": int((code_steps > 0).sum()),
+                "of": codes.numel(),
+                "agrees": bool(code_steps.max() <= 1),
+            }
+        )
+    return results
+
+
 def bytes_read_per_step(engine: ReferenceEngine, batch: int, kv_len: int) -> int:
     """The weights a step reads (engine.weight_bytes: the embedding table only where tied) + the KV attended."""
     return engine.weight_bytes() + batch * kv_len * engine.kv_bytes_per_token()
@@ -669,6 +715,10 @@ def main() -> int:
         results["rope_kv_agreement"] = rope_kv = rope_kv_agreement()
         for row in rope_kv:
             print("RoPE + KV write kernel vs eager:", row, flush=True)
+    if {"fp8_swiglu_epilogue", "fp8_swiglu_kernel"} & set(args.settings):
+        results["swiglu_agreement"] = swiglu = swiglu_agreement()
+        for row in swiglu:
+            print("FP8 fc+gate with the SwiGLU epilogue vs unfused:", row, flush=True)
     if set(RESIDUAL_LINEAR_SETTINGS) & set(args.settings):
         results["output_projection_agreement"] = agreement = output_projection_agreement()
         worst = max(agreement, key=lambda r: r["kernel_max_rel_err"] - 2 * r["unfused_max_rel_err"])
