@@ -202,8 +202,9 @@ class DecoderLayer:
         return self._plus_residual(x, "proj", F.silu(activated) * linear)
 
     def _swiglu_codes(self, h: torch.Tensor) -> torch.Tensor | None:
-        """An FP8 MLP on CUDA at decode: the fc+gate GEMM writes the down projection's E4M3 codes
-        (FP8_SWIGLU_EPILOGUE); None where it does not apply."""
+        """An FP8 MLP on CUDA below 16 rows (decode; also a prompt chunk that short): the fc+gate
+        GEMM writes the down projection's E4M3 codes (FP8_SWIGLU_EPILOGUE); None where it does not
+        apply."""
         if not (FP8_SWIGLU_EPILOGUE and isinstance(self.fc_gate, Fp8Linear) and isinstance(self.proj, Fp8Linear)):
             return None
         return self.fc_gate.swiglu_codes(h, self.proj.activation_scale)
