@@ -489,7 +489,42 @@ def swiglu_agreement(device: str = "cuda") -> list[dict]:
                 "agrees": bool(code_steps.max() <= 1),
             }
         )
+    results.append(swiglu_epilogue_exactness(device))
     return results
+
+
+def swiglu_epilogue_exactness(device: str = "cuda") -> dict:
+    """The epilogue's arithmetic alone, where no summation order can differ: one-hot inputs and unit
+    weights make each GEMM output its column scale, so the SiLU branch runs through every finite
+    bf16 value (a linear-branch value cycling through a few, saturation and underflow included) and
+    the codes must equal eager's `e4m3_codes(F.silu(activated) * linear)` exactly."""
+    from foundry.runtime.kv_pool import e4m3_codes
+    from foundry.runtime.scaled_gemm import fp8_swiglu_codes_cuda
+
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    finite = bits.view(torch.bfloat16)[(bits & 0x7F80) != 0x7F80]  # drops ±inf and NaN: 65,280 values
+    activated = finite.to(device)
+    linear = torch.tensor([1.0, -1.0, 0.37, 3.5, -100.0, 1e-3], device=device).to(torch.bfloat16)
+    linear = linear.repeat(activated.numel() // linear.numel() + 1)[: activated.numel()]
+    columns, hidden, rows = activated.numel(), 64, 2
+    a = torch.zeros((rows, hidden), device=device)
+    a[:, 0] = 1.0
+    w = torch.zeros((2 * columns, hidden), device=device)
+    w[:, 0] = 1.0
+    col_scale = torch.cat([activated, linear]).float()
+    out_scale = torch.tensor(0.25, device=device)
+    codes = fp8_swiglu_codes_cuda(
+        a.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn), col_scale, out_scale, torch.bfloat16
+    )
+    expected = e4m3_codes(torch.nn.functional.silu(activated) * linear, out_scale).expand(rows, -1)
+    differing = int((steps_apart(codes, expected) > 0).sum())
+    return {
+        "shape": "exact sweep of bf16",
+        "rows": rows,
+        "codes_differing": differing,
+        "of": codes.numel(),
+        "agrees": differing == 0,
+    }
 
 
 def bytes_read_per_step(engine: ReferenceEngine, batch: int, kv_len: int) -> int:
