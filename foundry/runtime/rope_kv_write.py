@@ -127,9 +127,10 @@ def rope_kv_write_cuda(
 ) -> torch.Tensor:
     """qkv [rows, (heads + 2 kv_heads) · head_size] in the compute dtype (q, k, v in that order);
     cos/sin the rotary tables [max_positions, head_size] (RotaryTable.cos / .sin: the kernel looks up
-    each row's position itself, so the step runs no gather kernels for them); keys/values the layer's pool storage [slots,
-    kv_heads, capacity, head_size] (row b is slot b): row b's rotated k and its v are written at
-    positions[b]; kv_scale a quantized cache's scale or None → rotated q [rows, heads, 1, head_size]."""
+    each row's position itself, so the step runs no gather kernels for them); keys/values the
+    layer's pool storage [slots, kv_heads, capacity, head_size] (row b is slot b): row b's rotated k
+    and its v are written at positions[b]; kv_scale a quantized cache's scale or None → rotated q
+    [rows, heads, 1, head_size]."""
     if triton is None:
         raise RuntimeError("the decode RoPE + KV write kernel needs Triton (it ships with CUDA builds of torch)")
     rows = qkv.shape[0]
