@@ -402,9 +402,9 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
     against the eager formula in float32 with one rounding to bf16, then kv_pool.quantize_kv, on
     bf16, INT8 and FP8 caches, Llama-3.1-8B and SmolLM2 heads, 1 and 32 rows (one on the scratch
     column), the op compiled as the step compiles it: q, and the whole pool after the write (other
-    columns untouched). Triton contracts x·cos + r·sin into an FMA
-    where eager rounds the product first, so a float32 result may differ in its last bit and then,
-    rarely, a bf16 value or a code by one step: "agrees" allows one step (adjacent codes) and the
+    columns untouched). Triton contracts x·cos + r·sin into an FMA where eager rounds the product
+    first, so a float32 result may differ in its last bit and then, rarely, a bf16 value or a code
+    by one step: "agrees" allows one step (adjacent codes) and the
     counts say how many differ. (Inductor's own step differs from both more: it divides
     approximately and quantizes k without rounding it to bf16 first.)"""
     from foundry.runtime.kv_pool import STORAGE_DTYPES, quantize_kv
@@ -453,6 +453,14 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
     return results
 
 
+def unfused_swiglu_codes(activated: torch.Tensor, linear: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """What the eager step hands an FP8 down projection: `F.silu(fc) * gate` in the compute dtype,
+    then `Fp8Linear.quantize_activation`'s codes."""
+    from foundry.runtime.kv_pool import e4m3_codes
+
+    return e4m3_codes(torch.nn.functional.silu(activated) * linear, scale)
+
+
 def swiglu_agreement(device: str = "cuda") -> list[dict]:
     """The FP8 fc+gate GEMM with the SwiGLU epilogue (Fp8Linear.swiglu_codes) against the unfused
     path computed eagerly: the stacked GEMM (same kernel, bf16 out), split, `F.silu(fc) * gate` in
@@ -461,7 +469,6 @@ def swiglu_agreement(device: str = "cuda") -> list[dict]:
     Summation order may differ between the two GEMM launches (autotuned apart) and so, rarely, a
     bf16 value or a code by one step: "agrees" allows one step. Read "codes_differing" too (expect
     about 0): E4M3's 3 mantissa bits would hide a missing bf16 rounding within one step."""
-    from foundry.runtime.kv_pool import e4m3_codes
     from foundry.runtime.linears import Fp8Linear
 
     generator = torch.Generator(device=device).manual_seed(9)
@@ -478,7 +485,7 @@ def swiglu_agreement(device: str = "cuda") -> list[dict]:
         h = (torch.randn((rows, hidden), device=device, generator=generator) * 2).to(torch.bfloat16)
         codes = fc_gate.swiglu_codes(h, down_scale)
         activated, linear = fc_gate(h).split(intermediate, dim=-1)
-        expected = e4m3_codes(torch.nn.functional.silu(activated) * linear, down_scale)
+        expected = unfused_swiglu_codes(activated, linear, down_scale)
         code_steps = steps_apart(codes, expected)
         results.append(
             {
@@ -498,7 +505,6 @@ def swiglu_epilogue_exactness(device: str = "cuda") -> dict:
     weights make each GEMM output its column scale, so the SiLU branch runs through every finite
     bf16 value (a linear-branch value cycling through a few, saturation and underflow included) and
     the codes must equal eager's `e4m3_codes(F.silu(activated) * linear)` exactly."""
-    from foundry.runtime.kv_pool import e4m3_codes
     from foundry.runtime.scaled_gemm import fp8_swiglu_codes_cuda
 
     bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
@@ -516,7 +522,7 @@ def swiglu_epilogue_exactness(device: str = "cuda") -> dict:
     codes = fp8_swiglu_codes_cuda(
         a.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn), col_scale, out_scale, torch.bfloat16
     )
-    expected = e4m3_codes(torch.nn.functional.silu(activated) * linear, out_scale).expand(rows, -1)
+    expected = unfused_swiglu_codes(activated, linear, out_scale).expand(rows, -1)
     differing = int((steps_apart(codes, expected) > 0).sum())
     return {
         "shape": "exact sweep of bf16",

@@ -150,10 +150,14 @@ class Fp8Linear:
         """E4M3 codes of x (float8_e4m3fn)."""
         return e4m3_codes(x, self.activation_scale)
 
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        """x's E4M3 codes; x itself where it already is codes (CUDA decode attention writes them for
+        the output projection: decode_attention.py)."""
+        return x if x.dtype == torch.float8_e4m3fn else self.quantize_activation(x)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x in the compute dtype, or already its E4M3 codes (CUDA decode attention writes them for the
-        output projection: decode_attention.py)."""
-        codes = x if x.dtype == torch.float8_e4m3fn else self.quantize_activation(x)
+        """x in the compute dtype, or already its E4M3 codes."""
+        codes = self._codes(x)
         if not self.on_cuda:
             return (F.linear(codes.float(), self.weight) * self.column_scale).to(self.compute_dtype)
         leading_shape = codes.shape[:-1]
@@ -173,8 +177,7 @@ class Fp8Linear:
         two_equal_blocks = len(self.blocks) == 2 and self.blocks[0][0] == self.blocks[1][0]
         if not (self.on_cuda and two_equal_blocks and rows.shape[0] < FP8_TRITON_BELOW_ROWS):
             return None
-        codes = rows if rows.dtype == torch.float8_e4m3fn else self.quantize_activation(rows)
-        out = fp8_swiglu_codes_cuda(codes, self.weight, self.column_scale, out_scale, self.compute_dtype)
+        out = fp8_swiglu_codes_cuda(self._codes(rows), self.weight, self.column_scale, out_scale, self.compute_dtype)
         return out.reshape(*x.shape[:-1], -1)
 
     def _scaled_mm(self, rows: torch.Tensor) -> torch.Tensor:

@@ -194,9 +194,9 @@ if triton is not None:
         the down projection's E4M3 codes [M, N / 2] at this activation scale (`swiglu_codes`)."""
         a = a.contiguous()
         M, K = a.shape
-        N = w.shape[0] if swiglu_scale is None else w.shape[0] // 2
-        codes_dtype = torch.float8_e4m3fn if swiglu_scale is not None else out_dtype
-        out = torch.empty((M, N), dtype=codes_dtype, device=a.device)
+        swiglu = swiglu_scale is not None
+        N = w.shape[0] // 2 if swiglu else w.shape[0]
+        out = torch.empty((M, N), dtype=torch.float8_e4m3fn if swiglu else out_dtype, device=a.device)
         m_bucket = min(128, triton.next_power_of_2(M))
         programmatic = pdl.enabled(a.device)
 
@@ -210,7 +210,7 @@ if triton is not None:
             row_scale if row_scale is not None else a,  # pointers of absent operands: any tensor
             col_scale if col_scale is not None else a,
             residual if residual is not None else out,
-            swiglu_scale if swiglu_scale is not None else a,
+            swiglu_scale if swiglu else a,
             M,
             N,
             K,
@@ -223,7 +223,7 @@ if triton is not None:
             HAS_RESIDUAL=residual is not None,
             FLOAT_ACC=a.dtype != torch.int8,
             PDL=programmatic,
-            SWIGLU=swiglu_scale is not None,
+            SWIGLU=swiglu,
             SWIGLU_DTYPE=TRITON_DTYPES.get(out_dtype, tl.float32),
             launch_pdl=programmatic,
         )
