@@ -144,22 +144,29 @@ def fused_fc_gate_except_fp8(config, tensors, prefix, compute_dtype, shipped=ref
     return None if config.quant_algo == reference.FP8 else shipped(config, tensors, prefix, compute_dtype)
 
 
+# (on setting, off setting) → the switch they set: (module, attribute)
+SWITCH_SETTINGS = {
+    ("pdl", "no_pdl"): (pdl, "ENABLED"),
+    ("fp8_codes_from_attention", "fp8_quantize_kernel"): (reference, "FP8_CODES_FROM_ATTENTION"),
+    ("fused_rope_kv", "inductor_rope_kv"): (reference, "FUSED_ROPE_KV_WRITE"),
+    ("fp8_swiglu_epilogue", "fp8_swiglu_kernel"): (reference, "FP8_SWIGLU_EPILOGUE"),
+}
+
+
 @contextlib.contextmanager
 def setting(name: str):
     import torch._inductor.config as inductor
 
-    saved = (
-        inductor.coordinate_descent_tuning,
-        linears.FP8_TRITON_BELOW_ROWS,
-        reference.decode_attention,
-        reference._fused_fc_gate,
-        reference.DECODE_ATTENTION_KERNEL,
-        reference.TRITON_RESIDUAL_LINEARS,
-        pdl.ENABLED,
-        reference.FP8_CODES_FROM_ATTENTION,
-        reference.FUSED_ROPE_KV_WRITE,
-        reference.FP8_SWIGLU_EPILOGUE,
-    )
+    patched = [
+        (inductor, "coordinate_descent_tuning"),
+        (linears, "FP8_TRITON_BELOW_ROWS"),
+        (reference, "decode_attention"),
+        (reference, "_fused_fc_gate"),
+        (reference, "DECODE_ATTENTION_KERNEL"),
+        (reference, "TRITON_RESIDUAL_LINEARS"),
+        *SWITCH_SETTINGS.values(),
+    ]
+    saved = [getattr(module, attribute) for module, attribute in patched]
     try:
         inductor.coordinate_descent_tuning = name == "coordinate_descent"
         if name == "scaled_mm_fp8":
@@ -176,28 +183,13 @@ def setting(name: str):
             reference._fused_fc_gate = fused_fc_gate_except_fp8
         if name in RESIDUAL_LINEAR_SETTINGS:
             reference.TRITON_RESIDUAL_LINEARS = RESIDUAL_LINEAR_SETTINGS[name]
-        if name in ("pdl", "no_pdl"):
-            pdl.ENABLED = name == "pdl"
-        if name in ("fp8_codes_from_attention", "fp8_quantize_kernel"):
-            reference.FP8_CODES_FROM_ATTENTION = name == "fp8_codes_from_attention"
-        if name in ("fused_rope_kv", "inductor_rope_kv"):
-            reference.FUSED_ROPE_KV_WRITE = name == "fused_rope_kv"
-        if name in ("fp8_swiglu_epilogue", "fp8_swiglu_kernel"):
-            reference.FP8_SWIGLU_EPILOGUE = name == "fp8_swiglu_epilogue"
+        for (on, off), (module, attribute) in SWITCH_SETTINGS.items():
+            if name in (on, off):
+                setattr(module, attribute, name == on)
         yield
     finally:
-        (
-            inductor.coordinate_descent_tuning,
-            linears.FP8_TRITON_BELOW_ROWS,
-            reference.decode_attention,
-            reference._fused_fc_gate,
-            reference.DECODE_ATTENTION_KERNEL,
-            reference.TRITON_RESIDUAL_LINEARS,
-            pdl.ENABLED,
-            reference.FP8_CODES_FROM_ATTENTION,
-            reference.FUSED_ROPE_KV_WRITE,
-            reference.FP8_SWIGLU_EPILOGUE,
-        ) = saved
+        for (module, attribute), value in zip(patched, saved):
+            setattr(module, attribute, value)
 
 
 # Llama-3.1-8B's decode linears: (name, out features, in features)
