@@ -60,22 +60,28 @@ if triton is not None:
         KV_QUANT: tl.constexpr,  # 0: stored in the compute dtype, 1: INT8, 2: FP8
         PDL: tl.constexpr,
     ):
-        if PDL:  # qkv comes from the previous kernel (pdl.py)
-            tl.extra.cuda.gdc_wait()
         row = tl.program_id(0)
         head = tl.program_id(1)  # 0..HEADS-1: q; then KV_HEADS of k; then KV_HEADS of v
         offs = tl.arange(0, HEAD)
+        rotates = head < HEADS + KV_HEADS  # q or k (v is stored as it comes)
+        # Loaded before the wait: what the previous kernel (the qkv GEMM) does not write — the
+        # positions, the rotary tables, the KV scale. That GEMM lets this kernel start only after its
+        # own wait (scaled_gemm.py) or, from cuBLAS, once it has ended, so every earlier kernel's
+        # writes (e.g. positions advanced in the graph) are visible by then.
         position = tl.load(positions_ptr + row).to(tl.int64)
-        x = tl.load(qkv_ptr + row * stride_qkv + head * HEAD + offs)
-        if head < HEADS + KV_HEADS:  # q or k: rotate (v is stored as it comes)
-            half = HEAD // 2
-            partner = tl.load(qkv_ptr + row * stride_qkv + head * HEAD + (offs + half) % HEAD)
+        if rotates:
             cos = tl.load(cos_ptr + position * stride_cos + offs).to(tl.float32)
             sin = tl.load(sin_ptr + position * stride_cos + offs).to(tl.float32)
-            rotated = tl.where(offs < half, -partner.to(tl.float32), partner.to(tl.float32))
-            x = (x.to(tl.float32) * cos + rotated * sin).to(qkv_ptr.dtype.element_ty)
         if KV_QUANT != 0:
             scale = tl.load(scale_ptr)
+        if PDL:  # qkv comes from the previous kernel (pdl.py)
+            tl.extra.cuda.gdc_wait()
+        x = tl.load(qkv_ptr + row * stride_qkv + head * HEAD + offs)
+        if rotates:
+            half = HEAD // 2
+            partner = tl.load(qkv_ptr + row * stride_qkv + head * HEAD + (offs + half) % HEAD)
+            rotated = tl.where(offs < half, -partner.to(tl.float32), partner.to(tl.float32))
+            x = (x.to(tl.float32) * cos + rotated * sin).to(qkv_ptr.dtype.element_ty)
         if PDL:  # every input is read: the next kernel may be scheduled (it waits for this one to end)
             tl.extra.cuda.gdc_launch_dependents()
         if head < HEADS:
