@@ -47,9 +47,6 @@ Settings (applied before the engine is built, undone after):
 * fused_rope_kv / inductor_rope_kv: RoPE on q and k and the KV write as one Triton kernel
   (rope_kv_write.py) or as inductor's kernels (reference.FUSED_ROPE_KV_WRITE). Either runs
   `rope_kv_agreement` first.
-* fp8_swiglu_epilogue / fp8_swiglu_kernel: an FP8 MLP's fc+gate GEMM computes silu(fc) · gate in
-  its epilogue and writes the down projection's E4M3 codes, or inductor's SiLU · mul + quantization
-  kernel does (reference.FP8_SWIGLU_EPILOGUE). Either runs `swiglu_agreement` first.
 * compiled_prefill / eager_prefill: the batched prefill's layers compiled with the decode step
   (dynamic shapes) or eager, whichever way the engine ships (EngineOptions.compile_prefill);
   measure with --prefill-prompts.
@@ -109,8 +106,6 @@ SETTINGS = [
     "fp8_quantize_kernel",
     "fused_rope_kv",
     "inductor_rope_kv",
-    "fp8_swiglu_epilogue",
-    "fp8_swiglu_kernel",
 ]
 
 
@@ -149,7 +144,6 @@ SWITCH_SETTINGS = {
     ("pdl", "no_pdl"): (pdl, "ENABLED"),
     ("fp8_codes_from_attention", "fp8_quantize_kernel"): (reference, "FP8_CODES_FROM_ATTENTION"),
     ("fused_rope_kv", "inductor_rope_kv"): (reference, "FUSED_ROPE_KV_WRITE"),
-    ("fp8_swiglu_epilogue", "fp8_swiglu_kernel"): (reference, "FP8_SWIGLU_EPILOGUE"),
 }
 
 
@@ -445,86 +439,6 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
     return results
 
 
-def unfused_swiglu_codes(activated: torch.Tensor, linear: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """What the eager step hands an FP8 down projection: `F.silu(fc) * gate` in the compute dtype,
-    then `Fp8Linear.quantize_activation`'s codes."""
-    from foundry.runtime.kv_pool import e4m3_codes
-
-    return e4m3_codes(torch.nn.functional.silu(activated) * linear, scale)
-
-
-def swiglu_agreement(device: str = "cuda") -> list[dict]:
-    """The FP8 fc+gate GEMM with the SwiGLU epilogue (Fp8Linear.swiglu_codes) against the unfused
-    path computed eagerly: the stacked GEMM (same kernel, bf16 out), split, `F.silu(fc) * gate` in
-    bf16, then the down projection's `quantize_activation`. Llama-3.1-8B and SmolLM2 MLP shapes
-    and one with a partial column tile, 1, 4 and 15 rows, weight scales of the two blocks unequal.
-    Summation order may differ between the two GEMM launches (autotuned apart) and so, rarely, a
-    bf16 value or a code by one step: "agrees" allows one step. Read "codes_differing" too (expect
-    about 0): E4M3's 3 mantissa bits would hide a missing bf16 rounding within one step."""
-    from foundry.runtime.linears import Fp8Linear
-
-    generator = torch.Generator(device=device).manual_seed(9)
-    results = []
-    shapes = ((14336, 4096), (1536, 576), (1000, 576))  # the last ends in a partial column tile
-    for (intermediate, hidden), rows in itertools.product(shapes, (1, 4, 15)):
-        weight = (torch.randn((2 * intermediate, hidden), device=device, generator=generator) * 40).clamp(-448, 448)
-        blocks = [
-            (intermediate, torch.tensor(0.002, device=device)),
-            (intermediate, torch.tensor(0.003, device=device)),
-        ]
-        fc_gate = Fp8Linear(weight, torch.tensor(0.05, device=device), blocks, torch.bfloat16)
-        down_scale = torch.tensor(0.5, device=device)  # codes of a few hundred; some saturate at ±448
-        h = (torch.randn((rows, hidden), device=device, generator=generator) * 2).to(torch.bfloat16)
-        codes = fc_gate.swiglu_codes(h, down_scale)
-        activated, linear = fc_gate(h).split(intermediate, dim=-1)
-        expected = unfused_swiglu_codes(activated, linear, down_scale)
-        code_steps = steps_apart(codes, expected)
-        results.append(
-            {
-                "shape": f"{intermediate}x{hidden}",
-                "rows": rows,
-                "codes_differing": int((code_steps > 0).sum()),
-                "of": codes.numel(),
-                "agrees": bool(code_steps.max() <= 1),
-            }
-        )
-    results.append(swiglu_epilogue_exactness(device))
-    return results
-
-
-def swiglu_epilogue_exactness(device: str = "cuda") -> dict:
-    """The epilogue's arithmetic alone, where no summation order can differ: one-hot inputs and unit
-    weights make each GEMM output its column scale, so the SiLU branch runs through every finite
-    bf16 value (a linear-branch value cycling through a few, saturation and underflow included) and
-    the codes must equal eager's `e4m3_codes(F.silu(activated) * linear)` exactly."""
-    from foundry.runtime.scaled_gemm import fp8_swiglu_codes_cuda
-
-    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
-    finite = bits.view(torch.bfloat16)[(bits & 0x7F80) != 0x7F80]  # drops ±inf and NaN: 65,280 values
-    activated = finite.to(device)
-    linear = torch.tensor([1.0, -1.0, 0.37, 3.5, -100.0, 1e-3], device=device).to(torch.bfloat16)
-    linear = linear.repeat(activated.numel() // linear.numel() + 1)[: activated.numel()]
-    columns, hidden, rows = activated.numel(), 64, 2
-    a = torch.zeros((rows, hidden), device=device)
-    a[:, 0] = 1.0
-    w = torch.zeros((2 * columns, hidden), device=device)
-    w[:, 0] = 1.0
-    col_scale = torch.cat([activated, linear]).float()
-    out_scale = torch.tensor(0.25, device=device)
-    codes = fp8_swiglu_codes_cuda(
-        a.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn), col_scale, out_scale, torch.bfloat16
-    )
-    expected = unfused_swiglu_codes(activated, linear, out_scale).expand(rows, -1)
-    differing = int((steps_apart(codes, expected) > 0).sum())
-    return {
-        "shape": "exact sweep of bf16",
-        "rows": rows,
-        "codes_differing": differing,
-        "of": codes.numel(),
-        "agrees": differing == 0,
-    }
-
-
 def bytes_read_per_step(engine: ReferenceEngine, batch: int, kv_len: int) -> int:
     """The weights a step reads (engine.weight_bytes: the embedding table only where tied) + the KV attended."""
     return engine.weight_bytes() + batch * kv_len * engine.kv_bytes_per_token()
@@ -757,10 +671,6 @@ def main() -> int:
         results["rope_kv_agreement"] = rope_kv = rope_kv_agreement()
         for row in rope_kv:
             print("RoPE + KV write kernel vs eager:", row, flush=True)
-    if {"fp8_swiglu_epilogue", "fp8_swiglu_kernel"} & set(args.settings):
-        results["swiglu_agreement"] = swiglu = swiglu_agreement()
-        for row in swiglu:
-            print("FP8 fc+gate with the SwiGLU epilogue vs unfused:", row, flush=True)
     if set(RESIDUAL_LINEAR_SETTINGS) & set(args.settings):
         results["output_projection_agreement"] = agreement = output_projection_agreement()
         worst = max(agreement, key=lambda r: r["kernel_max_rel_err"] - 2 * r["unfused_max_rel_err"])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from foundry.runtime.kv_pool import INT8_MAX, e4m3_codes
-from foundry.runtime.scaled_gemm import fp8_matmul_scaled, fp8_swiglu_codes_cuda, int8_matmul_scaled
+from foundry.runtime.scaled_gemm import fp8_matmul_scaled, int8_matmul_scaled
 
 SCALED_MM_ROW_MULTIPLE = 16  # cuBLASLt FP8 GEMMs want rows in multiples of 16
 # Fewer rows than this (decode at small batch) go to foundry's Triton FP8 kernel instead of
@@ -150,14 +150,10 @@ class Fp8Linear:
         """E4M3 codes of x (float8_e4m3fn)."""
         return e4m3_codes(x, self.activation_scale)
 
-    def _codes(self, x: torch.Tensor) -> torch.Tensor:
-        """x's E4M3 codes; x itself where it already is codes (CUDA decode attention writes them for
-        the output projection: decode_attention.py)."""
-        return x if x.dtype == torch.float8_e4m3fn else self.quantize_activation(x)
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x in the compute dtype, or already its E4M3 codes."""
-        codes = self._codes(x)
+        """x in the compute dtype, or already its E4M3 codes (CUDA decode attention writes them for the
+        output projection: decode_attention.py)."""
+        codes = x if x.dtype == torch.float8_e4m3fn else self.quantize_activation(x)
         if not self.on_cuda:
             return (F.linear(codes.float(), self.weight) * self.column_scale).to(self.compute_dtype)
         leading_shape = codes.shape[:-1]
@@ -167,18 +163,6 @@ class Fp8Linear:
         else:
             y = self._scaled_mm(rows)
         return y.reshape(*leading_shape, -1)
-
-    def swiglu_codes(self, x: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor | None:
-        """For fc and gate stacked (the SiLU branch's rows over the linear branch's): the E4M3 codes
-        of silu(fc(x)) · gate(x) at the down projection's activation scale, from the GEMM's epilogue
-        (scaled_gemm.swiglu_codes), so no kernel runs between the two GEMMs. None where that kernel
-        does not serve x (CPU, 16 rows or more, other blocks): the caller takes the unfused path."""
-        rows = x.reshape(-1, x.shape[-1])
-        two_equal_blocks = len(self.blocks) == 2 and self.blocks[0][0] == self.blocks[1][0]
-        if not (self.on_cuda and two_equal_blocks and rows.shape[0] < FP8_TRITON_BELOW_ROWS):
-            return None
-        out = fp8_swiglu_codes_cuda(self._codes(rows), self.weight, self.column_scale, out_scale, self.compute_dtype)
-        return out.reshape(*x.shape[:-1], -1)
 
     def _scaled_mm(self, rows: torch.Tensor) -> torch.Tensor:
         padded = (-rows.shape[0]) % SCALED_MM_ROW_MULTIPLE

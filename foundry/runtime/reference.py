@@ -128,11 +128,6 @@ FP8_CODES_FROM_ATTENTION = True
 # divides approximately and skips that rounding, so INT8 / FP8 codes may differ by a step between
 # the two.
 FUSED_ROPE_KV_WRITE = True
-# CUDA decode of FP8 MLPs: the fc+gate GEMM's epilogue computes silu(fc) · gate and writes the E4M3
-# codes the down projection takes (scaled_gemm.swiglu_codes), instead of inductor's SiLU · mul +
-# quantization kernel a layer (1.4 µs on an H100, run22 profile). Off until measured on a GPU:
-# checked in Triton's interpreter only.
-FP8_SWIGLU_EPILOGUE = False
 
 
 class DecoderLayer:
@@ -193,21 +188,11 @@ class DecoderLayer:
         batch, _, seq_len, _ = attended.shape
         x = self._plus_residual(x, "dense", attended.transpose(1, 2).reshape(batch, seq_len, self.q_width))
         h = rms_norm(x, self.post_norm, self.config.norm_epsilon)
-        if (codes := self._swiglu_codes(h)) is not None:
-            return self._plus_residual(x, "proj", codes)
         if self.fc_gate is not None:
             activated, linear = self.fc_gate(h).split(self.intermediate_size, dim=-1)
         else:
             activated, linear = self.fc(h), self.gate(h)
         return self._plus_residual(x, "proj", F.silu(activated) * linear)
-
-    def _swiglu_codes(self, h: torch.Tensor) -> torch.Tensor | None:
-        """An FP8 MLP on CUDA below 16 rows (decode; also a prompt chunk that short): the fc+gate
-        GEMM writes the down projection's E4M3 codes (FP8_SWIGLU_EPILOGUE); None where it does not
-        apply."""
-        if not (FP8_SWIGLU_EPILOGUE and isinstance(self.fc_gate, Fp8Linear) and isinstance(self.proj, Fp8Linear)):
-            return None
-        return self.fc_gate.swiglu_codes(h, self.proj.activation_scale)
 
     def _plus_residual(self, x: torch.Tensor, name: str, inputs: torch.Tensor) -> torch.Tensor:
         """x + linear `name`(inputs); one token per row on CUDA as one Triton GEMV where TRITON_RESIDUAL_LINEARS says."""

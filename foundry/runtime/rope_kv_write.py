@@ -19,9 +19,10 @@ INT8 and FP8 caches; two head layouts; 1 and 32 rows), and the compiled step got
 (FP8 3.622 → 3.570 ms, bf16 5.821 → 5.753 ms) and no slower at batch 32 (so torch 2.11's inductor
 does not clone the pool either). Settings `fused_rope_kv` / `inductor_rope_kv` re-measure it.
 Since then the kernel looks cos / sin up in the rotary tables by position (inductor had gathered
-them at the step's positions in 16 kernels a step); that form ran on an H100 inside the step (tokens
-checked by graph_agreement.py) and in Triton's interpreter against eager (fp16 and INT8 caches bit
-for bit), but `rope_kv_agreement` has not yet run on it on a GPU.
+them at the step's positions in 16 kernels a step); on an H100 that form too equals eager bit for bit
+in all 12 cases (docs/gpu-results/run23_*). Loading the position and cos / sin before `gdc_wait`
+(the qkv GEMM writes neither) was measured there and gained nothing (FP8 batch 1 3.573 against
+3.555 ms, means of 4 and 3 runs alternated on one machine), so they load after it.
 """
 
 from __future__ import annotations
@@ -60,28 +61,22 @@ if triton is not None:
         KV_QUANT: tl.constexpr,  # 0: stored in the compute dtype, 1: INT8, 2: FP8
         PDL: tl.constexpr,
     ):
+        if PDL:  # qkv comes from the previous kernel (pdl.py)
+            tl.extra.cuda.gdc_wait()
         row = tl.program_id(0)
         head = tl.program_id(1)  # 0..HEADS-1: q; then KV_HEADS of k; then KV_HEADS of v
         offs = tl.arange(0, HEAD)
-        rotates = head < HEADS + KV_HEADS  # q or k (v is stored as it comes)
-        # Loaded before the wait: what the previous kernel (the qkv GEMM) does not write — the
-        # positions, the rotary tables, the KV scale. That GEMM lets this kernel start only after its
-        # own wait (scaled_gemm.py) or, from cuBLAS, once it has ended, so every earlier kernel's
-        # writes (e.g. positions advanced in the graph) are visible by then.
         position = tl.load(positions_ptr + row).to(tl.int64)
-        if rotates:
-            cos = tl.load(cos_ptr + position * stride_cos + offs).to(tl.float32)
-            sin = tl.load(sin_ptr + position * stride_cos + offs).to(tl.float32)
-        if KV_QUANT != 0:
-            scale = tl.load(scale_ptr)
-        if PDL:  # qkv comes from the previous kernel (pdl.py)
-            tl.extra.cuda.gdc_wait()
         x = tl.load(qkv_ptr + row * stride_qkv + head * HEAD + offs)
-        if rotates:
+        if head < HEADS + KV_HEADS:  # q or k: rotate (v is stored as it comes)
             half = HEAD // 2
             partner = tl.load(qkv_ptr + row * stride_qkv + head * HEAD + (offs + half) % HEAD)
+            cos = tl.load(cos_ptr + position * stride_cos + offs).to(tl.float32)
+            sin = tl.load(sin_ptr + position * stride_cos + offs).to(tl.float32)
             rotated = tl.where(offs < half, -partner.to(tl.float32), partner.to(tl.float32))
             x = (x.to(tl.float32) * cos + rotated * sin).to(qkv_ptr.dtype.element_ty)
+        if KV_QUANT != 0:
+            scale = tl.load(scale_ptr)
         if PDL:  # every input is read: the next kernel may be scheduled (it waits for this one to end)
             tl.extra.cuda.gdc_launch_dependents()
         if head < HEADS:

@@ -47,11 +47,6 @@ def int8_matmul_scaled(
 
 
 if triton is not None:
-    from triton.language.extra import libdevice
-
-    from foundry.runtime.decode_attention import e4m3_codes
-
-    TRITON_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
     def _configs():
         # Small M (decode) is bound by reading the weight: narrow N tiles so every SM has work, and
@@ -97,21 +92,10 @@ if triton is not None:
             y = y * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
         return y
 
-    @triton.jit
-    def swiglu_codes(activated, linear, out_scale_ptr, DTYPE: tl.constexpr):
-        """E4M3 codes of silu(activated) · linear for the MLP's down projection, rounded as the eager
-        step rounds: each GEMM output to the compute dtype, then SiLU (x / (1 + exp(−x)) in float32
-        with libdevice's exp and IEEE division, as torch's CUDA kernel) to it, the product to it, and
-        then `Fp8Linear.quantize_activation`'s codes (`e4m3_codes`)."""
-        activated = activated.to(DTYPE).to(tl.float32)
-        linear = linear.to(DTYPE).to(tl.float32)
-        silu = tl.math.div_rn(activated, 1.0 + libdevice.exp(-activated)).to(DTYPE).to(tl.float32)
-        return e4m3_codes((silu * linear).to(DTYPE), tl.load(out_scale_ptr))
-
     # (the autotuner's key also holds the tensors' dtypes: bf16, E4M3 and int8 operands tune apart)
     @triton.autotune(
         configs=_configs(),
-        key=["M_BUCKET", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL", "PDL", "SWIGLU"],
+        key=["M_BUCKET", "N", "K", "FLOAT_ACC", "HAS_RESIDUAL", "PDL"],
         prune_configs_by={"early_config_prune": _prune},
     )
     @triton.jit
@@ -122,7 +106,6 @@ if triton is not None:
         row_scale_ptr,
         col_scale_ptr,
         residual_ptr,
-        out_scale_ptr,
         M,
         N,
         K,
@@ -135,8 +118,6 @@ if triton is not None:
         HAS_RESIDUAL: tl.constexpr,
         FLOAT_ACC: tl.constexpr,
         PDL: tl.constexpr,
-        SWIGLU: tl.constexpr,  # W holds 2N rows, the SiLU branch's then the linear branch's: out = codes
-        SWIGLU_DTYPE: tl.constexpr,  # the compute dtype the SwiGLU epilogue rounds to
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -151,8 +132,6 @@ if triton is not None:
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
         w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]  # a [BLOCK_K, BLOCK_N] tile of Wᵀ
         accumulator = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FLOAT_ACC else tl.int32)
-        if SWIGLU:  # the same columns of the linear branch, N weight rows further on
-            linear_accumulator = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(0, tl.cdiv(K, BLOCK_K)):
             k_left = K - k * BLOCK_K
             a_mask = (offs_m[:, None] < M) & (offs_k[None, :] < k_left)
@@ -164,9 +143,6 @@ if triton is not None:
                 a = tl.load(a_ptrs, mask=a_mask, other=0)
                 w = tl.load(w_ptrs, mask=w_mask, other=0)
             accumulator = tl.dot(a, w, accumulator, out_dtype=tl.float32 if FLOAT_ACC else tl.int32)
-            if SWIGLU:
-                w_linear = tl.load(w_ptrs + N * stride_wn, mask=w_mask, other=0.0)
-                linear_accumulator = tl.dot(a, w_linear, linear_accumulator, out_dtype=tl.float32)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
         y = scale_epilogue(
@@ -174,11 +150,6 @@ if triton is not None:
         )
         out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
         out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-        if SWIGLU:
-            linear = scale_epilogue(
-                linear_accumulator, row_scale_ptr, col_scale_ptr, offs_m, offs_n + N, M, 2 * N, HAS_ROW_SCALE, True
-            )
-            y = swiglu_codes(y, linear, out_scale_ptr, SWIGLU_DTYPE)
         y = y.to(out_ptr.dtype.element_ty)
         if HAS_RESIDUAL:  # as `residual + linear(x)`: the product rounded to the output dtype, then the sum
             residual = tl.load(residual_ptr + offs_m[:, None] * stride_om + offs_n[None, :], mask=out_mask, other=0.0)
@@ -187,16 +158,13 @@ if triton is not None:
             tl.extra.cuda.gdc_launch_dependents()
         tl.store(out_ptrs, y, mask=out_mask)
 
-    def triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype, residual=None, swiglu_scale=None):
+    def triton_matmul_scaled(a, w, row_scale, col_scale, out_dtype, residual=None):
         """a [M, K] and w [N, K], both int8, both float8_e4m3fn, or both the output's float dtype
-        (then col_scale None); residual [M, N] contiguous, added in the epilogue, or None.
-        swiglu_scale: FP8 operands whose w stacks the SiLU branch's rows over the linear branch's →
-        the down projection's E4M3 codes [M, N / 2] at this activation scale (`swiglu_codes`)."""
+        (then col_scale None); residual [M, N] contiguous, added in the epilogue, or None."""
         a = a.contiguous()
         M, K = a.shape
-        swiglu = swiglu_scale is not None
-        N = w.shape[0] // 2 if swiglu else w.shape[0]
-        out = torch.empty((M, N), dtype=torch.float8_e4m3fn if swiglu else out_dtype, device=a.device)
+        N = w.shape[0]
+        out = torch.empty((M, N), dtype=out_dtype, device=a.device)
         m_bucket = min(128, triton.next_power_of_2(M))
         programmatic = pdl.enabled(a.device)
 
@@ -210,7 +178,6 @@ if triton is not None:
             row_scale if row_scale is not None else a,  # pointers of absent operands: any tensor
             col_scale if col_scale is not None else a,
             residual if residual is not None else out,
-            swiglu_scale if swiglu else a,
             M,
             N,
             K,
@@ -223,8 +190,6 @@ if triton is not None:
             HAS_RESIDUAL=residual is not None,
             FLOAT_ACC=a.dtype != torch.int8,
             PDL=programmatic,
-            SWIGLU=swiglu,
-            SWIGLU_DTYPE=TRITON_DTYPES.get(out_dtype, tl.float32),
             launch_pdl=programmatic,
         )
         return out
@@ -245,22 +210,6 @@ def scaled_matmul_cuda(
 @scaled_matmul_cuda.register_fake
 def _scaled_matmul_shape(a, w, row_scale, col_scale, out_dtype):
     return a.new_empty((a.shape[0], w.shape[0]), dtype=out_dtype)
-
-
-@torch.library.custom_op("foundry::fp8_swiglu_codes", mutates_args=())
-def fp8_swiglu_codes_cuda(
-    a: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor, out_scale: torch.Tensor, compute_dtype: torch.dtype
-) -> torch.Tensor:
-    """a [M, K] float8_e4m3fn codes, w [2N, K] the SiLU branch's rows over the linear branch's,
-    col_scale [2N] → the E4M3 codes of silu(a·W₁ᵀ) · (a·W₂ᵀ) at out_scale [M, N], on CUDA."""
-    if triton is None:
-        raise RuntimeError("quantized GEMMs on CUDA need Triton (it ships with CUDA builds of torch)")
-    return triton_matmul_scaled(a, w, None, col_scale, compute_dtype, swiglu_scale=out_scale)
-
-
-@fp8_swiglu_codes_cuda.register_fake
-def _fp8_swiglu_codes_shape(a, w, col_scale, out_scale, compute_dtype):
-    return a.new_empty((a.shape[0], w.shape[0] // 2), dtype=torch.float8_e4m3fn)
 
 
 def fp8_matmul_scaled(
