@@ -390,9 +390,9 @@ def rope_kv_agreement(device: str = "cuda") -> list[dict]:
     column), the op compiled as the step compiles it: q, and the whole pool after the write (other
     columns untouched). Triton contracts x·cos + r·sin into an FMA where eager rounds the product
     first, so a float32 result may differ in its last bit and then, rarely, a bf16 value or a code
-    by one step: "agrees" allows one step (adjacent codes) and the
-    counts say how many differ. (Inductor's own step differs from both more: it divides
-    approximately and quantizes k without rounding it to bf16 first.)"""
+    by one step: "agrees" allows one step (adjacent codes) and the counts say how many differ.
+    (Inductor's own step differs from both more: it divides approximately and quantizes k without
+    rounding it to bf16 first.)"""
     from foundry.runtime.kv_pool import STORAGE_DTYPES, quantize_kv
     from foundry.runtime.rope_kv_write import rope_kv_write_cuda
 
